@@ -1,0 +1,1 @@
+"""MagickBox: a DICOM processing appliance (receive -> jobs -> buckets -> routing)."""

@@ -1,0 +1,182 @@
+"""The box: receiver, grouping, job store and queue wired together, and the core
+functions that every front (web API, legacy endpoints, CLIs) calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from magickbox.buckets import registry
+from magickbox.buckets.runner import LocalExecutor
+from magickbox.config import Settings
+from magickbox.home import init_home
+from magickbox.jobs import scratch
+from magickbox.jobs.db import Job, State, open_database
+from magickbox.jobs.queue import Dispatcher
+from magickbox.jobs.store import JobStore, NewJob
+from magickbox.jobs.unzip import safe_extract
+from magickbox.receive.grouping import Grouper, SendKey
+from magickbox.receive.scp import Receiver, read_study_uid
+
+log = logging.getLogger(__name__)
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Invalid(ValueError):
+    pass
+
+
+class Box:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        init_home(settings)
+        self.store = JobStore(settings, open_database(settings.db_url))
+        self.dispatcher = Dispatcher(self.store, LocalExecutor())
+        self.grouper = Grouper(settings.incoming, settings.quiet_seconds, self._send_ready)
+        self.receiver = Receiver(settings, self.grouper, self.accepts)
+
+    def start(self, dicom: bool = True) -> None:
+        adopted = self.store.adopt_orphans()
+        if adopted:
+            log.info("adopted %d job folders left by a crash", adopted)
+        self.dispatcher.start()
+        self.grouper.start()
+        if dicom:
+            self.receiver.start()
+
+    def stop(self) -> None:
+        self.receiver.stop()
+        self.grouper.stop()
+        self.dispatcher.stop()
+
+    # -- receiving -----------------------------------------------------------------
+    def accepts(self, aetitle: str) -> bool:
+        return registry.enabled_bucket(self.settings.streams, aetitle) is not None
+
+    def _send_ready(self, folder: Path, key: SendKey, started: float) -> None:
+        new = NewJob(
+            bucket=key.called_aet,
+            caller_aet=key.caller_aet,
+            caller_ip=key.caller_ip,
+            study_uid=key.study_uid,
+        )
+        self.store.create_job(folder, new, received_at=started)
+
+    def upload(
+        self,
+        zip_path: Path,
+        *,
+        aetitle: str,
+        sender: str,
+        caller_ip: str,
+        jobname: str = "",
+        arguments: str = "",
+        description: str = "",
+    ) -> Job:
+        """A zip of DICOM files becomes a job for bucket ``aetitle`` (processZip, mb push)."""
+        if registry.enabled_bucket(self.settings.streams, aetitle) is None:
+            raise NotFound(f"no enabled bucket has the AE title {aetitle!r}")
+        try:
+            args = tuple(shlex.split(arguments or ""))  # split like a shell would; never run one
+        except ValueError as exc:
+            raise Invalid(f"arguments: {exc}") from exc
+        staging = self.settings.scratch / ".uploads" / uuid.uuid4().hex
+        staging.mkdir(parents=True)
+        try:
+            files = safe_extract(zip_path, staging)
+            study_uid = _first_study_uid(files)
+            new = NewJob(
+                bucket=aetitle,
+                caller_aet=sender,
+                caller_ip=caller_ip,
+                study_uid=study_uid,
+                source="upload",
+                jobname=jobname,
+                description=description,
+                arguments=args,
+            )
+            return self.store.create_job(staging, new)
+        finally:
+            scratch.remove_tree(staging)  # gone already when the job took it
+
+    # -- asking --------------------------------------------------------------------
+    def job(self, scratchdir: str) -> Job:
+        job = self.store.get(scratchdir)
+        if job is None:
+            raise NotFound(f"no job {scratchdir!r}")
+        return job
+
+    def job_dir(self, scratchdir: str) -> Path:
+        return self.store.job_dir(self.job(scratchdir))
+
+    def buckets(self, enabled_only: bool = True) -> list[registry.Bucket]:
+        found = registry.all_buckets(self.settings.streams).values()
+        return [b for b in found if b.enabled or not enabled_only]
+
+    def queue_status(self) -> list[dict[str, Any]]:
+        """Per bucket: queued, running and workers (the gearman status the original showed)."""
+        counts = self.store.queue_counts()
+        rows = []
+        for bucket in self.buckets():
+            states = counts.pop(bucket.aetitle, {})
+            rows.append(
+                {
+                    "bucket": bucket.aetitle,
+                    "queued": states.get(State.QUEUED, 0),
+                    "running": states.get(State.RUNNING, 0),
+                    "workers": bucket.concurrency(self.settings.concurrency),
+                }
+            )
+        for name, states in counts.items():  # jobs of buckets removed since
+            rows.append(
+                {
+                    "bucket": name,
+                    "queued": states.get(State.QUEUED, 0),
+                    "running": states.get(State.RUNNING, 0),
+                    "workers": 0,
+                }
+            )
+        return rows
+
+    # -- changing ------------------------------------------------------------------
+    def delete_job(self, scratchdir: str) -> None:
+        job = self.job(scratchdir)
+        if self.dispatcher.cancel(job.scratchdir):
+            deadline = time.monotonic() + 15
+            while self.dispatcher.is_running_here(job.scratchdir) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.store.delete(job.scratchdir)
+        log.info("job %s deleted", job.scratchdir)
+
+    def delete_study(self, study_uid: str) -> dict[str, Any]:
+        scratch.check_uid(study_uid)
+        jobs = [j.scratchdir for j in self.store.study_jobs(study_uid)]
+        for name in jobs:
+            self.delete_job(name)
+        archived = self.store.delete_archive_study(study_uid)
+        if not jobs and not archived:
+            raise NotFound(f"no study {study_uid!r} in the archive or the jobs")
+        return {"SIUID": study_uid, "deleted_jobs": jobs, "archive_deleted": archived}
+
+    def retry_job(self, scratchdir: str) -> Job:
+        job = self.job(scratchdir)
+        if not self.store.requeue(job.scratchdir, "retry requested: running again"):
+            raise Invalid(f"job {scratchdir} is {job.state}; only finished jobs can be retried")
+        return self.job(scratchdir)
+
+
+def _first_study_uid(files: list[Path]) -> str:
+    for path in files:
+        try:
+            return read_study_uid(path)
+        except Exception:  # not DICOM or no study: the next file may tell
+            continue
+    return ""

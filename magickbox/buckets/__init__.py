@@ -1,0 +1,1 @@
+"""Buckets: processing streams found on disk under ``streams/`` and the executors that run them."""

@@ -1,0 +1,95 @@
+"""Buckets on disk: ``streams/bucket<AETitle>/`` with ``info.json`` and an executable ``work.sh``.
+
+The folder is read on every lookup (a handful of small files), so buckets added or
+edited on disk are live at once, without a restart or a cache to invalidate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+INFO_KEYS = ("name", "description", "version", "AETitle", "license", "enabled")
+
+
+@dataclass(frozen=True)
+class Bucket:
+    aetitle: str
+    path: Path
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return str(self.info.get("enabled", 0)).strip().lower() in ("1", "true", "yes", "t")
+
+    @property
+    def work_sh(self) -> Path:
+        return self.path / "work.sh"
+
+    def concurrency(self, default: int) -> int:
+        return _positive_int(self.info.get("concurrency"), default)
+
+    def timeout(self, default: float) -> float:
+        value = self.info.get("timeout")
+        try:
+            return float(value) if value is not None and float(value) > 0 else default
+        except (TypeError, ValueError):
+            return default
+
+
+def _positive_int(value: object, default: int) -> int:
+    try:
+        number = int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
+    return number if number > 0 else default
+
+
+def read_bucket(folder: Path) -> Bucket | None:
+    """The bucket in ``folder``, or None (with a log line) when its info.json is unusable."""
+    try:
+        info = json.loads((folder / "info.json").read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("bucket %s: unreadable info.json: %s", folder.name, exc)
+        return None
+    if not isinstance(info, dict) or not str(info.get("AETitle", "")).strip():
+        log.warning("bucket %s: info.json has no AETitle", folder.name)
+        return None
+    return Bucket(aetitle=str(info["AETitle"]).strip(), path=folder, info=info)
+
+
+def all_buckets(streams: Path) -> dict[str, Bucket]:
+    """Every bucket in ``streams`` by AE title, enabled or not."""
+    found: dict[str, Bucket] = {}
+    try:
+        entries = sorted(os.scandir(streams), key=lambda e: e.name)
+    except FileNotFoundError:
+        return found
+    for entry in entries:
+        if entry.is_dir() and entry.name.startswith("bucket"):
+            bucket = read_bucket(Path(entry.path))
+            if bucket and bucket.aetitle not in found:
+                found[bucket.aetitle] = bucket
+    return found
+
+
+def enabled_bucket(streams: Path, aetitle: str) -> Bucket | None:
+    """The enabled bucket that answers to ``aetitle`` (AE titles are matched exactly)."""
+    aetitle = aetitle.strip()
+    direct = read_bucket(streams / f"bucket{aetitle}") if _plain_name(aetitle) else None
+    bucket = direct if direct and direct.aetitle == aetitle else all_buckets(streams).get(aetitle)
+    return bucket if bucket and bucket.enabled else None
+
+
+def _plain_name(aetitle: str) -> bool:
+    return (
+        bool(aetitle) and "/" not in aetitle and "\0" not in aetitle and aetitle not in (".", "..")
+    )

@@ -1,0 +1,96 @@
+"""``magickbox``: run the box (``serve``) or prepare a home (``init``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import sys
+from pathlib import Path
+
+from magickbox.config import Settings, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="magickbox", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="receive DICOM, run buckets, serve the web API")
+    init = sub.add_parser("init", help="create a home folder with an example bucket")
+    for p in (serve, init):
+        p.add_argument(
+            "--home", type=Path, help="home folder (env MAGICKBOX_HOME, default ~/magickbox)"
+        )
+    serve.add_argument("--dicom-port", type=int, help="DICOM port (default 11113)")
+    serve.add_argument("--web-port", type=int, help="HTTP port (default 2813)")
+    serve.add_argument("--aet", help="the box's own AE title (default MAGICKBOX)")
+    serve.add_argument("--host", help="address to listen on (default all)")
+    serve.add_argument(
+        "--quiet-seconds",
+        type=float,
+        help="seconds without data after which a send becomes a job (default 3)",
+    )
+    serve.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    settings = load_settings(
+        args.home,
+        dicom_port=getattr(args, "dicom_port", None),
+        web_port=getattr(args, "web_port", None),
+        aet=getattr(args, "aet", None),
+        host=getattr(args, "host", None),
+        quiet_seconds=getattr(args, "quiet_seconds", None),
+    )
+    if args.command == "init":
+        from magickbox.home import init_home
+
+        print(f"{settings.home}: {'created' if init_home(settings) else 'already there'}")
+        return 0
+    return serve_forever(settings, args.log_level)
+
+
+def setup_logging(settings: Settings, level: str) -> None:
+    settings.logs.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    to_file = logging.handlers.RotatingFileHandler(
+        settings.logs / "magickbox.log", maxBytes=20 << 20, backupCount=5
+    )
+    to_err = logging.StreamHandler(sys.stderr)
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    for handler in (to_file, to_err):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per PDU otherwise
+
+
+def serve_forever(settings: Settings, log_level: str = "INFO") -> int:
+    import uvicorn
+
+    from magickbox.box import Box
+    from magickbox.web.app import create_app
+
+    setup_logging(settings, log_level)
+    box = Box(settings)
+    box.start()
+    logging.getLogger("magickbox").info(
+        "MagickBox home %s: DICOM on %d (AE %s), web on http://%s:%d/",
+        settings.home,
+        settings.dicom_port,
+        settings.aet,
+        settings.host,
+        settings.web_port,
+    )
+    try:
+        uvicorn.run(
+            create_app(box),
+            host=settings.host,
+            port=settings.web_port,
+            log_level="warning",
+            access_log=False,
+        )
+    finally:
+        box.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

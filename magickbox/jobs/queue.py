@@ -1,0 +1,201 @@
+"""The queue: runs queued jobs, first in first out per bucket, buckets side by side.
+
+It holds no state of its own worth keeping: the database says what is queued and
+running, so a restart picks up exactly where the box stopped. It wakes when a job is
+queued or finishes (no polling); a slow timer is only a safety net.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from magickbox.buckets import registry
+from magickbox.buckets.runner import Executor, RunRequest, RunResult, bucket_env, kill_leftover
+from magickbox.jobs.db import Job, State
+from magickbox.jobs.store import JobStore
+
+log = logging.getLogger(__name__)
+
+SAFETY_NET_SECONDS = 30.0
+
+
+class Dispatcher:
+    def __init__(self, store: JobStore, executor: Executor) -> None:
+        self.store = store
+        self.settings = store.settings
+        self.executor = executor
+        self._running: dict[str, str] = {}  # scratchdir -> bucket, for jobs this process started
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+        store.on_queued.append(self.wake)
+
+    # -- life cycle ----------------------------------------------------------------
+    def start(self) -> None:
+        self.recover()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self.executor.shutdown()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def recover(self) -> None:
+        """Jobs that were running when the box died: re-run them or mark them failed."""
+        for job in self.store.running_jobs():
+            job_dir = self.store.job_dir(job)
+            kill_leftover(job_dir)
+            if self.settings.rerun_interrupted and job.attempts < self.settings.max_attempts:
+                self.store.reset_for_run(job, "the box restarted during this job: running it again")
+                self.store.update(job.scratchdir, state=State.QUEUED, started_at=None)
+            else:
+                reason = "interrupted by a restart of the box"
+                self.store.update(
+                    job.scratchdir,
+                    state=State.FAILED,
+                    finished_at=time.time(),
+                    reason=reason,
+                    log_size=_size(job_dir / "processing.log"),
+                )
+        for job in self.store.received_jobs():
+            self.store.update(job.scratchdir, state=State.QUEUED, queued_at=time.time())
+
+    # -- scheduling ----------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(SAFETY_NET_SECONDS)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self._schedule()
+            except Exception:  # a bad moment (database busy, disk full) must not stop the queue
+                log.exception("queue: scheduling failed; trying again shortly")
+                time.sleep(1)
+                self._wake.set()
+
+    def _schedule(self) -> None:
+        for bucket_name, states in self.store.queue_counts().items():
+            if not states.get(State.QUEUED):
+                continue
+            bucket = registry.enabled_bucket(self.settings.streams, bucket_name)
+            limit = bucket.concurrency(self.settings.concurrency) if bucket else 1
+            while self._running_count(bucket_name) < limit:
+                job = self.store.claim_next(bucket_name)
+                if job is None:
+                    break
+                if bucket is None:
+                    self._fail(job, f"bucket {bucket_name!r} is not installed or not enabled")
+                    continue
+                self._launch(job, bucket)
+
+    def _running_count(self, bucket: str) -> int:
+        with self._lock:
+            return sum(1 for b in self._running.values() if b == bucket)
+
+    def _launch(self, job: Job, bucket: registry.Bucket) -> None:
+        job_dir = self.store.job_dir(job)
+        memory = self.settings.memory / bucket.aetitle
+        memory.mkdir(parents=True, exist_ok=True)
+        facts = {
+            "MB_SCRATCHDIR": job.scratchdir,
+            "MB_JOB_DIR": str(job_dir),
+            "MB_AETITLE_CALLED": job.bucket,
+            "MB_AETITLE_CALLER": job.caller_aet,
+            "MB_CALLER_IP": job.caller_ip,
+            "MB_STUDY_UID": job.study_uid,
+            "MB_JOBNAME": job.jobname,
+            "MB_MEMORY": str(memory),
+            "MB_PROC_JSON": str(job_dir / "proc.json"),
+            "MB_HOME": str(self.settings.home),
+        }
+        request = RunRequest(
+            scratchdir=job.scratchdir,
+            job_dir=job_dir,
+            work_sh=bucket.work_sh,
+            arguments=json.loads(job.arguments or "[]"),
+            env=bucket_env(dict(os.environ), facts),
+            timeout=bucket.timeout(self.settings.bucket_timeout),
+        )
+        with self._lock:
+            self._running[job.scratchdir] = job.bucket
+        log.info("job %s: running bucket %s", job.scratchdir, bucket.aetitle)
+        self.executor.start(request, self._finished)
+
+    def _fail(self, job: Job, reason: str) -> None:
+        log.warning("job %s: %s", job.scratchdir, reason)
+        self.store.update(
+            job.scratchdir, state=State.FAILED, finished_at=time.time(), reason=reason
+        )
+
+    def _finished(self, req: RunRequest, result: RunResult) -> None:
+        try:
+            self.store.update(req.scratchdir, **outcome(req.job_dir, result))
+        except Exception:
+            log.exception("job %s: could not record its end", req.scratchdir)
+        finally:
+            with self._lock:
+                self._running.pop(req.scratchdir, None)
+            self.wake()
+
+    def cancel(self, scratchdir: str) -> bool:
+        return self.executor.cancel(scratchdir)
+
+    def is_running_here(self, scratchdir: str) -> bool:
+        with self._lock:
+            return scratchdir in self._running
+
+
+def read_success(job_dir: Path) -> str | None:
+    """proc.json's ``success`` value; the bucket may have put proc.json in OUTPUT instead."""
+    for path in (job_dir / "proc.json", job_dir / "OUTPUT" / "proc.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        first = data[0] if isinstance(data, list) and data else data
+        if isinstance(first, dict) and "success" in first:
+            if path.parent != job_dir:
+                os.replace(path, job_dir / "proc.json")
+            return str(first["success"])
+    return None
+
+
+def outcome(job_dir: Path, result: RunResult) -> dict[str, object]:
+    """The row's new values after a run: the exit code and proc.json decide done or failed."""
+    success = read_success(job_dir)
+    if result.reason:
+        state, reason = State.FAILED, result.reason
+    elif success is None and result.exit_code != 0:
+        state, reason = State.FAILED, f"work.sh exited with code {result.exit_code}"
+    elif success is not None and success.lower() in ("failed", "error"):
+        state, reason = State.FAILED, f"proc.json says {success}"
+    else:
+        state, reason = State.DONE, ""
+    from magickbox.buckets.runner import log_line
+
+    log_line(job_dir, f"finished: {state} (exit code {result.exit_code}) {reason}".rstrip())
+    return {
+        "state": state,
+        "exit_code": result.exit_code,
+        "reason": reason,
+        "success": success or "",
+        "finished_at": result.finished_at,
+        "log_size": _size(job_dir / "processing.log"),
+    }
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

@@ -1,0 +1,94 @@
+"""The scratch folder: one ``tmp.XXXXXXXX`` folder per job, and the study archive.
+
+Layout of a job (the original's, which users' scripts know)::
+
+    scratch/tmp.XXXXXXXX/INPUT/          the images of this send (hard links into the archive)
+    scratch/tmp.XXXXXXXX/OUTPUT/         what the bucket wrote
+    scratch/tmp.XXXXXXXX/info.json       CallerIP, AETitleCalled, AETitleCaller, received
+    scratch/tmp.XXXXXXXX/processing.log  the bucket's stdout and stderr
+    scratch/tmp.XXXXXXXX/proc.json       the bucket's verdict
+    scratch/archive/<StudyInstanceUID>/  every image ever received, by study
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+SCRATCHDIR_RE = re.compile(r"^tmp\.[A-Za-z0-9_]{6,32}$")
+# UIDs are digits and dots; anything else in a folder name taken from a dataset is refused.
+UID_RE = re.compile(r"^[0-9][0-9.]{0,63}$")
+
+
+class BadName(ValueError):
+    """A job or study name that is not one MagickBox made: never used as a path."""
+
+
+def check_scratchdir(name: str) -> str:
+    if not SCRATCHDIR_RE.fullmatch(name or ""):
+        raise BadName(f"not a job folder name: {name!r}")
+    return name
+
+
+def check_uid(uid: str) -> str:
+    if not UID_RE.fullmatch(uid or "") or ".." in uid:
+        raise BadName(f"not a DICOM UID: {uid!r}")
+    return uid
+
+
+def received_stamp(when: float | None = None) -> str:
+    """The ``received`` value of info.json, in the style of date(1) as the original wrote it."""
+    return time.strftime("%a %b %d %H:%M:%S %Z %Y", time.localtime(when))
+
+
+def new_job_dir(scratch: Path) -> Path:
+    return Path(tempfile.mkdtemp(prefix="tmp.", dir=scratch))
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def link_into_archive(input_dir: Path, archive_study: Path) -> None:
+    """Hard-link every file of a job's INPUT into the study's archive folder.
+
+    A later send of the same image replaces the archive's entry by rename, so an earlier
+    job's INPUT keeps the bytes it was given.
+    """
+    archive_study.mkdir(parents=True, exist_ok=True)
+    for src in _files(input_dir):
+        dst = archive_study / src.name
+        tmp = archive_study / f".{src.name}.lnk"
+        try:
+            os.link(src, tmp)
+        except FileExistsError:
+            tmp.unlink()
+            os.link(src, tmp)
+        except OSError:  # another filesystem or no hard links: copy instead
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+
+
+def _files(root: Path):  # type: ignore[no-untyped-def]
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            yield Path(dirpath) / name
+
+
+def count_files(root: Path) -> int:
+    return sum(1 for _ in _files(root))
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder without following symlinks out of it (rmtree does not follow them)."""
+    if path.is_symlink():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)

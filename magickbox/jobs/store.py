@@ -1,0 +1,295 @@
+"""Core job functions: make a job from a folder of received files, find, list, delete.
+
+The web API, the legacy PHP endpoints and the CLIs all call these; none of them touch
+the database or the scratch folder by themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from magickbox.config import Settings
+from magickbox.jobs import scratch
+from magickbox.jobs.db import FINISHED, Job, State
+
+log = logging.getLogger(__name__)
+
+JOB_FACTS = ".mb-job.json"  # everything needed to rebuild the job's row after a crash
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """The facts of a send (or upload) that is about to become a job."""
+
+    bucket: str
+    caller_aet: str
+    caller_ip: str
+    study_uid: str = ""
+    source: str = "dicom"
+    jobname: str = ""
+    description: str = ""
+    arguments: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    bucket: str | None = None
+    caller_aet: str | None = None
+    caller_ip: str | None = None
+    study_uid: str | None = None
+    state: str | None = None
+    since: float | None = None
+
+
+class JobStore:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.on_queued: list[Callable[[], None]] = []
+
+    # -- making jobs ---------------------------------------------------------------
+    def create_job(self, input_dir: Path, new: NewJob, received_at: float | None = None) -> Job:
+        """Turn ``input_dir`` (moved, not copied) into the INPUT of a new queued job."""
+        received_at = received_at or time.time()
+        job_dir = scratch.new_job_dir(self.settings.scratch)
+        (job_dir / "OUTPUT").mkdir()
+        (job_dir / "processing.log").touch()
+        facts = {**new.__dict__, "arguments": list(new.arguments), "received_at": received_at}
+        scratch.write_json_atomic(job_dir / JOB_FACTS, facts)
+        scratch.write_json_atomic(job_dir / "info.json", _info_json(new, received_at))
+        os.rename(input_dir, job_dir / "INPUT")
+        return self._register(job_dir, new, received_at)
+
+    def _register(self, job_dir: Path, new: NewJob, received_at: float) -> Job:
+        if new.study_uid:
+            try:
+                scratch.link_into_archive(
+                    job_dir / "INPUT", self.settings.archive / scratch.check_uid(new.study_uid)
+                )
+            except (OSError, scratch.BadName) as exc:
+                log.warning("job %s: not archived: %s", job_dir.name, exc)
+        now = time.time()
+        job = Job(
+            scratchdir=job_dir.name,
+            bucket=new.bucket,
+            caller_aet=new.caller_aet,
+            caller_ip=new.caller_ip,
+            study_uid=new.study_uid,
+            source=new.source,
+            jobname=new.jobname,
+            description=new.description,
+            arguments=json.dumps(list(new.arguments)),
+            received_text=scratch.received_stamp(received_at),
+            nfiles=scratch.count_files(job_dir / "INPUT"),
+            state=State.QUEUED,
+            received_at=received_at,
+            queued_at=now,
+        )
+        with self.sessions.begin() as s:
+            s.add(job)
+        log.info(
+            "job %s: %d files for bucket %s from %s@%s",
+            job.scratchdir,
+            job.nfiles,
+            new.bucket,
+            new.caller_aet,
+            new.caller_ip,
+        )
+        self._notify()
+        return job
+
+    def _notify(self) -> None:
+        for callback in self.on_queued:
+            callback()
+
+    # -- reading -------------------------------------------------------------------
+    def get(self, scratchdir: str) -> Job | None:
+        scratch.check_scratchdir(scratchdir)
+        with self.sessions() as s:
+            return s.scalars(select(Job).where(Job.scratchdir == scratchdir)).first()
+
+    def job_dir(self, job: Job) -> Path:
+        return self.settings.scratch / scratch.check_scratchdir(job.scratchdir)
+
+    def list(
+        self,
+        flt: JobFilter = JobFilter(),
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = True,
+    ) -> tuple[list[Job], int]:
+        query = select(Job)
+        for column, value in (
+            (Job.bucket, flt.bucket),
+            (Job.caller_aet, flt.caller_aet),
+            (Job.caller_ip, flt.caller_ip),
+            (Job.study_uid, flt.study_uid),
+            (Job.state, flt.state),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        if flt.since is not None:
+            query = query.where(Job.received_at >= flt.since)
+        order = Job.id.desc() if newest_first else Job.id.asc()
+        with self.sessions() as s:
+            total = s.scalar(select(func.count()).select_from(query.subquery())) or 0
+            rows = s.scalars(query.order_by(order).offset(offset).limit(limit)).all()
+        return list(rows), total
+
+    def scratch_rows(self) -> list[dict[str, Any]]:
+        """Every job as plain values, newest first, in one query (getScratch serves 10,000s)."""
+        cols = [
+            Job.scratchdir,
+            Job.bucket,
+            Job.caller_aet,
+            Job.caller_ip,
+            Job.received_text,
+            Job.study_uid,
+            Job.state,
+            Job.started_at,
+            Job.finished_at,
+            Job.log_size,
+            Job.jobname,
+            Job.received_at,
+        ]
+        with self.sessions() as s:
+            result = s.execute(select(*cols).order_by(Job.id.desc()))
+            return [row._asdict() for row in result]
+
+    def queue_counts(self) -> dict[str, dict[str, int]]:
+        """{bucket: {state: count}} for the states that are not finished."""
+        query = (
+            select(Job.bucket, Job.state, func.count())
+            .where(Job.state.in_([State.QUEUED, State.RUNNING]))
+            .group_by(Job.bucket, Job.state)
+        )
+        counts: dict[str, dict[str, int]] = {}
+        with self.sessions() as s:
+            for bucket, state, n in s.execute(query):
+                counts.setdefault(bucket, {})[state] = n
+        return counts
+
+    def study_jobs(self, study_uid: str) -> Sequence[Job]:
+        with self.sessions() as s:
+            return s.scalars(select(Job).where(Job.study_uid == study_uid)).all()
+
+    # -- changing ------------------------------------------------------------------
+    def update(self, scratchdir: str, **values: Any) -> None:
+        with self.sessions.begin() as s:
+            job = s.scalars(select(Job).where(Job.scratchdir == scratchdir)).first()
+            if job is not None:
+                for key, value in values.items():
+                    setattr(job, key, value)
+
+    def claim_next(self, bucket: str) -> Job | None:
+        """Mark the oldest queued job of ``bucket`` running and return it (first in, first out)."""
+        with self.sessions.begin() as s:
+            job = s.scalars(
+                select(Job)
+                .where(Job.bucket == bucket, Job.state == State.QUEUED)
+                .order_by(Job.queued_at, Job.id)
+                .limit(1)
+            ).first()
+            if job is None:
+                return None
+            job.state, job.started_at, job.finished_at = State.RUNNING, time.time(), None
+            job.attempts += 1
+            return job
+
+    def requeue(self, scratchdir: str, note: str) -> bool:
+        """Put a finished job back in the queue with a fresh OUTPUT (the retry of the API)."""
+        job = self.get(scratchdir)
+        if job is None or job.state not in FINISHED:
+            return False
+        self.reset_for_run(job, note)
+        self.update(
+            scratchdir,
+            state=State.QUEUED,
+            queued_at=time.time(),
+            finished_at=None,
+            exit_code=None,
+            reason="",
+            success="",
+            attempts=0,
+        )
+        self._notify()
+        return True
+
+    def reset_for_run(self, job: Job, note: str) -> None:
+        job_dir = self.job_dir(job)
+        scratch.remove_tree(job_dir / "OUTPUT")
+        (job_dir / "OUTPUT").mkdir(exist_ok=True)
+        (job_dir / "proc.json").unlink(missing_ok=True)
+        from magickbox.buckets.runner import log_line  # the log's format lives with the runner
+
+        log_line(job_dir, note)
+
+    def delete(self, scratchdir: str) -> bool:
+        job = self.get(scratchdir)
+        if job is None:
+            return False
+        with self.sessions.begin() as s:
+            s.execute(Job.__table__.delete().where(Job.scratchdir == scratchdir))
+        scratch.remove_tree(self.job_dir(job))
+        return True
+
+    def delete_archive_study(self, study_uid: str) -> bool:
+        folder = self.settings.archive / scratch.check_uid(study_uid)
+        existed = folder.is_dir()
+        scratch.remove_tree(folder)
+        return existed
+
+    # -- after a restart -----------------------------------------------------------
+    def adopt_orphans(self) -> int:
+        """Job folders that a crash left without a row get one; half-made ones are removed."""
+        known = {row[0] for row in self._all_scratchdirs()}
+        adopted = 0
+        for entry in os.scandir(self.settings.scratch):
+            if not scratch.SCRATCHDIR_RE.fullmatch(entry.name) or entry.name in known:
+                continue
+            job_dir = Path(entry.path)
+            try:
+                facts = json.loads((job_dir / JOB_FACTS).read_text())
+                received_at = float(facts.pop("received_at"))
+                facts["arguments"] = tuple(facts.get("arguments", ()))
+                new = NewJob(**facts)
+            except (OSError, ValueError, TypeError, KeyError):
+                new = None
+            if new is None or not (job_dir / "INPUT").is_dir():
+                log.warning("removing half-made job folder %s", entry.name)
+                scratch.remove_tree(job_dir)
+                continue
+            self._register(job_dir, new, received_at)
+            adopted += 1
+        return adopted
+
+    def _all_scratchdirs(self) -> list[tuple[str]]:
+        with self.sessions() as s:
+            return [tuple(r) for r in s.execute(select(Job.scratchdir))]
+
+    def running_jobs(self) -> Sequence[Job]:
+        with self.sessions() as s:
+            return s.scalars(select(Job).where(Job.state == State.RUNNING)).all()
+
+    def received_jobs(self) -> Sequence[Job]:
+        with self.sessions() as s:
+            return s.scalars(select(Job).where(Job.state == State.RECEIVED)).all()
+
+
+def _info_json(new: NewJob, received_at: float) -> dict[str, str]:
+    return {
+        "CallerIP": new.caller_ip,
+        "AETitleCalled": new.bucket,
+        "AETitleCaller": new.caller_aet,
+        "received": scratch.received_stamp(received_at),
+    }

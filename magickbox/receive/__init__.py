@@ -1,0 +1,1 @@
+"""Receive: DICOM in. A pynetdicom SCP stores files as received and groups them into sends."""

@@ -1,0 +1,158 @@
+"""From files to sends: group received files by (calling AE, called AE, peer IP, study).
+
+A send is ready to become a job when none of its associations is still open and nothing
+arrived for ``quiet`` seconds; so several associations of one study (OsiriX sends a
+series per association) make one job, while one association carrying N studies makes N.
+
+Each send lives in ``scratch/.incoming/<id>/`` beside ``<id>.json`` (its key) from its
+first file on, so a crash loses nothing: a restart turns every such folder into a job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SendKey:
+    caller_aet: str
+    called_aet: str
+    caller_ip: str
+    study_uid: str
+
+
+@dataclass
+class Send:
+    key: SendKey
+    folder: Path
+    started: float = field(default_factory=time.time)
+    open_assocs: set[int] = field(default_factory=set)
+    last: float = field(default_factory=time.monotonic)
+    nfiles: int = 0
+
+
+Ready = Callable[[Path, SendKey, float], None]
+
+
+class Grouper:
+    def __init__(self, incoming: Path, quiet: float, on_ready: Ready) -> None:
+        self.incoming = incoming
+        self.quiet = quiet
+        self.on_ready = on_ready
+        self._sends: dict[SendKey, Send] = {}
+        self._assoc_sends: dict[int, set[SendKey]] = {}
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="grouper", daemon=True)
+
+    def start(self) -> None:
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        self.recover()
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    # -- called from the receiver's association threads ----------------------------
+    def add_file(self, assoc_id: int, key: SendKey, src: Path, name: str) -> None:
+        """Move a fully received file into its send's folder."""
+        with self._cond:
+            send = self._sends.get(key)
+            if send is None:
+                send = self._sends[key] = self._new_send(key)
+            send.open_assocs.add(assoc_id)
+            self._assoc_sends.setdefault(assoc_id, set()).add(key)
+            send.last = time.monotonic()
+            send.nfiles += 1
+            folder = send.folder
+        # The send cannot become a job while this association is open, so the rename is
+        # safe outside the lock and concurrent associations do not wait on each other.
+        os.replace(src, folder / name)
+
+    def association_closed(self, assoc_id: int) -> None:
+        with self._cond:
+            for key in self._assoc_sends.pop(assoc_id, ()):
+                send = self._sends.get(key)
+                if send:
+                    send.open_assocs.discard(assoc_id)
+                    send.last = time.monotonic()
+            self._cond.notify_all()
+
+    def _new_send(self, key: SendKey) -> Send:
+        send_id = uuid.uuid4().hex
+        folder = self.incoming / send_id
+        meta = {**asdict(key), "started": time.time()}
+        tmp = self.incoming / f".{send_id}.json"
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, self.incoming / f"{send_id}.json")
+        folder.mkdir()
+        return Send(key=key, folder=folder, started=meta["started"])
+
+    # -- turning quiet sends into jobs ---------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopped:
+                    return
+                ready, wait = self._take_ready()
+                if not ready:
+                    self._cond.wait(wait)
+                    continue
+            for send in ready:
+                self._hand_over(send.folder, send.key, send.started)
+
+    def _take_ready(self) -> tuple[list[Send], float | None]:
+        now = time.monotonic()
+        ready: list[Send] = []
+        wait: float | None = None
+        for key, send in list(self._sends.items()):
+            if send.open_assocs:
+                continue
+            left = send.last + self.quiet - now
+            if left <= 0:
+                ready.append(self._sends.pop(key))
+            else:
+                wait = left if wait is None else min(wait, left)
+        return ready, wait
+
+    def _hand_over(self, folder: Path, key: SendKey, started: float) -> None:
+        try:
+            self.on_ready(folder, key, started)
+        except Exception:
+            # The folder stays in .incoming: the next start makes the job.
+            log.exception("send %s (%s) could not become a job", folder.name, key)
+            return
+        (folder.parent / f"{folder.name}.json").unlink(missing_ok=True)
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._sends)
+
+    def recover(self) -> None:
+        """Sends a previous run had not yet turned into jobs become jobs now."""
+        for meta_path in sorted(self.incoming.glob("*.json")):
+            folder = meta_path.with_suffix("")
+            try:
+                meta = json.loads(meta_path.read_text())
+                started = float(meta.pop("started", time.time()))
+                key = SendKey(**meta)
+            except (OSError, ValueError, TypeError):
+                log.error("unreadable send record %s: left for inspection", meta_path)
+                continue
+            if not folder.is_dir():
+                meta_path.unlink(missing_ok=True)  # the job was made; only the record was left
+                continue
+            log.info("recovering send %s of study %s", folder.name, key.study_uid)
+            self._hand_over(folder, key, started)

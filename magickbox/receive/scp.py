@@ -1,0 +1,134 @@
+"""The DICOM receiver: a pynetdicom SCP for C-ECHO and C-STORE.
+
+Datasets are written to disk by pynetdicom as they arrive (chunked mode, so large files
+never sit whole in memory) and kept byte for byte: nothing is decoded except the few
+header elements up to the StudyInstanceUID, which the send's grouping needs. The called
+AE title must be an enabled bucket; any other is rejected while associating.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from pydicom.filereader import read_partial
+from pynetdicom import AE, _config, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from magickbox.config import Settings
+from magickbox.jobs.scratch import BadName, check_uid
+from magickbox.receive.grouping import Grouper, SendKey
+
+log = logging.getLogger(__name__)
+
+STUDY_UID_TAG = 0x0020000D
+# C-STORE failure statuses (PS3.4 B.2.3)
+CANNOT_UNDERSTAND = 0xC000
+OUT_OF_RESOURCES = 0xA700
+
+
+
+def read_study_uid(path: Path) -> str:
+    """The StudyInstanceUID of a stored file, reading no further than that element."""
+    with path.open("rb") as fh:
+        ds = read_partial(
+            fh, stop_when=lambda tag, _vr, _len: tag > STUDY_UID_TAG, specific_tags=[STUDY_UID_TAG]
+        )
+    uid = str(ds.get("StudyInstanceUID", "") or "").strip().rstrip("\0")
+    if not uid:
+        raise ValueError("dataset has no StudyInstanceUID")
+    return check_uid(uid)
+
+
+class Receiver:
+    def __init__(
+        self, settings: Settings, grouper: Grouper, accepts: Callable[[str], bool]
+    ) -> None:
+        self.settings = settings
+        self.grouper = grouper
+        self.accepts = accepts
+        self.server: ThreadedAssociationServer | None = None
+
+    def start(self) -> None:
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        # Every storage SOP class (private and future ones too) in the transfer syntax the
+        # peer proposes first: the box keeps what it is given, compressed or big endian.
+        _config.UNRESTRICTED_STORAGE_SERVICE = True
+        self.settings.partial.mkdir(parents=True, exist_ok=True)
+        for leftover in self.settings.partial.iterdir():  # never acknowledged: not accepted
+            leftover.unlink(missing_ok=True)
+        # pynetdicom writes incoming datasets with NamedTemporaryFile(); pointing the temp
+        # folder into scratch keeps them on the archive's filesystem, so storing is a rename.
+        tempfile.tempdir = str(self.settings.partial)
+        ae = AE(ae_title=self.settings.aet)
+        ae.maximum_pdu_size = self.settings.max_pdu
+        ae.maximum_associations = 64
+        ae.network_timeout = 120
+        ae.add_supported_context(Verification)
+        handlers = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, lambda _e: 0x0000),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
+        ]
+        self.server = ae.start_server(
+            (self.settings.host, self.settings.dicom_port), block=False, evt_handlers=handlers
+        )
+        log.info(
+            "DICOM receiver %s listening on port %d", self.settings.aet, self.settings.dicom_port
+        )
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.shutdown()
+
+    def _on_requested(self, event: Event) -> None:
+        rq = event.assoc.requestor
+        called = str(rq.primitive.called_ae_title).strip()
+        if called == self.settings.aet or self.accepts(called):
+            event.assoc.acceptor.ae_title = called
+            return
+        log.warning(
+            "rejected association from %s@%s: called AE %r is no enabled bucket",
+            rq.primitive.calling_ae_title,
+            rq.address,
+            called,
+        )
+        event.assoc.acse.send_reject(0x01, 0x01, 0x07)  # permanent, service user, called AE
+        event.assoc.kill()  # waits until the rejection is on the wire, then closes
+
+    def _on_store(self, event: Event) -> int:
+        path = Path(event.dataset_path)
+        assoc = event.assoc
+        try:
+            study_uid = read_study_uid(path)
+            sop_uid = check_uid(str(event.request.AffectedSOPInstanceUID).strip())
+        except (ValueError, BadName, OSError, EOFError) as exc:
+            log.warning("C-STORE from %s refused: %s", assoc.requestor.address, exc)
+            path.unlink(missing_ok=True)
+            return CANNOT_UNDERSTAND
+        called = str(assoc.acceptor.ae_title).strip()
+        if called == self.settings.aet:  # the box's own title names no bucket
+            path.unlink(missing_ok=True)
+            log.warning("C-STORE to the box's own AE title %s refused: it names no bucket", called)
+            return CANNOT_UNDERSTAND
+        key = SendKey(
+            caller_aet=str(assoc.requestor.ae_title).strip(),
+            called_aet=called,
+            caller_ip=str(assoc.requestor.address),
+            study_uid=study_uid,
+        )
+        try:
+            self.grouper.add_file(id(assoc), key, path, f"{sop_uid}.dcm")
+        except OSError as exc:  # disk full or gone: the sender is told and may try again
+            log.error("C-STORE from %s could not be stored: %s", assoc.requestor.address, exc)
+            path.unlink(missing_ok=True)
+            return OUT_OF_RESOURCES
+        return 0x0000
+
+    def _on_closed(self, event: Event) -> None:
+        self.grouper.association_closed(id(event.assoc))

@@ -1,0 +1,95 @@
+"""The original's endpoints, kept for the scripts that use them (see the seed's manual)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Query, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, StreamingResponse
+
+from magickbox.box import Invalid
+from magickbox.web.deps import BoxDep, discard, json_bytes, save_upload, zip_response
+from magickbox.web.views import scratch_listing
+
+router = APIRouter(tags=["original endpoints"])
+
+
+@router.get("/code/php/getScratch.php")
+def get_scratch(box: BoxDep) -> Response:
+    """All jobs, newest first, as the original listed them."""
+    return json_bytes(scratch_listing(box.store.scratch_rows(), box.settings.scratch))
+
+
+@router.get("/code/php/getOutputZip.php")
+def get_output_zip(box: BoxDep, folder: str, type: str = "output") -> StreamingResponse:
+    """The job's OUTPUT (or INPUT with ``type=input``) as a zip streamed while it is made."""
+    if type.lower() not in ("output", "input"):
+        raise Invalid("type must be output or input")
+    return zip_response(box, folder, type.upper())
+
+
+@router.get("/code/php/deleteStudy.php")
+def delete_study(
+    box: BoxDep, scratchdir: str | None = None, SIUID: Annotated[str | None, Query()] = None
+) -> Response:
+    """Delete one job (``scratchdir``) or a study and every job made of it (``SIUID``)."""
+    if scratchdir:
+        box.delete_job(scratchdir)
+        return json_bytes({"ok": True, "deleted": scratchdir})
+    if SIUID:
+        return json_bytes({"ok": True, **box.delete_study(SIUID)})
+    raise Invalid("give scratchdir or SIUID")
+
+
+@router.post("/code/php/processZip.php")
+async def process_zip(
+    request: Request,
+    box: BoxDep,
+    theFile: UploadFile,
+    aetitle: Annotated[str, Form()],
+    sender: Annotated[str, Form()] = "",
+    filename: Annotated[str, Form()] = "",
+    jobname: Annotated[str, Form()] = "",
+    arguments: Annotated[str, Form()] = "",
+    description: Annotated[str, Form()] = "",
+) -> Response:
+    """A zip of DICOM files for bucket ``aetitle`` (what ``mb push`` sends)."""
+    saved = await save_upload(box, theFile)
+    try:
+        job = await run_in_threadpool(
+            box.upload,
+            saved,
+            aetitle=aetitle,
+            sender=sender or "upload",
+            caller_ip=request.client.host if request.client else "",
+            jobname=jobname or filename,
+            arguments=arguments,
+            description=description,
+        )
+    finally:
+        discard(saved)
+    return json_bytes(
+        {"ok": True, "scratchdir": job.scratchdir, "pid": job.study_uid, "files": job.nfiles}
+    )
+
+
+@router.get("/code/php/getInstalledBuckets.php")
+def installed_buckets(box: BoxDep) -> Response:
+    return json_bytes([b.info for b in box.buckets()])
+
+
+@router.get("/code/php/getStatus.php")
+def status(box: BoxDep) -> Response:
+    """Rows of [bucket, queued, running, workers], as gearman's status was shown."""
+    return json_bytes(
+        [[r["bucket"], r["queued"], r["running"], r["workers"]] for r in box.queue_status()]
+    )
+
+
+@router.get("/scratch/{scratchdir}/processing.log")
+def processing_log(box: BoxDep, scratchdir: str) -> FileResponse:
+    path = box.job_dir(scratchdir) / "processing.log"
+    if path.is_symlink() or not path.is_file():
+        raise Invalid("this job has no processing.log")
+    return FileResponse(path, media_type="text/plain; charset=utf-8")

@@ -1,0 +1,100 @@
+"""How jobs look from outside: the original's getScratch objects and the /api/v1 objects.
+
+getScratch's values are what the seed's scripts parse: ``scratchdir``, ``pid`` and
+``processingTime`` are strings, and processingTime is "0" exactly while a job is not
+finished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+from magickbox.jobs.db import FINISHED, Job
+
+
+def processing_time(
+    state: str, started: float | None, finished: float | None, received: float
+) -> str:
+    if state not in FINISHED or finished is None:
+        return "0"
+    # Whole seconds as the original, but never "0" once finished: scripts test != "0".
+    return str(max(1, math.ceil(finished - (started or received))))
+
+
+def scratch_entry(row: dict[str, Any], scratch: Path, now: float) -> dict[str, Any]:
+    if row["state"] in FINISHED and row["finished_at"] is not None:
+        size, mtime = row["log_size"], row["finished_at"]
+    else:  # still changing: ask the file (only these few jobs cost a stat)
+        try:
+            st = os.stat(scratch / row["scratchdir"] / "processing.log")
+            size, mtime = st.st_size, st.st_mtime
+        except OSError:
+            size, mtime = 0, row["received_at"]
+    return {
+        "AETitleCalled": row["bucket"],
+        "AETitleCaller": row["caller_aet"],
+        "CallerIP": row["caller_ip"],
+        "received": row["received_text"],
+        "scratchdir": row["scratchdir"],
+        "pid": row["study_uid"] or row["jobname"] or row["scratchdir"],
+        "lastChangedTime": formatdate(mtime, localtime=True),
+        "processingTime": processing_time(
+            row["state"], row["started_at"], row["finished_at"], row["received_at"]
+        ),
+        "processingLogSize": size,
+        "processingLast": max(0, int(now - mtime)),
+        "status": row["state"],
+    }
+
+
+def scratch_listing(rows: list[dict[str, Any]], scratch: Path) -> list[dict[str, Any]]:
+    now = time.time()
+    return [scratch_entry(row, scratch, now) for row in rows]
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """A job in /api/v1: every fact, with times in ISO 8601 (UTC)."""
+    return {
+        "scratchdir": job.scratchdir,
+        "state": job.state,
+        "bucket": job.bucket,
+        "caller_aet": job.caller_aet,
+        "caller_ip": job.caller_ip,
+        "study_uid": job.study_uid,
+        "source": job.source,
+        "jobname": job.jobname,
+        "description": job.description,
+        "arguments": json.loads(job.arguments or "[]"),
+        "files": job.nfiles,
+        "received_at": iso(job.received_at),
+        "queued_at": iso(job.queued_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "processing_seconds": (
+            round(job.finished_at - job.started_at, 3)
+            if job.finished_at and job.started_at
+            else None
+        ),
+        "attempts": job.attempts,
+        "exit_code": job.exit_code,
+        "success": job.success or None,
+        "reason": job.reason or None,
+        "links": {
+            "self": f"/api/v1/jobs/{job.scratchdir}",
+            "log": f"/api/v1/jobs/{job.scratchdir}/log",
+            "output": f"/api/v1/jobs/{job.scratchdir}/output.zip",
+            "input": f"/api/v1/jobs/{job.scratchdir}/input.zip",
+        },
+    }
