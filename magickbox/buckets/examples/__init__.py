@@ -1,0 +1,1 @@
+"""Example buckets shipped with MagickBox and copied into every new home."""
