@@ -1,0 +1,1 @@
+"""Web layer: HTTP API and downloads."""
