@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 
+import swagger_ui_bundle
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from magickbox.box import Box, Invalid, NotFound
 from magickbox.jobs.scratch import BadName
@@ -26,8 +29,23 @@ def create_app(box: Box) -> FastAPI:
         summary="A DICOM processing appliance",
         description="Jobs, buckets and queue of one box. The original's "
         "`/code/php/*.php` endpoints are kept for existing scripts.",
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.box = box
+    # The API page loads nothing from the internet: a box often has no way out.
+    swagger = StaticFiles(directory=swagger_ui_bundle.swagger_ui_path)
+    app.mount("/static/swagger", swagger, name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="MagickBox API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon-32x32.png",
+        )
     app.include_router(legacy.router)
     app.include_router(api.router)
 
