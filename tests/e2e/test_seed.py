@@ -2,12 +2,15 @@
 
 The commands below are copied from "How to process a large number of subjects" of the
 original manual; only its placeholders (<ip of MB>, ports, the DICOM folder) are filled
-in, and port 2813 becomes this server's web port.
+in, and port 2813 becomes this server's web port. The manual wraps long lines with a
+backslash; inside jq's single quotes that is no shell continuation (jq would see the
+backslash), so each command is joined into the one line a user types.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import zipfile
 from pathlib import Path
@@ -44,6 +47,7 @@ DELETE = r"""echo $fileList | jq -c -M . | while read line; do sc=`echo $line | 
 
 
 def fill(command: str, box: BoxServer, folder: Path | None = None) -> str:
+    command = re.sub(r"\\\n\s*", "", command)
     return (command.replace("<ip of MB>", "127.0.0.1").replace("<ip of MagickBox>", "127.0.0.1")
             .replace("<port of MagickBox>", str(box.dicom_port))
             .replace("<single DICOM directory>", str(folder))
