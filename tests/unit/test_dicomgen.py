@@ -244,13 +244,6 @@ def test_fast_writer_matches_dcmwrite(tmp_path: Path, syntax: str) -> None:
     assert pydicom.dcmread(info.paths[0]).PatientName == "Müller^Jörg"
 
 
-def test_write_study_speed(tmp_path: Path) -> None:
-    """A loose guard against re-encoding everything per file (expected: well under 1 s)."""
-    start = time.perf_counter()
-    gen.write_study(tmp_path, n_images=400)
-    assert time.perf_counter() - start < 8
-
-
 def test_write_corpus(tmp_path: Path) -> None:
     studies = gen.write_corpus(
         tmp_path, n_studies=3, images_per_study=4, transfer_syntax=["explicit", "rle"], seed=1
