@@ -39,6 +39,7 @@ class Dispatcher:
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> None:
         self.recover()
+        self._wake.set()  # jobs queued before this start (a restart) run now, not at the timer
         self._thread.start()
 
     def stop(self) -> None:
