@@ -126,11 +126,12 @@ class LocalExecutor:
 
     def _stop_group(self, proc: subprocess.Popen[bytes]) -> None:
         kill_group(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=self._kill_grace)
-        except subprocess.TimeoutExpired:
-            kill_group(proc.pid, signal.SIGKILL)
-            proc.wait()
+        # Also when work.sh itself is gone: its children may ignore SIGTERM, and a stopped
+        # job must leave nothing of its tree running.
+        kill_group(proc.pid, signal.SIGKILL)
+        proc.wait()
 
     def cancel(self, scratchdir: str) -> bool:
         with self._lock:
