@@ -1,0 +1,299 @@
+"""Grouper: received files -> sends -> one hand-over per send after a quiet window.
+
+The tests use a small quiet window and wait for hand-overs with generous timeouts; they
+never assert that something is fast, only that it happens, or that it has not happened
+while an association holds a send back.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pytest
+
+from magickbox.receive.grouping import Grouper, SendKey
+
+QUIET = 0.2
+TIMEOUT = 20.0  # generous: a loaded CI machine may be slow, but the hand-over must come
+
+KEY_A = SendKey("MODALITY", "ProcBucket", "10.0.0.1", "1.2.3.1")
+KEY_B = SendKey("MODALITY", "ProcBucket", "10.0.0.1", "1.2.3.2")
+
+
+@dataclass
+class Handed:
+    key: SendKey
+    started: float
+    files: list[str]
+    moved_to: Path
+
+
+class FakeJobs:
+    """The on_ready callback: takes the folder away as create_job does and records it."""
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self.handed: list[Handed] = []
+        self.fail = False
+        self._cond = threading.Condition()
+
+    def __call__(self, folder: Path, key: SendKey, started: float) -> None:
+        if self.fail:
+            raise RuntimeError("database is down")
+        target = self.dest / f"job{len(self.handed)}"
+        shutil.move(str(folder), target)
+        with self._cond:
+            self.handed.append(
+                Handed(key, started, sorted(p.name for p in target.iterdir()), target)
+            )
+            self._cond.notify_all()
+
+    def wait_for(self, n: int, timeout: float = TIMEOUT) -> list[Handed]:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: len(self.handed) >= n, timeout)
+            assert ok, f"expected {n} hand-overs, got {len(self.handed)}"
+            return list(self.handed)
+
+    def count(self) -> int:
+        with self._cond:
+            return len(self.handed)
+
+
+@pytest.fixture
+def jobs(tmp_path: Path) -> FakeJobs:
+    dest = tmp_path / "jobs"
+    dest.mkdir()
+    return FakeJobs(dest)
+
+
+@pytest.fixture
+def incoming(tmp_path: Path) -> Path:
+    return tmp_path / "scratch" / ".incoming"
+
+
+@pytest.fixture
+def grouper(incoming: Path, jobs: FakeJobs) -> Iterator[Grouper]:
+    g = Grouper(incoming, QUIET, jobs)
+    g.start()
+    yield g
+    g.stop()
+
+
+class Wire:
+    """Stands in for pynetdicom: makes a fully received temporary file to hand over."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.n = 0
+
+    def file(self, content: bytes = b"DICM") -> Path:
+        self.n += 1
+        path = self.root / f"partial{self.n}"
+        path.write_bytes(content)
+        return path
+
+
+@pytest.fixture
+def wire(tmp_path: Path) -> Wire:
+    return Wire(tmp_path / "scratch" / ".partial")
+
+
+def records(incoming: Path) -> list[Path]:
+    return sorted(incoming.glob("*.json"))
+
+
+def test_one_send_becomes_one_job_after_quiet(
+    grouper: Grouper, jobs: FakeJobs, wire: Wire, incoming: Path
+) -> None:
+    before = time.time()
+    for i in range(3):
+        grouper.add_file(1, KEY_A, wire.file(), f"img{i}.dcm")
+    assert len(records(incoming)) == 1  # the send is on disk from its first file on
+    closed = time.monotonic()
+    grouper.association_closed(1)
+
+    [job] = jobs.wait_for(1)
+    handed_after = time.monotonic() - closed
+    assert job.key == KEY_A
+    assert job.files == ["img0.dcm", "img1.dcm", "img2.dcm"]
+    assert before - 1 <= job.started <= time.time()
+    # The quiet window is a minimum: no hand-over before it has passed.
+    assert handed_after >= QUIET * 0.9
+    assert records(incoming) == []  # the record goes once the job exists
+    assert grouper.pending() == 0
+    time.sleep(QUIET * 2)
+    assert jobs.count() == 1  # handed over once, not again
+
+
+def test_two_keys_make_two_jobs(grouper: Grouper, jobs: FakeJobs, wire: Wire) -> None:
+    # One association carrying two studies.
+    grouper.add_file(1, KEY_A, wire.file(), "a1.dcm")
+    grouper.add_file(1, KEY_B, wire.file(), "b1.dcm")
+    grouper.add_file(1, KEY_A, wire.file(), "a2.dcm")
+    grouper.association_closed(1)
+
+    handed = jobs.wait_for(2)
+    by_key = {h.key: h.files for h in handed}
+    assert by_key == {KEY_A: ["a1.dcm", "a2.dcm"], KEY_B: ["b1.dcm"]}
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        SendKey("OTHERAE", "ProcBucket", "10.0.0.1", "1.2.3.1"),
+        SendKey("MODALITY", "OtherBucket", "10.0.0.1", "1.2.3.1"),
+        SendKey("MODALITY", "ProcBucket", "10.0.0.2", "1.2.3.1"),
+    ],
+    ids=["caller", "called", "ip"],
+)
+def test_each_part_of_the_key_separates_sends(
+    grouper: Grouper, jobs: FakeJobs, wire: Wire, other: SendKey
+) -> None:
+    grouper.add_file(1, KEY_A, wire.file(), "a.dcm")
+    grouper.add_file(2, other, wire.file(), "b.dcm")
+    grouper.association_closed(1)
+    grouper.association_closed(2)
+    handed = jobs.wait_for(2)
+    assert {h.key for h in handed} == {KEY_A, other}
+
+
+def test_an_open_association_holds_the_send_back(
+    grouper: Grouper, jobs: FakeJobs, wire: Wire
+) -> None:
+    grouper.add_file(7, KEY_A, wire.file(), "a.dcm")
+    time.sleep(QUIET * 4)  # far past the quiet window, but the association is still open
+    assert jobs.count() == 0
+    assert grouper.pending() == 1
+    grouper.association_closed(7)
+    [job] = jobs.wait_for(1)
+    assert job.files == ["a.dcm"]
+
+
+def test_two_open_associations_on_one_key_merge(
+    grouper: Grouper, jobs: FakeJobs, wire: Wire
+) -> None:
+    grouper.add_file(1, KEY_A, wire.file(), "series1.dcm")
+    grouper.add_file(2, KEY_A, wire.file(), "series2.dcm")
+    grouper.association_closed(1)
+    time.sleep(QUIET * 3)
+    assert jobs.count() == 0  # association 2 still open: the send waits for it
+    grouper.add_file(2, KEY_A, wire.file(), "series2b.dcm")
+    grouper.association_closed(2)
+    [job] = jobs.wait_for(1)
+    assert job.files == ["series1.dcm", "series2.dcm", "series2b.dcm"]
+
+
+def test_back_to_back_associations_within_quiet_merge(
+    incoming: Path, jobs: FakeJobs, wire: Wire
+) -> None:
+    """OsiriX: one series per association, the next opening right after the last closed."""
+    g = Grouper(incoming, 1.0, jobs)  # wide enough that no pause of a busy machine splits it
+    g.start()
+    try:
+        for assoc in range(1, 4):
+            g.add_file(assoc, KEY_A, wire.file(), f"s{assoc}.dcm")
+            g.association_closed(assoc)
+        [job] = jobs.wait_for(1)
+        assert job.files == ["s1.dcm", "s2.dcm", "s3.dcm"]
+    finally:
+        g.stop()
+
+
+def test_a_file_after_hand_over_makes_a_new_send(
+    grouper: Grouper, jobs: FakeJobs, wire: Wire
+) -> None:
+    grouper.add_file(1, KEY_A, wire.file(b"first"), "same.dcm")
+    grouper.association_closed(1)
+    [first] = jobs.wait_for(1)
+
+    grouper.add_file(2, KEY_A, wire.file(b"second"), "same.dcm")
+    grouper.association_closed(2)
+    _, second = jobs.wait_for(2)
+    assert second.key == KEY_A
+    assert second.files == ["same.dcm"]
+    assert second.moved_to != first.moved_to
+    # The first job's file was not touched by the second send.
+    assert (first.moved_to / "same.dcm").read_bytes() == b"first"
+    assert (second.moved_to / "same.dcm").read_bytes() == b"second"
+
+
+def test_failed_hand_over_keeps_folder_and_record_for_the_next_start(
+    incoming: Path, jobs: FakeJobs, wire: Wire
+) -> None:
+    jobs.fail = True
+    g = Grouper(incoming, QUIET, jobs)
+    g.start()
+    try:
+        g.add_file(1, KEY_A, wire.file(), "a.dcm")
+        g.association_closed(1)
+        deadline = time.monotonic() + TIMEOUT
+        while g.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert g.pending() == 0  # it was tried
+    finally:
+        g.stop()
+    [record] = records(incoming)
+    assert (record.with_suffix("") / "a.dcm").is_file()
+
+    # The next start turns it into a job.
+    jobs.fail = False
+    g2 = Grouper(incoming, QUIET, jobs)
+    g2.recover()
+    [job] = jobs.wait_for(1)
+    assert job.key == KEY_A
+    assert job.files == ["a.dcm"]
+    assert records(incoming) == []
+
+
+def write_send(incoming: Path, send_id: str, key: SendKey, started: float, files: list[str]):
+    incoming.mkdir(parents=True, exist_ok=True)
+    (incoming / f"{send_id}.json").write_text(json.dumps({**asdict(key), "started": started}))
+    folder = incoming / send_id
+    folder.mkdir()
+    for name in files:
+        (folder / name).write_bytes(b"DICM")
+    return folder
+
+
+def test_recover_turns_leftover_sends_into_jobs(incoming: Path, jobs: FakeJobs) -> None:
+    write_send(incoming, "a" * 32, KEY_A, 1000.0, ["x.dcm", "y.dcm"])
+    write_send(incoming, "b" * 32, KEY_B, 2000.0, ["z.dcm"])
+    g = Grouper(incoming, QUIET, jobs)
+    g.start()  # start() recovers before receiving anything
+    try:
+        handed = jobs.wait_for(2)
+    finally:
+        g.stop()
+    by_key = {h.key: h for h in handed}
+    assert by_key[KEY_A].files == ["x.dcm", "y.dcm"]
+    assert by_key[KEY_A].started == 1000.0  # the send's own start, not the restart's time
+    assert by_key[KEY_B].files == ["z.dcm"]
+    assert by_key[KEY_B].started == 2000.0
+    assert list(incoming.iterdir()) == []
+
+
+def test_recover_drops_records_whose_folder_is_gone(incoming: Path, jobs: FakeJobs) -> None:
+    incoming.mkdir(parents=True)
+    (incoming / f"{'c' * 32}.json").write_text(json.dumps({**asdict(KEY_A), "started": 1.0}))
+    write_send(incoming, "d" * 32, KEY_B, 2.0, ["z.dcm"])
+    Grouper(incoming, QUIET, jobs).recover()
+    [job] = jobs.wait_for(1)
+    assert job.key == KEY_B
+    assert list(incoming.iterdir()) == []
+
+
+def test_recover_leaves_an_unreadable_record_alone(incoming: Path, jobs: FakeJobs) -> None:
+    incoming.mkdir(parents=True)
+    bad = incoming / f"{'e' * 32}.json"
+    bad.write_text("{not json")
+    (incoming / ("e" * 32)).mkdir()
+    Grouper(incoming, QUIET, jobs).recover()
+    assert jobs.count() == 0
+    assert bad.exists()  # left for inspection, not deleted

@@ -1,0 +1,174 @@
+"""Names taken from outside never become paths; the archive never rewrites old jobs' bytes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from magickbox.jobs import scratch
+from magickbox.jobs.scratch import BadName, check_scratchdir, check_uid, link_into_archive
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "tmp.",
+        "tmp.abc",  # too short to be one of ours
+        "tmp." + "a" * 33,  # too long
+        "../tmp.abcdef12",
+        "tmp.abcdef12/..",
+        "tmp.abcdef12/../../etc",
+        "..",
+        ".",
+        "/tmp.abcdef12",
+        "/etc/passwd",
+        "tmp.abc/def12",
+        "tmp.abc.def12",
+        "tmp.abcdef12\n",
+        "tmp.abcdef12\0",
+        "TMP.abcdef12",
+        "xtmp.abcdef12",
+        "tmp.abc def12",
+        "archive",
+        ".incoming",
+    ],
+)
+def test_check_scratchdir_rejects(name: str) -> None:
+    with pytest.raises(BadName):
+        check_scratchdir(name)
+
+
+def test_check_scratchdir_rejects_none() -> None:
+    with pytest.raises(BadName):
+        check_scratchdir(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["tmp.abcdef", "tmp.AbC123_x", "tmp." + "z" * 32])
+def test_check_scratchdir_accepts_our_names(name: str) -> None:
+    assert check_scratchdir(name) == name
+
+
+def test_check_scratchdir_accepts_what_new_job_dir_makes(tmp_path: Path) -> None:
+    for _ in range(20):
+        job_dir = scratch.new_job_dir(tmp_path)
+        assert job_dir.parent == tmp_path
+        assert check_scratchdir(job_dir.name) == job_dir.name
+
+
+@pytest.mark.parametrize(
+    "uid",
+    [
+        "",
+        "..",
+        "1..2",
+        "1.2..",
+        "../1.2.3",
+        "1.2/../3",
+        "1.2.3/4",
+        "/1.2.3",
+        "/etc",
+        ".1.2.3",
+        "1.2.abc",
+        "1.2.3a",
+        "abc",
+        "1.2.3 ",
+        " 1.2.3",
+        "1.2.3\n",
+        "1.2.3\0",
+        "1" * 65,
+    ],
+)
+def test_check_uid_rejects(uid: str) -> None:
+    with pytest.raises(BadName):
+        check_uid(uid)
+
+
+@pytest.mark.parametrize("uid", ["1", "1.2.840.10008.1.2", "2.25.1234567890", "1" * 64])
+def test_check_uid_accepts_uids(uid: str) -> None:
+    assert check_uid(uid) == uid
+
+
+def make_input(root: Path, files: dict[str, bytes]) -> Path:
+    root.mkdir(parents=True)
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    return root
+
+
+def test_link_into_archive_hard_links(tmp_path: Path) -> None:
+    inp = make_input(tmp_path / "job1" / "INPUT", {"a.dcm": b"A1", "b.dcm": b"B1"})
+    study = tmp_path / "archive" / "1.2.3"
+    link_into_archive(inp, study)
+    assert sorted(p.name for p in study.iterdir()) == ["a.dcm", "b.dcm"]
+    assert os.path.samefile(study / "a.dcm", inp / "a.dcm")  # a link, not a copy
+
+
+def test_a_later_send_replaces_the_archive_entry_but_not_the_old_job(tmp_path: Path) -> None:
+    study = tmp_path / "archive" / "1.2.3"
+    job1 = make_input(tmp_path / "job1" / "INPUT", {"a.dcm": b"old bytes", "keep.dcm": b"K"})
+    link_into_archive(job1, study)
+    job2 = make_input(tmp_path / "job2" / "INPUT", {"a.dcm": b"new bytes"})
+    link_into_archive(job2, study)
+
+    assert (study / "a.dcm").read_bytes() == b"new bytes"
+    assert os.path.samefile(study / "a.dcm", job2 / "a.dcm")
+    # The earlier job's hard link still has the bytes that job was given.
+    assert (job1 / "a.dcm").read_bytes() == b"old bytes"
+    assert not os.path.samefile(study / "a.dcm", job1 / "a.dcm")
+    assert (study / "keep.dcm").read_bytes() == b"K"  # untouched by the later send
+    assert sorted(p.name for p in study.iterdir()) == ["a.dcm", "keep.dcm"]  # no temp files
+
+
+def test_link_into_archive_survives_a_stale_temp_link(tmp_path: Path) -> None:
+    """A crash between link and rename leaves ``.<name>.lnk``; the next send must not fail."""
+    study = tmp_path / "archive" / "1.2.3"
+    study.mkdir(parents=True)
+    stale = study / ".a.dcm.lnk"
+    stale.write_bytes(b"stale")
+    inp = make_input(tmp_path / "job" / "INPUT", {"a.dcm": b"fresh"})
+    link_into_archive(inp, study)
+    assert (study / "a.dcm").read_bytes() == b"fresh"
+    assert not stale.exists()
+
+
+def test_link_into_archive_takes_files_from_subfolders(tmp_path: Path) -> None:
+    inp = make_input(tmp_path / "job" / "INPUT", {"top.dcm": b"T"})
+    (inp / "series1").mkdir()
+    (inp / "series1" / "deep.dcm").write_bytes(b"D")
+    study = tmp_path / "archive" / "9.9"
+    link_into_archive(inp, study)
+    assert (study / "deep.dcm").read_bytes() == b"D"
+    assert (study / "top.dcm").read_bytes() == b"T"
+
+
+def test_count_files_and_remove_tree(tmp_path: Path) -> None:
+    inp = make_input(tmp_path / "job" / "INPUT", {"a": b"", "b": b""})
+    (inp / "sub").mkdir()
+    (inp / "sub" / "c").write_bytes(b"")
+    assert scratch.count_files(inp) == 3
+
+    outside = make_input(tmp_path / "outside", {"precious": b"P"})
+    (tmp_path / "job" / "escape").symlink_to(outside, target_is_directory=True)
+    scratch.remove_tree(tmp_path / "job")
+    assert not (tmp_path / "job").exists()
+    assert (outside / "precious").read_bytes() == b"P"  # a symlink is not followed
+
+
+def test_remove_tree_of_a_symlink_removes_only_the_link(tmp_path: Path) -> None:
+    outside = make_input(tmp_path / "outside", {"precious": b"P"})
+    link = tmp_path / "tmp.abcdef12"
+    link.symlink_to(outside, target_is_directory=True)
+    scratch.remove_tree(link)
+    assert not link.is_symlink()
+    assert (outside / "precious").read_bytes() == b"P"
+
+
+def test_write_json_atomic_leaves_no_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "info.json"
+    scratch.write_json_atomic(target, {"a": 1})
+    scratch.write_json_atomic(target, {"a": 2})
+    assert target.read_text().replace(" ", "").replace("\n", "") == '{"a":2}'
+    assert [p.name for p in tmp_path.iterdir()] == ["info.json"]
