@@ -113,6 +113,9 @@ class LocalExecutor:
             self._stop_group(proc)
             code, timed_out = proc.returncode, True
         finally:
+            # A job leaves nothing running: children that work.sh left behind would keep
+            # writing into a job the box calls finished.
+            kill_group(proc.pid, signal.SIGKILL)
             with self._lock:
                 self._procs.pop(req.scratchdir, None)
                 cancelled = req.scratchdir in self._cancelled

@@ -259,6 +259,24 @@ def test_timeout_kills_a_grandchild_that_ignores_sigterm(tmp_path: Path) -> None
         kill_if_alive(grandchild)
 
 
+LEAVES_A_CHILD = """#!/bin/sh
+sleep 300 &
+echo $! > "$2/child.pid"
+exit 0
+"""
+
+
+def test_children_left_behind_by_a_finished_job_are_stopped(tmp_path: Path) -> None:
+    job_dir, work_sh = make_job(tmp_path, LEAVES_A_CHILD)
+    result = run(request(job_dir, work_sh))
+    child = int((job_dir / "OUTPUT" / "child.pid").read_text())
+    try:
+        assert result.exit_code == 0 and not result.reason
+        assert wait_gone(child, timeout=5.0), "a background child outlived its finished job"
+    finally:
+        kill_if_alive(child)
+
+
 def test_cancel_stops_a_running_job(tmp_path: Path) -> None:
     job_dir, work_sh = make_job(tmp_path, TREE.format(ignore=""))
     executor = LocalExecutor(kill_grace=2.0)
