@@ -2,8 +2,10 @@
 
 Datasets are written to disk by pynetdicom as they arrive (chunked mode, so large files
 never sit whole in memory) and kept byte for byte: nothing is decoded except the few
-header elements up to the StudyInstanceUID, which the send's grouping needs. The called
-AE title must be an enabled bucket; any other is rejected while associating.
+header elements up to the StudyInstanceUID, which the send's grouping needs. A walk over
+the element headers (no values) refuses a data set that does not parse with a failure
+status. The called AE title must be an enabled bucket; any other is rejected while
+associating.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from magickbox.config import Settings
 from magickbox.jobs.scratch import BadName, check_uid
 from magickbox.receive.grouping import Grouper, SendKey
+from magickbox.receive.structure import Malformed, check_stored_file
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,6 @@ STUDY_UID_TAG = 0x0020000D
 # C-STORE failure statuses (PS3.4 B.2.3)
 CANNOT_UNDERSTAND = 0xC000
 OUT_OF_RESOURCES = 0xA700
-
 
 
 def read_study_uid(path: Path) -> str:
@@ -107,7 +109,8 @@ class Receiver:
         try:
             study_uid = read_study_uid(path)
             sop_uid = check_uid(str(event.request.AffectedSOPInstanceUID).strip())
-        except (ValueError, BadName, OSError, EOFError) as exc:
+            check_stored_file(path, event.context.transfer_syntax)
+        except (ValueError, BadName, Malformed, OSError, EOFError) as exc:
             log.warning("C-STORE from %s refused: %s", assoc.requestor.address, exc)
             path.unlink(missing_ok=True)
             return CANNOT_UNDERSTAND

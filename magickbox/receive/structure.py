@@ -1,0 +1,229 @@
+"""Is a received data set whole? A walk over its element headers that decodes no value.
+
+A C-STORE whose data set cannot be parsed must get a failure status rather than become
+part of a job. The walk reads each element's tag and length and skips its value (a seek),
+so it costs a few microseconds per element whatever the size of the pixel data. It
+refuses what no reader could make sense of:
+
+* a value, item or fragment whose length runs past the end of its container or the file;
+* a sequence, item or encapsulated pixel data with undefined length that never ends;
+* item and delimiter tags where they do not belong, undefined lengths where none may be;
+* bytes left over after the last element, or nesting deeper than any real data set.
+
+Values are never checked (a wrong VR, an unsorted tag or an odd length is the bucket's
+business: real modalities send such things and other receivers keep them).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import BinaryIO
+
+from pydicom.uid import UID
+
+UNDEFINED = 0xFFFFFFFF
+ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+DELIMITERS = (ITEM, ITEM_END, SEQUENCE_END)
+PIXEL_DATA = 0x7FE00010
+# Explicit VRs whose length field has 4 bytes (after 2 reserved ones); others have 2.
+LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+MAX_DEPTH = 64
+
+
+class Malformed(ValueError):
+    """The data set's structure is broken: no reader could parse it."""
+
+
+def check_stored_file(path: Path, syntax: str) -> None:
+    """Check the data set of a Part 10 file (as pynetdicom stores it) in ``syntax``."""
+    with path.open("rb") as fh:
+        head = fh.read(144)
+        if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
+            raise Malformed("no file meta information")
+        (meta_length,) = struct.unpack_from("<L", head, 140)
+        if 144 + meta_length > os.fstat(fh.fileno()).st_size:
+            raise Malformed("the file meta information runs past the end of the file")
+        fh.seek(144 + meta_length)
+        check_dataset(fh, UID(syntax))
+
+
+def check_dataset(fh: BinaryIO, syntax: UID) -> None:
+    """Walk the data set from ``fh``'s position to its end; raise Malformed when broken."""
+    reader = _Inflating(fh) if syntax.is_deflated else _Plain(fh)
+    walker = _Walker(reader, implicit=syntax.is_implicit_VR, little=syntax.is_little_endian)
+    walker.elements(end=None, depth=0, top=True)
+    reader.finish()
+
+
+class _Plain:
+    """The file itself, read through a window so that a header costs one read."""
+
+    WINDOW = 1 << 16
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        self.pos = self.start = fh.tell()
+        self.size = fh.seek(0, os.SEEK_END)
+        self.buf = b""
+
+    def read(self, n: int) -> bytes:
+        off = self.pos - self.start
+        if off + n > len(self.buf):
+            self.fh.seek(self.pos)
+            self.buf, self.start, off = self.fh.read(max(n, self.WINDOW)), self.pos, 0
+        data = self.buf[off : off + n]
+        self.pos += len(data)
+        return data
+
+    def skip(self, n: int) -> None:
+        if self.pos + n > self.size:
+            raise Malformed(f"a length of {n} runs past the end of the data set")
+        self.pos += n
+
+    def finish(self) -> None:
+        pass
+
+
+class _Inflating:
+    """The deflated transfer syntax: the data set is one raw deflate stream."""
+
+    CHUNK = 1 << 16
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        self.inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        self.buf = b""
+        self.pos = 0
+
+    def _fill(self, n: int) -> None:
+        while len(self.buf) < n:
+            if self.inflater.unconsumed_tail:
+                data = self.inflater.unconsumed_tail
+            else:
+                data = self.fh.read(self.CHUNK)
+                if not data:
+                    self.buf += self.inflater.flush()
+                    return
+            try:
+                self.buf += self.inflater.decompress(data, self.CHUNK)
+            except zlib.error as exc:
+                raise Malformed(f"deflated data set: {exc}") from exc
+
+    def read(self, n: int) -> bytes:
+        self._fill(n)
+        data, self.buf = self.buf[:n], self.buf[n:]
+        self.pos += len(data)
+        return data
+
+    def finish(self) -> None:
+        if not self.inflater.eof:
+            raise Malformed("the deflated data set is cut short")
+
+    def skip(self, n: int) -> None:
+        while n > 0:
+            step = min(n, self.CHUNK)
+            if len(self.read(step)) < step:
+                raise Malformed(f"a length of {n} runs past the end of the data set")
+            n -= step
+
+
+class _Walker:
+    def __init__(self, reader: _Plain | _Inflating, implicit: bool, little: bool) -> None:
+        self.r = reader
+        self.implicit = implicit
+        e = "<" if little else ">"
+        self.header = struct.Struct(e + "HHL")  # tag (group, element), 4-byte length
+        self.short = struct.Struct(e + "H")
+        self.long = struct.Struct(e + "L")
+
+    def _tag_and_length(self, data: bytes) -> tuple[int, int]:
+        group, element, length = self.header.unpack(data)
+        return group << 16 | element, length
+
+    def elements(self, end: int | None, depth: int, top: bool = False) -> None:
+        """Elements until ``end``, or (``end`` None) the item delimiter or, on top, EOF."""
+        if depth > MAX_DEPTH:
+            raise Malformed("sequences nested too deep")
+        while end is None or self.r.pos < end:
+            head = self.r.read(8)
+            if top and not head:
+                return
+            if len(head) < 8:
+                raise Malformed("the data set ends inside an element header or a sequence")
+            tag, length = self._tag_and_length(head)
+            if tag == ITEM_END and end is None and not top:
+                return
+            if tag in DELIMITERS:
+                raise Malformed(f"a delimiter ({tag:08X}) where an element should be")
+            vr = b""
+            if not self.implicit:
+                vr = head[4:6]
+                if vr in LONG_VRS:
+                    more = self.r.read(4)
+                    if len(more) < 4:
+                        raise Malformed("the data set ends inside an element header")
+                    (length,) = self.long.unpack(more)
+                else:
+                    (length,) = self.short.unpack_from(head, 6)
+            if length == UNDEFINED:
+                self._undefined(tag, vr, depth)
+            elif vr == b"SQ":
+                self._within(end, length)
+                self.items(self.r.pos + length, depth + 1)
+            else:
+                self._within(end, length)
+                self.r.skip(length)
+        if self.r.pos != end:
+            raise Malformed("an element runs past the end of its item")
+
+    def _within(self, end: int | None, length: int) -> None:
+        if end is not None and self.r.pos + length > end:
+            raise Malformed(f"a length of {length} runs past the end of its item")
+
+    def _undefined(self, tag: int, vr: bytes, depth: int) -> None:
+        if self.implicit or vr == b"SQ":
+            self.items(None, depth + 1)
+        elif vr == b"UN":  # a sequence in implicit VR little endian (PS3.5 6.2.2)
+            inner = _Walker(self.r, implicit=True, little=True)
+            inner.items(None, depth + 1)
+        elif tag == PIXEL_DATA and vr in (b"OB", b"OW"):
+            self.fragments()
+        else:
+            raise Malformed(f"undefined length for ({tag:08X}) {vr.decode('latin-1')}")
+
+    def items(self, end: int | None, depth: int) -> None:
+        """A sequence's items until ``end`` or (``end`` None) its delimiter."""
+        if depth > MAX_DEPTH:
+            raise Malformed("sequences nested too deep")
+        while end is None or self.r.pos < end:
+            tag, length = self._delimiter()
+            if tag == SEQUENCE_END and end is None:
+                return
+            if tag != ITEM:
+                raise Malformed(f"({tag:08X}) where a sequence item should be")
+            if length == UNDEFINED:
+                self.elements(None, depth)
+            else:
+                self._within(end, length)
+                self.elements(self.r.pos + length, depth)
+        if self.r.pos != end:
+            raise Malformed("a sequence runs past its length")
+
+    def fragments(self) -> None:
+        """Encapsulated pixel data: items of defined length up to the sequence delimiter."""
+        while True:
+            tag, length = self._delimiter()
+            if tag == SEQUENCE_END:
+                return
+            if tag != ITEM or length == UNDEFINED:
+                raise Malformed("broken encapsulated pixel data")
+            self.r.skip(length)
+
+    def _delimiter(self) -> tuple[int, int]:
+        head = self.r.read(8)
+        if len(head) < 8:
+            raise Malformed("the data set ends inside a sequence")
+        return self._tag_and_length(head)

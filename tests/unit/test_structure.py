@@ -1,0 +1,99 @@
+"""The receive path's structural check: whole data sets pass, broken ones are refused."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import UID, generate_uid
+from pynetdicom.dsutils import split_dataset
+
+from magickbox.receive.structure import Malformed, check_dataset, check_stored_file
+from magickbox.testing.dicomgen import (
+    MALFORMED_KINDS,
+    SYNTAXES,
+    make_dataset,
+    malformed_dataset_bytes,
+    save_dataset,
+)
+
+
+def image(syntax: str, **kw: object) -> Dataset:
+    return make_dataset(study_uid=generate_uid(), series_uid=generate_uid(), rows=32, cols=32,
+                        transfer_syntax=syntax, seed=1, **kw)  # fmt: skip
+
+
+def nested(depth: int) -> Dataset:
+    """A data set with ``depth`` sequences inside each other."""
+    ds = image("explicit")
+    inner = ds
+    for _ in range(depth):
+        item = Dataset()
+        item.CodeValue = "1"
+        inner.ReferencedImageSequence = Sequence([item])
+        inner = item
+    return ds
+
+
+@pytest.mark.parametrize("syntax", sorted(SYNTAXES))
+def test_whole_files_pass_and_every_cut_inside_an_element_is_refused(
+    tmp_path: Path, syntax: str
+) -> None:
+    path = tmp_path / "ok.dcm"
+    ds = image(syntax)
+    ds.ReferencedImageSequence = Sequence([Dataset(), Dataset()])
+    ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID = generate_uid()
+    save_dataset(ds, path)
+    check_stored_file(path, SYNTAXES[syntax])
+
+    data = path.read_bytes()
+    _meta, offset = split_dataset(path)
+    # Cut inside the last element (a deflated stream may end in one byte of padding).
+    for cut in (len(data) - 3, len(data) - 7):
+        (tmp_path / "cut.dcm").write_bytes(data[:cut])
+        with pytest.raises(Malformed):
+            check_stored_file(tmp_path / "cut.dcm", SYNTAXES[syntax])
+    assert offset < len(data)
+
+
+@pytest.mark.parametrize("kind", MALFORMED_KINDS)
+def test_the_generators_malformed_kinds_are_refused(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "bad.dcm"
+    path.write_bytes(malformed_dataset_bytes(kind))
+    with pytest.raises(Malformed):
+        check_stored_file(path, SYNTAXES["explicit"])
+
+
+@pytest.mark.parametrize("syntax", ["explicit", "implicit", "bigendian"])
+def test_undefined_length_sequences_pass_until_nested_absurdly_deep(
+    tmp_path: Path, syntax: str
+) -> None:
+    ds = nested(10)
+    ds.file_meta.TransferSyntaxUID = SYNTAXES[syntax]
+    for element in ds.iterall():
+        if element.VR == "SQ":
+            element.is_undefined_length = True
+    save_dataset(ds, tmp_path / "deep.dcm")
+    check_stored_file(tmp_path / "deep.dcm", SYNTAXES[syntax])
+
+    ds = nested(80)
+    save_dataset(ds, tmp_path / "deeper.dcm")
+    with pytest.raises(Malformed, match="too deep"):
+        check_stored_file(tmp_path / "deeper.dcm", SYNTAXES["explicit"])
+
+
+def test_stray_delimiters_and_trailing_bytes_are_refused() -> None:
+    explicit = UID(SYNTAXES["explicit"])
+    element = b"\x08\x00\x60\x00CS\x02\x00MR"  # (0008,0060) CS "MR"
+    check_dataset(io.BytesIO(element), explicit)
+    for bad in (
+        element + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00",  # an item delimiter at the top
+        element + b"\x10\x00",  # half an element header
+        b"\x08\x00\x60\x00CS\x04\x00MR",  # a value longer than what follows
+        b"\x08\x00\x60\x00UT\x00\x00\xff\xff\xff\xff",  # undefined length on a text
+    ):
+        with pytest.raises(Malformed):
+            check_dataset(io.BytesIO(bad), explicit)
