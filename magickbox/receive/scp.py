@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pydicom.filereader import read_partial
 from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -135,3 +136,19 @@ class Receiver:
 
     def _on_closed(self, event: Event) -> None:
         self.grouper.association_closed(id(event.assoc))
+        discard_partial(event.assoc)
+
+
+def discard_partial(assoc: Association) -> None:
+    """Remove the data set a peer was sending when the connection went (never acknowledged).
+
+    pynetdicom writes an incoming data set to a temporary file that only a complete
+    C-STORE hands over; a peer that vanishes mid-send leaves it open and on disk.
+    """
+    message = getattr(assoc.dimse, "message", None)
+    partial = getattr(message, "_data_set_file", None)
+    if partial is None:
+        return
+    partial.close()
+    Path(partial.name).unlink(missing_ok=True)
+    log.info("discarded a data set cut off by %s", assoc.requestor.address)
