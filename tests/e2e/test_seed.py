@@ -48,17 +48,21 @@ DELETE = r"""echo $fileList | jq -c -M . | while read line; do sc=`echo $line | 
 
 def fill(command: str, box: BoxServer, folder: Path | None = None) -> str:
     command = re.sub(r"\\\n\s*", "", command)
-    return (command.replace("<ip of MB>", "127.0.0.1").replace("<ip of MagickBox>", "127.0.0.1")
-            .replace("<port of MagickBox>", str(box.dicom_port))
-            .replace("<single DICOM directory>", str(folder))
-            .replace(":2813/", f":{box.web_port}/"))
+    return (
+        command.replace("<ip of MB>", "127.0.0.1")
+        .replace("<ip of MagickBox>", "127.0.0.1")
+        .replace("<port of MagickBox>", str(box.dicom_port))
+        .replace("<single DICOM directory>", str(folder))
+        .replace(":2813/", f":{box.web_port}/")
+    )
 
 
 def bash(script: str, cwd: Path, bindir: Path) -> str:
     """Run like a user's shell: dcmtk's storescu first on PATH, TCP_NODELAY as in the README."""
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "TCP_NODELAY": "1"}
-    done = subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        ["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -72,8 +76,9 @@ def bindir(tmp_path: Path) -> Path:
 
 
 def test_seed_workflow_verbatim(box: BoxServer, tmp_path: Path, bindir: Path) -> None:
-    studies = [write_study(tmp_path / f"subject{i}", n_images=4, rows=64, cols=64)
-               for i in range(3)]
+    studies = [
+        write_study(tmp_path / f"subject{i}", n_images=4, rows=64, cols=64) for i in range(3)
+    ]
     work = tmp_path / "work"
     work.mkdir()
     # Three subjects sent back to back as ip44 (no sleep between sends), one as MySelf.
