@@ -147,24 +147,17 @@ class JobStore:
         return list(rows), total
 
     def scratch_rows(self) -> list[dict[str, Any]]:
-        """Every job as plain values, newest first, in one query (getScratch serves 10,000s)."""
-        cols = [
-            Job.scratchdir,
-            Job.bucket,
-            Job.caller_aet,
-            Job.caller_ip,
-            Job.received_text,
-            Job.study_uid,
-            Job.state,
-            Job.started_at,
-            Job.finished_at,
-            Job.log_size,
-            Job.jobname,
-            Job.received_at,
-        ]
+        """Every job as plain values, newest first, in one query (getScratch serves 10,000s).
+
+        A Core query on a plain connection: ORM rows cost twice as much at that count.
+        """
+        cols = [Job.scratchdir, Job.bucket, Job.caller_aet, Job.caller_ip, Job.received_text,
+                Job.study_uid, Job.state, Job.started_at, Job.finished_at, Job.log_size,
+                Job.jobname, Job.received_at]  # fmt: skip
+        names = [c.key for c in cols]
         with self.sessions() as s:
-            result = s.execute(select(*cols).order_by(Job.id.desc()))
-            return [row._asdict() for row in result]
+            result = s.connection().execute(select(*cols).order_by(Job.id.desc()))
+            return [dict(zip(names, row, strict=True)) for row in result]
 
     def queue_counts(self) -> dict[str, dict[str, int]]:
         """{bucket: {state: count}} for the states that are not finished."""

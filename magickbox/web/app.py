@@ -18,6 +18,7 @@ from magickbox.box import Box, Invalid, NotFound
 from magickbox.jobs.scratch import BadName
 from magickbox.jobs.unzip import UnsafeZip
 from magickbox.web import api, legacy
+from magickbox.web.views import ScratchRenderer
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ def create_app(box: Box) -> FastAPI:
         redoc_url=None,
     )
     app.state.box = box
+    app.state.scratch_renderer = ScratchRenderer()
     # The API page loads nothing from the internet: a box often has no way out.
     swagger = StaticFiles(directory=swagger_ui_bundle.swagger_ui_path)
     app.mount("/static/swagger", swagger, name="swagger")
@@ -46,6 +48,7 @@ def create_app(box: Box) -> FastAPI:
             swagger_css_url="/static/swagger/swagger-ui.css",
             swagger_favicon_url="/static/swagger/favicon-32x32.png",
         )
+
     app.include_router(legacy.router)
     app.include_router(api.router)
 

@@ -10,15 +10,17 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from magickbox.box import Invalid
 from magickbox.web.deps import BoxDep, discard, json_bytes, save_upload, zip_response
-from magickbox.web.views import scratch_listing
 
 router = APIRouter(tags=["original endpoints"])
 
 
 @router.get("/code/php/getScratch.php")
-def get_scratch(box: BoxDep) -> Response:
+def get_scratch(request: Request, box: BoxDep) -> Response:
     """All jobs, newest first, as the original listed them."""
-    return json_bytes(scratch_listing(box.store.scratch_rows(), box.settings.scratch))
+    rendered = request.app.state.scratch_renderer.render(
+        box.store.scratch_rows(), box.settings.scratch
+    )
+    return Response(rendered, media_type="application/json")
 
 
 @router.get("/code/php/getOutputZip.php")

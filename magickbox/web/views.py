@@ -15,6 +15,8 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from magickbox.jobs.db import FINISHED, Job
 
 
@@ -48,14 +50,45 @@ def scratch_entry(row: dict[str, Any], scratch: Path, now: float) -> dict[str, A
             row["state"], row["started_at"], row["finished_at"], row["received_at"]
         ),
         "processingLogSize": size,
-        "processingLast": max(0, int(now - mtime)),
         "status": row["state"],
+        "processingLast": max(0, int(now - mtime)),  # last: see ScratchRenderer
     }
 
 
 def scratch_listing(rows: list[dict[str, Any]], scratch: Path) -> list[dict[str, Any]]:
     now = time.time()
     return [scratch_entry(row, scratch, now) for row in rows]
+
+
+class ScratchRenderer:
+    """getScratch as JSON bytes, fast for tens of thousands of jobs.
+
+    A finished job's object never changes again but for ``processingLast`` (its last
+    field), so its JSON up to that value is made once and kept; a request then costs a
+    query and a join. Jobs gone from the rows drop out of the cache at the next request.
+    """
+
+    def __init__(self) -> None:
+        self._finished: dict[str, tuple[float, int, bytes]] = {}
+
+    def render(self, rows: list[dict[str, Any]], scratch: Path) -> bytes:
+        now = time.time()
+        kept: dict[str, tuple[float, int, bytes]] = {}
+        parts: list[bytes] = []
+        for row in rows:
+            if row["state"] not in FINISHED or row["finished_at"] is None:
+                parts.append(orjson.dumps(scratch_entry(row, scratch, now)))
+                continue
+            name, finished = row["scratchdir"], row["finished_at"]
+            hit = self._finished.get(name)
+            if hit is None or hit[0] != finished or hit[1] != row["log_size"]:
+                entry = scratch_entry(row, scratch, now)
+                del entry["processingLast"]
+                hit = (finished, row["log_size"], orjson.dumps(entry)[:-1] + b',"processingLast":')
+            kept[name] = hit
+            parts.append(b"%s%d}" % (hit[2], max(0, int(now - finished))))
+        self._finished = kept
+        return b"[" + b",".join(parts) + b"]"
 
 
 def iso(ts: float | None) -> str | None:

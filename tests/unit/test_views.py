@@ -7,12 +7,18 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from magickbox.config import Settings
 from magickbox.jobs.db import State, open_database
 from magickbox.jobs.store import JobStore, NewJob
-from magickbox.web.views import processing_time, scratch_entry, scratch_listing
+from magickbox.web.views import (
+    ScratchRenderer,
+    processing_time,
+    scratch_entry,
+    scratch_listing,
+)
 
 # ---------------------------------------------------------------- processing_time
 
@@ -172,3 +178,41 @@ def test_listing_from_real_store_rows(tmp_path: Path) -> None:
         for name in STRING_FIELDS:
             assert isinstance(entry[name], str), name
         parsedate_to_datetime(entry["lastChangedTime"])
+
+
+def without_last(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries without processingLast (a clock reading that may tick between two calls)."""
+    for entry in entries:
+        assert isinstance(entry.pop("processingLast"), int)
+    return entries
+
+
+def test_renderer_gives_the_same_objects_as_the_listing(tmp_path: Path) -> None:
+    rows = [
+        base_row(scratchdir="tmp.done0001"),
+        base_row(scratchdir="tmp.runn0001", state=State.RUNNING, finished_at=None),
+        base_row(scratchdir="tmp.fail0001", state=State.FAILED),
+    ]
+    renderer = ScratchRenderer()
+    for _ in range(2):  # the second time from the cache
+        rendered = orjson.loads(renderer.render(rows, tmp_path))
+        assert without_last(rendered) == without_last(scratch_listing(rows, tmp_path))
+
+
+def test_renderer_notices_a_job_that_finished_again(tmp_path: Path) -> None:
+    renderer = ScratchRenderer()
+    row = base_row(scratchdir="tmp.retr0001", log_size=10)
+    renderer.render([row], tmp_path)
+    again = {**row, "finished_at": row["finished_at"] + 50, "log_size": 99}
+    (entry,) = orjson.loads(renderer.render([again], tmp_path))
+    assert entry["processingLogSize"] == 99
+    assert without_last([entry]) == without_last(scratch_listing([again], tmp_path))
+
+
+def test_renderer_forgets_deleted_jobs(tmp_path: Path) -> None:
+    renderer = ScratchRenderer()
+    rows = [base_row(scratchdir=f"tmp.gone{i:04d}") for i in range(3)]
+    renderer.render(rows, tmp_path)
+    left = orjson.loads(renderer.render(rows[:1], tmp_path))
+    assert without_last(left) == without_last(scratch_listing(rows[:1], tmp_path))
+    assert list(renderer._finished) == ["tmp.gone0000"]
