@@ -41,7 +41,11 @@ def read_study_uid(path: Path) -> str:
         ds = read_partial(
             fh, stop_when=lambda tag, _vr, _len: tag > STUDY_UID_TAG, specific_tags=[STUDY_UID_TAG]
         )
-    uid = str(ds.get("StudyInstanceUID", "") or "").strip().rstrip("\0")
+    return study_uid_of(str(ds.get("StudyInstanceUID", "") or "").encode())
+
+
+def study_uid_of(raw: bytes) -> str:
+    uid = raw.decode("ascii", "replace").strip(" \0")
     if not uid:
         raise ValueError("dataset has no StudyInstanceUID")
     return check_uid(uid)
@@ -108,9 +112,9 @@ class Receiver:
         path = Path(event.dataset_path)
         assoc = event.assoc
         try:
-            study_uid = read_study_uid(path)
+            found = check_stored_file(path, event.context.transfer_syntax, (STUDY_UID_TAG,))
+            study_uid = study_uid_of(found.get(STUDY_UID_TAG, b""))
             sop_uid = check_uid(str(event.request.AffectedSOPInstanceUID).strip())
-            check_stored_file(path, event.context.transfer_syntax)
         except (ValueError, BadName, Malformed, OSError, EOFError) as exc:
             log.warning("C-STORE from %s refused: %s", assoc.requestor.address, exc)
             path.unlink(missing_ok=True)

@@ -97,3 +97,13 @@ def test_stray_delimiters_and_trailing_bytes_are_refused() -> None:
     ):
         with pytest.raises(Malformed):
             check_dataset(io.BytesIO(bad), explicit)
+
+
+@pytest.mark.parametrize("syntax", sorted(SYNTAXES))
+def test_the_walk_hands_back_the_study_uid(tmp_path: Path, syntax: str) -> None:
+    path = tmp_path / "ok.dcm"
+    ds = image(syntax)
+    save_dataset(ds, path)
+    found = check_stored_file(path, SYNTAXES[syntax], (0x0020000D,))
+    assert found[0x0020000D].rstrip(b"\0 ").decode() == ds.StudyInstanceUID
+    assert check_stored_file(path, SYNTAXES[syntax]) == {}
