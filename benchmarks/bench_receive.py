@@ -1,0 +1,1173 @@
+#!/usr/bin/env python
+"""Receive benchmark for MagickBox (issue 2, "How we will judge it").
+
+Measures, in one run and on the same generated files:
+
+1. receive throughput (images/s, MB/s) of dcmtk ``storescu`` over one association to
+   (a) our receiver (a real ``magickbox serve`` whose bucket does nothing),
+   (b) dcmtk ``storescp`` and (c) a bare pynetdicom SCP that writes the raw bytes,
+   all with ``TCP_NODELAY=1`` on both sides, 3 interleaved repetitions, median kept;
+   (d) once to our receiver with the seed's literal command without ``TCP_NODELAY``;
+2. the latency from the last image received to the bucket starting, for the default
+   quiet window (3 s) and for 1 s;
+3. getScratch.php and /api/v1/jobs?limit=100 response times with 10,000 jobs;
+4. where the receiver's time goes (py-spy, when installed) and what receiver settings
+   (maximum PDU size, pynetdicom's polling delay) change.
+
+Usage: ``python benchmarks/bench_receive.py [--quick]``. Prints tables and writes
+``benchmarks/results/receive.json`` (the profile's raw stacks go beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results"
+# pip's pynetdicom installs "storescu"/"storescp" scripts that may shadow dcmtk on PATH.
+STORESCU = "/usr/bin/storescu"
+STORESCP = "/usr/bin/storescp"
+BUCKET = "ProcBucket"  # the seed's called AE title; its work.sh is replaced by a no-op
+LATENCY_BUCKET = "Latency"
+NOOP_WORK_SH = "#!/bin/sh\nexit 0\n"
+LATENCY_WORK_SH = '#!/bin/sh\necho "$(date +%s.%N) $MB_SCRATCHDIR" >> "$MB_MEMORY/starts"\n'
+
+
+# -- small helpers -----------------------------------------------------------------
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    """Whether something listens on ``port``, asked of the kernel: connecting to a
+    pynetdicom server would start an association whose threads poll for 30 s."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            for line in fh.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    return True
+    return False
+
+
+def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode}")
+        if listening(port):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+def tool_env(nodelay: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("TCP_NODELAY", None)
+    if nodelay:
+        env["TCP_NODELAY"] = "1"
+    return env
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 20.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def p95(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def count_files(folder: Path) -> int:
+    return sum(len(files) for _root, _dirs, files in os.walk(folder))
+
+
+# -- the corpus ----------------------------------------------------------------------
+@dataclass
+class Corpus:
+    name: str
+    path: Path
+    files: int
+    nbytes: int
+    studies: list[str]
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+
+def make_corpus(
+    out: Path, name: str, modality: str, studies: int, images: int, seed: int
+) -> Corpus:
+    path = out / name
+    cmd = [
+        sys.executable,
+        "-m",
+        "magickbox.testing.dicomgen",
+        str(path),
+        "--studies",
+        str(studies),
+        "--images",
+        str(images),
+        "--modality",
+        modality,
+        "--syntax",
+        "explicit",
+        "--seed",
+        str(seed),
+        "-q",
+    ]
+    subprocess.run(cmd, check=True, cwd=REPO)
+    files = [p for p in path.rglob("*") if p.is_file()]
+    uids = sorted({study_uid_of(p) for p in (next(d.iterdir()) for d in path.iterdir())})
+    return Corpus(name, path, len(files), sum(p.stat().st_size for p in files), uids)
+
+
+def study_uid_of(path: Path) -> str:
+    from pydicom import dcmread
+
+    return str(
+        dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID
+    )
+
+
+# -- storescu ------------------------------------------------------------------------
+class TimedOut(Exception):
+    pass
+
+
+def storescu(
+    port: int, folder: Path, *, nodelay: bool = True, called: str = BUCKET, timeout: float = 600
+) -> float:
+    """Send ``folder`` over one association with the seed's command form; wall seconds."""
+    cmd = [
+        STORESCU,
+        "+sd",
+        "+r",
+        "-nh",
+        "-aet",
+        "BENCH",
+        "-aec",
+        called,
+        "127.0.0.1",
+        str(port),
+        str(folder),
+    ]
+    t0 = time.perf_counter()
+    try:
+        res = subprocess.run(
+            cmd, env=tool_env(nodelay), capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise TimedOut(f"timed out after {timeout:g} s") from exc
+    elapsed = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise RuntimeError(f"storescu failed ({res.returncode}): {res.stderr[-2000:]}")
+    return elapsed
+
+
+# -- the receivers -------------------------------------------------------------------
+class Box:
+    """A real ``magickbox serve`` with its own temporary home (TCP_NODELAY=1 set too)."""
+
+    def __init__(
+        self,
+        home: Path,
+        quiet: float = 1.0,
+        env: dict[str, str] | None = None,
+        wrapper: list[str] | None = None,
+    ) -> None:
+        self.home = home
+        self.quiet = quiet
+        self.env = env or {}
+        self.wrapper = wrapper  # argv run instead of "-m magickbox.cli" (patched variants)
+        self.dicom_port = free_port()
+        self.web_port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.web_port}", timeout=60)
+        self.log_path = home.parent / f"{home.name}-server.log"
+
+    def init(self) -> Box:
+        subprocess.run(
+            [sys.executable, "-m", "magickbox.cli", "init", "--home", str(self.home)],
+            check=True,
+            cwd=REPO,
+            capture_output=True,
+        )
+        install_bucket(self.home, BUCKET, NOOP_WORK_SH)
+        install_bucket(self.home, LATENCY_BUCKET, LATENCY_WORK_SH)
+        return self
+
+    def start(self) -> Box:
+        if not (self.home / "magickbox.toml").exists():
+            self.init()
+        prog = self.wrapper or ["-m", "magickbox.cli"]
+        cmd = [
+            sys.executable,
+            *prog,
+            "serve",
+            "--home",
+            str(self.home),
+            "--dicom-port",
+            str(self.dicom_port),
+            "--web-port",
+            str(self.web_port),
+            "--host",
+            "127.0.0.1",
+            "--quiet-seconds",
+            str(self.quiet),
+            "--log-level",
+            "WARNING",
+        ]
+        env = {**tool_env(True), **self.env}
+        with self.log_path.open("ab") as logfh:
+            self.proc = subprocess.Popen(
+                cmd, env=env, cwd=REPO, stdout=logfh, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"magickbox exited: {self.log_path.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if self.http.get("/api/v1/health").status_code == 200:
+                    wait_port(self.dicom_port, self.proc)  # listening before the web is up
+                    return self
+            time.sleep(0.1)
+        raise RuntimeError("magickbox did not start")
+
+    def stop(self) -> None:
+        if self.proc:
+            stop_process(self.proc)
+        self.http.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def jobs(self) -> list[dict]:
+        return self.http.get("/api/v1/jobs", params={"limit": 10_000}).json()["jobs"]
+
+    def settle(self, files: int | None = None, timeout: float = 300) -> list[dict]:
+        """Wait until every send became a job (holding ``files`` files in all, when
+        given) and every job finished; return the jobs."""
+        deadline = time.monotonic() + timeout
+        if files is None:  # a send handed over just now may not be a job yet
+            time.sleep(self.quiet + 1.0)
+        while time.monotonic() < deadline:
+            pending = self.http.get("/api/v1/health").json()["pending_sends"]
+            jobs = self.jobs()
+            complete = files is None or sum(j["files"] for j in jobs) >= files
+            if complete and not pending and all(j["state"] in ("done", "failed") for j in jobs):
+                return jobs
+            time.sleep(0.2)
+        raise RuntimeError("the box did not settle")
+
+    def clear(self) -> None:
+        """Delete every job and the archive, so that each measurement starts alike."""
+        for job in self.jobs():
+            self.http.delete(f"/api/v1/jobs/{job['scratchdir']}").raise_for_status()
+        archive = self.home / "scratch" / "archive"
+        for study in archive.iterdir():
+            shutil.rmtree(study, ignore_errors=True)
+
+
+def install_bucket(home: Path, name: str, work_sh: str) -> None:
+    folder = home / "streams" / f"bucket{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    info = {
+        "name": name,
+        "description": "benchmark bucket",
+        "version": "1",
+        "AETitle": name,
+        "license": "MIT",
+        "enabled": 1,
+    }
+    (folder / "info.json").write_text(json.dumps(info))
+    (folder / "work.sh").write_text(work_sh)
+    (folder / "work.sh").chmod(0o755)
+
+
+class Target:
+    """Something storescu sends to; ``session`` yields (port, receiver pid) for one
+    measurement."""
+
+    key = ""
+    label = ""
+
+    def session(self, corpus: Corpus) -> contextlib.AbstractContextManager[tuple[int, int]]:
+        raise NotImplementedError
+
+
+class OursTarget(Target):
+    def __init__(self, box: Box, key: str = "ours", label: str = "MagickBox (ours)") -> None:
+        self.box = box
+        self.key = key
+        self.label = label
+
+    @contextlib.contextmanager
+    def session(self, corpus: Corpus) -> Iterator[tuple[int, int]]:
+        yield self.box.dicom_port, self.box.pid
+        jobs = self.box.settle(corpus.files)
+        got = sum(j["files"] for j in jobs)
+        self.box.clear()
+        if got != corpus.files:
+            raise RuntimeError(f"{self.key}: {got} of {corpus.files} files became jobs")
+
+
+class ProcessTarget(Target):
+    """A receiver started afresh, with a fresh output folder, for every measurement."""
+
+    def __init__(self, key: str, label: str, work: Path) -> None:
+        self.key = key
+        self.label = label
+        self.work = work
+
+    def command(self, port: int, out: Path) -> list[str]:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def session(self, corpus: Corpus) -> Iterator[tuple[int, int]]:
+        out = Path(tempfile.mkdtemp(prefix=f"{self.key}-", dir=self.work))
+        port = free_port()
+        proc = subprocess.Popen(
+            self.command(port, out),
+            env=tool_env(True),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_port(port, proc)
+            yield port, proc.pid
+            got = count_files(out)
+            if got != corpus.files:
+                raise RuntimeError(f"{self.key}: received {got} of {corpus.files} files")
+        finally:
+            stop_process(proc)
+            shutil.rmtree(out, ignore_errors=True)
+
+
+class StorescpTarget(ProcessTarget):
+    def command(self, port: int, out: Path) -> list[str]:
+        return [STORESCP, "-od", str(out), "+xa", str(port)]
+
+
+class BarePynetdicomTarget(ProcessTarget):
+    def command(self, port: int, out: Path) -> list[str]:
+        return [sys.executable, str(Path(__file__).resolve()), "--bare-scp", str(port), str(out)]
+
+
+def bare_scp(port: int, out: Path) -> None:
+    """The reference: pynetdicom's storescp example reduced to writing the raw bytes."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    def on_store(event) -> int:  # type: ignore[no-untyped-def]
+        name = f"{event.request.AffectedSOPInstanceUID}.dcm"
+        (out / name).write_bytes(event.encoded_dataset())
+        return 0x0000
+
+    ae = AE(ae_title="BARE")
+    ae.supported_contexts = AllStoragePresentationContexts
+    ae.add_supported_context(Verification)
+    ae.start_server(("127.0.0.1", port), block=True, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+
+
+def patched_serve(spec: str, argv: list[str]) -> int:
+    """``magickbox`` with a what-if change to the runtime, for the report (not a setting).
+
+    ``spec`` is a comma-separated list of ``sleep=SECONDS`` (cap pynetdicom's polling
+    sleeps: its association reactor sleeps 1 ms between looks at its message queue, its
+    DUL reactor 1 ms whenever idle) and ``switch=SECONDS`` (``sys.setswitchinterval``,
+    how long a thread may keep the GIL while another waits; Python's default is 5 ms).
+    """
+    import time as real_time
+
+    import pynetdicom.association
+    import pynetdicom.dul
+
+    opts = dict(item.split("=", 1) for item in spec.split(",") if item)
+    if "sleep" in opts:
+        cap = float(opts["sleep"])
+
+        class CappedSleep:
+            def sleep(self, seconds: float) -> None:
+                real_time.sleep(min(seconds, cap))
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(real_time, name)
+
+        pynetdicom.association.time = CappedSleep()  # type: ignore[assignment]
+        pynetdicom.dul.time = CappedSleep()  # type: ignore[assignment]
+    if "switch" in opts:
+        sys.setswitchinterval(float(opts["switch"]))
+    from magickbox.cli import main
+
+    return main(argv)
+
+
+# -- 1. throughput ---------------------------------------------------------------------
+@dataclass
+class Throughput:
+    times: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    server_cpu: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    client_cpu: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+
+    def add(self, target: str, corpus: str, seconds: float, server: float, client: float) -> None:
+        self.times.setdefault((target, corpus), []).append(seconds)
+        self.server_cpu.setdefault((target, corpus), []).append(server)
+        self.client_cpu.setdefault((target, corpus), []).append(client)
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads together."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure_throughput(
+    targets: list[Target], corpora: list[Corpus], reps: int, result: Throughput
+) -> None:
+    for rep in range(reps):
+        order = targets[rep % len(targets) :] + targets[: rep % len(targets)]
+        for corpus in corpora:
+            for target in order:
+                with target.session(corpus) as (port, pid):
+                    server0, client0 = process_cpu(pid), children_cpu()
+                    seconds = storescu(port, corpus.path)
+                    server = process_cpu(pid) - server0
+                    client = children_cpu() - client0
+                result.add(target.key, corpus.name, seconds, server, client)
+                log(
+                    f"rep {rep + 1}/{reps} {corpus.name:>3} -> {target.key:<18} {seconds:7.3f} s "
+                    f"({corpus.files / seconds:6.0f} images/s; CPU s: receiver {server:.2f}, "
+                    f"storescu {client:.2f})"
+                )
+
+
+def throughput_rows(result: Throughput, corpora: list[Corpus], targets: list[Target]) -> list[dict]:
+    rows = []
+    for corpus in corpora:
+        for target in targets:
+            times = result.times.get((target.key, corpus.name), [])
+            med = median(times)
+            rows.append(
+                {
+                    "corpus": corpus.name,
+                    "target": target.key,
+                    "label": target.label,
+                    "times_s": [round(t, 4) for t in times],
+                    "median_s": round(med, 4) if med else None,
+                    "images_per_s": round(corpus.files / med, 1) if med else None,
+                    "mb_per_s": round(corpus.nbytes / 1e6 / med, 1) if med else None,
+                    "receiver_cpu_ms_per_image": per_image(
+                        result.server_cpu.get((target.key, corpus.name), []), corpus.files
+                    ),
+                    "storescu_cpu_ms_per_image": per_image(
+                        result.client_cpu.get((target.key, corpus.name), []), corpus.files
+                    ),
+                }
+            )
+    return rows
+
+
+def per_image(cpu_seconds: list[float], images: int) -> float | None:
+    med = median(cpu_seconds)
+    return None if med is None else round(1000 * med / images, 3)
+
+
+# -- 2. latency ------------------------------------------------------------------------
+def measure_latency(work: Path, corpora: list[Corpus], quiet: float, reps: int) -> dict:
+    box = Box(work / f"home-latency-{quiet:g}", quiet=quiet).start()
+    starts = box.home / "memory" / LATENCY_BUCKET / "starts"
+    out: dict = {"quiet_seconds": quiet, "corpora": {}}
+    try:
+        for corpus in corpora:
+            samples = []
+            for _ in range(reps):
+                seen = len(starts.read_text().splitlines()) if starts.exists() else 0
+                storescu(box.dicom_port, corpus.path, called=LATENCY_BUCKET)
+                returned = time.time()
+                deadline = time.monotonic() + quiet + 60
+                lines: list[str] = []
+                while time.monotonic() < deadline:
+                    lines = starts.read_text().splitlines() if starts.exists() else []
+                    if len(lines) > seen:
+                        break
+                    time.sleep(0.02)
+                else:
+                    raise RuntimeError("the latency bucket never started")
+                stamp, scratchdir = lines[seen].split()
+                started = float(stamp)
+                box.settle(corpus.files)
+                inputs = box.home / "scratch" / scratchdir / "INPUT"
+                last_file = max(p.stat().st_mtime for p in inputs.iterdir())
+                samples.append(
+                    {
+                        "from_last_file_s": round(started - last_file, 3),
+                        "from_storescu_return_s": round(started - returned, 3),
+                    }
+                )
+                box.clear()
+                log(f"latency quiet={quiet:g} {corpus.name}: {samples[-1]}")
+            out["corpora"][corpus.name] = {
+                "samples": samples,
+                "median_from_last_file_s": median([s["from_last_file_s"] for s in samples]),
+                "median_from_storescu_return_s": median(
+                    [s["from_storescu_return_s"] for s in samples]
+                ),
+            }
+    finally:
+        box.stop()
+    return out
+
+
+# -- 3. the web API with 10,000 jobs ---------------------------------------------------
+def fill_home(home: Path, njobs: int) -> None:
+    """``njobs`` finished jobs: rows inserted directly, plus their scratch folders."""
+    from sqlalchemy import insert
+
+    from magickbox.config import load_settings
+    from magickbox.home import init_home
+    from magickbox.jobs.db import Job, State, open_database
+
+    settings = load_settings(home)
+    init_home(settings)
+    sessions = open_database(settings.db_url)
+    now = time.time()
+    rows = []
+    for i in range(njobs):
+        name = f"tmp.b{i:07d}"
+        received = now - (njobs - i) * 60.0
+        study = f"1.2.826.0.1.3680043.8.498.{i + 1}"
+        stamp = time.strftime("%a %b %d %H:%M:%S %Z %Y", time.localtime(received))
+        job_dir = settings.scratch / name
+        for sub in ("INPUT", "OUTPUT"):
+            (job_dir / sub).mkdir(parents=True)
+        (job_dir / "info.json").write_text(
+            json.dumps(
+                {
+                    "CallerIP": "127.0.0.1",
+                    "AETitleCalled": BUCKET,
+                    "AETitleCaller": "ip44",
+                    "received": stamp,
+                }
+            )
+        )
+        log_text = f"job {i}: done\n"
+        (job_dir / "processing.log").write_text(log_text)
+        rows.append(
+            {
+                "scratchdir": name,
+                "bucket": BUCKET,
+                "caller_aet": "ip44",
+                "caller_ip": "127.0.0.1",
+                "study_uid": study,
+                "source": "dicom",
+                "received_text": stamp,
+                "nfiles": 100,
+                "state": State.DONE.value,
+                "received_at": received,
+                "queued_at": received + 3,
+                "started_at": received + 3,
+                "finished_at": received + 20,
+                "attempts": 1,
+                "exit_code": 0,
+                "log_size": len(log_text),
+            }
+        )
+    with sessions() as s, s.begin():
+        s.execute(insert(Job), rows)
+    sessions.kw["bind"].dispose()
+
+
+def measure_api(work: Path, njobs: int, requests: int) -> dict:
+    home = work / "home-api"
+    t0 = time.perf_counter()
+    fill_home(home, njobs)
+    log(f"{njobs} jobs made in {time.perf_counter() - t0:.1f} s")
+    box = Box(home, quiet=3.0)
+    install_bucket(home, BUCKET, NOOP_WORK_SH)
+    box.start()
+    out: dict = {"jobs": njobs, "requests": requests, "endpoints": {}}
+    try:
+        for path, check in (
+            ("/code/php/getScratch.php", lambda body: len(body) == njobs),
+            (
+                "/api/v1/jobs?limit=100",
+                lambda body: body["total"] == njobs and len(body["jobs"]) == 100,
+            ),
+        ):
+            first = time.perf_counter()
+            resp = box.http.get(path)
+            first_ms = (time.perf_counter() - first) * 1000
+            resp.raise_for_status()
+            if not check(resp.json()):
+                raise RuntimeError(f"{path}: unexpected answer")
+            times = []
+            for _ in range(requests):
+                t = time.perf_counter()
+                resp = box.http.get(path)
+                resp.raise_for_status()
+                times.append((time.perf_counter() - t) * 1000)
+            out["endpoints"][path] = {
+                "first_ms": round(first_ms, 1),
+                "median_ms": round(median(times) or 0, 1),
+                "p95_ms": round(p95(times) or 0, 1),
+                "max_ms": round(max(times), 1),
+                "bytes": len(resp.content),
+            }
+            log(f"{path}: {out['endpoints'][path]}")
+    finally:
+        box.stop()
+    return out
+
+
+# -- 4. profile and settings -------------------------------------------------------------
+def profile_receiver(work: Path, corpus: Corpus) -> dict:
+    """py-spy samples of the server (all threads, idle ones too) during one send."""
+    pyspy = shutil.which("py-spy")
+    if not pyspy:
+        return {"skipped": "py-spy is not installed (pip install py-spy)"}
+    box = Box(work / "home-profile").start()
+    raw = RESULTS / "receive-profile.txt"
+    try:
+        spy = subprocess.Popen(
+            [
+                pyspy,
+                "record",
+                "--pid",
+                str(box.pid),
+                "--idle",
+                "--threads",
+                "--rate",
+                str(PROFILE_RATE),
+                "--format",
+                "raw",
+                "--output",
+                str(raw),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(1.5)  # py-spy attaches
+        seconds = storescu(box.dicom_port, corpus.path)
+        spy.send_signal(signal.SIGINT)
+        _out, err = spy.communicate(timeout=60)
+        box.settle(corpus.files)
+    finally:
+        box.stop()
+    if not raw.exists():
+        return {"skipped": f"py-spy failed: {err.decode(errors='replace')[-500:]}"}
+    summary = summarize_profile(raw, corpus.files)
+    summary["send_seconds_under_profiler"] = round(seconds, 3)
+    summary["raw_stacks"] = str(raw.relative_to(REPO))
+    return summary
+
+
+PROFILE_RATE = 250  # py-spy samples per second and thread
+
+# What a sample of each thread was doing: the first rule whose pattern is in the stack
+# (or, for "SLEEP", whose innermost line of source calls sleep) names it.
+ASSOC_RULES = [
+    ("SLEEP", "waiting: reactor's 1 ms polling sleep"),
+    ("check_stored_file", "ours: structure walk + StudyInstanceUID (one pass)"),
+    ("read_study_uid", "ours: read StudyInstanceUID (pydicom read_partial)"),
+    ("add_file", "ours: grouping + rename into the send folder"),
+    ("_on_store", "ours: rest of the C-STORE handler"),
+    ("send_msg", "pynetdicom: encode + queue the C-STORE-RSP"),
+    ("_TemporaryFileCloser", "pynetdicom: close the dataset's temp file"),
+    ("service_class.py", "pynetdicom: storage service, events, status"),
+    ("", "pynetdicom: reactor loop checks"),
+]
+DUL_RULES = [
+    ("SLEEP", "waiting: reactor's 1 ms polling sleep when idle"),
+    ("tempfile.py", "pynetdicom: NamedTemporaryFile per dataset (incl. GIL wait)"),
+    ("write_file_meta_info", "pynetdicom: write file meta"),
+    ("create_file_meta", "pynetdicom: write file meta"),
+    ("FLUSH", "pynetdicom: write + flush every P-DATA fragment"),
+    ("decode_msg", "pynetdicom: DIMSE decode (command set)"),
+    ("_read_pdu_data", "pynetdicom: socket recv + PDU decode"),
+    ("_is_transport_event", "pynetdicom: select() poll of the socket"),
+    ("_send", "pynetdicom: send PDU"),
+    ("", "pynetdicom: reactor loop, state machine, timers"),
+]
+
+
+def source_line(frame: str) -> str:
+    """The source text of a py-spy frame such as ``f (pynetdicom/dul.py:403)``."""
+    import linecache
+
+    m = re.search(r"\((.+):(\d+)\)$", frame)
+    if not m:
+        return ""
+    rel, lineno = m.group(1), int(m.group(2))
+    for base in ["", *sys.path]:
+        path = os.path.join(base, rel) if base else rel
+        if os.path.isfile(path):
+            return linecache.getline(path, lineno)
+    return ""
+
+
+def classify(stack: str, leaf: str, rules: list[tuple[str, str]]) -> str:
+    for pattern, name in rules:
+        if pattern == "SLEEP":
+            if "sleep(" in source_line(leaf):
+                return name
+        elif pattern == "FLUSH":
+            text = source_line(leaf)
+            if "decode_msg" in leaf and ("write(" in text or "flush(" in text):
+                return name
+            if "decode_msg" in stack and ("write (" in leaf or "flush (" in leaf):
+                return name
+        elif pattern in stack:
+            return name
+    return rules[-1][1]
+
+
+def summarize_profile(raw: Path, images: int, rate: int = PROFILE_RATE) -> dict:
+    kinds: Counter[str] = Counter()
+    cats: dict[str, Counter[str]] = {"association": Counter(), "dul": Counter()}
+    for line in raw.read_text().splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        count = int(count_s)
+        leaf = stack.rsplit(";", 1)[-1]
+        if "DULServiceProvider.run_reactor" in stack:
+            kind = "dul"
+            cats[kind][classify(stack, leaf, DUL_RULES)] += count
+        elif "Association.run_reactor" in stack:
+            if "receive_pdu" in stack and "_run_reactor" not in stack:
+                kind = "association (waiting for A-ASSOCIATE-RQ)"
+            else:
+                kind = "association"
+                cats[kind][classify(stack, leaf, ASSOC_RULES)] += count
+        else:
+            kind = stack.split(";", 1)[0].split(": ", 1)[-1].split("@")[0]
+        kinds[kind] += count
+
+    def table(counter: Counter[str]) -> list[dict]:
+        total = sum(counter.values()) or 1
+        return [
+            {
+                "where": k,
+                "percent": round(100 * v / total, 1),
+                "ms_per_image": round(1000 * v / rate / images, 3),
+            }
+            for k, v in counter.most_common()
+        ]
+
+    return {
+        "rate_hz": rate,
+        "images": images,
+        "samples_by_thread": dict(kinds.most_common()),
+        "association_thread": table(cats["association"]),
+        "dul_thread": table(cats["dul"]),
+    }
+
+
+def settings_variants(work: Path) -> list[tuple[str, str, Box]]:
+    """Receiver variants for the settings experiment: (key, label, box)."""
+    me = str(Path(__file__).resolve())
+
+    def patched(spec: str) -> list[str]:
+        return [me, "--patched-serve", spec]
+
+    return [
+        (
+            "pdu16k",
+            "ours, max_pdu=16382 (pynetdicom's default)",
+            Box(work / "home-pdu16k", env={"MAGICKBOX_MAX_PDU": "16382"}),
+        ),
+        (
+            "pdu1m",
+            "ours, max_pdu=1048576",
+            Box(work / "home-pdu1m", env={"MAGICKBOX_MAX_PDU": "1048576"}),
+        ),
+        (
+            "switch",
+            "ours, GIL switch interval 0.5 ms (what-if)",
+            Box(work / "home-switch", wrapper=patched("switch=0.0005")),
+        ),
+        (
+            "poll",
+            "ours, pynetdicom sleeps capped at 0.1 ms (what-if)",
+            Box(work / "home-poll", wrapper=patched("sleep=0.0001")),
+        ),
+        (
+            "poll+switch",
+            "ours, both what-ifs above",
+            Box(work / "home-pollswitch", wrapper=patched("sleep=0.0001,switch=0.0005")),
+        ),
+    ]
+
+
+# -- report ----------------------------------------------------------------------------
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    line = "  ".join("-" * w for w in widths)
+    text = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), line]
+    for row in rows:
+        text.append(
+            "  ".join(
+                str(c).rjust(w) if i else str(c).ljust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    out = "\n".join(text) + "\n"
+    print(out)
+    return out
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def report(data: dict) -> str:
+    parts = []
+    rows = []
+    for r in data["throughput"]["rows"]:
+        rows.append(
+            [
+                f"{r['corpus']} {r['label']}",
+                fmt(r["median_s"], 3),
+                fmt(r["images_per_s"]),
+                fmt(r["mb_per_s"], 1),
+                fmt(r["receiver_cpu_ms_per_image"], 2),
+                fmt(r["storescu_cpu_ms_per_image"], 2),
+                " ".join(f"{t:.2f}" for t in r["times_s"]),
+            ]
+        )
+    for r in data["throughput"].get("nagle", []):
+        rows.append(
+            [
+                f"{r['corpus']} ours, seed's literal command, no TCP_NODELAY",
+                fmt(r.get("seconds"), 3) if r.get("seconds") else r["result"],
+                fmt(r.get("images_per_s")),
+                fmt(r.get("mb_per_s"), 1),
+                "-",
+                "-",
+                "1 run",
+            ]
+        )
+    parts.append(
+        print_table(
+            f"1. Receive throughput: dcmtk storescu, one association, TCP_NODELAY=1 both sides, "
+            f"median of {data['config']['reps']} interleaved runs",
+            [
+                "corpus / receiver",
+                "median s",
+                "images/s",
+                "MB/s",
+                "rcv CPU ms/img",
+                "scu CPU ms/img",
+                "runs (s)",
+            ],
+            rows,
+        )
+    )
+    ratio_rows = [
+        [c, fmt(v.get("ours/storescp"), 2), fmt(v.get("ours/pynetdicom"), 2)]
+        for c, v in data["throughput"]["ratios"].items()
+    ]
+    parts.append(
+        print_table(
+            "   Ratios of throughput (images/s)",
+            ["corpus", "ours/storescp", "ours/bare pynetdicom"],
+            ratio_rows,
+        )
+    )
+    if data.get("settings"):
+        rows = [
+            [
+                r["label"],
+                fmt(r["median_s"], 3),
+                fmt(r["images_per_s"]),
+                fmt(r["mb_per_s"], 1),
+                fmt(r["receiver_cpu_ms_per_image"], 2),
+                " ".join(f"{t:.2f}" for t in r["times_s"]),
+            ]
+            for r in data["settings"]["rows"]
+        ]
+        parts.append(
+            print_table(
+                f"4b. Receiver settings ({data['settings']['corpus']}, same method)",
+                ["receiver", "median s", "images/s", "MB/s", "rcv CPU ms/img", "runs (s)"],
+                rows,
+            )
+        )
+    rows = []
+    for lat in data["latency"]:
+        for name, c in lat["corpora"].items():
+            rows.append(
+                [
+                    f"{lat['quiet_seconds']:g} s",
+                    name,
+                    fmt(c["median_from_last_file_s"], 3),
+                    fmt(c["median_from_storescu_return_s"], 3),
+                    fmt(lat["quiet_seconds"] + 1.0, 1),
+                ]
+            )
+    parts.append(
+        print_table(
+            "2. Last image received -> bucket started (median; aim: quiet window + < 1 s)",
+            [
+                "quiet window",
+                "corpus",
+                "from newest INPUT mtime s",
+                "from storescu exit s",
+                "aim < s",
+            ],
+            rows,
+        )
+    )
+    api = data["api"]
+    rows = [
+        [
+            path,
+            fmt(e["median_ms"], 1),
+            fmt(e["p95_ms"], 1),
+            fmt(e["first_ms"], 1),
+            f"{e['bytes'] / 1e6:.2f}",
+        ]
+        for path, e in api["endpoints"].items()
+    ]
+    parts.append(
+        print_table(
+            f"3. Web API with {api['jobs']} jobs ({api['requests']} requests each; aim < 100 ms)",
+            ["endpoint", "median ms", "p95 ms", "first ms", "MB"],
+            rows,
+        )
+    )
+    prof = data.get("profile", {})
+    for key, title in (
+        ("association_thread", "association reactor thread"),
+        ("dul_thread", "DUL reactor thread"),
+    ):
+        if prof.get(key):
+            rows = [
+                [r["where"], f"{r['percent']:.1f}", f"{r['ms_per_image']:.3f}"] for r in prof[key]
+            ]
+            parts.append(
+                print_table(
+                    f"4a. Profile of our receiver, {prof['images']} MR images in "
+                    f"{prof['send_seconds_under_profiler']:.2f} s = "
+                    f"{1000 * prof['send_seconds_under_profiler'] / prof['images']:.2f} ms/image "
+                    f"(py-spy {prof['rate_hz']} Hz, idle included): {title}",
+                    ["where", "% of samples", "ms per image"],
+                    rows,
+                )
+            )
+    if prof.get("skipped"):
+        parts.append(print_table("4a. Profile", ["skipped"], [[prof["skipped"]]]))
+    return "\n".join(parts)
+
+
+# -- main ------------------------------------------------------------------------------
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small corpora, one run each, no Nagle case or settings experiment",
+    )
+    parser.add_argument("--reps", type=int, help="repetitions per measurement (default 3)")
+    parser.add_argument(
+        "--nagle-timeout", type=float, default=150.0, help="cap of the no-TCP_NODELAY send, seconds"
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        help="where to make the run's scratch folder (default: the system's temp)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the run's scratch folder")
+    parser.add_argument("--bare-scp", nargs=2, metavar=("PORT", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--patched-serve", help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args()
+    if args.bare_scp:
+        bare_scp(int(args.bare_scp[0]), Path(args.bare_scp[1]))
+        return 0
+    if args.patched_serve is not None:
+        return patched_serve(args.patched_serve, rest)
+    if rest:
+        parser.error(f"unknown arguments {rest}")
+    for tool in (STORESCU, STORESCP):
+        if not os.access(tool, os.X_OK):
+            parser.error(f"{tool} is missing: apt-get install dcmtk")
+
+    quick = args.quick
+    reps = args.reps or (1 if quick else 3)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.work:
+        args.work.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="mb-bench-", dir=args.work))
+    data: dict = {
+        "config": {
+            "quick": quick,
+            "reps": reps,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}",
+            "storescu": f"{STORESCU} +sd +r -nh -aet BENCH -aec {BUCKET} 127.0.0.1 PORT DIR",
+            "commit": git_commit(),
+        },
+    }
+    boxes: list[Box] = []
+    try:
+        log(f"work folder {work}")
+        mr = make_corpus(work, "MR", "MR", 2, 250 if quick else 1000, 1)
+        ct = make_corpus(work, "CT", "CT", 1, 50 if quick else 200, 2)
+        corpora = [mr, ct]
+        data["corpora"] = [
+            {"name": c.name, "files": c.files, "bytes": c.nbytes, "studies": len(c.studies)}
+            for c in corpora
+        ]
+        for c in corpora:
+            log(
+                f"corpus {c.name}: {c.files} files, {c.nbytes / 1e6:.1f} MB, "
+                f"{len(c.studies)} studies"
+            )
+
+        # 1. throughput
+        ours_box = Box(work / "home-ours").start()
+        boxes.append(ours_box)
+        targets: list[Target] = [
+            OursTarget(ours_box),
+            StorescpTarget("storescp", "dcmtk storescp", work),
+            BarePynetdicomTarget("pynetdicom", "bare pynetdicom SCP (writes raw bytes)", work),
+        ]
+        tp = Throughput()
+        measure_throughput(targets, corpora, reps, tp)
+        rows = throughput_rows(tp, corpora, targets)
+        by = {(r["corpus"], r["target"]): r for r in rows}
+        ratios = {}
+        for c in corpora:
+            ours = by[(c.name, "ours")]["images_per_s"]
+            ratios[c.name] = {
+                "ours/storescp": round(ours / by[(c.name, "storescp")]["images_per_s"], 3),
+                "ours/pynetdicom": round(ours / by[(c.name, "pynetdicom")]["images_per_s"], 3),
+            }
+        data["throughput"] = {"rows": rows, "ratios": ratios, "nagle": []}
+        if not quick:
+            for c in corpora:
+                entry: dict = {"corpus": c.name, "timeout_s": args.nagle_timeout}
+                try:
+                    with OursTarget(ours_box).session(c) as (port, _pid):
+                        seconds = storescu(port, c.path, nodelay=False, timeout=args.nagle_timeout)
+                    entry.update(
+                        seconds=round(seconds, 3),
+                        result="ok",
+                        images_per_s=round(c.files / seconds, 1),
+                        mb_per_s=round(c.nbytes / 1e6 / seconds, 1),
+                    )
+                except TimedOut as exc:
+                    entry.update(result=str(exc))
+                    ours_box.settle()
+                    ours_box.clear()
+                log(f"no TCP_NODELAY, {c.name} -> ours: {entry}")
+                data["throughput"]["nagle"].append(entry)
+
+        # 4b. receiver settings (each variant its own server, runs interleaved)
+        if not quick:
+            variants = settings_variants(work)
+            vtargets: list[Target] = [OursTarget(ours_box, "ours", "ours, defaults (max_pdu=0)")]
+            for key, label, box in variants:
+                boxes.append(box.start())
+                vtargets.append(OursTarget(box, key, label))
+            vt = Throughput()
+            measure_throughput(vtargets, [mr], reps, vt)
+            data["settings"] = {"corpus": mr.name, "rows": throughput_rows(vt, [mr], vtargets)}
+            for box in boxes[1:]:
+                box.stop()
+            del boxes[1:]
+        ours_box.stop()
+        boxes.clear()
+
+        # 2. latency
+        data["latency"] = [
+            measure_latency(work, [ct, mr_study(mr, work)], quiet, reps) for quiet in (3.0, 1.0)
+        ]
+        # 3. web API
+        data["api"] = measure_api(work, 2000 if quick else 10_000, 20)
+        # 4a. profile
+        data["profile"] = profile_receiver(work, mr)
+    finally:
+        for box in boxes:
+            box.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    text = report(data)
+    (RESULTS / "receive.json").write_text(json.dumps(data, indent=2))
+    (RESULTS / "receive.txt").write_text(text)
+    log(f"wrote {RESULTS / 'receive.json'}")
+    return 0
+
+
+def git_commit() -> str:
+    res = subprocess.run(
+        ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True
+    )
+    return res.stdout.strip() or "unknown"
+
+
+def mr_study(mr: Corpus, work: Path) -> Corpus:
+    """The first MR study alone (one send, one job) for the latency figure."""
+    folder = sorted(p for p in mr.path.iterdir() if p.is_dir())[0]
+    files = [p for p in folder.iterdir() if p.is_file()]
+    return Corpus(
+        "MR-1study",
+        folder,
+        len(files),
+        sum(p.stat().st_size for p in files),
+        [study_uid_of(files[0])],
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
