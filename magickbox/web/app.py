@@ -7,6 +7,7 @@ Every route is a thin call into :class:`magickbox.box.Box`; errors come back as 
 from __future__ import annotations
 
 import logging
+import threading
 
 import swagger_ui_bundle
 from fastapi import FastAPI, Request
@@ -34,7 +35,10 @@ def create_app(box: Box) -> FastAPI:
         redoc_url=None,
     )
     app.state.box = box
-    app.state.scratch_renderer = ScratchRenderer()
+    app.state.scratch_renderer = renderer = ScratchRenderer()
+    # Fill getScratch's cache before the first request asks (~0.2 s for 10,000 jobs).
+    threading.Thread(target=lambda: renderer.render(box.store.scratch_rows(), box.settings.scratch),
+                     name="warm-getscratch", daemon=True).start()  # fmt: skip
     # The API page loads nothing from the internet: a box often has no way out.
     swagger = StaticFiles(directory=swagger_ui_bundle.swagger_ui_path)
     app.mount("/static/swagger", swagger, name="swagger")
