@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request, Response, UploadFile
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from magickbox.box import Invalid
 from magickbox.jobs.db import State
 from magickbox.jobs.store import JobFilter
-from magickbox.web.deps import BoxDep, discard, json_bytes, save_upload, zip_response
+from magickbox.web.deps import BoxDep, json_bytes, upload_job, zip_response
 from magickbox.web.views import job_view
 
 router = APIRouter(prefix="/api/v1", tags=["api v1"])
@@ -45,7 +44,7 @@ def list_jobs(
 
 
 @router.post("/jobs", status_code=201)
-async def upload_job(
+async def post_job(
     request: Request,
     box: BoxDep,
     file: UploadFile,
@@ -56,20 +55,9 @@ async def upload_job(
     description: Annotated[str, Form()] = "",
 ) -> Response:
     """Upload a zip of DICOM files as a new job for ``bucket``."""
-    saved = await save_upload(box, file)
-    try:
-        job = await run_in_threadpool(
-            box.upload,
-            saved,
-            aetitle=bucket,
-            sender=sender,
-            caller_ip=request.client.host if request.client else "",
-            jobname=jobname or (file.filename or ""),
-            arguments=arguments,
-            description=description,
-        )
-    finally:
-        discard(saved)
+    job = await upload_job(request, box, file, aetitle=bucket, sender=sender,
+                           jobname=jobname or (file.filename or ""), arguments=arguments,
+                           description=description)  # fmt: skip
     return json_bytes(job_view(job), status_code=201)
 
 

@@ -10,10 +10,12 @@ from typing import Annotated
 
 import orjson
 from fastapi import Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
 
 from magickbox.box import Box, Invalid
+from magickbox.jobs.db import Job
 from magickbox.web.zipstream import stream_zip, zip_dir_entries
 
 
@@ -37,6 +39,16 @@ async def save_upload(box: Box, upload: UploadFile) -> Path:
         target.unlink(missing_ok=True)
         raise
     return target
+
+
+async def upload_job(request: Request, box: Box, upload: UploadFile, **fields: str) -> Job:
+    """An uploaded zip becomes a job (``fields`` as :meth:`Box.upload` takes them)."""
+    saved = await save_upload(box, upload)
+    try:
+        peer = request.client.host if request.client else ""
+        return await run_in_threadpool(box.upload, saved, caller_ip=peer, **fields)
+    finally:
+        discard(saved)
 
 
 def discard(path: Path) -> None:

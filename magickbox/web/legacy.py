@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request, Response, UploadFile
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 
 from magickbox.box import Invalid
-from magickbox.web.deps import BoxDep, discard, json_bytes, save_upload, zip_response
+from magickbox.web.deps import BoxDep, json_bytes, upload_job, zip_response
 
 router = APIRouter(tags=["original endpoints"])
 
@@ -57,20 +56,9 @@ async def process_zip(
     description: Annotated[str, Form()] = "",
 ) -> Response:
     """A zip of DICOM files for bucket ``aetitle`` (what ``mb push`` sends)."""
-    saved = await save_upload(box, theFile)
-    try:
-        job = await run_in_threadpool(
-            box.upload,
-            saved,
-            aetitle=aetitle,
-            sender=sender or "upload",
-            caller_ip=request.client.host if request.client else "",
-            jobname=jobname or filename,
-            arguments=arguments,
-            description=description,
-        )
-    finally:
-        discard(saved)
+    job = await upload_job(request, box, theFile, aetitle=aetitle, sender=sender or "upload",
+                           jobname=jobname or filename, arguments=arguments,
+                           description=description)  # fmt: skip
     return json_bytes(
         {"ok": True, "scratchdir": job.scratchdir, "pid": job.study_uid, "files": job.nfiles}
     )
