@@ -37,8 +37,14 @@ def free_port() -> int:
 class BoxServer:
     """A ``magickbox serve`` process with its own home and ports."""
 
-    def __init__(self, home: Path, quiet: float = 1.0, env: dict[str, str] | None = None,
-                 web_port: int | None = None, dicom_port: int | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        quiet: float = 1.0,
+        env: dict[str, str] | None = None,
+        web_port: int | None = None,
+        dicom_port: int | None = None,
+    ) -> None:
         self.home = home
         self.quiet = quiet
         self.web_port = web_port or free_port()
@@ -53,9 +59,22 @@ class BoxServer:
 
     def start(self, timeout: float = 30.0) -> BoxServer:
         env = {**os.environ, "TCP_NODELAY": "1", **self.extra_env}
-        cmd = [sys.executable, "-m", "magickbox.cli", "serve", "--home", str(self.home),
-               "--dicom-port", str(self.dicom_port), "--web-port", str(self.web_port),
-               "--host", "127.0.0.1", "--quiet-seconds", str(self.quiet)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "magickbox.cli",
+            "serve",
+            "--home",
+            str(self.home),
+            "--dicom-port",
+            str(self.dicom_port),
+            "--web-port",
+            str(self.web_port),
+            "--host",
+            "127.0.0.1",
+            "--quiet-seconds",
+            str(self.quiet),
+        ]
         logfh = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=logfh, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -104,12 +123,26 @@ class BoxServer:
             time.sleep(0.2)
         raise AssertionError(f"expected {n} jobs, have {jobs}")
 
-    def storescu(self, folder: Path, called: str = "ProcBucket", calling: str = "ip44",
-                 *extra: str) -> subprocess.CompletedProcess[str]:
-        cmd = [dcmtk("storescu"), "+sd", "+r", "-nh", "-aet", calling, "-aec", called,
-               *extra, "127.0.0.1", str(self.dicom_port), str(folder)]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "TCP_NODELAY": "1"})
+    def storescu(
+        self, folder: Path, called: str = "ProcBucket", calling: str = "ip44", *extra: str
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [
+            dcmtk("storescu"),
+            "+sd",
+            "+r",
+            "-nh",
+            "-aet",
+            calling,
+            "-aec",
+            called,
+            *extra,
+            "127.0.0.1",
+            str(self.dicom_port),
+            str(folder),
+        ]
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "TCP_NODELAY": "1"}
+        )
 
 
 @pytest.fixture
@@ -138,9 +171,19 @@ def copy_bucket(home: Path, name: str, work_sh: str, **info: object) -> Path:
 
     folder = home / "streams" / f"bucket{name}"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "info.json").write_text(json.dumps({
-        "name": name, "description": "test bucket", "version": "1", "AETitle": name,
-        "license": "MIT", "enabled": 1, **info}))
+    (folder / "info.json").write_text(
+        json.dumps(
+            {
+                "name": name,
+                "description": "test bucket",
+                "version": "1",
+                "AETitle": name,
+                "license": "MIT",
+                "enabled": 1,
+                **info,
+            }
+        )
+    )
     (folder / "work.sh").write_text(work_sh)
     (folder / "work.sh").chmod(0o755)
     shutil.rmtree(folder / "__pycache__", ignore_errors=True)
