@@ -97,7 +97,13 @@ class Dispatcher:
                 if bucket is None:
                     self._fail(job, f"bucket {bucket_name!r} is not installed or not enabled")
                     continue
-                self._launch(job, bucket)
+                try:
+                    self._launch(job, bucket)
+                except Exception as exc:  # e.g. a full disk: the job must not stay "running"
+                    log.exception("job %s: could not be started", job.scratchdir)
+                    with self._lock:
+                        self._running.pop(job.scratchdir, None)
+                    self._fail(job, f"could not be started: {exc}")
 
     def _running_count(self, bucket: str) -> int:
         with self._lock:

@@ -588,3 +588,25 @@ def test_read_success_prefers_the_job_folder_and_ignores_junk(job_dir: Path) -> 
     (job_dir / "proc.json").write_text('{"success": "from job"}')
     assert read_success(job_dir) == "from job"
     assert (job_dir / "OUTPUT" / "proc.json").exists()
+
+
+def test_a_job_that_cannot_be_started_fails_and_the_queue_goes_on(
+    store: JobStore, inputs: Inputs, fake: FakeExecutor, dispatcher: Dispatcher
+) -> None:
+    add_bucket(store, "A")
+    broken = store.create_job(inputs(), new("A")).scratchdir
+    fine = store.create_job(inputs(), new("A")).scratchdir
+    real_start = fake.start
+    calls: list[str] = []
+
+    def start_once_broken(req, done):  # type: ignore[no-untyped-def]
+        calls.append(req.scratchdir)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        real_start(req, done)
+
+    fake.start = start_once_broken  # type: ignore[method-assign]
+    dispatcher.start()
+    failed = wait_state(store, broken, State.FAILED)
+    assert "No space left" in failed.reason
+    assert fake.wait_started(1) == [fine]
