@@ -1,0 +1,1 @@
+"""``mb``: drive several MagickBox machines from one shell, over their HTTP API only."""
