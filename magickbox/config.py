@@ -42,6 +42,17 @@ class Settings(BaseSettings):
     max_attempts: int = 2
     max_upload_bytes: int = 64 << 30
     max_pdu: int = 0  # 0: no limit; peers may send as large PDUs as they like
+    # Routing (results sent on by rule): a failed send is tried again routing_retries times,
+    # after routing_retry_delay seconds, doubling up to routing_max_delay.
+    routing_retries: int = 5
+    routing_retry_delay: float = 30.0
+    routing_max_delay: float = 3600.0
+    routing_timeout: float = 30.0  # seconds to connect and to wait for each answer
+    routing_workers: int = 2  # sends at once (each to its own destination and job)
+    # What a rule's "$me" and "$port" stand for (the original's PARENTIP/PARENTPORT):
+    # empty / 0 mean this box itself (its host, or 127.0.0.1 when it listens on all).
+    routing_me: str = ""
+    routing_port: int = 0
 
     @property
     def streams(self) -> Path:
@@ -72,6 +83,20 @@ class Settings(BaseSettings):
     @property
     def memory(self) -> Path:
         return self.home / "memory"
+
+    @property
+    def routing_file(self) -> Path:
+        return self.home / "routing.json"
+
+    @property
+    def me_host(self) -> str:
+        if self.routing_me:
+            return self.routing_me
+        return "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+
+    @property
+    def me_port(self) -> int:
+        return self.routing_port or self.dicom_port
 
     @property
     def db_url(self) -> str:
