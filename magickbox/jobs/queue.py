@@ -67,7 +67,8 @@ class Dispatcher:
                     reason=reason,
                     log_size=_size(job_dir / "processing.log"),
                 )
-        for job in self.store.received_jobs():
+        for job in self.store.received_jobs():  # a crash came between receipt and queueing
+            self.store.archive(job)
             self.store.update(job.scratchdir, state=State.QUEUED, queued_at=time.time())
 
     # -- scheduling ----------------------------------------------------------------

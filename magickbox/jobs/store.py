@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from magickbox.config import Settings
@@ -49,6 +49,9 @@ class JobFilter:
     study_uid: str | None = None
     state: str | None = None
     since: float | None = None
+    until: float | None = None  # received before this (epoch seconds), e.g. a day's end
+    q: str | None = None  # substring of any text field, case-insensitive
+    initial: str | None = None  # first letter of the sender's AE title (the page's A–Z)
 
 
 class JobStore:
@@ -71,14 +74,7 @@ class JobStore:
         return self._register(job_dir, new, received_at)
 
     def _register(self, job_dir: Path, new: NewJob, received_at: float) -> Job:
-        if new.study_uid:
-            try:
-                scratch.link_into_archive(
-                    job_dir / "INPUT", self.settings.archive / scratch.check_uid(new.study_uid)
-                )
-            except (OSError, scratch.BadName) as exc:
-                log.warning("job %s: not archived: %s", job_dir.name, exc)
-        now = time.time()
+        """Record the job (received), archive its files, then queue it."""
         job = Job(
             scratchdir=job_dir.name,
             bucket=new.bucket,
@@ -91,22 +87,28 @@ class JobStore:
             arguments=json.dumps(list(new.arguments)),
             received_text=scratch.received_stamp(received_at),
             nfiles=scratch.count_files(job_dir / "INPUT"),
-            state=State.QUEUED,
+            state=State.RECEIVED,
             received_at=received_at,
-            queued_at=now,
         )
         with self.sessions.begin() as s:
             s.add(job)
-        log.info(
-            "job %s: %d files for bucket %s from %s@%s",
-            job.scratchdir,
-            job.nfiles,
-            new.bucket,
-            new.caller_aet,
-            new.caller_ip,
-        )
+        self.archive(job)
+        job.state, job.queued_at = State.QUEUED, time.time()
+        self.update(job.scratchdir, state=job.state, queued_at=job.queued_at)
+        log.info("job %s: %d files for bucket %s from %s@%s", job.scratchdir, job.nfiles,
+                 new.bucket, new.caller_aet, new.caller_ip)  # fmt: skip
         self._notify()
         return job
+
+    def archive(self, job: Job) -> None:
+        """Hard-link the job's INPUT into scratch/archive/<StudyInstanceUID>/ (repeatable)."""
+        if not job.study_uid:
+            return
+        try:
+            folder = self.settings.archive / scratch.check_uid(job.study_uid)
+            scratch.link_into_archive(self.job_dir(job) / "INPUT", folder)
+        except (OSError, scratch.BadName) as exc:
+            log.warning("job %s: not archived: %s", job.scratchdir, exc)
 
     def _notify(self) -> None:
         for callback in self.on_queued:
@@ -140,6 +142,14 @@ class JobStore:
                 query = query.where(column == value)
         if flt.since is not None:
             query = query.where(Job.received_at >= flt.since)
+        if flt.until is not None:
+            query = query.where(Job.received_at < flt.until)
+        if flt.q:
+            fields = (Job.scratchdir, Job.bucket, Job.caller_aet, Job.caller_ip, Job.study_uid,
+                      Job.jobname, Job.state)  # fmt: skip
+            query = query.where(or_(*(f.icontains(flt.q, autoescape=True) for f in fields)))
+        if flt.initial:
+            query = query.where(Job.caller_aet.istartswith(flt.initial, autoescape=True))
         order = Job.id.desc() if newest_first else Job.id.asc()
         with self.sessions() as s:
             total = s.scalar(select(func.count()).select_from(query.subquery())) or 0
@@ -171,6 +181,31 @@ class JobStore:
             for bucket, state, n in s.execute(query):
                 counts.setdefault(bucket, {})[state] = n
         return counts
+
+    def received_times(self, since: float) -> list[float]:
+        """When each job since ``since`` was received (the calendar counts them per local day)."""
+        with self.sessions() as s:
+            query = select(Job.received_at).where(Job.received_at >= since)
+            return [row[0] for row in s.connection().execute(query)]
+
+    def mean_processing(self) -> dict[str, float]:
+        """{bucket: mean seconds from start to end} over the jobs that finished well."""
+        query = (
+            select(Job.bucket, func.avg(Job.finished_at - Job.started_at))
+            .where(Job.state == State.DONE, Job.started_at.is_not(None))
+            .group_by(Job.bucket)
+        )
+        with self.sessions() as s:
+            return {bucket: float(avg) for bucket, avg in s.execute(query) if avg is not None}
+
+    def log_size(self, job: Job) -> int:
+        """Bytes of the job's processing log: the row's once finished, else the file's now."""
+        if job.state in FINISHED and job.finished_at is not None:
+            return job.log_size
+        try:
+            return os.stat(self.job_dir(job) / "processing.log").st_size
+        except OSError:
+            return 0
 
     def study_jobs(self, study_uid: str) -> Sequence[Job]:
         with self.sessions() as s:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -610,3 +611,18 @@ def test_a_job_that_cannot_be_started_fails_and_the_queue_goes_on(
     failed = wait_state(store, broken, State.FAILED)
     assert "No space left" in failed.reason
     assert fake.wait_started(1) == [fine]
+
+
+def test_a_job_left_received_by_a_crash_is_archived_and_queued(
+    store: JobStore, inputs: Inputs, fake: FakeExecutor
+) -> None:
+    job = store.create_job(inputs({"a.dcm": b"A", "b.dcm": b"B"}), new("A", study_uid="1.2.3"))
+    archive = store.settings.archive / "1.2.3"
+    shutil.rmtree(archive)  # the crash came before the archive links were made
+    store.update(job.scratchdir, state=State.RECEIVED, queued_at=None)
+    Dispatcher(store, fake).recover()
+    assert row(store, job.scratchdir).state == State.QUEUED
+    assert sorted(p.name for p in archive.iterdir()) == ["a.dcm", "b.dcm"]
+    assert (archive / "a.dcm").stat().st_ino == (
+        store.settings.scratch / job.scratchdir / "INPUT" / "a.dcm"
+    ).stat().st_ino

@@ -1,0 +1,142 @@
+"""Looking into folders for the web page: a job's files, the archived studies, disk use.
+
+Nothing here follows a symbolic link: a bucket may leave links in OUTPUT, and the page
+must never show (or size) what lies outside the job.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from magickbox.jobs import scratch
+
+PARTS = ("OUTPUT", "INPUT")
+
+# The study facts the archive list shows, read from one file of each study.
+STUDY_TAGS = ("PatientID", "PatientName", "AccessionNumber", "StudyDate", "StudyDescription")
+
+
+def job_files(job_dir: Path, part: str, limit: int = 1000) -> dict[str, Any]:
+    """Regular files under ``job_dir/part`` (relative names, sizes), at most ``limit``."""
+    if part not in PARTS:
+        raise scratch.BadName(f"part must be one of {', '.join(PARTS)}")
+    root = job_dir / part
+    files: list[dict[str, Any]] = []
+    total = 0
+    if root.is_dir() and not root.is_symlink():
+        for dirpath, dirs, names in os.walk(root):  # os.walk never descends into links
+            dirs.sort()
+            for name in sorted(names):
+                path = Path(dirpath) / name
+                st = path.lstat()
+                if not path.is_file() or path.is_symlink():
+                    continue
+                total += 1
+                if len(files) < limit:
+                    rel = path.relative_to(root).as_posix()
+                    files.append({"name": rel, "size": st.st_size, "mtime": st.st_mtime})
+    return {"part": part, "total": total, "files": files}
+
+
+def tree_size(root: Path) -> int:
+    """Bytes of the regular files under ``root``; hard links counted once, links not followed."""
+    seen: set[tuple[int, int]] = set()
+    size = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue  # removed while we looked
+            key = (st.st_dev, st.st_ino)
+            if key not in seen and not os.path.islink(os.path.join(dirpath, name)):
+                seen.add(key)
+                size += st.st_size
+    return size
+
+
+def disk_usage(scratch_dir: Path, with_scratch_size: bool) -> dict[str, Any]:
+    usage = shutil.disk_usage(scratch_dir)
+    return {
+        "path": str(scratch_dir),
+        "total": usage.total,
+        "used": usage.used,
+        "free": usage.free,
+        "scratch_bytes": tree_size(scratch_dir) if with_scratch_size else None,
+    }
+
+
+@dataclass
+class _Study:
+    mtime: float
+    facts: dict[str, Any]
+
+
+class ArchiveIndex:
+    """The archived studies, newest first; each study's tags are read once per folder mtime.
+
+    A folder's mtime changes when a file is added or replaced (new sends of the study),
+    so a cached entry is good until then. Only the page asked for is read.
+    """
+
+    def __init__(self, archive: Path) -> None:
+        self.archive = archive
+        self._cache: dict[str, _Study] = {}
+        self._lock = threading.Lock()
+
+    def page(self, limit: int, offset: int) -> dict[str, Any]:
+        folders = self._folders()
+        chosen = folders[offset : offset + limit]
+        studies = [self._study(uid, mtime) for uid, mtime in chosen]
+        with self._lock:  # forget studies deleted since
+            alive = {uid for uid, _ in folders}
+            for uid in list(self._cache):
+                if uid not in alive:
+                    del self._cache[uid]
+        return {"total": len(folders), "limit": limit, "offset": offset, "studies": studies}
+
+    def _folders(self) -> list[tuple[str, float]]:
+        if not self.archive.is_dir():
+            return []
+        found = []
+        for entry in os.scandir(self.archive):
+            if entry.is_dir(follow_symlinks=False) and scratch.UID_RE.fullmatch(entry.name):
+                found.append((entry.name, entry.stat(follow_symlinks=False).st_mtime))
+        found.sort(key=lambda item: item[1], reverse=True)
+        return found
+
+    def _study(self, uid: str, mtime: float) -> dict[str, Any]:
+        with self._lock:
+            hit = self._cache.get(uid)
+        if hit is None or hit.mtime != mtime:
+            hit = _Study(mtime, self._read(self.archive / uid))
+            with self._lock:
+                self._cache[uid] = hit
+        return {"StudyInstanceUID": uid, "modified": mtime, **hit.facts}
+
+    @staticmethod
+    def _read(folder: Path) -> dict[str, Any]:
+        files = 0
+        facts: dict[str, Any] = dict.fromkeys(STUDY_TAGS, "")
+        read = False
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if not entry.is_file(follow_symlinks=False) or entry.name.startswith("."):
+                continue
+            files += 1
+            if read:
+                continue
+            try:
+                ds = pydicom.dcmread(entry.path, stop_before_pixels=True, specific_tags=STUDY_TAGS)
+            except (InvalidDicomError, OSError, ValueError, EOFError):
+                continue  # not DICOM; another file of the study will tell
+            facts = {tag: str(ds.get(tag, "") or "") for tag in STUDY_TAGS}
+            read = True
+        return {**facts, "files": files}
