@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from magickbox.buckets import registry
@@ -35,6 +36,8 @@ class Dispatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
         store.on_queued.append(self.wake)
+        # Called with the scratchdir once a job's end is recorded (routing subscribes).
+        self.on_finished: list[Callable[[str], None]] = []
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> None:
@@ -144,16 +147,26 @@ class Dispatcher:
         self.store.update(
             job.scratchdir, state=State.FAILED, finished_at=time.time(), reason=reason
         )
+        self._notify_finished(job.scratchdir)
 
     def _finished(self, req: RunRequest, result: RunResult) -> None:
         try:
             self.store.update(req.scratchdir, **outcome(req.job_dir, result))
         except Exception:
             log.exception("job %s: could not record its end", req.scratchdir)
+        else:
+            self._notify_finished(req.scratchdir)
         finally:
             with self._lock:
                 self._running.pop(req.scratchdir, None)
             self.wake()
+
+    def _notify_finished(self, scratchdir: str) -> None:
+        for callback in self.on_finished:
+            try:
+                callback(scratchdir)
+            except Exception:  # a subscriber's failure must not stop the queue
+                log.exception("job %s: a finish callback failed", scratchdir)
 
     def cancel(self, scratchdir: str) -> bool:
         return self.executor.cancel(scratchdir)
