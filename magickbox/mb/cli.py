@@ -1,8 +1,188 @@
-"""Placeholder, replaced by the real command line below in the next commits."""
+"""``mb``: process a whole project on several MagickBox machines from one shell.
 
+Commands and aliases are the original's; output is JSON on stdout (for jq), messages go
+to stderr, progress bars appear only on a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
 import sys
+from pathlib import Path
+
+from magickbox.mb import commands, config
+from magickbox.mb.client import Client
+from magickbox.mb.commands import Context, MbError
+from magickbox.mb.progress import wanted as progress_wanted
+
+EPILOG = """\
+exit codes: 0 ok, 1 a transfer or deletion failed, 2 bad arguments (invalid regex,
+folder missing or empty), 3 no machines configured, 4 a machine did not answer (the
+others' results are still printed), 5 no machine offers the bucket.
+config: machines.json and settings.json in $MB_CONFIG_DIR, else
+$XDG_CONFIG_HOME/magickbox, else ~/.config/magickbox."""
+
+REGEX_HELP = "regular expression searched in every string value of a job (default: all)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mb",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--no-progress", action="store_true", help="never draw progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    _settings_commands(sub)
+    _machine_commands(sub)
+    _job_commands(sub)
+    return parser
+
+
+def _settings_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "setSender", aliases=["w"], help="the sender name (AETitleCaller) of pushes (w)"
+    )
+    p.add_argument("sender", nargs="?", help="new sender; without it, print the current one")
+    p = sub.add_parser("setSetting", help="print or change settings (Sender, Timeout)")
+    p.add_argument("name", nargs="?", help="setting name; without it, print all settings")
+    p.add_argument("value", nargs="?", help="new value; without it, print the setting")
+
+
+def _machine_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("activeMachines", aliases=["a"], help="list, add or remove machines (a)")
+    actions = p.add_subparsers(dest="action", metavar="action")
+    add = actions.add_parser("add", help="add a machine")
+    add.add_argument("host")
+    add.add_argument("port", nargs="?", help=f"web port (default {config.DEFAULT_PORT})")
+    rm = actions.add_parser("remove", help="remove a machine (all its ports unless given)")
+    rm.add_argument("host")
+    rm.add_argument("port", nargs="?")
+    p = sub.add_parser(
+        "queryMachines", aliases=["q"], help="find boxes on the local network (zeroconf) (q)"
+    )
+    p.add_argument("--seconds", type=float, default=2.0, help="how long to listen (default 2)")
+    p.add_argument(
+        "--interface",
+        action="append",
+        help="IPv4 address of an interface to listen on (repeatable; default all)",
+    )
+    p.add_argument("--add", action="store_true", help="make every box found that answers active")
+    sub.add_parser(
+        "computeModules", aliases=["c"], help="the buckets the active machines offer (c)"
+    )
+
+
+def _job_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "push",
+        aliases=["p"],
+        help="zip folders and send them to the least loaded machine offering the bucket (p)",
+        description="One job per folder (jobname = folder name), spread over the machines "
+        "offering the bucket by their queued+running jobs. The original's form "
+        "`push <aetitle> <dir> <arguments>` works when <arguments> is not a path.",
+    )
+    p.add_argument("aetitle", help="the bucket (called AE title)")
+    p.add_argument("folders", nargs="+", help="folders to send, one job each")
+    p.add_argument("--arguments", default=None, help="arguments for the bucket's work.sh")
+    p.add_argument("--description", default="", help="a description stored with the job")
+    p.add_argument("--dry-run", action="store_true", help="show what would go where, send nothing")
+    for name, alias, what in (("list", "l", "jobs"), ("log", "g", "jobs with processing log")):
+        p = sub.add_parser(name, aliases=[alias], help=f"{what} of all machines as JSON ({alias})")
+        p.add_argument("regex", nargs="?", help=REGEX_HELP)
+    for name, aliases, part in (("pull", [], "OUTPUT"), ("pull-input", ["pi"], "INPUT")):
+        p = sub.add_parser(
+            name,
+            aliases=aliases,
+            help=f"download each matching job's {part} as <pid>_<scratchdir>"
+            + ("_input" if part == "INPUT" else "")
+            + ".zip",
+        )
+        p.add_argument("regex", nargs="?", help=REGEX_HELP)
+        p.add_argument("-d", "--dir", type=Path, default=Path("."), help="where to save")
+        if part == "OUTPUT":
+            p.add_argument("--wait", action="store_true", help="wait until matching jobs finish")
+            p.add_argument("--poll", type=float, default=5.0, help="seconds between checks")
+    p = sub.add_parser("remove", aliases=["r"], help="delete matching jobs on their machines (r)")
+    p.add_argument("regex", nargs="?", help=REGEX_HELP)
+    p.add_argument("-y", "--yes", action="store_true", help="remove all without asking")
+
+
+ALIASES = {
+    "w": "setSender",
+    "a": "activeMachines",
+    "q": "queryMachines",
+    "c": "computeModules",
+    "p": "push",
+    "l": "list",
+    "g": "log",
+    "pi": "pull-input",
+    "r": "remove",
+}
+
+
+def push_args(args: argparse.Namespace) -> tuple[list[str], str]:
+    """The folders and the arguments, accepting the original's ``push <aet> <dir> <args>``."""
+    folders, arguments = list(args.folders), args.arguments
+    if arguments is None and len(folders) == 2 and not Path(folders[1]).exists():
+        folders, arguments = folders[:1], folders[1]
+    return folders, arguments or ""
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    command = ALIASES.get(args.command, args.command)
+    if command == "setSender":
+        return commands.cmd_set_sender(ctx, args.sender)
+    if command == "setSetting":
+        return commands.cmd_set_setting(ctx, args.name, args.value)
+    if command == "activeMachines":
+        action = args.action
+        return commands.cmd_active_machines(
+            ctx, action, getattr(args, "host", None), getattr(args, "port", None)
+        )
+    if command == "queryMachines":
+        return commands.cmd_query_machines(ctx, args.seconds, args.interface, args.add)
+    if command == "computeModules":
+        return commands.cmd_compute_modules(ctx)
+    if command == "push":
+        folders, arguments = push_args(args)
+        return commands.cmd_push(
+            ctx, args.aetitle, folders, arguments, args.description, args.dry_run
+        )
+    if command == "list":
+        return commands.cmd_list(ctx, args.regex)
+    if command == "log":
+        return commands.cmd_log(ctx, args.regex)
+    if command in ("pull", "pull-input"):
+        part = "output" if command == "pull" else "input"
+        wait, poll = getattr(args, "wait", False), getattr(args, "poll", 5.0)
+        return commands.cmd_pull(ctx, args.regex, part, args.dir, wait, poll)
+    if command == "remove":
+        return commands.cmd_remove(ctx, args.regex, args.yes)
+    raise MbError(f"unknown command {args.command}", commands.USAGE)
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("mb: not implemented yet", file=sys.stderr)
-    return 1
+    args = build_parser().parse_args(argv)
+    try:
+        settings = config.load_settings()
+        machines = config.load_machines()
+        with Client(float(settings["Timeout"])) as client:
+            ctx = Context(settings, machines, client, progress_wanted(args.no_progress))
+            return run(args, ctx)
+    except config.ConfigError as exc:
+        print(f"mb: {exc}", file=sys.stderr)
+        return commands.USAGE
+    except MbError as exc:
+        print(f"mb: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("mb: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `mb list | head`: the reader left, nothing more to say
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

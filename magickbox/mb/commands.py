@@ -1,0 +1,420 @@
+"""What each ``mb`` command does. Every command returns an exit code; errors that end a
+command are raised as :class:`MbError` with the code the shell sees."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from magickbox.mb import config
+from magickbox.mb.client import Answers, Client, MachineError, zip_complete
+from magickbox.mb.config import Machine
+from magickbox.mb.multipart import FolderError, FolderScan, scan_folder
+from magickbox.mb.progress import Bars, bars
+
+# Exit codes (also listed in ``mb --help``).
+OK, FAILED, USAGE, NO_MACHINES, MACHINE_DOWN, NO_BUCKET = 0, 1, 2, 3, 4, 5
+
+
+class MbError(Exception):
+    def __init__(self, message: str, code: int = FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Context:
+    """What every command gets: settings, machines, an HTTP client and whether to draw bars."""
+
+    settings: dict[str, Any]
+    machines: list[Machine]
+    client: Client
+    progress: bool
+
+
+# -- helpers -------------------------------------------------------------------------------
+def emit(data: Any) -> None:
+    """JSON on stdout, for people and jq alike."""
+    json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def warn(text: str) -> None:
+    print(f"mb: {text}", file=sys.stderr)
+
+
+def need_machines(ctx: Context) -> list[Machine]:
+    if not ctx.machines:
+        raise MbError(
+            "no machines configured: add one with `mb activeMachines add <host> <port>` "
+            "(or find them with `mb queryMachines`)",
+            NO_MACHINES,
+        )
+    return ctx.machines
+
+
+def compile_regex(pattern: str | None) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern or "")
+    except re.error as exc:
+        raise MbError(f"invalid regular expression {pattern!r}: {exc}", USAGE) from None
+
+
+def report(failed: Iterable[MachineError]) -> int:
+    """Tell stderr about machines that did not answer; the exit code that follows."""
+    code = OK
+    for err in failed:
+        kind = "did not answer" if err.down else "failed"
+        warn(f"machine {err.machine.label} {kind}: {err.reason}")
+        code = MACHINE_DOWN
+    return code
+
+
+def all_down(answers: Answers[Any]) -> None:
+    if not answers.ok and answers.failed:
+        raise MbError("no machine answered", MACHINE_DOWN)
+
+
+def matches(job: dict[str, Any], regex: re.Pattern[str], extra: str | None = None) -> bool:
+    """True when a string value of the job (or ``extra``, its log) contains a match."""
+    texts = [v for v in job.values() if isinstance(v, str)]
+    if extra is not None:
+        texts.append(extra)
+    return any(regex.search(t) for t in texts)
+
+
+def matching_jobs(ctx: Context, pattern: str | None) -> tuple[list[dict[str, Any]], int]:
+    """Jobs of every machine whose values match, and the exit code for machines down."""
+    regex = compile_regex(pattern)
+    answers = ctx.client.ask_all(need_machines(ctx), ctx.client.jobs)
+    code = report(answers.failed)
+    all_down(answers)
+    jobs = [job for _m, rows in answers.ok for job in rows if matches(job, regex)]
+    return jobs, code
+
+
+def machine_of(job: dict[str, Any]) -> Machine:
+    return Machine(job["Machine"], int(job["Port"]))
+
+
+def finished(job: dict[str, Any]) -> bool:
+    return str(job.get("processingTime", "0")) != "0"
+
+
+# -- settings and machines -----------------------------------------------------------------
+def cmd_set_sender(ctx: Context, sender: str | None) -> int:
+    if sender is None:
+        emit({"Sender": ctx.settings["Sender"]})
+        return OK
+    emit({"Sender": config.set_setting("Sender", sender)["Sender"]})
+    return OK
+
+
+def cmd_set_setting(ctx: Context, name: str | None, value: str | None) -> int:
+    if name is None:
+        emit(ctx.settings)
+    elif value is None:
+        if name not in ctx.settings:
+            raise MbError(f"no setting {name!r} (known: {', '.join(ctx.settings)})", USAGE)
+        emit({name: ctx.settings[name]})
+    else:
+        emit(config.set_setting(name, value))
+    return OK
+
+
+def cmd_active_machines(
+    ctx: Context, action: str | None, host: str | None, port: str | None
+) -> int:
+    if action == "add":
+        assert host is not None
+        machine = Machine(host, config.parse_port(port or config.DEFAULT_PORT))
+        if not config.add_machine(machine):
+            warn(f"{machine.label} is already active")
+    elif action == "remove":
+        assert host is not None
+        gone = config.remove_machines(host, config.parse_port(port) if port else None)
+        if not gone:
+            raise MbError(f"{host}{':' + port if port else ''} is not an active machine", USAGE)
+    emit([m.as_json() for m in config.load_machines()])
+    return OK
+
+
+def cmd_query_machines(
+    ctx: Context, seconds: float, interfaces: list[str] | None, add: bool
+) -> int:
+    """Boxes that announce themselves on the network, plus the configured ones."""
+    from magickbox.mb.discover import browse
+
+    rows = browse(seconds, interfaces)
+    for row in rows:
+        row["Active"] = Machine(row["Machine"], int(row["Port"])) in ctx.machines
+    seen = {(r["Machine"], r["Port"]) for r in rows}
+    rows += [
+        {**m.as_json(), "Active": True} for m in ctx.machines if (m.host, str(m.port)) not in seen
+    ]
+    health = ctx.client.ask_all([machine_of(r) for r in rows], ctx.client.health)
+    online = {m for m, _ in health.ok}
+    for row in rows:
+        row["Online"] = machine_of(row) in online
+        if add and not row["Active"] and row["Online"]:
+            config.add_machine(machine_of(row))
+            row["Active"] = True
+    emit(rows)
+    return OK
+
+
+def cmd_compute_modules(ctx: Context) -> int:
+    """The buckets each active machine offers (getInstalledBuckets.php), with its address."""
+    answers = ctx.client.ask_all(need_machines(ctx), ctx.client.buckets)
+    code = report(answers.failed)
+    all_down(answers)
+    emit([{**b, **m.as_json()} for m, rows in answers.ok for b in rows])
+    return code
+
+
+# -- jobs ----------------------------------------------------------------------------------
+def cmd_list(ctx: Context, pattern: str | None) -> int:
+    jobs, code = matching_jobs(ctx, pattern)
+    emit(jobs)
+    return code
+
+
+def cmd_log(ctx: Context, pattern: str | None) -> int:
+    """Jobs with their processing log (``log``); a match in the log counts too."""
+    regex = compile_regex(pattern)
+    jobs, code = matching_jobs(ctx, None)
+
+    def with_log(job: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            text = ctx.client.processing_log(machine_of(job), job["scratchdir"])
+        except MachineError:
+            text = ""  # the machine answered the list a moment ago: leave the log out
+        return {**job, "log": text} if matches(job, regex, text) else None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found = [job for job in pool.map(with_log, jobs) if job is not None]
+    emit(found)
+    return code
+
+
+def cmd_remove(ctx: Context, pattern: str | None, yes: bool) -> int:
+    jobs, code = matching_jobs(ctx, pattern)
+    if not pattern and jobs and not yes and sys.stdin.isatty():
+        answer = input(f"remove all {len(jobs)} jobs of all machines? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            raise MbError("nothing removed", FAILED)
+    removed = []
+    for job in jobs:
+        try:
+            ctx.client.delete(machine_of(job), job["scratchdir"])
+        except MachineError as exc:
+            warn(f"could not remove {job['scratchdir']}: {exc}")
+            code = code or FAILED
+            continue
+        removed.append({"scratchdir": job["scratchdir"], **machine_of(job).as_json()})
+    emit(removed)
+    return code
+
+
+# -- pull ----------------------------------------------------------------------------------
+def zip_name(job: dict[str, Any], part: str) -> str:
+    """``<pid>_<scratchdir>.zip`` as the original named outputs; inputs get ``_input``."""
+    suffix = "_input" if part == "input" else ""
+    pid = re.sub(r"[^A-Za-z0-9._-]", "_", str(job.get("pid", "")))  # a name, never a path
+    return f"{pid}_{job['scratchdir']}{suffix}.zip"
+
+
+def pull_one(ctx: Context, ui: Bars, job: dict[str, Any], folder: Path, part: str) -> dict:
+    dest = folder / zip_name(job, part)
+    row = {"file": str(dest), "scratchdir": job["scratchdir"], **machine_of(job).as_json()}
+    if dest.exists() and zip_complete(dest):
+        return {**row, "status": "skipped", "bytes": dest.stat().st_size}
+    label = f"{dest.name} ← {machine_of(job).label}"
+    try:
+        size = ctx.client.download(
+            machine_of(job), job["scratchdir"], dest, part, ui.bar(label, None)
+        )
+    except (MachineError, OSError) as exc:
+        warn(f"could not pull {job['scratchdir']}: {exc}")
+        return {**row, "status": "failed", "error": str(exc)}
+    ui.finish(label)
+    return {**row, "status": "downloaded", "bytes": size}
+
+
+def cmd_pull(
+    ctx: Context, pattern: str | None, part: str, folder: Path, wait: bool, poll: float
+) -> int:
+    """Download each matching job's OUTPUT (or INPUT); with ``wait``, until all are done."""
+    compile_regex(pattern)  # a bad pattern fails before anything else
+    folder.mkdir(parents=True, exist_ok=True)
+    done: dict[tuple[str, str, str], dict[str, Any]] = {}
+    code = OK
+    with bars(ctx.progress) as ui:
+        while True:
+            jobs, down = matching_jobs(ctx, pattern)
+            code = code or down
+            waiting = [j for j in jobs if part == "output" and not finished(j)]
+            for job in jobs:
+                key = (job["Machine"], job["Port"], job["scratchdir"])
+                if key not in done and (part == "input" or finished(job)):
+                    done[key] = pull_one(ctx, ui, job, folder, part)
+            if not wait or not waiting:
+                break
+            time.sleep(poll)
+    if waiting:
+        warn(f"{len(waiting)} matching jobs are not finished yet (mb pull --wait waits)")
+    rows = list(done.values())
+    if any(r["status"] == "failed" for r in rows):
+        code = code or FAILED
+    emit(rows)
+    return code
+
+
+# -- push ----------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    scan: FolderScan
+    machine: Machine
+
+    def as_json(self, aetitle: str) -> dict[str, Any]:
+        return {
+            "folder": str(self.scan.folder),
+            "jobname": self.scan.folder.resolve().name,
+            "aetitle": aetitle,
+            "files": self.scan.nfiles,
+            "bytes": self.scan.nbytes,
+            **self.machine.as_json(),
+        }
+
+
+def offering(ctx: Context, aetitle: str) -> tuple[dict[Machine, int], int]:
+    """Machines that offer bucket ``aetitle`` and their load (queued + running jobs)."""
+
+    def ask(machine: Machine) -> int | None:
+        names = {str(b.get("AETitle", "")) for b in ctx.client.buckets(machine)}
+        return ctx.client.load(machine) if aetitle in names else None
+
+    answers = ctx.client.ask_all(need_machines(ctx), ask)
+    code = report(answers.failed)
+    all_down(answers)
+    loads = {m: load for m, load in answers.ok if load is not None}
+    if not loads:
+        asked = ", ".join(m.label for m, _ in answers.ok)
+        raise MbError(
+            f"no machine offers the bucket {aetitle!r} (asked {asked}; "
+            "`mb computeModules` lists the buckets)",
+            NO_BUCKET,
+        )
+    return loads, code
+
+
+def spread(scans: list[FolderScan], loads: dict[Machine, int]) -> list[Plan]:
+    """Each folder to the machine with the least work, counting the folders given so far."""
+    load = dict(loads)
+    plans = []
+    for scan in scans:
+        machine = min(load, key=lambda m: load[m])  # ties: the first in the config
+        load[machine] += 1
+        plans.append(Plan(scan, machine))
+    return plans
+
+
+def cmd_push(
+    ctx: Context,
+    aetitle: str,
+    folders: list[str],
+    arguments: str,
+    description: str,
+    dry_run: bool,
+) -> int:
+    try:
+        scans = [scan_folder(Path(f)) for f in folders]
+    except FolderError as exc:
+        raise MbError(str(exc), USAGE) from None
+    loads, code = offering(ctx, aetitle)
+    plans = spread(scans, loads)
+    if dry_run:
+        emit([{**p.as_json(aetitle), "arguments": arguments} for p in plans])
+        return code
+    with bars(ctx.progress) as ui:
+        results = upload_all(ctx, ui, plans, aetitle, arguments, description, set(loads))
+    emit(results)
+    # A machine that was down is reported above, but when every folder found a machine
+    # the push did its work: scripts under `set -e` go on.
+    return FAILED if any("error" in r for r in results) else OK
+
+
+def upload_all(
+    ctx: Context,
+    ui: Bars,
+    plans: list[Plan],
+    aetitle: str,
+    arguments: str,
+    description: str,
+    offered: set[Machine],
+) -> list[dict[str, Any]]:
+    """Upload the plans, one stream per machine at a time, machines in parallel."""
+    per_machine: dict[Machine, list[int]] = {}
+    for i, plan in enumerate(plans):
+        per_machine.setdefault(plan.machine, []).append(i)
+    results: list[dict[str, Any]] = [{} for _ in plans]
+
+    def run(indexes: list[int]) -> None:
+        for i in indexes:
+            results[i] = push_one(ctx, ui, plans[i], aetitle, arguments, description, offered)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(per_machine))) as pool:
+        list(pool.map(run, per_machine.values()))
+    return results
+
+
+def push_one(
+    ctx: Context,
+    ui: Bars,
+    plan: Plan,
+    aetitle: str,
+    arguments: str,
+    description: str,
+    offered: set[Machine],
+) -> dict[str, Any]:
+    """Upload one folder; a machine that refuses the connection hands over to another."""
+    jobname = plan.scan.folder.resolve().name
+    fields = {
+        "aetitle": aetitle,
+        "filename": f"{jobname}.zip",
+        "sender": str(ctx.settings["Sender"]),
+        "jobname": jobname,
+        "arguments": arguments,
+        "description": description,
+    }
+    tried: list[str] = []
+    while True:
+        label = f"{jobname} ({plan.scan.nfiles} files) → {plan.machine.label}"
+        try:
+            answer = ctx.client.upload(
+                plan.machine, plan.scan, fields, ui.bar(label, plan.scan.zip_size)
+            )
+        except MachineError as exc:
+            tried.append(plan.machine.label)
+            offered.discard(plan.machine)
+            if not (exc.down and exc.refused and offered):
+                warn(f"push of {plan.scan.folder} failed: {exc}")
+                return {**plan.as_json(aetitle), "error": str(exc)}
+            ui.note(f"mb: {plan.machine.label} refused the connection; trying another machine")
+            plan = Plan(plan.scan, sorted(offered)[0])
+            continue
+        ui.finish(label)
+        return {**plan.as_json(aetitle), **_pushed(answer)}
+
+
+def _pushed(answer: dict[str, Any]) -> dict[str, Any]:
+    keep = ("scratchdir", "pid", "files")
+    return {k: (str(answer[k]) if k != "files" else answer[k]) for k in keep if k in answer}
