@@ -140,6 +140,20 @@ class Grouper:
         with self._cond:
             return len(self._sends)
 
+    def snapshot(self) -> list[dict[str, object]]:
+        """The sends still being received (not yet jobs), oldest first, for the web page."""
+        with self._cond:
+            sends = sorted(self._sends.values(), key=lambda send: send.started)
+            return [
+                {
+                    **asdict(send.key),
+                    "started": send.started,
+                    "files": send.nfiles,
+                    "open_associations": len(send.open_assocs),
+                }
+                for send in sends
+            ]
+
     def recover(self) -> None:
         """Sends a previous run had not yet turned into jobs become jobs now."""
         for meta_path in sorted(self.incoming.glob("*.json")):

@@ -97,7 +97,7 @@ def iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
-def job_view(job: Job) -> dict[str, Any]:
+def job_view(job: Job, log_size: int | None = None) -> dict[str, Any]:
     """A job in /api/v1: every fact, with times in ISO 8601 (UTC)."""
     return {
         "scratchdir": job.scratchdir,
@@ -124,6 +124,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "exit_code": job.exit_code,
         "success": job.success or None,
         "reason": job.reason or None,
+        "log_size": job.log_size if log_size is None else log_size,
         "links": {
             "self": f"/api/v1/jobs/{job.scratchdir}",
             "log": f"/api/v1/jobs/{job.scratchdir}/log",

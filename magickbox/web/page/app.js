@@ -1,0 +1,528 @@
+// MagickBox page: one small script, no build step. Every fact comes from /api/v1.
+"use strict";
+
+const API = "/api/v1";
+const POLL_MS = 2000; // how often the open view asks again (states, log, queue)
+const PAGE_SIZE = 50;
+const main = document.getElementById("main");
+let timer = null; // the open view's poll
+let viewToken = 0; // bumps on every navigation, so late answers of a left view are dropped
+
+// -- helpers -------------------------------------------------------------------------------
+
+const esc = (v) =>
+  String(v ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+
+async function api(path, opts = {}) {
+  const res = await fetch(API + path, opts);
+  setStatus(true);
+  if (!res.ok) {
+    let detail = res.statusText;
+    try {
+      const body = await res.json();
+      detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+    } catch (_) { /* not JSON: keep the status text */ }
+    const err = new Error(detail);
+    err.status = res.status;
+    throw err;
+  }
+  return res;
+}
+const getJSON = async (path) => (await api(path)).json();
+
+function setStatus(ok) {
+  const el = document.getElementById("status");
+  el.className = "status " + (ok ? "ok" : "down");
+  el.textContent = ok ? "live" : "offline";
+}
+
+const pad = (n) => String(n).padStart(2, "0");
+function localTime(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+function duration(sec) {
+  if (sec == null || isNaN(sec)) return "";
+  sec = Math.max(0, sec);
+  if (sec < 0.1) return "< 0.1 s";
+  if (sec < 60) return `${sec < 10 ? sec.toFixed(1) : Math.round(sec)} s`;
+  const m = Math.floor(sec / 60), s = Math.round(sec % 60);
+  if (m < 60) return `${m} min ${s} s`;
+  return `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+function bytes(n) {
+  if (n == null) return "";
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
+}
+const num = (n) => Number(n).toLocaleString("en-US");
+
+// Seconds a job has taken so far, or took.
+function jobSeconds(job) {
+  if (job.processing_seconds != null) return job.processing_seconds;
+  if (job.started_at && job.state === "running") return (Date.now() - Date.parse(job.started_at)) / 1000;
+  return null;
+}
+const badge = (state) => `<span class="badge s-${esc(state)}">${esc(state)}</span>`;
+
+function parseHash() {
+  const [path, query] = location.hash.replace(/^#\/?/, "").split("?");
+  return { parts: path.split("/").filter(Boolean).map(decodeURIComponent), params: new URLSearchParams(query || "") };
+}
+
+function every(fn) {
+  clearInterval(timer);
+  const token = viewToken;
+  const run = () => token === viewToken && fn().catch(onError);
+  timer = setInterval(run, POLL_MS);
+}
+
+function onError(err) {
+  if (err && err.status) throw err;
+  setStatus(false); // the box did not answer: keep polling, it may come back
+  console.warn(err);
+}
+
+// The day filter (YYYY-MM-DD, local) as the API's since/until epoch seconds.
+function dayRange(day) {
+  const [y, m, d] = day.split("-").map(Number);
+  return [new Date(y, m - 1, d).getTime() / 1000, new Date(y, m - 1, d + 1).getTime() / 1000];
+}
+
+// -- jobs list ---------------------------------------------------------------------------
+
+const LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ".split("");
+const STATES = ["", "queued", "running", "done", "failed"];
+
+function jobsQuery(p) {
+  const q = new URLSearchParams({ limit: PAGE_SIZE, offset: p.get("offset") || 0 });
+  for (const key of ["q", "state", "initial", "bucket"]) if (p.get(key)) q.set(key, p.get(key));
+  if (p.get("day")) {
+    const [since, until] = dayRange(p.get("day"));
+    q.set("since", since);
+    q.set("until", until);
+  }
+  return q;
+}
+
+function setParam(p, key, value) {
+  if (value) p.set(key, value); else p.delete(key);
+  if (key !== "offset") p.delete("offset");
+  const s = p.toString();
+  history.replaceState(null, "", "#/jobs" + (s ? "?" + s : ""));
+}
+
+async function viewJobs(p) {
+  main.innerHTML = `
+    <section class="toolbar">
+      <input id="q" type="search" placeholder="Search jobs: study UID, sender, IP, bucket, state…" aria-label="Search jobs" value="${esc(p.get("q") || "")}">
+      <select id="state" aria-label="State">${STATES.map((s) => `<option value="${s}" ${p.get("state") === s ? "selected" : ""}>${s || "any state"}</option>`).join("")}</select>
+      <span id="dayfilter"></span>
+    </section>
+    <nav class="letters" aria-label="Sender AE title starts with">
+      <button data-letter="" class="${p.get("initial") ? "" : "on"}">All</button>
+      ${LETTERS.map((l) => `<button data-letter="${l}" class="${p.get("initial") === l ? "on" : ""}">${l}</button>`).join("")}
+    </nav>
+    <div id="receiving"></div>
+    <table class="jobs">
+      <thead><tr><th>State</th><th>Job</th><th>Bucket</th><th>Sender</th><th>Peer IP</th><th>Received</th><th>Duration</th><th>Log</th><th></th></tr></thead>
+      <tbody id="rows"></tbody>
+    </table>
+    <div class="pager" id="pager"></div>`;
+  const dayEl = document.getElementById("dayfilter");
+  if (p.get("day")) {
+    dayEl.innerHTML = `<span class="chip">received ${esc(p.get("day"))} <button aria-label="Clear day" id="clearday">×</button></span>`;
+    document.getElementById("clearday").onclick = () => { setParam(p, "day", ""); refresh(); };
+  }
+  let debounce = null;
+  document.getElementById("q").addEventListener("input", (e) => {
+    clearTimeout(debounce);
+    debounce = setTimeout(() => { setParam(p, "q", e.target.value.trim()); refresh(); }, 250);
+  });
+  document.getElementById("state").onchange = (e) => { setParam(p, "state", e.target.value); refresh(); };
+  for (const b of main.querySelectorAll(".letters button")) {
+    b.onclick = () => {
+      setParam(p, "initial", b.dataset.letter);
+      for (const o of main.querySelectorAll(".letters button")) o.classList.toggle("on", o === b);
+      refresh();
+    };
+  }
+  const token = viewToken;
+  let asked = 0;
+  async function refresh() {
+    const mine = ++asked; // only the newest answer is drawn (typing sends many)
+    const [data, sends] = await Promise.all([getJSON("/jobs?" + jobsQuery(p)), getJSON("/receiving")]);
+    if (token !== viewToken || mine !== asked) return;
+    drawRows(data);
+    drawPager(p, data, refresh);
+    drawReceiving(sends);
+  }
+  await refresh();
+  every(refresh);
+}
+
+function drawRows(data) {
+  const rows = document.getElementById("rows");
+  if (!data.jobs.length) {
+    rows.innerHTML = `<tr><td colspan="9" class="empty">No jobs match.</td></tr>`;
+    return;
+  }
+  rows.innerHTML = data.jobs.map((j) => {
+    const href = `#/job/${encodeURIComponent(j.scratchdir)}`;
+    return `<tr data-job="${esc(j.scratchdir)}" data-state="${esc(j.state)}">
+      <td data-label="State">${badge(j.state)}</td>
+      <td data-label="Job"><a href="${href}" class="mono">${esc(j.scratchdir)}</a><div class="sub mono" title="StudyInstanceUID">${esc(j.study_uid || j.jobname)}</div></td>
+      <td data-label="Bucket">${esc(j.bucket)}</td>
+      <td data-label="Sender">${esc(j.caller_aet)}</td>
+      <td data-label="Peer IP" class="mono">${esc(j.caller_ip)}</td>
+      <td data-label="Received" class="nowrap">${esc(localTime(j.received_at))}</td>
+      <td data-label="Duration" class="num">${esc(duration(jobSeconds(j)))}</td>
+      <td data-label="Log" class="num">${esc(bytes(j.log_size))}</td>
+      <td class="actions"><a class="btn small" href="${href}">View</a><a class="btn small" href="${esc(j.links.output)}" download>Output</a></td>
+    </tr>`;
+  }).join("");
+}
+
+function drawPager(p, data, refresh) {
+  const el = document.getElementById("pager");
+  const from = data.total ? data.offset + 1 : 0;
+  const to = data.offset + data.jobs.length;
+  el.innerHTML = `<span id="count">${num(from)}–${num(to)} of ${num(data.total)} jobs</span>
+    <button id="prev" ${data.offset ? "" : "disabled"}>‹ Newer</button>
+    <button id="next" ${to < data.total ? "" : "disabled"}>Older ›</button>`;
+  const go = (offset) => { setParam(p, "offset", offset ? String(offset) : ""); refresh(); };
+  document.getElementById("prev").onclick = () => go(Math.max(0, data.offset - PAGE_SIZE));
+  document.getElementById("next").onclick = () => go(data.offset + PAGE_SIZE);
+}
+
+function drawReceiving(sends) {
+  const el = document.getElementById("receiving");
+  el.innerHTML = sends.length
+    ? `<div class="receiving">${sends.map((s) => `<div class="send">${badge("receiving")}
+        <b>${esc(s.called_aet)}</b> from ${esc(s.caller_aet)} <span class="mono">${esc(s.caller_ip)}</span>:
+        ${num(s.files)} files <span class="sub mono">${esc(s.study_uid)}</span></div>`).join("")}</div>`
+    : "";
+}
+
+// -- one job -------------------------------------------------------------------------------
+
+async function viewJob(name) {
+  const token = viewToken;
+  const base = `/jobs/${encodeURIComponent(name)}`;
+  let job;
+  try {
+    job = await getJSON(base);
+  } catch (err) {
+    main.innerHTML = `<p class="notice">${esc(err.message)}</p><p><a href="#/jobs">Back to the jobs</a></p>`;
+    return;
+  }
+  main.innerHTML = `
+    <p class="crumbs"><a href="#/jobs">Jobs</a> › <span class="mono">${esc(name)}</span></p>
+    <section class="jobhead">
+      <h1><span class="mono">${esc(name)}</span> <span id="jstate"></span></h1>
+      <div class="buttons">
+        <a class="btn" href="${esc(job.links.output)}" download id="dl-output">Download OUTPUT</a>
+        <a class="btn" href="${esc(job.links.input)}" download id="dl-input">Download INPUT</a>
+        <button class="btn" id="retry">Retry</button>
+        <button class="btn danger" id="delete">Delete</button>
+      </div>
+    </section>
+    <p id="jmsg" class="msg" role="status"></p>
+    <section class="grid2">
+      <div class="card"><h2>Info</h2><dl id="info" class="facts"></dl></div>
+      <div class="card"><h2>Files</h2>
+        <div class="seg"><button data-part="OUTPUT" class="on">OUTPUT</button><button data-part="INPUT">INPUT</button></div>
+        <div id="files"></div></div>
+    </section>
+    <section class="card"><h2>Processing log <span class="sub" id="logsize"></span></h2><pre id="log" class="log" tabindex="0"></pre></section>`;
+  const msg = (text, bad) => { const m = document.getElementById("jmsg"); m.textContent = text; m.className = "msg " + (bad ? "bad" : "good"); };
+  document.getElementById("retry").onclick = async () => {
+    try { await api(base + "/retry", { method: "POST" }); msg("Queued again."); await drawInfo(); } catch (e) { msg(e.message, true); }
+  };
+  document.getElementById("delete").onclick = async () => {
+    if (!confirm(`Delete job ${name} and all its files? This cannot be undone.`)) return;
+    try { await api(base, { method: "DELETE" }); location.hash = "#/jobs"; } catch (e) { msg(e.message, true); }
+  };
+  let part = "OUTPUT";
+  for (const b of main.querySelectorAll(".seg button")) {
+    b.onclick = () => {
+      part = b.dataset.part;
+      for (const o of main.querySelectorAll(".seg button")) o.classList.toggle("on", o === b);
+      drawFiles();
+    };
+  }
+  async function drawFiles() {
+    const list = await getJSON(`${base}/files?part=${part}`);
+    if (token !== viewToken) return;
+    const more = list.total > list.files.length ? `<p class="sub">${num(list.total - list.files.length)} more not shown</p>` : "";
+    document.getElementById("files").innerHTML = list.files.length
+      ? `<table class="files"><tbody>${list.files.map((f) => `<tr><td class="mono">${esc(f.name)}</td><td class="num">${esc(bytes(f.size))}</td></tr>`).join("")}</tbody></table>${more}`
+      : `<p class="sub">${part} is empty.</p>`;
+  }
+  async function drawInfo(j) {
+    job = j || (await getJSON(base));
+    if (token !== viewToken) return;
+    document.getElementById("jstate").innerHTML = badge(job.state);
+    const facts = [
+      ["Bucket", job.bucket], ["Sender AE", job.caller_aet], ["Peer IP", job.caller_ip],
+      ["StudyInstanceUID", job.study_uid], ["Source", job.source], ["Job name", job.jobname],
+      ["Description", job.description], ["Arguments", (job.arguments || []).join(" ")], ["Files received", job.files],
+      ["Received", localTime(job.received_at)], ["Started", localTime(job.started_at)], ["Finished", localTime(job.finished_at)],
+      ["Duration", duration(jobSeconds(job))], ["Attempts", job.attempts], ["Exit code", job.exit_code],
+      ["Result", job.success], ["Reason", job.reason],
+    ].filter(([, v]) => v !== null && v !== undefined && v !== "");
+    document.getElementById("info").innerHTML = facts.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
+  }
+  // The log grows while the job runs: ask only for the bytes after the ones we have.
+  let logOffset = 0;
+  const decoder = new TextDecoder();
+  async function tailLog() {
+    const res = await api(`${base}/log?offset=${logOffset}`);
+    const chunk = new Uint8Array(await res.arrayBuffer());
+    if (token !== viewToken) return;
+    const size = Number(res.headers.get("X-Log-Size") || logOffset);
+    if (size < logOffset) { logOffset = 0; document.getElementById("log").textContent = ""; return; } // retried: a new log
+    logOffset = size;
+    if (!chunk.length) return;
+    const pre = document.getElementById("log");
+    const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
+    pre.textContent += decoder.decode(chunk, { stream: true });
+    document.getElementById("logsize").textContent = bytes(logOffset);
+    if (atEnd) pre.scrollTop = pre.scrollHeight; // follow the tail unless the reader scrolled up
+  }
+  let lastState = job.state;
+  async function poll() {
+    await tailLog();
+    if (!["done", "failed"].includes(lastState)) {
+      await drawInfo();
+      if (job.state !== lastState) drawFiles();
+      lastState = job.state;
+    }
+  }
+  await drawInfo(job);
+  await Promise.all([tailLog(), drawFiles()]);
+  every(async () => {
+    try { await poll(); } catch (e) { if (e.status === 404) { msg("This job no longer exists.", true); clearInterval(timer); } else throw e; }
+  });
+}
+
+// -- overview ------------------------------------------------------------------------------
+
+async function viewOverview() {
+  main.innerHTML = `
+    <section class="card"><h2>Jobs per day <span class="sub" id="yeartotal"></span></h2><div id="heat" class="heat"></div>
+      <p class="sub">Hover a day for its count; click it to list its jobs.</p></section>
+    <section class="grid2">
+      <div class="card"><h2>Queue</h2><div id="queue"></div></div>
+      <div class="card"><h2>Disk</h2><div id="disk"></div></div>
+    </section>`;
+  const token = viewToken;
+  const offset = -new Date().getTimezoneOffset();
+  const [days, disk] = await Promise.all([getJSON(`/stats/days?days=365&utc_offset_minutes=${offset}`), getJSON("/disk?scratch_size=true")]);
+  if (token !== viewToken) return;
+  drawHeat(days.counts);
+  drawDisk(disk);
+  const queue = async () => {
+    const rows = await getJSON("/queue");
+    if (token !== viewToken) return;
+    document.getElementById("queue").innerHTML = rows.length
+      ? `<table class="plain"><thead><tr><th>Bucket</th><th class="num">Queued</th><th class="num">Running</th><th class="num">Workers</th></tr></thead><tbody>
+        ${rows.map((r) => `<tr><td>${esc(r.bucket)}</td><td class="num">${r.queued}</td><td class="num">${r.running}</td><td class="num">${r.workers}</td></tr>`).join("")}</tbody></table>`
+      : `<p class="sub">No buckets installed.</p>`;
+  };
+  await queue();
+  every(queue);
+}
+
+function dayKey(d) { return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`; }
+
+function drawHeat(counts) {
+  const cell = 12, gap = 3, step = cell + gap;
+  const today = new Date();
+  today.setHours(0, 0, 0, 0);
+  const start = new Date(today);
+  start.setDate(start.getDate() - 364 - start.getDay()); // a Sunday, so weeks are columns
+  const max = Math.max(1, ...Object.values(counts));
+  const level = (n) => (n ? Math.min(4, Math.ceil((4 * n) / max)) : 0);
+  const rects = [], months = [];
+  let total = 0, week = 0;
+  for (const d = new Date(start); d <= today; d.setDate(d.getDate() + 1)) {
+    week = Math.round((d - start) / 864e5 - d.getDay()) / 7;
+    const key = dayKey(d), n = counts[key] || 0;
+    total += n;
+    if (d.getDate() === 1) months.push(`<text x="${30 + week * step}" y="10">${d.toLocaleString("en-US", { month: "short" })}</text>`);
+    rects.push(`<rect x="${30 + week * step}" y="${16 + d.getDay() * step}" width="${cell}" height="${cell}" rx="2" class="l${level(n)}" data-day="${key}" data-count="${n}"></rect>`);
+  }
+  const w = 30 + (week + 1) * step, h = 16 + 7 * step;
+  const names = ["", "Mon", "", "Wed", "", "Fri", ""].map((t, i) => `<text x="0" y="${26 + i * step}">${t}</text>`).join("");
+  const legend = [0, 1, 2, 3, 4].map((l) => `<svg width="11" height="11"><rect width="11" height="11" rx="2" class="l${l}"></rect></svg>`).join("");
+  document.getElementById("heat").innerHTML = `<svg viewBox="0 0 ${w} ${h}" style="max-width:${Math.round(w * 1.35)}px" role="img" aria-label="Jobs per day">${months.join("")}${names}${rects.join("")}</svg>
+    <div class="legend">Less ${legend} More <span class="sub">(darkest: ${num(max)} a day)</span></div>`;
+  document.getElementById("yeartotal").textContent = `${num(total)} in the last year`;
+  const tip = document.getElementById("tip");
+  const svg = document.querySelector("#heat svg");
+  svg.addEventListener("mousemove", (e) => {
+    const r = e.target.closest("rect");
+    if (!r) { tip.hidden = true; return; }
+    const n = Number(r.dataset.count);
+    tip.textContent = `${n} job${n === 1 ? "" : "s"} on ${r.dataset.day}`;
+    tip.style.left = `${e.clientX + 12}px`;
+    tip.style.top = `${e.clientY + 12}px`;
+    tip.hidden = false;
+  });
+  svg.addEventListener("mouseleave", () => { tip.hidden = true; });
+  svg.addEventListener("click", (e) => {
+    const r = e.target.closest("rect");
+    if (r) { tip.hidden = true; location.hash = `#/jobs?day=${r.dataset.day}`; }
+  });
+}
+
+function drawDisk(d) {
+  const pct = d.total ? (100 * d.used) / d.total : 0;
+  document.getElementById("disk").innerHTML = `
+    <div class="bar" title="${pct.toFixed(1)} % used"><span style="width:${pct.toFixed(1)}%" class="${pct > 90 ? "full" : ""}"></span></div>
+    <dl class="facts">
+      <dt>Free</dt><dd>${esc(bytes(d.free))} of ${esc(bytes(d.total))}</dd>
+      <dt>Used</dt><dd>${pct.toFixed(1)} %</dd>
+      ${d.scratch_bytes != null ? `<dt>Scratch folder</dt><dd>${esc(bytes(d.scratch_bytes))}</dd>` : ""}
+      <dt>Path</dt><dd class="mono">${esc(d.path)}</dd>
+    </dl>`;
+}
+
+// -- buckets -------------------------------------------------------------------------------
+
+async function viewBuckets() {
+  const [buckets, setup] = await Promise.all([getJSON("/buckets?all=true"), getJSON("/setup")]);
+  const host = location.hostname;
+  main.innerHTML = `<h1>Buckets</h1><p class="sub">Send a study to a bucket's AE title on this box (${esc(host)}, DICOM port ${esc(setup.dicom_port)}).</p>
+    <div class="buckets">${buckets.map((b) => {
+      const i = b.info || {};
+      const line = `storescu +sd +r -nh -aet ME -aec ${b.aetitle} ${host} ${setup.dicom_port} <dir>`;
+      return `<article class="card bucket ${b.enabled ? "" : "disabled"}">
+        <header><h2>${esc(i.name || b.aetitle)}</h2><span class="badge ${b.enabled ? "s-done" : "s-off"}">${b.enabled ? "enabled" : "disabled"}</span></header>
+        <p>${esc(i.description || "")}</p>
+        <dl class="facts"><dt>AE title</dt><dd class="mono">${esc(b.aetitle)}</dd>
+          <dt>Version</dt><dd>${esc(i.version ?? "")}</dd>
+          <dt>Mean time</dt><dd>${b.mean_processing_seconds != null ? esc(duration(b.mean_processing_seconds)) : "no finished jobs yet"}</dd>
+          <dt>Folder</dt><dd class="mono">${esc(b.folder)}</dd></dl>
+        <div class="cmd"><code>${esc(line)}</code><button class="btn small copy" data-line="${esc(line)}">Copy</button></div>
+      </article>`;
+    }).join("") || `<p class="notice">No buckets installed.</p>`}</div>`;
+  for (const b of main.querySelectorAll("button.copy")) {
+    b.onclick = async () => {
+      try { await navigator.clipboard.writeText(b.dataset.line); b.textContent = "Copied"; } catch (_) { b.textContent = "Select and copy"; }
+    };
+  }
+}
+
+// -- admin ---------------------------------------------------------------------------------
+
+async function viewAdmin(section) {
+  section = section || "setup";
+  const tabs = [["setup", "Setup"], ["routing", "Routing"], ["routing-log", "Routing log"], ["archive", "Archived studies"]];
+  main.innerHTML = `<nav class="subtabs">${tabs.map(([k, t]) => `<a href="#/admin/${k}" class="${k === section ? "on" : ""}">${t}</a>`).join("")}</nav><div id="admin"></div>`;
+  const el = document.getElementById("admin");
+  const views = { setup: adminSetup, routing: adminRouting, "routing-log": adminRoutingLog, archive: adminArchive };
+  await (views[section] || adminSetup)(el);
+}
+
+async function adminSetup(el) {
+  const s = await getJSON("/setup");
+  const rows = [["AE title ($me)", s.aet], ["Listens on", s.host], ["DICOM port ($port)", s.dicom_port], ["Web port", s.web_port],
+    ["Home", s.home], ["Quiet seconds before a send becomes a job", s.quiet_seconds], ["Jobs per bucket at once", s.concurrency],
+    ["Bucket timeout", duration(s.bucket_timeout)], ["Runs per job at most", s.max_attempts]];
+  el.innerHTML = `<section class="card"><h2>Setup</h2><dl class="facts wide">${rows.map(([k, v]) => `<dt>${esc(k)}</dt><dd class="mono">${esc(v)}</dd>`).join("")}</dl>
+    <p class="notice">Read-only here for now: change these in <span class="mono">magickbox.toml</span> in the home (or <span class="mono">MAGICKBOX_*</span> variables) and restart the box.</p></section>`;
+}
+
+// Routing is another part of the box; until its API exists the page says so.
+async function routingOr404(path, el) {
+  try {
+    return await api(path);
+  } catch (e) {
+    if (e.status === 404) {
+      el.innerHTML = `<section class="card"><h2>${path === "/routing" ? "Routing table" : "Routing log"}</h2><p class="notice" id="routing-na">Routing is not available yet on this box.</p></section>`;
+      return null;
+    }
+    throw e;
+  }
+}
+
+async function adminRouting(el) {
+  const res = await routingOr404("/routing", el);
+  if (!res) return;
+  const table = await res.json();
+  el.innerHTML = `<section class="card"><h2>Routing table</h2>
+    <p class="sub">JSON. The box checks it before saving; nothing changes unless it is valid.</p>
+    <textarea id="routing-text" class="editor" spellcheck="false" aria-label="Routing table">${esc(JSON.stringify(table, null, 2))}</textarea>
+    <div class="buttons"><button class="btn primary" id="routing-save">Save</button><button class="btn" id="routing-reload">Reload</button></div>
+    <pre id="routing-msg" class="msg" role="status"></pre></section>`;
+  const msg = (t, bad) => { const m = document.getElementById("routing-msg"); m.textContent = t; m.className = "msg " + (bad ? "bad" : "good"); };
+  document.getElementById("routing-reload").onclick = () => adminRouting(el);
+  document.getElementById("routing-save").onclick = async () => {
+    const text = document.getElementById("routing-text").value;
+    try { JSON.parse(text); } catch (e) { msg(`Not valid JSON: ${e.message}`, true); return; }
+    try {
+      await api("/routing", { method: "PUT", headers: { "Content-Type": "application/json" }, body: text });
+      msg("Saved.");
+    } catch (e) { msg(e.message, true); }
+  };
+}
+
+async function adminRoutingLog(el) {
+  const res = await routingOr404("/routing/log", el);
+  if (!res) return;
+  const type = res.headers.get("Content-Type") || "";
+  const body = type.includes("json") ? JSON.stringify(await res.json(), null, 2) : await res.text();
+  el.innerHTML = `<section class="card"><h2>Routing log</h2><pre class="log">${esc(body) || "Nothing routed yet."}</pre></section>`;
+}
+
+async function adminArchive(el, offset = 0) {
+  const data = await getJSON(`/archive?limit=100&offset=${offset}`);
+  el.innerHTML = `<section class="card"><h2>Archived studies <span class="sub">${num(data.total)}</span></h2>
+    <p id="amsg" class="msg" role="status"></p>
+    <table class="jobs archive"><thead><tr><th>Patient ID</th><th>Name</th><th>Accession</th><th>Date</th><th>Description</th><th>StudyInstanceUID</th><th class="num">Files</th><th></th></tr></thead>
+    <tbody>${data.studies.map((s) => `<tr data-uid="${esc(s.StudyInstanceUID)}">
+      <td data-label="Patient ID">${esc(s.PatientID)}</td><td data-label="Name">${esc(s.PatientName)}</td><td data-label="Accession">${esc(s.AccessionNumber)}</td>
+      <td data-label="Date" class="nowrap">${esc(s.StudyDate)}</td><td data-label="Description">${esc(s.StudyDescription)}</td>
+      <td data-label="Study UID" class="mono sub">${esc(s.StudyInstanceUID)}</td><td data-label="Files" class="num">${num(s.files)}</td>
+      <td class="actions"><button class="btn small danger" data-del="${esc(s.StudyInstanceUID)}">Delete</button></td></tr>`).join("") || `<tr><td colspan="8" class="empty">The archive is empty.</td></tr>`}</tbody></table>
+    <div class="pager"><button id="aprev" ${offset ? "" : "disabled"}>‹ Newer</button><button id="anext" ${offset + data.studies.length < data.total ? "" : "disabled"}>Older ›</button></div></section>`;
+  document.getElementById("aprev").onclick = () => adminArchive(el, Math.max(0, offset - 100));
+  document.getElementById("anext").onclick = () => adminArchive(el, offset + 100);
+  for (const b of el.querySelectorAll("button[data-del]")) {
+    b.onclick = async () => {
+      const uid = b.dataset.del;
+      if (!confirm(`Delete study ${uid} from the archive, and every job made of it?`)) return;
+      try { await api(`/studies/${encodeURIComponent(uid)}`, { method: "DELETE" }); await adminArchive(el, offset); } catch (e) {
+        const m = document.getElementById("amsg"); m.textContent = e.message; m.className = "msg bad";
+      }
+    };
+  }
+}
+
+// -- navigation ------------------------------------------------------------------------------
+
+async function route() {
+  viewToken++;
+  clearInterval(timer);
+  const { parts, params } = parseHash();
+  const tab = parts[0] === "job" ? "jobs" : parts[0] || "jobs";
+  for (const a of document.querySelectorAll(".tabs a")) a.classList.toggle("on", a.dataset.tab === tab);
+  try {
+    if (parts[0] === "job" && parts[1]) await viewJob(parts[1]);
+    else if (tab === "overview") await viewOverview();
+    else if (tab === "buckets") await viewBuckets();
+    else if (tab === "admin") await viewAdmin(parts[1]);
+    else await viewJobs(params);
+  } catch (err) {
+    if (err.status) main.innerHTML = `<p class="notice bad">${esc(err.message)}</p>`;
+    else onError(err);
+  }
+}
+
+window.addEventListener("hashchange", route);
+route();
