@@ -17,10 +17,11 @@ from pathlib import Path
 
 from magickbox.web.zipstream import stream_zip, zip_dir_entries
 
-# Bytes a member adds to a streamed ZIP64 archive besides its name and data: local header
-# (30 + 20 extra), data descriptor (24), central directory entry (46 + up to 28 extra).
-_PER_MEMBER = 148
-_ARCHIVE_END = 22 + 56 + 20  # end of central directory, zip64 end record and locator
+# Bytes a member adds to the streamed archive besides its name (twice) and data: local
+# header (30 + 20 zip64 extra), data descriptor (24), central directory entry (46; more
+# only past 4 GiB). Only progress bars use this estimate.
+_PER_MEMBER = 120
+_ARCHIVE_END = 22  # end of central directory (zip64 records too past 4 GiB)
 
 
 class FolderError(ValueError):

@@ -1,0 +1,212 @@
+"""``mb`` without a box: its config files, the streamed multipart body, the spreading of
+folders over machines, and what counts as a complete download."""
+
+from __future__ import annotations
+
+import io
+import json
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
+
+from magickbox.mb import config
+from magickbox.mb.cli import build_parser, push_args
+from magickbox.mb.client import zip_complete
+from magickbox.mb.commands import MbError, compile_regex, matches, spread, zip_name
+from magickbox.mb.config import Machine
+from magickbox.mb.multipart import FolderError, MultipartZip, scan_folder
+
+
+@pytest.fixture
+def cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "cfg"
+    monkeypatch.setenv("MB_CONFIG_DIR", str(folder))
+    return folder
+
+
+# -- config ----------------------------------------------------------------------------
+def test_config_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MB_CONFIG_DIR", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/x/conf")
+    assert config.config_dir() == Path("/x/conf/magickbox")
+    monkeypatch.setenv("MB_CONFIG_DIR", "/y")
+    assert config.config_dir() == Path("/y")
+
+
+def test_machines_are_stored_as_the_original_did(cfg: Path) -> None:
+    assert config.load_machines() == []
+    assert config.add_machine(Machine("10.0.0.5", 2813))
+    assert not config.add_machine(Machine("10.0.0.5", 2813))  # no duplicates
+    config.add_machine(Machine("10.0.0.5", 8080))
+    config.add_machine(Machine("box2", 2813))
+    text = (cfg / "machines.json").read_text()
+    assert "\n  " in text  # indented: people read and edit it
+    assert json.loads(text)[0] == {"Machine": "10.0.0.5", "Port": "2813"}
+    assert config.remove_machines("10.0.0.5", 8080) == [Machine("10.0.0.5", 8080)]
+    assert config.remove_machines("10.0.0.5", None) == [Machine("10.0.0.5", 2813)]
+    assert config.load_machines() == [Machine("box2", 2813)]
+
+
+def test_a_hand_written_machines_file_with_numbers_is_read(cfg: Path) -> None:
+    cfg.mkdir()
+    (cfg / "machines.json").write_text('[{"Machine": "a", "Port": 1234}, {"Machine": "b"}]')
+    assert config.load_machines() == [Machine("a", 1234), Machine("b", 2813)]
+    (cfg / "machines.json").write_text("{not json")
+    with pytest.raises(config.ConfigError, match=r"machines\.json"):
+        config.load_machines()
+
+
+def test_settings_defaults_and_changes(cfg: Path) -> None:
+    settings = config.load_settings()
+    assert set(settings) == {"Sender", "Timeout"} and settings["Timeout"] > 0
+    config.set_setting("Sender", "me")
+    assert config.set_setting("Timeout", "2.5") == {"Sender": "me", "Timeout": 2.5}
+    assert json.loads((cfg / "settings.json").read_text()) == {"Sender": "me", "Timeout": 2.5}
+    with pytest.raises(config.ConfigError):
+        config.set_setting("Timeout", "soon")
+    with pytest.raises(config.ConfigError):
+        config.parse_port("70000")
+
+
+# -- the streamed upload -----------------------------------------------------------------
+def _form_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/up")
+    async def up(request: Request) -> dict:
+        form = await request.form()
+        upload = form["theFile"]
+        data = await upload.read()  # type: ignore[union-attr]
+        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        return {"fields": fields, "filename": upload.filename, "names": names}  # type: ignore[union-attr]
+
+    return app
+
+
+def test_multipart_body_is_what_starlette_reads(tmp_path: Path) -> None:
+    folder = tmp_path / "subj01"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / "1.dcm").write_bytes(b"x" * 5000)
+    (folder / "2.dcm").write_bytes(b"y" * 10)
+    fields = {"aetitle": "ProcX", "sender": "me", "arguments": 'a "b c"\r\nd', "jobname": "ü"}
+    body = MultipartZip(fields, "theFile", 'subj"01.zip', scan_folder(folder))
+    with TestClient(_form_app()) as client:
+        reply = client.post("/up", content=iter(body), headers={"Content-Type": body.content_type})
+    assert reply.status_code == 200, reply.text
+    got = reply.json()
+    assert got["fields"] == fields
+    assert got["filename"] == "subj%2201.zip"
+    assert got["names"] == ["subj01/2.dcm", "subj01/a/1.dcm"]
+
+
+def test_progress_counts_every_byte_and_the_estimate_is_close(tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    folder.mkdir()
+    for i in range(20):
+        (folder / f"{i}.dcm").write_bytes(bytes(1000 + i))
+    scan = scan_folder(folder)
+    seen: list[int] = []
+    body = MultipartZip({"aetitle": "X"}, "theFile", "s.zip", scan, on_bytes=seen.append)
+    data = b"".join(body)
+    assert sum(seen) == len(data)
+    zip_bytes = data[data.index(b"PK\x03\x04") : data.rindex(b"\r\n--")]
+    assert zipfile.ZipFile(io.BytesIO(zip_bytes)).testzip() is None
+    assert abs(scan.zip_size - len(zip_bytes)) <= 30 * scan.nfiles
+
+
+def test_upload_body_memory_stays_constant(tmp_path: Path) -> None:
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for i in range(4):
+        with open(folder / f"{i}.dcm", "wb") as fh:
+            fh.truncate(32 << 20)  # sparse: 128 MiB to read, nothing to write
+    body = MultipartZip({"aetitle": "X"}, "theFile", "big.zip", scan_folder(folder))
+    total = 0
+    tracemalloc.start()
+    try:
+        for chunk in body:
+            total += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total > 128 << 20
+    assert peak < 8 << 20, f"peak traced memory {peak} bytes"
+
+
+def test_folders_that_cannot_be_pushed(tmp_path: Path) -> None:
+    with pytest.raises(FolderError, match="no such folder"):
+        scan_folder(tmp_path / "missing")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FolderError, match="not a folder"):
+        scan_folder(tmp_path / "file")
+    (tmp_path / "empty" / "deeper").mkdir(parents=True)
+    (tmp_path / "empty" / "link").symlink_to(tmp_path / "file")  # links are not followed
+    with pytest.raises(FolderError, match="no files"):
+        scan_folder(tmp_path / "empty")
+
+
+# -- choosing, matching, naming -------------------------------------------------------------
+def test_spread_goes_to_the_least_loaded_and_counts_its_own_jobs(tmp_path: Path) -> None:
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "x").write_text("x")
+    scans = [scan_folder(tmp_path / "f")] * 5
+    a, b, c = Machine("a", 1), Machine("b", 1), Machine("c", 1)
+    plans = spread(scans, {a: 3, b: 0, c: 1})
+    assert [p.machine.host for p in plans] == ["b", "b", "c", "b", "c"]
+
+
+def test_regex_matches_string_values_only() -> None:
+    job = {"scratchdir": "tmp.abc", "processingTime": "12", "measures": {"x": "hit"}, "n": 5}
+    assert matches(job, compile_regex("abc"))
+    assert not matches(job, compile_regex("hit"))  # nested objects are not searched
+    assert not matches(job, compile_regex("5"))
+    assert matches(job, compile_regex("^12$"))
+    assert matches(job, compile_regex("in the log"), "it is in the log")
+    with pytest.raises(MbError) as err:
+        compile_regex("[")
+    assert err.value.code == 2
+
+
+def test_zip_names_are_names_not_paths() -> None:
+    assert zip_name({"pid": "1.2.3", "scratchdir": "tmp.x"}, "output") == "1.2.3_tmp.x.zip"
+    assert zip_name({"pid": "../a/b", "scratchdir": "tmp.x"}, "input") == ".._a_b_tmp.x_input.zip"
+
+
+def test_zip_complete_rejects_a_cut_file(tmp_path: Path) -> None:
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("x", b"1" * 1000)
+    assert zip_complete(path)
+    path.write_bytes(path.read_bytes()[:-10])
+    assert not zip_complete(path)
+    assert not zip_complete(tmp_path / "missing.zip")
+
+
+def test_push_accepts_the_originals_trailing_arguments(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "e").mkdir()
+    parser = build_parser()
+    args = parser.parse_args(["p", "ProcX", str(tmp_path / "d"), "-v --fast"])
+    assert push_args(args) == ([str(tmp_path / "d")], "-v --fast")
+    args = parser.parse_args(["push", "ProcX", str(tmp_path / "d"), str(tmp_path / "e")])
+    assert push_args(args) == ([str(tmp_path / "d"), str(tmp_path / "e")], "")
+    args = parser.parse_args(["push", "ProcX", str(tmp_path / "d"), "--arguments=-x"])
+    assert push_args(args) == ([str(tmp_path / "d")], "-x")
+
+
+@pytest.mark.parametrize(
+    ("alias", "command"),
+    [("p", "push"), ("l", "list"), ("g", "log"), ("pi", "pull-input"), ("r", "remove"),
+     ("q", "queryMachines"), ("w", "setSender"), ("c", "computeModules"), ("a", "activeMachines")],
+)  # fmt: skip
+def test_every_original_alias_is_accepted(alias: str, command: str) -> None:
+    from magickbox.mb.cli import ALIASES
+
+    assert ALIASES[alias] == command
+    extra = {"p": ["X", "d"]}.get(alias, [])
+    assert build_parser().parse_args([alias, *extra]).command == alias
