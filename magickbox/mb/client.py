@@ -197,7 +197,7 @@ class Client:
                 if r.status_code >= 400:
                     r.read()
                     raise MachineError(machine, f"HTTP {r.status_code}: {_detail(r)}")
-                for chunk in r.iter_bytes(1 << 20):
+                for chunk in r.iter_bytes():  # as the socket gives them: no re-chunking copies
                     out.write(chunk)
                     size += len(chunk)
                     if on_bytes is not None:
