@@ -1,0 +1,168 @@
+"""First render of the web page's jobs list with 10,000 jobs in the home, in real Chromium.
+
+Rows go straight into the database (as ``bench_receive.py`` does), a real ``magickbox
+serve`` answers, and headless Chromium loads ``/`` in a fresh context each run (no cache).
+The time is taken in the browser: ``performance.now()`` (from navigation start) when the
+first job row is in the DOM, seen by a MutationObserver installed before any script runs.
+Payload: bytes over the wire for the document and everything it fetched until then.
+
+    python benchmarks/bench_page.py [--jobs 10000] [--runs 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import insert
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from magickbox.config import load_settings
+from magickbox.home import init_home
+from magickbox.jobs.db import Job, State, open_database
+from tests.conftest import BoxServer
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+# Runs before the page's own script: note when the first job row lands in the DOM.
+FIRST_ROW = """
+new MutationObserver((_, obs) => {
+  if (document.querySelector('#rows tr[data-job]')) {
+    window.__firstRow = performance.now();
+    obs.disconnect();
+  }
+}).observe(document, {childList: true, subtree: true});
+"""
+
+# Bytes of the document and of what it fetched (transfer sizes include headers).
+PAYLOAD = """() => {
+  const nav = performance.getEntriesByType('navigation')[0];
+  const res = performance.getEntriesByType('resource')
+    .filter(r => r.startTime <= window.__firstRow);
+  return {transfer: nav.transferSize + res.reduce((a, r) => a + r.transferSize, 0),
+          body: nav.decodedBodySize + res.reduce((a, r) => a + r.decodedBodySize, 0),
+          requests: 1 + res.length,
+          api: res.filter(r => r.name.includes('/api/v1/jobs')).map(r => r.encodedBodySize)[0]};
+}"""
+
+
+def fill_home(home: Path, njobs: int) -> None:
+    """``njobs`` finished jobs, one a minute, from a few senders and buckets."""
+    settings = load_settings(home)
+    init_home(settings)
+    sessions = open_database(settings.db_url)
+    now = time.time()
+    rows = []
+    for i in range(njobs):
+        received = now - (njobs - i) * 60.0
+        rows.append(
+            {
+                "scratchdir": f"tmp.p{i:07d}",
+                "bucket": ("ProcBucket", "GradUnwarp", "FreeSurfer")[i % 3],
+                "caller_aet": ("XRAY", "OSIRIX", "PACS01", "MRI3T")[i % 4],
+                "caller_ip": f"10.0.{i % 7}.{i % 250}",
+                "study_uid": f"1.2.826.0.1.3680043.8.498.{i + 1}",
+                "received_text": time.strftime("%a %b %d %H:%M:%S %Z %Y", time.localtime(received)),
+                "nfiles": 100,
+                "state": (State.FAILED if i % 17 == 0 else State.DONE).value,
+                "received_at": received,
+                "queued_at": received + 3,
+                "started_at": received + 3,
+                "finished_at": received + 20 + i % 90,
+                "attempts": 1,
+                "exit_code": 0,
+                "log_size": 200 + i % 5000,
+            }
+        )
+    with sessions() as s, s.begin():
+        s.execute(insert(Job), rows)
+    sessions.kw["bind"].dispose()
+
+
+def measure(url: str, runs: int) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    times, payloads = [], []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        for run in range(runs + 1):
+            ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+            page = ctx.new_page()
+            page.add_init_script(FIRST_ROW)
+            page.goto(url)
+            page.wait_for_function("window.__firstRow !== undefined", timeout=30_000)
+            first = page.evaluate("window.__firstRow")
+            payload = page.evaluate(PAYLOAD)
+            ctx.close()
+            if run:  # the first run warms the server (imports, SQLite pages); not counted
+                times.append(first)
+                payloads.append(payload)
+        browser.close()
+    times.sort()
+    return {
+        "runs": runs,
+        "first_rows_ms": {
+            "median": round(statistics.median(times), 1),
+            "p90": round(times[int(0.9 * (len(times) - 1))], 1),
+            "min": round(times[0], 1),
+            "max": round(times[-1], 1),
+        },
+        "payload": payloads[-1],
+    }
+
+
+# What the page asks of the API, timed from outside (HTTP included), median of 20.
+API_CALLS = {
+    "jobs page": "/api/v1/jobs?limit=50",
+    "search q=PACS": "/api/v1/jobs?limit=50&q=PACS",
+    "search, no match": "/api/v1/jobs?limit=50&q=nothing-like-this",
+    "letter O": "/api/v1/jobs?limit=50&initial=O",
+    "jobs per day (year)": "/api/v1/stats/days?days=365",
+    "buckets with means": "/api/v1/buckets?all=true",
+}
+
+
+def measure_api(url: str) -> dict:
+    import httpx
+
+    out = {}
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for name, path in API_CALLS.items():
+            client.get(path)
+            times = []
+            for _ in range(20):
+                t0 = time.perf_counter()
+                client.get(path).raise_for_status()
+                times.append((time.perf_counter() - t0) * 1000)
+            out[name] = round(statistics.median(times), 1)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=int, default=10_000)
+    ap.add_argument("--runs", type=int, default=15)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-page-") as tmp:
+        home = Path(tmp) / "home"
+        t0 = time.perf_counter()
+        fill_home(home, args.jobs)
+        print(f"{args.jobs} jobs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        box = BoxServer(home).start()
+        try:
+            result = {"jobs": args.jobs, **measure(box.url + "/", args.runs)}
+            result["api_median_ms"] = measure_api(box.url)
+        finally:
+            box.stop()
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
