@@ -21,6 +21,21 @@ from magickbox.mb.config import Machine
 from magickbox.mb.multipart import FolderScan, MultipartZip
 
 T = TypeVar("T")
+
+
+def _bigger_reads() -> None:
+    """Let httpcore read 1 MiB per recv instead of 64 KiB: a 1 GB download is then as
+    fast as curl's instead of half as fast (the per-read Python work dominates). The
+    attribute is httpcore's own; without it, downloads are just slower."""
+    try:
+        from httpcore._sync import http11
+    except ImportError:
+        return
+    if getattr(http11.HTTP11Connection, "READ_NUM_BYTES", 0) < 1 << 20:
+        http11.HTTP11Connection.READ_NUM_BYTES = 1 << 20
+
+
+_bigger_reads()
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read it back: there is no other way to learn the process's umask
 PHP = "/code/php"

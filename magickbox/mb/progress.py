@@ -5,17 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from typing import Any
 
 
 def wanted(disabled: bool = False) -> bool:
@@ -26,7 +16,7 @@ def wanted(disabled: bool = False) -> bool:
 class Bars:
     """Rich bars on stderr, or nothing at all (every method is then a no-op)."""
 
-    def __init__(self, progress: Progress | None) -> None:
+    def __init__(self, progress: Any) -> None:  # a rich Progress, or None
         self.progress = progress
 
     def bar(self, label: str, total: int | None) -> Callable[[int], None]:
@@ -58,6 +48,18 @@ def bars(enabled: bool) -> Iterator[Bars]:
     if not enabled:
         yield Bars(None)
         return
+    # rich costs ~0.1 s to import: only when a person watches.
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
