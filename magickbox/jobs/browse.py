@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,14 +64,50 @@ def tree_size(root: Path) -> int:
     return size
 
 
-def disk_usage(scratch_dir: Path, with_scratch_size: bool) -> dict[str, Any]:
+class ScratchSize:
+    """The scratch folder's size, summed in the background at most every ``max_age`` seconds.
+
+    Walking a scratch of 10,000 jobs takes seconds, too long for a page that asks every
+    visit: a request gets the last sum (None before the first) and starts a new one if
+    that is older than ``max_age``.
+    """
+
+    def __init__(self, root: Path, max_age: float = 300.0) -> None:
+        self.root = root
+        self.max_age = max_age
+        self._value: tuple[int, float] | None = None  # (bytes, when measured)
+        self._busy = False
+        self._lock = threading.Lock()
+
+    def get(self) -> tuple[int | None, float | None]:
+        with self._lock:
+            value = self._value
+            stale = value is None or time.time() - value[1] > self.max_age
+            if stale and not self._busy:
+                self._busy = True
+                threading.Thread(target=self._measure, name="scratch-size", daemon=True).start()
+        return value if value else (None, None)
+
+    def _measure(self) -> None:
+        try:
+            size = tree_size(self.root)
+            with self._lock:
+                self._value = (size, time.time())
+        finally:
+            with self._lock:
+                self._busy = False
+
+
+def disk_usage(scratch_dir: Path, sizer: ScratchSize | None) -> dict[str, Any]:
     usage = shutil.disk_usage(scratch_dir)
+    size, measured = sizer.get() if sizer else (None, None)
     return {
         "path": str(scratch_dir),
         "total": usage.total,
         "used": usage.used,
         "free": usage.free,
-        "scratch_bytes": tree_size(scratch_dir) if with_scratch_size else None,
+        "scratch_bytes": size,
+        "scratch_measured_at": measured,
     }
 
 

@@ -321,13 +321,13 @@ async function viewOverview() {
     </section>`;
   const token = viewToken;
   const offset = -new Date().getTimezoneOffset();
-  const [days, disk] = await Promise.all([getJSON(`/stats/days?days=365&utc_offset_minutes=${offset}`), getJSON("/disk?scratch_size=true")]);
+  const days = await getJSON(`/stats/days?days=365&utc_offset_minutes=${offset}`);
   if (token !== viewToken) return;
   drawHeat(days.counts);
-  drawDisk(disk);
   const queue = async () => {
-    const rows = await getJSON("/queue");
+    const [rows, disk] = await Promise.all([getJSON("/queue"), getJSON("/disk?scratch_size=true")]);
     if (token !== viewToken) return;
+    drawDisk(disk);
     document.getElementById("queue").innerHTML = rows.length
       ? `<table class="plain"><thead><tr><th>Bucket</th><th class="num">Queued</th><th class="num">Running</th><th class="num">Workers</th></tr></thead><tbody>
         ${rows.map((r) => `<tr><td>${esc(r.bucket)}</td><td class="num">${r.queued}</td><td class="num">${r.running}</td><td class="num">${r.workers}</td></tr>`).join("")}</tbody></table>`
@@ -387,7 +387,7 @@ function drawDisk(d) {
     <dl class="facts">
       <dt>Free</dt><dd>${esc(bytes(d.free))} of ${esc(bytes(d.total))}</dd>
       <dt>Used</dt><dd>${pct.toFixed(1)} %</dd>
-      ${d.scratch_bytes != null ? `<dt>Scratch folder</dt><dd>${esc(bytes(d.scratch_bytes))}</dd>` : ""}
+      <dt>Scratch folder</dt><dd>${d.scratch_bytes != null ? esc(bytes(d.scratch_bytes)) : "measuring…"}</dd>
       <dt>Path</dt><dd class="mono">${esc(d.path)}</dd>
     </dl>`;
 }
