@@ -22,6 +22,7 @@ from magickbox.jobs.store import JobStore, NewJob
 from magickbox.jobs.unzip import safe_extract
 from magickbox.receive.grouping import Grouper, SendKey
 from magickbox.receive.scp import Receiver, read_study_uid
+from magickbox.routing.tasks import Router
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,14 @@ class Box:
         self.dispatcher = Dispatcher(self.store, LocalExecutor())
         self.grouper = Grouper(settings.incoming, settings.quiet_seconds, self._send_ready)
         self.receiver = Receiver(settings, self.grouper, self.accepts)
+        self.router = Router(settings, self.store.sessions, self.store.job_dir)
+        self.dispatcher.on_finished.append(self.router.job_finished)
 
     def start(self, dicom: bool = True) -> None:
         adopted = self.store.adopt_orphans()
         if adopted:
             log.info("adopted %d job folders left by a crash", adopted)
+        self.router.start()  # sends pending at a restart go on
         self.dispatcher.start()
         self.grouper.start()
         if dicom:
@@ -56,6 +60,7 @@ class Box:
         self.receiver.stop()
         self.grouper.stop()
         self.dispatcher.stop()
+        self.router.stop()
 
     # -- receiving -----------------------------------------------------------------
     def accepts(self, aetitle: str) -> bool:

@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from magickbox.box import Box, Invalid, NotFound
 from magickbox.jobs.scratch import BadName
 from magickbox.jobs.unzip import UnsafeZip
-from magickbox.web import api, legacy
+from magickbox.web import api, legacy, routing
 from magickbox.web.views import ScratchRenderer
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ def create_app(box: Box) -> FastAPI:
 
     app.include_router(legacy.router)
     app.include_router(api.router)
+    app.include_router(routing.router)
 
     @app.get("/", include_in_schema=False)
     def index() -> RedirectResponse:

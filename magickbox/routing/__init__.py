@@ -1,0 +1,1 @@
+"""Routing: send finished jobs' files to DICOM nodes by rule, durably."""

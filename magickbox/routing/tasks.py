@@ -1,0 +1,427 @@
+"""Sends as durable tasks: made when a job finishes, tried until every file is accepted.
+
+Each destination of a finished job becomes a row of ``sends`` (the routing log says why)
+in one transaction. Worker threads claim due rows; a failed try is scheduled again with a
+doubling delay until the tries are used up, then the row is *failed* with its reason and
+can be retried by hand. Files a destination accepted are recorded, so a later try (or a
+restart) sends only the rest. Workers wake on events: a new send, a manual retry, or the
+timer of the earliest scheduled retry; nothing polls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from magickbox.config import Settings
+from magickbox.jobs.db import Job, RoutingLog, Send, SendState
+from magickbox.routing import rules, sender
+from magickbox.routing.errorimage import write_error_image
+
+log = logging.getLogger(__name__)
+
+ERROR_IMAGE = Path(".mb-routing") / "processing-log.dcm"  # inside the job folder
+IDLE_SECONDS = 300.0  # nothing scheduled: wake now and then anyway (a safety net)
+PROGRESS_EVERY = 1.0  # seconds between records of accepted files during a send
+
+
+class Router:
+    def __init__(
+        self, settings: Settings, sessions: sessionmaker[Session], job_dir: Callable[[Job], Path]
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.job_dir = job_dir
+        self._wake = threading.Condition()
+        self._stop = False
+        self._threads: list[threading.Thread] = []
+        self._table_lock = threading.Lock()
+
+    # -- life cycle ----------------------------------------------------------------
+    def start(self) -> None:
+        self.recover()
+        for i in range(max(1, self.settings.routing_workers)):
+            thread = threading.Thread(target=self._loop, name=f"routing-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify_all()
+
+    def wake(self) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    def recover(self) -> None:
+        """Sends cut off by a stop or crash are due again at once (accepted files stay done)."""
+        with self.sessions.begin() as s:
+            s.execute(
+                update(Send)
+                .where(Send.state == SendState.SENDING)
+                .values(state=SendState.PENDING, next_at=time.time())
+            )
+
+    # -- the table -----------------------------------------------------------------
+    def table_text(self) -> str:
+        path = self.settings.routing_file
+        return path.read_text() if path.is_file() else '{"routing": []}'
+
+    def save_table(self, text: str) -> dict[str, Any]:
+        """Check ``text`` and store it (atomically); a RuleError leaves the old table."""
+        table = rules.validate_text(text)
+        path = self.settings.routing_file
+        with self._table_lock:
+            partial = path.with_suffix(".json.partial")
+            partial.write_text(text)
+            partial.replace(path)
+        count = len(table["routing"])
+        self.note("", outcome="table", message=f"routing table saved: {count} rules")
+        return table
+
+    # -- a job finished ------------------------------------------------------------
+    def job_finished(self, scratchdir: str) -> list[int]:
+        """Evaluate the table for a job that just finished and queue its sends (their ids)."""
+        job = self._job(scratchdir)
+        if job is None:
+            return []
+        success = job.success or rules.NO_PROC_JSON
+        try:
+            table = rules.load_table(self.settings.routing_file)
+        except rules.RuleError as exc:
+            self.note(job.scratchdir, outcome="error", message=f"no routing: {exc}")
+            return []
+        facts = rules.JobFacts(job.bucket, job.caller_aet, job.caller_ip, success)
+        ph = rules.Placeholders(self.settings.me_host, self.settings.me_port, job.caller_ip)
+        routes, notes = rules.evaluate(table, facts, ph)
+        if not table.get("routing"):
+            return []
+        if any(r.error_image for r in routes):
+            self._make_error_image(job)
+        ids = self._add_sends(job, success, routes, notes)
+        self.wake()
+        return ids
+
+    def _make_error_image(self, job: Job) -> None:
+        job_dir = self.job_dir(job)
+        try:
+            write_error_image(job_dir, job_dir / ERROR_IMAGE, job.scratchdir)
+        except Exception as exc:  # the sends go on without the image; the log says why
+            log.exception("job %s: no error image", job.scratchdir)
+            self.note(job.scratchdir, outcome="error", message=f"sendErrorAsDcm failed: {exc}")
+
+    def _add_sends(
+        self, job: Job, success: str, routes: list[rules.Route], notes: list[str]
+    ) -> list[int]:
+        now = time.time()
+        what = f"job {job.bucket} from {job.caller_aet}@{job.caller_ip}, success={success!r}: "
+        with self.sessions.begin() as s:
+            s.add(
+                RoutingLog(
+                    at=now,
+                    scratchdir=job.scratchdir,
+                    outcome="evaluated",
+                    message=what + ("; ".join(notes) or "no rule matched"),
+                )
+            )
+            sends = [self._send_row(job, success, r, now) for r in routes]
+            s.add_all(sends)
+            s.flush()
+            for row, route in zip(sends, routes, strict=True):
+                s.add(
+                    RoutingLog(
+                        at=now,
+                        scratchdir=job.scratchdir,
+                        send_id=row.id,
+                        rule=_rule_label(route.rule_index, route.rule_name),
+                        destination=route.destination,
+                        outcome="queued",
+                        message=_queued_message(route),
+                    )
+                )
+            return [row.id for row in sends]
+
+    def _send_row(self, job: Job, success: str, route: rules.Route, now: float) -> Send:
+        return Send(
+            scratchdir=job.scratchdir,
+            rule_index=route.rule_index,
+            rule_name=route.rule_name,
+            key=route.key,
+            success=success,
+            directory=route.directory,
+            ip=route.ip,
+            port=route.port,
+            calling_aet=route.calling_aet,
+            called_aet=route.called_aet,
+            which=json.dumps(route.which) if route.which else "",
+            error_image=route.error_image,
+            state=SendState.PENDING,
+            max_attempts=1 + max(0, self.settings.routing_retries),
+            next_at=now,
+            created_at=now,
+        )
+
+    # -- asking and retrying ---------------------------------------------------------
+    def sends(self, scratchdir: str | None = None) -> list[dict[str, Any]]:
+        query = select(Send).order_by(Send.id)
+        if scratchdir is not None:
+            query = query.where(Send.scratchdir == scratchdir)
+        with self.sessions() as s:
+            return [send_view(row) for row in s.scalars(query)]
+
+    def send(self, send_id: int) -> dict[str, Any] | None:
+        with self.sessions() as s:
+            row = s.get(Send, send_id)
+            return send_view(row) if row else None
+
+    def retry(self, send_id: int) -> dict[str, Any] | None:
+        """A failed (or waiting) send is tried again now, with a fresh count of tries."""
+        with self.sessions.begin() as s:
+            row = s.get(Send, send_id)
+            if row is None:
+                return None
+            if row.state in (SendState.SENDING, SendState.DONE):
+                raise ValueError(f"send {send_id} is {row.state}; only failed or pending ones")
+            row.state, row.attempts, row.next_at = SendState.PENDING, 0, time.time()
+            row.finished_at, row.reason = None, ""
+            s.add(
+                RoutingLog(
+                    at=time.time(),
+                    scratchdir=row.scratchdir,
+                    send_id=row.id,
+                    rule=_rule_label(row.rule_index, row.rule_name),
+                    destination=_destination(row),
+                    outcome="retry",
+                    message="retry requested",
+                )
+            )
+        self.wake()
+        return self.send(send_id)
+
+    def routing_log(self, limit: int = 1000, offset: int = 0) -> list[dict[str, Any]]:
+        query = select(RoutingLog).order_by(RoutingLog.id.desc()).offset(offset).limit(limit)
+        with self.sessions() as s:
+            return [log_view(row) for row in s.scalars(query)]
+
+    def note(self, scratchdir: str, **values: Any) -> None:
+        with self.sessions.begin() as s:
+            s.add(RoutingLog(at=time.time(), scratchdir=scratchdir, **values))
+
+    # -- the workers ---------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                if self._stop:
+                    return
+            try:
+                row = self._claim()
+            except Exception:  # a busy database: try again shortly
+                log.exception("routing: could not look for due sends")
+                row, _ = None, time.sleep(1)
+            if row is not None:
+                self._run(row)
+                continue
+            with self._wake:
+                if not self._stop:
+                    self._wake.wait(self._seconds_to_next())
+
+    def _claim(self) -> Send | None:
+        """Take the oldest due send (several workers: the state change decides who got it)."""
+        now = time.time()
+        with self.sessions.begin() as s:
+            for row in s.scalars(
+                select(Send)
+                .where(Send.state == SendState.PENDING, Send.next_at <= now)
+                .order_by(Send.next_at, Send.id)
+                .limit(5)
+            ):
+                taken = s.execute(
+                    update(Send)
+                    .where(Send.id == row.id, Send.state == SendState.PENDING)
+                    .values(state=SendState.SENDING, attempts=Send.attempts + 1)
+                ).rowcount
+                if taken:
+                    s.refresh(row)
+                    return row
+        return None
+
+    def _seconds_to_next(self) -> float:
+        with self.sessions() as s:
+            next_at = s.scalar(
+                select(func.min(Send.next_at)).where(Send.state == SendState.PENDING)
+            )
+        if next_at is None:
+            return IDLE_SECONDS
+        return min(IDLE_SECONDS, max(0.0, next_at - time.time()))
+
+    def _run(self, row: Send) -> None:
+        try:
+            report, total = self._attempt(row)
+        except Exception as exc:  # a bug or a full disk must not leave the send "sending"
+            log.exception("send %d failed unexpectedly", row.id)
+            report, total = sender.SendReport(error=f"internal error: {exc}"), 0
+        self._record(row, report, total)
+
+    def _attempt(self, row: Send) -> tuple[sender.SendReport, int]:
+        job = self._job(row.scratchdir)
+        if job is None:
+            return sender.SendReport(error="the job was deleted"), 0
+        job_dir = self.job_dir(job)
+        files = sender.dicom_files(job_dir / row.directory, json.loads(row.which or "[]"))
+        if row.error_image and (job_dir / ERROR_IMAGE).is_file():
+            item = sender._probe(job_dir / ERROR_IMAGE, job_dir / ERROR_IMAGE.parent)
+            if item is not None:
+                files.append(item)
+        done = set(json.loads(row.accepted or "[]"))
+        todo = [f for f in files if f.name not in done]
+        self._set(row.id, nfiles=len(files))
+        if not todo:
+            return sender.SendReport(), len(files)
+        target = sender.Target(
+            row.ip, row.port, row.calling_aet, row.called_aet, self.settings.routing_timeout
+        )
+        progress = _Progress(self, row.id, done)
+        report = sender.send(target, todo, progress.accepted)
+        progress.flush()
+        report.accepted = sorted(done | set(report.accepted))
+        return report, len(files)
+
+    def _record(self, row: Send, report: sender.SendReport, total: int) -> None:
+        now = time.time()
+        ok = not report.error and not report.refused
+        values: dict[str, Any] = {
+            "accepted": json.dumps(report.accepted),
+            "naccepted": len(report.accepted),
+        }
+        if ok:
+            values.update(state=SendState.DONE, finished_at=now, reason="", next_at=None)
+            outcome, message = "done", f"{len(report.accepted)} of {total} files accepted"
+        elif row.attempts < row.max_attempts and report.error != "the job was deleted":
+            delay = self._delay(row.attempts)
+            values.update(
+                state=SendState.PENDING, next_at=now + delay, reason=report.summary(total)
+            )
+            outcome = "retrying"
+            message = f"{_try(row)}: {values['reason']}; next in {delay:g} s"
+        else:
+            values.update(
+                state=SendState.FAILED, finished_at=now, next_at=None, reason=report.summary(total)
+            )
+            outcome = "failed"
+            message = f"{_try(row)}: {values['reason']}; giving up"
+        self._set(row.id, **values)
+        self.note(
+            row.scratchdir,
+            send_id=row.id,
+            rule=_rule_label(row.rule_index, row.rule_name),
+            destination=_destination(row),
+            nfiles=len(report.accepted),
+            outcome=outcome,
+            message=message,
+        )
+        log.info("send %d (%s) to %s: %s", row.id, row.scratchdir, _destination(row), message)
+
+    def _delay(self, attempts: int) -> float:
+        s = self.settings
+        return min(s.routing_max_delay, s.routing_retry_delay * 2 ** max(0, attempts - 1))
+
+    def _job(self, scratchdir: str) -> Job | None:
+        with self.sessions() as s:
+            return s.scalars(select(Job).where(Job.scratchdir == scratchdir)).first()
+
+    def _set(self, send_id: int, **values: Any) -> None:
+        with self.sessions.begin() as s:
+            s.execute(update(Send).where(Send.id == send_id).values(**values))
+
+
+class _Progress:
+    """Records accepted files while a send runs, so a crash mid-send does not resend them."""
+
+    def __init__(self, router: Router, send_id: int, done: set[str]) -> None:
+        self.router, self.send_id, self.done = router, send_id, set(done)
+        self.last = time.monotonic()
+
+    def accepted(self, name: str) -> None:
+        self.done.add(name)
+        if time.monotonic() - self.last >= PROGRESS_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last = time.monotonic()
+        self.router._set(
+            self.send_id, accepted=json.dumps(sorted(self.done)), naccepted=len(self.done)
+        )
+
+
+def _queued_message(route: rules.Route) -> str:
+    text = f"key {route.key!r}: {route.directory}"
+    if route.error_image:
+        text += " with the log image"
+    if route.which:
+        text += f", which {json.dumps(route.which)}"
+    return text
+
+
+def _try(row: Send) -> str:
+    return f"try {row.attempts}/{row.max_attempts}"
+
+
+def _rule_label(index: int, name: str) -> str:
+    return f"#{index} {name}".strip()
+
+
+def _destination(row: Send) -> str:
+    return f"{row.called_aet}@{row.ip}:{row.port}"
+
+
+def send_view(row: Send) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "scratchdir": row.scratchdir,
+        "rule": row.rule_index,
+        "rule_name": row.rule_name,
+        "key": row.key,
+        "success": row.success,
+        "directory": row.directory,
+        "destination": {
+            "IP": row.ip,
+            "PORT": row.port,
+            "AETitleSender": row.calling_aet,
+            "AETitleTo": row.called_aet,
+        },
+        "which": json.loads(row.which) if row.which else None,
+        "sendErrorAsDcm": bool(row.error_image),
+        "state": row.state,
+        "attempts": row.attempts,
+        "max_attempts": row.max_attempts,
+        "next_at": row.next_at if row.state == SendState.PENDING else None,
+        "created_at": row.created_at,
+        "finished_at": row.finished_at,
+        "files": row.nfiles,
+        "accepted": row.naccepted,
+        "reason": row.reason,
+    }
+
+
+def log_view(row: RoutingLog) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.at)),
+        "at": row.at,
+        "scratchdir": row.scratchdir,
+        "send": row.send_id,
+        "rule": row.rule,
+        "destination": row.destination,
+        "files": row.nfiles,
+        "outcome": row.outcome,
+        "message": row.message,
+    }

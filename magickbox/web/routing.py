@@ -1,0 +1,126 @@
+"""Routing over HTTP: the table, the routing log, a job's sends, retries and C-ECHO.
+
+The original's ``saveRouting.php`` / ``getRoutingLog.php`` are kept; ``/api/v1`` has the
+same and more. A table is checked before it is stored: a broken one is answered with
+400 and the exact problem, and the stored table stays as it was.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Form, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from magickbox.box import Invalid, NotFound
+from magickbox.routing import sender
+from magickbox.routing.rules import Placeholders, RuleError, load_table, port_of, resolve
+from magickbox.web.deps import BoxDep, json_bytes
+
+router = APIRouter(tags=["routing"])
+
+Limit = Annotated[int, Query(ge=1, le=10_000)]
+Offset = Annotated[int, Query(ge=0)]
+
+
+def _save(box: BoxDep, text: str) -> Response:
+    try:
+        table = box.router.save_table(text)
+    except RuleError as exc:
+        return json_bytes({"ok": False, "detail": str(exc)}, status_code=400)
+    return json_bytes({"ok": True, "rules": len(table["routing"])})
+
+
+# -- the original's endpoints ------------------------------------------------------------
+
+
+@router.post("/code/php/saveRouting.php")
+def save_routing(box: BoxDep, text: Annotated[str, Form()]) -> Response:
+    """Store the routing table given as the form field ``text`` (checked first)."""
+    return _save(box, text)
+
+
+@router.get("/code/php/getRoutingLog.php")
+def get_routing_log(box: BoxDep, limit: Limit = 1000, offset: Offset = 0) -> Response:
+    """What routing did, newest first."""
+    return json_bytes(box.router.routing_log(limit, offset))
+
+
+# -- /api/v1 -------------------------------------------------------------------------------
+
+
+@router.get("/api/v1/routing")
+def get_routing(box: BoxDep) -> Response:
+    """The routing table (``{"routing": []}`` when there is none)."""
+    try:
+        return json_bytes(load_table(box.settings.routing_file))
+    except RuleError as exc:
+        return json_bytes({"detail": str(exc), "text": box.router.table_text()}, status_code=409)
+
+
+@router.put("/api/v1/routing")
+async def put_routing(request: Request, box: BoxDep) -> Response:
+    """Replace the routing table with the JSON body, after checking it."""
+    text = (await request.body()).decode("utf-8", "replace")
+    return _save(box, text)
+
+
+@router.get("/api/v1/routing/log")
+def routing_log(box: BoxDep, limit: Limit = 100, offset: Offset = 0) -> Response:
+    return json_bytes(box.router.routing_log(limit, offset))
+
+
+@router.get("/api/v1/jobs/{scratchdir}/sends")
+def job_sends(box: BoxDep, scratchdir: str) -> Response:
+    """The sends a job's routing made, with their states, tries and reasons."""
+    job = box.job(scratchdir)
+    return json_bytes(box.router.sends(job.scratchdir))
+
+
+@router.get("/api/v1/sends")
+def all_sends(box: BoxDep, state: str | None = None) -> Response:
+    rows = box.router.sends()
+    return json_bytes([r for r in rows if state is None or r["state"] == state])
+
+
+@router.get("/api/v1/sends/{send_id}")
+def one_send(box: BoxDep, send_id: int) -> Response:
+    row = box.router.send(send_id)
+    if row is None:
+        raise NotFound(f"no send {send_id}")
+    return json_bytes(row)
+
+
+@router.post("/api/v1/sends/{send_id}/retry")
+def retry_send(box: BoxDep, send_id: int) -> Response:
+    """Try a failed send again now (files already accepted are not sent twice)."""
+    try:
+        row = box.router.retry(send_id)
+    except ValueError as exc:
+        return json_bytes({"detail": str(exc)}, status_code=409)
+    if row is None:
+        raise NotFound(f"no send {send_id}")
+    return json_bytes(row)
+
+
+class EchoRequest(BaseModel):
+    IP: str = Field(description='host name or address; "$me" is this box')
+    PORT: int | str
+    AETitleSender: str = "MAGICKBOX"
+    AETitleTo: str = Field(description="the called AE title of the node")
+
+
+@router.post("/api/v1/destinations/echo")
+def echo_destination(box: BoxDep, dest: Annotated[EchoRequest, Body()]) -> dict[str, Any]:
+    """C-ECHO a destination: is it reachable and does it accept these AE titles?"""
+    ph = Placeholders(box.settings.me_host, box.settings.me_port)
+    port = port_of(dest.PORT, ph)
+    if port is None:
+        raise Invalid("PORT must be a port number (1-65535) or $port")
+    timeout = min(box.settings.routing_timeout, 10.0)
+    calling, called = resolve(dest.AETitleSender, ph), resolve(dest.AETitleTo, ph)
+    target = sender.Target(resolve(dest.IP, ph), port, calling, called, timeout)
+    return {
+        "destination": f"{target.called_aet}@{target.host}:{target.port}",
+        **sender.echo(target),
+    }
