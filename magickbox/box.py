@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from magickbox.announce import Announcer
 from magickbox.buckets import registry
 from magickbox.buckets.runner import LocalExecutor
 from magickbox.config import Settings
@@ -43,6 +44,7 @@ class Box:
         self.dispatcher = Dispatcher(self.store, LocalExecutor())
         self.grouper = Grouper(settings.incoming, settings.quiet_seconds, self._send_ready)
         self.receiver = Receiver(settings, self.grouper, self.accepts)
+        self.announcer: Announcer | None = None
         self.router = Router(settings, self.store.sessions, self.store.job_dir)
         self.dispatcher.on_finished.append(self.router.job_finished)
 
@@ -55,8 +57,13 @@ class Box:
         self.grouper.start()
         if dicom:
             self.receiver.start()
+        if self.settings.announce:
+            self.announcer = Announcer(self.settings)
+            self.announcer.start()
 
     def stop(self) -> None:
+        if self.announcer is not None:
+            self.announcer.stop()
         self.receiver.stop()
         self.grouper.stop()
         self.dispatcher.stop()

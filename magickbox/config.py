@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     # empty / 0 mean this box itself (its host, or 127.0.0.1 when it listens on all).
     routing_me: str = ""
     routing_port: int = 0
+    announce: bool = True  # announce the box on the LAN with zeroconf (mb queryMachines)
 
     @property
     def streams(self) -> Path:

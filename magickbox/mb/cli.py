@@ -7,6 +7,7 @@ to stderr, progress bars appear only on a terminal.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         print("mb: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `mb list | head`: the reader left, nothing more to say
+        # Point stdout at /dev/null so the interpreter's last flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
 
