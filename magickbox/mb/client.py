@@ -66,9 +66,9 @@ class Answers(Generic[T]):
 
 
 class Client:
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, transport: httpx.BaseTransport | None = None) -> None:
         self.timeout = timeout
-        self.http = httpx.Client(timeout=timeout, follow_redirects=False)
+        self.http = httpx.Client(timeout=timeout, follow_redirects=False, transport=transport)
 
     def close(self) -> None:
         self.http.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -237,7 +238,7 @@ def pull_one(ctx: Context, ui: Bars, job: dict[str, Any], folder: Path, part: st
     row = {"file": str(dest), "scratchdir": job["scratchdir"], **machine_of(job).as_json()}
     if dest.exists() and zip_complete(dest):
         return {**row, "status": "skipped", "bytes": dest.stat().st_size}
-    label = f"{dest.name} ← {machine_of(job).label}"
+    label = f"{job['scratchdir']}{' INPUT' if part == 'input' else ''} ← {machine_of(job).label}"
     try:
         size = ctx.client.download(
             machine_of(job), job["scratchdir"], dest, part, ui.bar(label, None)
@@ -371,8 +372,14 @@ def upload_all(
         for i in indexes:
             results[i] = push_one(ctx, ui, plans[i], aetitle, arguments, description, offered)
 
-    with ThreadPoolExecutor(max_workers=max(1, len(per_machine))) as pool:
-        list(pool.map(run, per_machine.values()))
+    # Daemon threads joined in short waits: Ctrl-C reaches the main thread at once and mb
+    # exits; the boxes discard the uploads that broke off.
+    threads = [threading.Thread(target=run, args=(ix,), daemon=True) for ix in per_machine.values()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.2)
     return results
 
 

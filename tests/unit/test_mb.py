@@ -210,3 +210,25 @@ def test_every_original_alias_is_accepted(alias: str, command: str) -> None:
     assert ALIASES[alias] == command
     extra = {"p": ["X", "d"]}.get(alias, [])
     assert build_parser().parse_args([alias, *extra]).command == alias
+
+
+def test_a_broken_download_leaves_no_file(tmp_path: Path) -> None:
+    import httpx
+
+    from magickbox.mb.client import Client, MachineError
+
+    whole = io.BytesIO()
+    with zipfile.ZipFile(whole, "w") as zf:
+        zf.writestr("tmp.x/OUTPUT/a", b"a" * 5000)
+    cut = whole.getvalue()[:-40]  # the central directory never arrived
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=cut if "cut" in str(request.url) else whole.getvalue())
+
+    with Client(5, transport=httpx.MockTransport(serve)) as client:
+        with pytest.raises(MachineError, match="incomplete"):
+            client.download(Machine("h", 1), "cut", tmp_path / "cut.zip")
+        assert list(tmp_path.iterdir()) == []  # neither the final name nor a temporary file
+        assert client.download(Machine("h", 1), "ok", tmp_path / "ok.zip") == len(whole.getvalue())
+    assert [p.name for p in tmp_path.iterdir()] == ["ok.zip"]
+    assert zip_complete(tmp_path / "ok.zip")
