@@ -6,8 +6,11 @@ not answer is reported, never waited for longer, and the others' answers are sti
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import tempfile
+import urllib.parse
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,20 +25,6 @@ from magickbox.mb.multipart import FolderScan, MultipartZip
 
 T = TypeVar("T")
 
-
-def _bigger_reads() -> None:
-    """Let httpcore read 1 MiB per recv instead of 64 KiB: a 1 GB download is then as
-    fast as curl's instead of half as fast (the per-read Python work dominates). The
-    attribute is httpcore's own; without it, downloads are just slower."""
-    try:
-        from httpcore._sync import http11
-    except ImportError:
-        return
-    if getattr(http11.HTTP11Connection, "READ_NUM_BYTES", 0) < 1 << 20:
-        http11.HTTP11Connection.READ_NUM_BYTES = 1 << 20
-
-
-_bigger_reads()
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read it back: there is no other way to learn the process's umask
 PHP = "/code/php"
@@ -205,21 +194,44 @@ class Client:
         out: Any,
         on_bytes: Callable[[int], None] | None,
     ) -> int:
-        size = 0
-        url = f"{machine.url}{PHP}/getOutputZip.php"
+        """The zip's bytes into ``out``. The stdlib's http.client, not httpx: it reads the
+        box's 1 MiB chunks in C and pulled 1.5x as fast here (httpx parses in Python)."""
+        conn = http.client.HTTPConnection(machine.host, machine.port, timeout=self.timeout)
         try:
-            with self.http.stream("GET", url, params=params, timeout=self._transfer_timeout()) as r:
-                if r.status_code >= 400:
-                    r.read()
-                    raise MachineError(machine, f"HTTP {r.status_code}: {_detail(r)}")
-                for chunk in r.iter_bytes():  # as the socket gives them: no re-chunking copies
-                    out.write(chunk)
-                    size += len(chunk)
-                    if on_bytes is not None:
-                        on_bytes(len(chunk))
-        except (httpx.TransportError, OSError) as exc:
+            conn.connect()
+            conn.sock.settimeout(max(self.timeout, TRANSFER_READ_TIMEOUT))
+            conn.request("GET", f"{PHP}/getOutputZip.php?{urllib.parse.urlencode(params)}")
+            reply = conn.getresponse()
+            if reply.status >= 400:
+                raise MachineError(machine, f"HTTP {reply.status}: {_text_detail(reply)}")
+            return _copy(reply, out, on_bytes)
+        except ConnectionRefusedError as exc:
+            raise MachineError(machine, f"no answer ({_why(exc)})", True, True) from exc
+        except (OSError, http.client.HTTPException) as exc:
             raise MachineError(machine, f"download broke off ({_why(exc)})", down=True) from exc
-        return size
+        finally:
+            conn.close()
+
+
+def _copy(reply: http.client.HTTPResponse, out: Any, on_bytes: Callable[[int], None] | None) -> int:
+    size, buf = 0, memoryview(bytearray(1 << 20))
+    while n := reply.readinto(buf):
+        out.write(buf[:n])
+        size += n
+        if on_bytes is not None:
+            on_bytes(n)
+    if reply.length:  # readinto() takes a connection closed early for the end of a body
+        raise http.client.IncompleteRead(b"", reply.length)
+    return size
+
+
+def _text_detail(reply: http.client.HTTPResponse) -> str:
+    body = reply.read(4096)
+    try:
+        detail = json.loads(body).get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return str(detail or body[:200].decode(errors="replace") or reply.reason)
 
 
 def zip_complete(path: Path) -> bool:

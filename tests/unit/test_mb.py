@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import tracemalloc
 import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 from fastapi import FastAPI, Request
@@ -212,23 +215,45 @@ def test_every_original_alias_is_accepted(alias: str, command: str) -> None:
     assert build_parser().parse_args([alias, *extra]).command == alias
 
 
-def test_a_broken_download_leaves_no_file(tmp_path: Path) -> None:
-    import httpx
+def _zip_server(whole: bytes) -> ThreadingHTTPServer:
+    """Serves ``whole`` for folder=ok, a cut copy of it for folder=cut, and breaks the
+    connection halfway for folder=drop."""
 
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            folder = parse_qs(urlparse(self.path).query)["folder"][0]
+            body = {"ok": whole, "cut": whole[:-40], "drop": whole[: len(whole) // 2]}[folder]
+            self.send_response(200)
+            length = len(whole) if folder == "drop" else len(body)  # drop: promise more
+            self.send_header("Content-Length", str(length))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_broken_download_leaves_no_file(tmp_path: Path) -> None:
     from magickbox.mb.client import Client, MachineError
 
     whole = io.BytesIO()
     with zipfile.ZipFile(whole, "w") as zf:
-        zf.writestr("tmp.x/OUTPUT/a", b"a" * 5000)
-    cut = whole.getvalue()[:-40]  # the central directory never arrived
-
-    def serve(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=cut if "cut" in str(request.url) else whole.getvalue())
-
-    with Client(5, transport=httpx.MockTransport(serve)) as client:
-        with pytest.raises(MachineError, match="incomplete"):
-            client.download(Machine("h", 1), "cut", tmp_path / "cut.zip")
-        assert list(tmp_path.iterdir()) == []  # neither the final name nor a temporary file
-        assert client.download(Machine("h", 1), "ok", tmp_path / "ok.zip") == len(whole.getvalue())
+        zf.writestr("tmp.x/OUTPUT/a", b"a" * 50_000)
+    server = _zip_server(whole.getvalue())
+    box = Machine("127.0.0.1", server.server_address[1])
+    try:
+        with Client(5) as client:
+            with pytest.raises(MachineError, match="incomplete"):
+                client.download(box, "cut", tmp_path / "cut.zip")  # the directory is missing
+            with pytest.raises(MachineError, match="broke off"):
+                client.download(box, "drop", tmp_path / "drop.zip")  # the connection died
+            assert list(tmp_path.iterdir()) == []  # no final name, no temporary file
+            assert client.download(box, "ok", tmp_path / "ok.zip") == len(whole.getvalue())
+    finally:
+        server.shutdown()
     assert [p.name for p in tmp_path.iterdir()] == ["ok.zip"]
     assert zip_complete(tmp_path / "ok.zip")
