@@ -8,6 +8,7 @@ import logging
 import shlex
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from magickbox.buckets import registry
 from magickbox.buckets.runner import LocalExecutor
 from magickbox.config import Settings
 from magickbox.home import init_home
-from magickbox.jobs import scratch
+from magickbox.jobs import browse, scratch
 from magickbox.jobs.db import Job, State, open_database
 from magickbox.jobs.queue import Dispatcher
 from magickbox.jobs.store import JobStore, NewJob
@@ -44,9 +45,11 @@ class Box:
         self.dispatcher = Dispatcher(self.store, LocalExecutor())
         self.grouper = Grouper(settings.incoming, settings.quiet_seconds, self._send_ready)
         self.receiver = Receiver(settings, self.grouper, self.accepts)
-        self.announcer: Announcer | None = None
         self.router = Router(settings, self.store.sessions, self.store.job_dir)
         self.dispatcher.on_finished.append(self.router.job_finished)
+        self.archive_index = browse.ArchiveIndex(settings.archive)
+        self.scratch_size = browse.ScratchSize(settings.scratch)
+        self.announcer: Announcer | None = None
 
     def start(self, dicom: bool = True) -> None:
         adopted = self.store.adopt_orphans()
@@ -158,6 +161,39 @@ class Box:
             )
         return rows
 
+    def jobs_per_day(self, days: int, utc_offset_minutes: int = 0) -> dict[str, int]:
+        """{"YYYY-MM-DD": jobs received} for the last ``days`` days, in the asker's time zone."""
+        shift = utc_offset_minutes * 60
+        today = (time.time() + shift) // 86400
+        since = (today - days + 1) * 86400 - shift
+        counts = Counter((t + shift) // 86400 for t in self.store.received_times(since))
+        return {_day_text(day): n for day, n in sorted(counts.items())}
+
+    def bucket_overview(self, enabled_only: bool) -> list[dict[str, Any]]:
+        """The buckets as /api/v1/buckets shows them, with their mean processing time."""
+        means = self.store.mean_processing()
+        return [
+            {
+                "aetitle": b.aetitle,
+                "enabled": b.enabled,
+                "folder": b.path.name,
+                "info": b.info,
+                "mean_processing_seconds": means.get(b.aetitle),
+            }
+            for b in self.buckets(enabled_only=enabled_only)
+        ]
+
+    def job_files(self, scratchdir: str, part: str) -> dict[str, Any]:
+        return browse.job_files(self.job_dir(scratchdir), part)
+
+    def disk(self, with_scratch_size: bool) -> dict[str, Any]:
+        return browse.disk_usage(
+            self.settings.scratch, self.scratch_size if with_scratch_size else None
+        )
+
+    def archived_studies(self, limit: int, offset: int) -> dict[str, Any]:
+        return self.archive_index.page(limit, offset)
+
     # -- changing ------------------------------------------------------------------
     def delete_job(self, scratchdir: str) -> None:
         job = self.job(scratchdir)
@@ -183,6 +219,10 @@ class Box:
         if not self.store.requeue(job.scratchdir, "retry requested: running again"):
             raise Invalid(f"job {scratchdir} is {job.state}; only finished jobs can be retried")
         return self.job(scratchdir)
+
+
+def _day_text(day: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
 
 
 def _first_study_uid(files: list[Path]) -> str:

@@ -25,6 +25,11 @@ def list_jobs(
     study_uid: str | None = None,
     state: State | None = None,
     since: Annotated[float | None, Query(description="epoch seconds")] = None,
+    until: Annotated[float | None, Query(description="received before, epoch seconds")] = None,
+    q: Annotated[str | None, Query(description="substring of any text field")] = None,
+    initial: Annotated[
+        str | None, Query(max_length=1, description="first letter of the sender's AE title")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> Response:
@@ -36,11 +41,13 @@ def list_jobs(
         study_uid=study_uid,
         state=state.value if state else None,
         since=since,
+        until=until,
+        q=q or None,
+        initial=initial or None,
     )
     jobs, total = box.store.list(flt, limit=limit, offset=offset)
-    return json_bytes(
-        {"total": total, "limit": limit, "offset": offset, "jobs": [job_view(j) for j in jobs]}
-    )
+    views = [job_view(j, box.store.log_size(j)) for j in jobs]
+    return json_bytes({"total": total, "limit": limit, "offset": offset, "jobs": views})
 
 
 @router.post("/jobs", status_code=201)
@@ -63,7 +70,16 @@ async def post_job(
 
 @router.get("/jobs/{scratchdir}")
 def get_job(box: BoxDep, scratchdir: str) -> Response:
-    return json_bytes(job_view(box.job(scratchdir)))
+    job = box.job(scratchdir)
+    return json_bytes(job_view(job, box.store.log_size(job)))
+
+
+@router.get("/jobs/{scratchdir}/files")
+def job_files(
+    box: BoxDep, scratchdir: str, part: Annotated[str, Query(pattern="^(OUTPUT|INPUT)$")] = "OUTPUT"
+) -> Response:
+    """Regular files of the job's OUTPUT or INPUT (links are neither listed nor followed)."""
+    return json_bytes(box.job_files(scratchdir, part))
 
 
 @router.get("/jobs/{scratchdir}/log")
@@ -118,16 +134,66 @@ def delete_study(box: BoxDep, study_uid: str) -> Response:
 @router.get("/buckets")
 def buckets(box: BoxDep, all: bool = False) -> list[dict[str, Any]]:
     """Installed buckets (only the enabled ones unless ``all=true``)."""
-    return [
-        {"aetitle": b.aetitle, "enabled": b.enabled, "folder": b.path.name, "info": b.info}
-        for b in box.buckets(enabled_only=not all)
-    ]
+    return box.bucket_overview(enabled_only=not all)
 
 
 @router.get("/queue")
 def queue(box: BoxDep) -> list[dict[str, Any]]:
     """Per bucket: jobs queued, running, and how many may run at once."""
     return box.queue_status()
+
+
+@router.get("/receiving")
+def receiving(box: BoxDep) -> list[dict[str, Any]]:
+    """Sends still arriving: not jobs yet (a send becomes one when it has been quiet)."""
+    return box.grouper.snapshot()
+
+
+@router.get("/stats/days")
+def jobs_per_day(
+    box: BoxDep,
+    days: Annotated[int, Query(ge=1, le=3660)] = 365,
+    utc_offset_minutes: Annotated[int, Query(ge=-900, le=900)] = 0,
+) -> dict[str, Any]:
+    """Jobs received per day over the last ``days`` days (days in the caller's time zone)."""
+    return {"days": days, "counts": box.jobs_per_day(days, utc_offset_minutes)}
+
+
+@router.get("/disk")
+def disk(box: BoxDep, scratch_size: bool = False) -> dict[str, Any]:
+    """Space on the scratch folder's disk. ``scratch_size``: also the folder's own size, summed
+    in the background (at most every 5 minutes; null until the first sum is done)."""
+    return box.disk(scratch_size)
+
+
+@router.get("/setup")
+def setup(box: BoxDep) -> dict[str, Any]:
+    """The box's own settings (read-only here: change them in magickbox.toml and restart)."""
+    s = box.settings
+    return {
+        "aet": s.aet,
+        "host": s.host,
+        "dicom_port": s.dicom_port,
+        "web_port": s.web_port,
+        "home": str(s.home),
+        "quiet_seconds": s.quiet_seconds,
+        "concurrency": s.concurrency,
+        "bucket_timeout": s.bucket_timeout,
+        "max_attempts": s.max_attempts,
+        "routing_me": s.routing_me,  # what routing rules' $me and $port stand for
+        "routing_port": s.routing_port,
+        "editable": False,
+    }
+
+
+@router.get("/archive")
+def archive(
+    box: BoxDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    """Archived studies, most recently changed first, with their patient and study tags."""
+    return box.archived_studies(limit, offset)
 
 
 @router.get("/health")

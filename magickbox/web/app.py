@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
 import swagger_ui_bundle
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from magickbox.box import Box, Invalid, NotFound
@@ -22,6 +23,8 @@ from magickbox.web import api, legacy, routing
 from magickbox.web.views import ScratchRenderer
 
 log = logging.getLogger(__name__)
+
+PAGE_DIR = Path(__file__).parent / "page"
 
 
 def create_app(box: Box) -> FastAPI:
@@ -57,9 +60,12 @@ def create_app(box: Box) -> FastAPI:
     app.include_router(api.router)
     app.include_router(routing.router)
 
+    # The page: static files, no build step; everything it shows comes from /api/v1.
+    app.mount("/page", StaticFiles(directory=PAGE_DIR), name="page")
+
     @app.get("/", include_in_schema=False)
-    def index() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    def index() -> FileResponse:
+        return FileResponse(PAGE_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     def error(status: int):  # type: ignore[no-untyped-def]
         async def handler(_request: Request, exc: Exception) -> JSONResponse:

@@ -433,7 +433,8 @@ async function adminSetup(el) {
   const s = await getJSON("/setup");
   const rows = [["AE title ($me)", s.aet], ["Listens on", s.host], ["DICOM port ($port)", s.dicom_port], ["Web port", s.web_port],
     ["Home", s.home], ["Quiet seconds before a send becomes a job", s.quiet_seconds], ["Jobs per bucket at once", s.concurrency],
-    ["Bucket timeout", duration(s.bucket_timeout)], ["Runs per job at most", s.max_attempts]];
+    ["Bucket timeout", duration(s.bucket_timeout)], ["Runs per job at most", s.max_attempts],
+    ["Routing $me", s.routing_me || "this box"], ["Routing $port", s.routing_port || "this box's DICOM port"]];
   el.innerHTML = `<section class="card"><h2>Setup</h2><dl class="facts wide">${rows.map(([k, v]) => `<dt>${esc(k)}</dt><dd class="mono">${esc(v)}</dd>`).join("")}</dl>
     <p class="notice">Read-only here for now: change these in <span class="mono">magickbox.toml</span> in the home (or <span class="mono">MAGICKBOX_*</span> variables) and restart the box.</p></section>`;
 }
