@@ -154,10 +154,17 @@ def cmd_query_machines(
     """Boxes that announce themselves on the network, plus the configured ones."""
     from magickbox.mb.discover import browse
 
-    rows = browse(seconds, interfaces)
-    for row in rows:
-        row["Active"] = Machine(row["Machine"], int(row["Port"])) in ctx.machines
-    seen = {(r["Machine"], r["Port"]) for r in rows}
+    try:
+        found = browse(seconds, interfaces)
+    except Exception as exc:  # no multicast here: the configured machines are still listed
+        warn(f"could not browse the network with zeroconf: {exc}")
+        found = []
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    for row in found:  # a box may answer more than once (restarts, several addresses)
+        if (row["Machine"], row["Port"]) not in seen:
+            seen.add((row["Machine"], row["Port"]))
+            rows.append({**row, "Active": machine_of(row) in ctx.machines})
     rows += [
         {**m.as_json(), "Active": True} for m in ctx.machines if (m.host, str(m.port)) not in seen
     ]
