@@ -278,6 +278,7 @@ def test_setup_is_shown_read_only(site: Site, page) -> None:  # type: ignore[no-
     page.goto(site.box.url + "/#/admin/setup")
     page.locator("#admin").filter(has_text=str(site.box.dicom_port)).wait_for()
     assert "Read-only" in page.locator("#admin").inner_text()
+    shot(page, "setup")
 
 
 def test_routing_editor_or_not_available(site: Site, page) -> None:  # type: ignore[no-untyped-def]
@@ -319,7 +320,7 @@ def test_archive_lists_and_deletes_studies(site: Site, page) -> None:  # type: i
     row.wait_for()
     uid = row.get_attribute("data-uid")
     assert uid == site.job_of(caller_aet="MRI")["study_uid"]
-    assert "Test^Patient" in row.inner_text()
+    assert "Test, Patient" in row.inner_text() and "2024-01-15" in row.inner_text()
     shot(page, "archive")
     page.once("dialog", lambda dialog: dialog.accept())
     row.locator("button[data-del]").click()

@@ -431,10 +431,10 @@ async function viewAdmin(section) {
 
 async function adminSetup(el) {
   const s = await getJSON("/setup");
-  const rows = [["AE title ($me)", s.aet], ["Listens on", s.host], ["DICOM port ($port)", s.dicom_port], ["Web port", s.web_port],
+  const rows = [["AE title", s.aet], ["Listens on", s.host], ["DICOM port", s.dicom_port], ["Web port", s.web_port],
     ["Home", s.home], ["Quiet seconds before a send becomes a job", s.quiet_seconds], ["Jobs per bucket at once", s.concurrency],
     ["Bucket timeout", duration(s.bucket_timeout)], ["Runs per job at most", s.max_attempts],
-    ["Routing $me", s.routing_me || "this box"], ["Routing $port", s.routing_port || "this box's DICOM port"]];
+    ["$me in routing rules", s.routing_me || "this box's address"], ["$port in routing rules", s.routing_port || "this box's DICOM port"]];
   el.innerHTML = `<section class="card"><h2>Setup</h2><dl class="facts wide">${rows.map(([k, v]) => `<dt>${esc(k)}</dt><dd class="mono">${esc(v)}</dd>`).join("")}</dl>
     <p class="notice">Read-only here for now: change these in <span class="mono">magickbox.toml</span> in the home (or <span class="mono">MAGICKBOX_*</span> variables) and restart the box.</p></section>`;
 }
@@ -487,14 +487,22 @@ async function adminRoutingLog(el) {
       </tbody></table>` : `<p class="sub" id="routing-log-empty">Nothing routed yet.</p>`}</section>`;
 }
 
+// DICOM's YYYYMMDD and Family^Given^Middle, as people write them.
+const dicomDate = (d) => (/^\d{8}$/.test(d || "") ? `${d.slice(0, 4)}-${d.slice(4, 6)}-${d.slice(6)}` : d);
+function personName(pn) {
+  const [family, ...rest] = String(pn || "").split("^");
+  const given = rest.filter(Boolean).join(" ");
+  return given ? `${family}, ${given}` : family;
+}
+
 async function adminArchive(el, offset = 0) {
   const data = await getJSON(`/archive?limit=100&offset=${offset}`);
   el.innerHTML = `<section class="card"><h2>Archived studies <span class="sub">${num(data.total)}</span></h2>
     <p id="amsg" class="msg" role="status"></p>
     <table class="jobs archive"><thead><tr><th>Patient ID</th><th>Name</th><th>Accession</th><th>Date</th><th>Description</th><th>StudyInstanceUID</th><th class="num">Files</th><th></th></tr></thead>
     <tbody>${data.studies.map((s) => `<tr data-uid="${esc(s.StudyInstanceUID)}">
-      <td data-label="Patient ID">${esc(s.PatientID)}</td><td data-label="Name">${esc(s.PatientName)}</td><td data-label="Accession">${esc(s.AccessionNumber)}</td>
-      <td data-label="Date" class="nowrap">${esc(s.StudyDate)}</td><td data-label="Description">${esc(s.StudyDescription)}</td>
+      <td data-label="Patient ID">${esc(s.PatientID)}</td><td data-label="Name">${esc(personName(s.PatientName))}</td><td data-label="Accession">${esc(s.AccessionNumber)}</td>
+      <td data-label="Date" class="nowrap">${esc(dicomDate(s.StudyDate))}</td><td data-label="Description">${esc(s.StudyDescription)}</td>
       <td data-label="Study UID" class="mono sub">${esc(s.StudyInstanceUID)}</td><td data-label="Files" class="num">${num(s.files)}</td>
       <td class="actions"><button class="btn small danger" data-del="${esc(s.StudyInstanceUID)}">Delete</button></td></tr>`).join("") || `<tr><td colspan="8" class="empty">The archive is empty.</td></tr>`}</tbody></table>
     <div class="pager"><button id="aprev" ${offset ? "" : "disabled"}>‹ Newer</button><button id="anext" ${offset + data.studies.length < data.total ? "" : "disabled"}>Older ›</button></div></section>`;
