@@ -232,3 +232,18 @@ def test_query_machines_finds_a_box_by_zeroconf(box, mb: Mb) -> None:
     assert found[0]["Online"] and found[0]["Active"]
     assert found[0]["DicomPort"] == str(box.dicom_port)
     assert want in mb.json("activeMachines")  # --add made it active (others may answer too)
+
+
+COMMANDS = ["setSender", "setSetting", "activeMachines", "queryMachines", "computeModules",
+            "push", "list", "log", "pull", "pull-input", "remove"]  # fmt: skip
+
+
+def test_the_console_script_and_help_of_every_command(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "mb"  # installed by pip with the package
+    assert script.is_file(), "pip install -e . installs the mb console script"
+    env = {**os.environ, "MB_CONFIG_DIR": str(tmp_path)}
+    for command in COMMANDS:
+        done = subprocess.run([str(script), command, "--help"], capture_output=True, text=True,
+                              env=env, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"usage: mb {command}")
