@@ -5,8 +5,8 @@ Our C-STORE sender (``magickbox.routing.sender``, what a routing send runs) agai
 dcmtk's ``storescu`` for the same files to the same kind of receiver, dcmtk ``storescp``
 (a fresh process and folder per run), one association each, ``TCP_NODELAY=1`` for both
 dcmtk tools. Three interleaved repetitions; the median of each is kept. Also measured
-in each repetition: pynetdicom's own ``send_c_store`` (files sent as they are), which our
-sender replaced for the transfer phase.
+in each repetition with ``--with-pynetdicom``: pynetdicom's own ``send_c_store`` (files
+sent as they are), which our sender replaced for the transfer phase.
 
 Usage: ``python benchmarks/bench_send.py [--images 2000] [--reps 3]``. Prints a table
 and writes ``benchmarks/results/send.json``.
@@ -141,6 +141,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--with-pynetdicom",
+        action="store_true",
+        help="also time pynetdicom's send_c_store (slow; it can lose a response and stop)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mb-bench-send-") as tmp:
         work = Path(tmp)
@@ -148,11 +153,9 @@ def main() -> int:
         log(f"writing {args.images} MR images 256x256")
         write_study(folder, n_images=args.images, rows=256, cols=256, seed=3)
         size = sum(p.stat().st_size for p in folder.iterdir())
-        contenders = {
-            "storescu": run_storescu(folder),
-            "ours": run_ours(folder),
-            "pynetdicom send_c_store": run_pynetdicom(folder),
-        }
+        contenders = {"storescu": run_storescu(folder), "ours": run_ours(folder)}
+        if args.with_pynetdicom:
+            contenders["pynetdicom send_c_store"] = run_pynetdicom(folder)
         times: dict[str, list[float]] = {k: [] for k in contenders}
         for rep in range(args.reps):
             for name, run in contenders.items():

@@ -99,17 +99,73 @@ def _walk(folder: Path) -> Iterator[Path]:
 def _probe(path: Path, root: Path) -> DicomFile | None:
     """Part 10 files only (what dcmftest accepted for the original); others are skipped."""
     try:
-        meta, offset = split_dataset(path)
-        return DicomFile(
-            path=path,
-            name=path.relative_to(root).as_posix(),
-            sop_class=str(meta.MediaStorageSOPClassUID),
-            syntax=str(meta.TransferSyntaxUID),
-            sop_instance=str(meta.MediaStorageSOPInstanceUID),
-            offset=offset,
-        )
+        meta = _quick_meta(path) or _pydicom_meta(path)
     except Exception:  # not Part 10 (no preamble or meta), unreadable, cut short
         return None
+    if meta is None:
+        return None
+    sop_class, sop_instance, syntax, offset = meta
+    return DicomFile(
+        path, path.relative_to(root).as_posix(), sop_class, syntax, sop_instance, offset
+    )
+
+
+LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
+
+
+def _quick_meta(path: Path) -> tuple[str, str, str, int] | None:
+    """The file meta read by hand (a third of a send's time went to pydicom reading it).
+
+    Returns None for anything unusual (no DICM, a meta longer than the first 8 KiB, a
+    missing UID), and pydicom has the last word.
+    """
+    with path.open("rb") as fh:
+        head = fh.read(8192)
+    if head[128:132] != b"DICM":
+        return None
+    values: dict[int, bytes] = {}
+    pos = 132
+    while pos + 8 <= len(head):
+        group, elem = struct.unpack_from("<HH", head, pos)
+        if group != 0x0002:
+            break
+        vr = head[pos + 4 : pos + 6]
+        if vr in LONG_VRS:
+            (length,) = struct.unpack_from("<I", head, pos + 8)
+            start = pos + 12
+        else:
+            (length,) = struct.unpack_from("<H", head, pos + 6)
+            start = pos + 8
+        values[elem] = head[start : start + length]
+        pos = start + length
+    if pos >= len(head) or not all(values.get(e) for e in (0x0002, 0x0003, 0x0010)):
+        return None
+    text = [values[e].decode("ascii", "replace").strip(" \x00") for e in (0x0002, 0x0003, 0x0010)]
+    return text[0], text[1], text[2], pos
+
+
+def _pydicom_meta(path: Path) -> tuple[str, str, str, int] | None:
+    meta, offset = split_dataset(path)
+    return (
+        str(meta.MediaStorageSOPClassUID),
+        str(meta.MediaStorageSOPInstanceUID),
+        str(meta.TransferSyntaxUID),
+        offset,
+    )
 
 
 def _tag_values(path: Path, tags: list[int]) -> dict[int, str]:

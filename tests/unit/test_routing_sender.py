@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import struct
 from io import BytesIO
+from pathlib import Path
 
 import pytest
 from pydicom.filereader import read_dataset
 
 from magickbox.routing import sender
+from magickbox.testing.dicomgen import write_study
 
 
 def test_the_store_command_is_a_valid_implicit_little_endian_command_set() -> None:
@@ -48,3 +50,16 @@ def test_pdus_hold_one_pdv_each_and_are_read_back() -> None:
     kind, _reserved, length = struct.unpack(">BBI", pdu[:6])
     assert (kind, length) == (0x04, len(pdu) - 6)
     assert list(sender._pdvs(pdu[6:] + pdu[6:])) == [(0x03, b"abcd"), (0x03, b"abcd")]
+
+
+@pytest.mark.parametrize(
+    "syntax", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.5"]
+)
+def test_the_quick_file_meta_reader_agrees_with_pydicom(tmp_path: Path, syntax: str) -> None:
+    study = write_study(tmp_path / "s", n_images=2, rows=16, cols=16, transfer_syntax=syntax)
+    (tmp_path / "s" / "notes.txt").write_text("not DICOM")
+    found = sender.dicom_files(tmp_path / "s")
+    assert sorted(f.sop_instance for f in found) == sorted(study.sop_uids)
+    for item in found:
+        assert sender._quick_meta(item.path) == sender._pydicom_meta(item.path)
+        assert item.syntax == syntax
