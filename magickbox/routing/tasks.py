@@ -22,7 +22,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from magickbox.config import Settings
-from magickbox.jobs.db import Job, RoutingLog, Send, SendState
+from magickbox.jobs.db import FINISHED, Job, RoutingLog, Send, SendState
 from magickbox.routing import rules, sender
 from magickbox.routing.errorimage import write_error_image
 
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 ERROR_IMAGE = Path(".mb-routing") / "processing-log.dcm"  # inside the job folder
 IDLE_SECONDS = 300.0  # nothing scheduled: wake now and then anyway (a safety net)
 PROGRESS_EVERY = 1.0  # seconds between records of accepted files during a send
+MISSED_WINDOW = 86400.0  # at a start, jobs ended this recently are checked for routing
 
 
 class Router:
@@ -48,6 +49,7 @@ class Router:
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> None:
         self.recover()
+        self.route_missed()
         for i in range(max(1, self.settings.routing_workers)):
             thread = threading.Thread(target=self._loop, name=f"routing-{i}", daemon=True)
             thread.start()
@@ -70,6 +72,30 @@ class Router:
                 .where(Send.state == SendState.SENDING)
                 .values(state=SendState.PENDING, next_at=time.time())
             )
+
+    def route_missed(self) -> int:
+        """Route jobs that ended (in the last day) without being routed: a crash came
+        between recording a job's end and evaluating the table. Called before the queue
+        starts, so no job ends meanwhile."""
+        since = time.time() - MISSED_WINDOW
+        with self.sessions() as s:
+            ended = s.execute(
+                select(Job.scratchdir, Job.finished_at).where(
+                    Job.finished_at >= since, Job.state.in_(FINISHED)
+                )
+            ).all()
+            routed = dict(
+                s.execute(
+                    select(RoutingLog.scratchdir, func.max(RoutingLog.at))
+                    .where(RoutingLog.outcome == "evaluated", RoutingLog.at >= since)
+                    .group_by(RoutingLog.scratchdir)
+                ).all()
+            )
+        missed = [name for name, end in ended if routed.get(name, 0.0) < end]
+        for name in missed:
+            log.info("job %s ended before a restart without being routed: routing it now", name)
+            self.job_finished(name)
+        return len(missed)
 
     # -- the table -----------------------------------------------------------------
     def table_text(self) -> str:
@@ -104,7 +130,7 @@ class Router:
         ph = rules.Placeholders(self.settings.me_host, self.settings.me_port, job.caller_ip)
         routes, notes = rules.evaluate(table, facts, ph)
         if not table.get("routing"):
-            return []
+            notes = ["no routing table"]  # still recorded: it marks the job as routed
         if any(r.error_image for r in routes):
             self._make_error_image(job)
         ids = self._add_sends(job, success, routes, notes)
