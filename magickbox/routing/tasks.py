@@ -250,11 +250,12 @@ class Router:
                     return
             try:
                 row = self._claim()
-            except Exception:  # a busy database: try again shortly
-                log.exception("routing: could not look for due sends")
-                row, _ = None, time.sleep(1)
-            if row is not None:
-                self._run(row)
+                if row is not None:
+                    self._run(row)
+                    continue
+            except Exception:  # a busy database: the worker carries on shortly
+                log.exception("routing: a worker's turn failed")
+                time.sleep(1)
                 continue
             with self._wake:
                 if not self._stop:
@@ -281,10 +282,14 @@ class Router:
         return None
 
     def _seconds_to_next(self) -> float:
-        with self.sessions() as s:
-            next_at = s.scalar(
-                select(func.min(Send.next_at)).where(Send.state == SendState.PENDING)
-            )
+        try:
+            with self.sessions() as s:
+                next_at = s.scalar(
+                    select(func.min(Send.next_at)).where(Send.state == SendState.PENDING)
+                )
+        except Exception:  # a busy database: look again soon rather than end the worker
+            log.exception("routing: could not read the next due time")
+            return 1.0
         if next_at is None:
             return IDLE_SECONDS
         return min(IDLE_SECONDS, max(0.0, next_at - time.time()))
