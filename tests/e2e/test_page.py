@@ -218,6 +218,22 @@ def test_log_tails_live(site: Site, page, tmp_path: Path) -> None:  # type: igno
     assert page.locator("#log").inner_text().count("listed 2 files") == 1  # appended, not reloaded
 
 
+def test_retry_runs_a_finished_job_again(site: Site, page) -> None:  # type: ignore[no-untyped-def]
+    job = site.job_of(caller_aet="PACS01")
+    assert job["state"] == "failed"
+    page.goto(f"{site.box.url}/#/job/{job['scratchdir']}")
+    page.locator("#log").filter(has_text="always fails").wait_for()
+    page.click("#retry")
+    page.locator("#jmsg.good").filter(has_text="Queued again").wait_for()
+    # The runner notes the retry in the log, which the page tails without a reload.
+    page.locator("#log").filter(has_text="retry requested").wait_for()
+    page.wait_for_function(  # it ran again...
+        "() => document.getElementById('log').textContent.split('always fails').length === 3"
+    )
+    wait_for("the second run to end", lambda: site.job_of(scratchdir=job["scratchdir"])["attempts"])
+    page.locator("#jstate .s-failed").wait_for()  # ...and failed again, as it must
+
+
 def test_delete_asks_first(site: Site, page) -> None:  # type: ignore[no-untyped-def]
     name = site.job_of(caller_aet="XRAY")["scratchdir"]
     page.goto(f"{site.box.url}/#/job/{name}")

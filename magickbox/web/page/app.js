@@ -293,13 +293,13 @@ async function viewJob(name) {
     document.getElementById("logsize").textContent = bytes(logOffset);
     if (atEnd) pre.scrollTop = pre.scrollHeight; // follow the tail unless the reader scrolled up
   }
-  let lastState = job.state;
+  // A finished job changes no more, unless retried: then drawInfo sees it queued again.
   async function poll() {
     await tailLog();
-    if (!["done", "failed"].includes(lastState)) {
+    if (!["done", "failed"].includes(job.state)) {
+      const before = job.state;
       await drawInfo();
-      if (job.state !== lastState) drawFiles();
-      lastState = job.state;
+      if (job.state !== before) drawFiles();
     }
   }
   await drawInfo(job);
