@@ -365,3 +365,24 @@ def test_page_loads_nothing_from_outside(site: Site, page) -> None:  # type: ign
     page.wait_for_selector("#rows tr[data-job]")
     outside = [u for u in asked if not u.startswith(site.box.url) and not u.startswith("data:")]
     assert not outside
+
+
+def test_page_survives_a_restart_of_the_box(box_factory, browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    box = box_factory()
+    copy_bucket(box.home, "ProcBucket", QUICK)
+    write_study(tmp_path / "s", n_images=1, rows=16, cols=16)
+    assert box.storescu(tmp_path / "s", "ProcBucket", "XRAY").returncode == 0
+    wait_for("the job", lambda: api_jobs(box))
+    ctx = browser.new_context()
+    pg = ctx.new_page()
+    pg.set_default_timeout(WAIT_MS)
+    pg.goto(box.url + "/")
+    pg.wait_for_selector("#rows tr[data-job]")
+    box.stop()
+    pg.locator("#status.down").wait_for()  # the poll failed: the page says so
+    pg.evaluate("window.__sameDocument = true")
+    box.start()
+    pg.locator("#status.ok").wait_for()  # and carries on by itself once the box is back
+    pg.wait_for_selector("#rows tr[data-job]")
+    assert pg.evaluate("window.__sameDocument") is True
+    ctx.close()

@@ -80,9 +80,9 @@ function every(fn) {
   timer = setInterval(run, POLL_MS);
 }
 
+// A poll that failed: the next one may do better, so note it and carry on.
 function onError(err) {
-  if (err && err.status) throw err;
-  setStatus(false); // the box did not answer: keep polling, it may come back
+  if (!(err && err.status)) setStatus(false); // the box did not answer; it may come back
   console.warn(err);
 }
 
@@ -534,8 +534,14 @@ async function route() {
     else if (tab === "admin") await viewAdmin(parts[1]);
     else await viewJobs(params);
   } catch (err) {
-    if (err.status) main.innerHTML = `<p class="notice bad">${esc(err.message)}</p>`;
-    else onError(err);
+    if (err.status) {
+      main.innerHTML = `<p class="notice bad">${esc(err.message)}</p>`;
+      return;
+    }
+    onError(err); // the box is down or restarting: say so, and try again shortly
+    main.innerHTML = `<p class="notice bad">The box does not answer. Trying again…</p>`;
+    const token = viewToken;
+    setTimeout(() => token === viewToken && route(), POLL_MS);
   }
 }
 
