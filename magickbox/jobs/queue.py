@@ -70,6 +70,7 @@ class Dispatcher:
                     reason=reason,
                     log_size=_size(job_dir / "processing.log"),
                 )
+                self._notify_finished(job.scratchdir)  # routed like any failed job
         for job in self.store.received_jobs():  # a crash came between receipt and queueing
             self.store.archive(job)
             self.store.update(job.scratchdir, state=State.QUEUED, queued_at=time.time())

@@ -32,8 +32,12 @@ echo '[{"success": "failed", "message": "no convergence"}]' > "$MB_PROC_JSON"
 SINK = """#!/bin/sh
 echo '[{"success": "success"}]' > "$MB_PROC_JSON"
 """
-FAST = {"MAGICKBOX_ROUTING_RETRY_DELAY": "0.3", "MAGICKBOX_ROUTING_MAX_DELAY": "1",
-        "MAGICKBOX_ROUTING_TIMEOUT": "5", "MAGICKBOX_ROUTING_RETRIES": "50"}  # fmt: skip
+FAST = {
+    "MAGICKBOX_ROUTING_RETRY_DELAY": "0.3",
+    "MAGICKBOX_ROUTING_MAX_DELAY": "1",
+    "MAGICKBOX_ROUTING_TIMEOUT": "5",
+    "MAGICKBOX_ROUTING_RETRIES": "50",
+}
 
 
 def dest(port: int, aet: str, ip: str = "127.0.0.1", **extra: object) -> dict[str, object]:
@@ -91,16 +95,40 @@ def test_success_and_failure_routes_error_image_and_me_port(box_factory, tmp_pat
     home = tmp_path / "home"
     install_buckets(home, copy=COPY, fail=FAIL, Sink=SINK)
     box = box_factory(home=home, env=FAST)
-    save_table(box, [
-        {"name": "results", "AETitleIn": "^copy$",
-         "send": [{"success": dest(results.port, "RESULTS"), "fail": dest(errors.port, "ERRORS")}]},
-        {"name": "errors", "AETitleIn": "FAIL", "status": 1,
-         "send": [{"fail": dest(errors.port, "ERRORS", sendErrorAsDcm=1)}]},
-        {"name": "off", "status": 0, "send": [{".*": dest(errors.port, "ERRORS")}]},
-        {"name": "home", "AETitleIn": "copy", "AETitleFrom": "^IP44$",
-         "send": [{".*": {"IP": "$me", "PORT": "$port", "AETitleSender": "ROUTED",
-                          "AETitleTo": "Sink"}}]},
-    ])  # fmt: skip
+    save_table(
+        box,
+        [
+            {
+                "name": "results",
+                "AETitleIn": "^copy$",
+                "send": [
+                    {"success": dest(results.port, "RESULTS"), "fail": dest(errors.port, "ERRORS")}
+                ],
+            },
+            {
+                "name": "errors",
+                "AETitleIn": "FAIL",
+                "status": 1,
+                "send": [{"fail": dest(errors.port, "ERRORS", sendErrorAsDcm=1)}],
+            },
+            {"name": "off", "status": 0, "send": [{".*": dest(errors.port, "ERRORS")}]},
+            {
+                "name": "home",
+                "AETitleIn": "copy",
+                "AETitleFrom": "^IP44$",
+                "send": [
+                    {
+                        ".*": {
+                            "IP": "$me",
+                            "PORT": "$port",
+                            "AETitleSender": "ROUTED",
+                            "AETitleTo": "Sink",
+                        }
+                    }
+                ],
+            },
+        ],
+    )
     good = write_study(tmp_path / "good", n_images=3, rows=32, cols=32)
     bad = write_study(tmp_path / "bad", n_images=2, rows=32, cols=32, patient_id="P-BAD")
     assert box.storescu(good.paths[0].parent, "copy").returncode == 0
@@ -108,8 +136,9 @@ def test_success_and_failure_routes_error_image_and_me_port(box_factory, tmp_pat
 
     copy_job, fail_job = job_of(box, "copy"), job_of(box, "fail")
     copy_sends = wait_sends(box, copy_job["scratchdir"], "done")
-    assert sorted((s["destination"]["AETitleTo"], s["files"], s["accepted"])
-                  for s in copy_sends) == [("RESULTS", 3, 3), ("Sink", 3, 3)]  # fmt: skip
+    assert sorted(
+        (s["destination"]["AETitleTo"], s["files"], s["accepted"]) for s in copy_sends
+    ) == [("RESULTS", 3, 3), ("Sink", 3, 3)]
     assert results.sop_uids() == sorted(good.sop_uids)  # notes.txt is not DICOM: not sent
 
     (fail_send,) = wait_sends(box, fail_job["scratchdir"], "done")
@@ -138,15 +167,38 @@ def test_which_input_sender_and_compressed_to_orthanc(box_factory, tmp_path, pee
     home = tmp_path / "home"
     install_buckets(home, Proc=SINK)
     box = box_factory(home=home, env=FAST)
-    save_table(box, [
-        {"name": "t1 back", "AETitleIn": "proc", "RouteDirectory": "INPUT", "break": 1,
-         "send": [{"succ": {"IP": "$sender", "PORT": orthanc.port, "AETitleSender": "MB",
-                            "AETitleTo": "ORTHANC", "which": [{"0008,103e": "^T1$"}]}}]},
-        {"name": "after break", "send": [{".*": dest(orthanc.port, "ORTHANC")}]},
-    ])  # fmt: skip
+    save_table(
+        box,
+        [
+            {
+                "name": "t1 back",
+                "AETitleIn": "proc",
+                "RouteDirectory": "INPUT",
+                "break": 1,
+                "send": [
+                    {
+                        "succ": {
+                            "IP": "$sender",
+                            "PORT": orthanc.port,
+                            "AETitleSender": "MB",
+                            "AETitleTo": "ORTHANC",
+                            "which": [{"0008,103e": "^T1$"}],
+                        }
+                    }
+                ],
+            },
+            {"name": "after break", "send": [{".*": dest(orthanc.port, "ORTHANC")}]},
+        ],
+    )
     mixed = write_study(tmp_path / "mixed", n_images=4, series=2, rows=32, cols=32)
-    rle = write_study(tmp_path / "rle", n_images=2, rows=32, cols=32, series=1,
-                      transfer_syntax="1.2.840.10008.1.2.5")  # fmt: skip
+    rle = write_study(
+        tmp_path / "rle",
+        n_images=2,
+        rows=32,
+        cols=32,
+        series=1,
+        transfer_syntax="1.2.840.10008.1.2.5",
+    )
     assert box.storescu(mixed.paths[0].parent, "Proc").returncode == 0
     wait_jobs(box, 1, bucket="Proc")
     sent = send_files(box.dicom_port, "Proc", rle.paths, calling="RLEPEER")  # as they are
@@ -250,3 +302,35 @@ def test_saving_a_broken_table_is_refused_and_echo_tells_reachability(box_factor
     res = post(box, "/api/v1/destinations/echo", json={**echo, "PORT": free_port()})
     assert res.status_code == 200 and res.json()["ok"] is False
     assert "not reachable (Connection refused)" in res.json()["message"]
+
+
+def test_a_job_failed_by_a_restart_takes_the_failure_route(box_factory, tmp_path, peers):
+    errors = peers(StoreSCP(tmp_path / "errors", "ERRORS"))
+    home = tmp_path / "home"
+    install_buckets(home, slow='#!/bin/sh\necho "working on it"\nsleep 60\n')
+    env = {**FAST, "MAGICKBOX_RERUN_INTERRUPTED": "false"}
+    box = box_factory(home=home, env=env)
+    save_table(
+        box,
+        [
+            {
+                "send": [
+                    {
+                        "success": dest(errors.port, "ERRORS"),
+                        "couldNotRead": dest(errors.port, "ERRORS", sendErrorAsDcm=1),
+                    }
+                ]
+            }
+        ],
+    )
+    study = write_study(tmp_path / "s", n_images=2, rows=32, cols=32)
+    assert box.storescu(study.paths[0].parent, "slow").returncode == 0
+    wait_for("the job to run", lambda: [j for j in api_jobs(box) if j["state"] == "running"])
+    box.kill9()
+    again = box_factory(home=home, env=env, web_port=box.web_port, dicom_port=box.dicom_port)
+    (job,) = wait_jobs(again, 1)
+    assert job["state"] == "failed" and "interrupted" in job["reason"]
+    (send,) = wait_sends(again, job["scratchdir"], "done")
+    assert send["success"] == "couldNotReadProcJSON"
+    (image,) = errors.files()  # OUTPUT was empty: only the log image
+    assert dcmread(image).StudyInstanceUID == study.study_uid
