@@ -1,7 +1,8 @@
 """The web page at ``/`` in real headless Chromium, against a live box that received real
 studies from dcmtk's storescu: list, live states, search and A–Z, a job's log, files and
 zips, delete with confirmation, overview, buckets, admin. Screenshots of the main pages go
-to ``docs/screenshots/`` (or ``$MAGICKBOX_SCREENSHOTS``).
+to ``test-artifacts/screenshots/`` (git-ignored; CI prints where), or to
+``$MAGICKBOX_SCREENSHOTS``: ``MAGICKBOX_SCREENSHOTS=docs/screenshots`` refreshes the README's.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 SHOTS = Path(
-    os.environ.get("MAGICKBOX_SCREENSHOTS", Path(__file__).parents[2] / "docs/screenshots")
+    os.environ.get(
+        "MAGICKBOX_SCREENSHOTS", Path(__file__).parents[2] / "test-artifacts/screenshots"
+    )
 )
 WAIT_MS = 60_000  # the page polls every 2 s; generous, for a loaded CI machine
 
