@@ -9,7 +9,8 @@ as_root=()
 export DEBIAN_FRONTEND=noninteractive
 "${as_root[@]}" apt-get update -qq
 "${as_root[@]}" apt-get install -y -qq --no-install-recommends \
-  python3 python3-venv dcmtk jq curl postgresql chromium orthanc >/dev/null
+  python3 python3-venv dcmtk jq curl postgresql chromium orthanc podman runc busybox-static \
+  >/dev/null
 
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip

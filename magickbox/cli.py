@@ -1,4 +1,4 @@
-"""``magickbox``: run the box (``serve``) or prepare a home (``init``)."""
+"""``magickbox``: run the box (``serve``), prepare a home (``init``), manage ``buckets``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging.handlers
 import sys
 from pathlib import Path
 
+from magickbox.buckets import cli as buckets_cli
 from magickbox.config import Settings, load_settings
 
 
@@ -17,9 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="receive DICOM, run buckets, serve the web API")
     init = sub.add_parser("init", help="create a home folder with an example bucket")
     for p in (serve, init):
-        p.add_argument(
-            "--home", type=Path, help="home folder (env MAGICKBOX_HOME, default ~/magickbox)"
-        )
+        add_home_option(p)
+    buckets_cli.add_parser(sub, add_home_option)
     serve.add_argument("--dicom-port", type=int, help="DICOM port (default 11113)")
     serve.add_argument("--web-port", type=int, help="HTTP port (default 2813)")
     serve.add_argument("--aet", help="the box's own AE title (default MAGICKBOX)")
@@ -44,7 +44,15 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"{settings.home}: {'created' if init_home(settings) else 'already there'}")
         return 0
+    if args.command == "buckets":
+        return buckets_cli.main(args, settings)
     return serve_forever(settings, args.log_level)
+
+
+def add_home_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--home", type=Path, help="home folder (env MAGICKBOX_HOME, default ~/magickbox)"
+    )
 
 
 def setup_logging(settings: Settings, level: str) -> None:

@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     routing_me: str = ""
     routing_port: int = 0
     announce: bool = True  # announce the box on the LAN with zeroconf (mb queryMachines)
+    # Container buckets (info.json "image"): the engine ("auto": podman, else docker, on
+    # PATH), extra global arguments for every engine call (e.g. ["--runtime", "runc"]),
+    # extra arguments of each run (e.g. ulimits), and limits for buckets that name none.
+    container_engine: str = "auto"
+    engine_args: list[str] = Field(default_factory=list)
+    run_args: list[str] = Field(default_factory=list)
+    container_cpus: float = 0.0  # 0: no limit
+    container_memory: str = ""  # e.g. "8g"; empty: no limit
 
     @property
     def streams(self) -> Path:

@@ -21,6 +21,11 @@ CONFIG_TEMPLATE = """\
 # rerun_interrupted = true   # re-run jobs a crash interrupted (else: failed)
 # max_attempts = 2
 # database_url = ""          # empty: SQLite in this folder; or postgresql+psycopg://...
+# container_engine = "auto"  # for buckets whose info.json names an "image": podman/docker
+# engine_args = []           # e.g. ["--runtime", "runc", "--cgroup-manager=cgroupfs"]
+# run_args = []              # e.g. ["--ulimit", "nofile=20000:20000"]
+# container_cpus = 0.0       # default CPU limit of a container bucket (0: none)
+# container_memory = ""      # default memory limit, e.g. "8g" (empty: none)
 """
 
 

@@ -4,6 +4,8 @@ so a distributed engine can take the local one's place.
 The local executor starts ``work.sh <INPUT> <OUTPUT> [arguments]`` directly (no shell),
 in its own process group so that a timeout or a delete stops the whole tree, with the
 job's facts in its environment and stdout+stderr written straight into processing.log.
+A request that carries a ContainerSpec runs ``<engine> run`` of the bucket's image the
+same way; a timeout or a cancel then stops and removes the named container.
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
+
+from magickbox.buckets import container
+from magickbox.buckets.container import ContainerSpec
+from magickbox.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,24 @@ class RunRequest:
     arguments: list[str]
     env: dict[str, str]
     timeout: float
+    container: ContainerSpec | None = None  # None: a native bucket, work.sh on the host
+    # Where the bucket reads and writes; the job folder's INPUT/OUTPUT unless given
+    # (``magickbox buckets run`` points them at any folders).
+    input_dir: Path | None = None
+    output_dir: Path | None = None
+
+    @property
+    def input(self) -> Path:
+        return self.input_dir or self.job_dir / "INPUT"
+
+    @property
+    def output(self) -> Path:
+        return self.output_dir or self.job_dir / "OUTPUT"
+
+    def argv(self) -> list[str]:
+        if self.container is not None:
+            return container.run_argv(self.container, self.input, self.output, self.arguments)
+        return [str(self.work_sh), str(self.input), str(self.output), *self.arguments]
 
 
 @dataclass
@@ -66,6 +90,7 @@ class LocalExecutor:
 
     def __init__(self, kill_grace: float = 5.0) -> None:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._specs: dict[str, ContainerSpec] = {}  # running container jobs
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
         self._kill_grace = kill_grace
@@ -84,12 +109,11 @@ class LocalExecutor:
         done(req, result)
 
     def _execute(self, req: RunRequest) -> RunResult:
-        argv = [
-            str(req.work_sh),
-            str(req.job_dir / "INPUT"),
-            str(req.job_dir / "OUTPUT"),
-            *req.arguments,
-        ]
+        argv = req.argv()
+        what = req.container.engine.name if req.container else req.work_sh.name
+        if req.container is not None:
+            spec = req.container
+            log_line(req.job_dir, f"container {spec.name}: image {spec.image} ({what})")
         with (req.job_dir / "processing.log").open("ab") as logfh:
             try:
                 proc = subprocess.Popen(
@@ -102,15 +126,17 @@ class LocalExecutor:
                     start_new_session=True,
                 )
             except OSError as exc:
-                return RunResult(exit_code=None, reason=f"cannot start {req.work_sh.name}: {exc}")
+                return RunResult(exit_code=None, reason=f"cannot start {what}: {exc}")
         (req.job_dir / PID_FILE).write_text(str(proc.pid))
         with self._lock:
             self._procs[req.scratchdir] = proc
+            if req.container is not None:
+                self._specs[req.scratchdir] = req.container
         try:
             code = proc.wait(timeout=req.timeout)
             timed_out = False
         except subprocess.TimeoutExpired:
-            self._stop_group(proc)
+            self._stop(req.scratchdir, proc)
             code, timed_out = proc.returncode, True
         finally:
             # A job leaves nothing running: children that work.sh left behind would keep
@@ -118,14 +144,54 @@ class LocalExecutor:
             kill_group(proc.pid, signal.SIGKILL)
             with self._lock:
                 self._procs.pop(req.scratchdir, None)
+                self._specs.pop(req.scratchdir, None)
                 cancelled = req.scratchdir in self._cancelled
                 self._cancelled.discard(req.scratchdir)
             (req.job_dir / PID_FILE).unlink(missing_ok=True)
+        if req.container is not None:
+            return self._container_end(req, req.container, code, timed_out, cancelled)
         if timed_out:
             return RunResult(code, f"timed out after {req.timeout:g} s", timed_out=True)
         if cancelled:
             return RunResult(code, "cancelled", cancelled=True)
         return RunResult(code)
+
+    def _container_end(
+        self,
+        req: RunRequest,
+        spec: ContainerSpec,
+        code: int | None,
+        timed_out: bool,
+        cancelled: bool,
+    ) -> RunResult:
+        if timed_out or cancelled:
+            # The engine's client may have died before its container: remove it for sure.
+            container.stop(spec.engine, spec.name, 0)
+        if spec.as_root:
+            self._give_back(req, spec)
+        if timed_out:
+            return RunResult(code, f"timed out after {req.timeout:g} s", timed_out=True)
+        if cancelled:
+            return RunResult(code, "cancelled", cancelled=True)
+        if code == container.ENGINE_ERROR:
+            return RunResult(code, container.why_engine_failed(spec.engine, spec.image))
+        return RunResult(code)
+
+    def _give_back(self, req: RunRequest, spec: ContainerSpec) -> None:
+        """Output of a bucket that ran as root becomes the box's user's again."""
+        try:
+            container.give_back(req.output, *spec.owner)
+        except PermissionError:
+            if not container.give_back_in_container(spec, req.output):
+                log_line(req.job_dir, "could not give OUTPUT back to the box's user")
+
+    def _stop(self, scratchdir: str, proc: subprocess.Popen[bytes]) -> None:
+        """Stop a job: its container through the engine, else its process group."""
+        with self._lock:
+            spec = self._specs.get(scratchdir)
+        if spec is not None:
+            container.stop(spec.engine, spec.name, self._kill_grace)
+        self._stop_group(proc)
 
     def _stop_group(self, proc: subprocess.Popen[bytes]) -> None:
         kill_group(proc.pid, signal.SIGTERM)
@@ -142,14 +208,14 @@ class LocalExecutor:
             if proc is None:
                 return False
             self._cancelled.add(scratchdir)
-        threading.Thread(target=self._stop_group, args=(proc,), daemon=True).start()
+        threading.Thread(target=self._stop, args=(scratchdir, proc), daemon=True).start()
         return True
 
     def shutdown(self) -> None:
         with self._lock:
-            procs = list(self._procs.values())
-        for proc in procs:
-            self._stop_group(proc)
+            procs = list(self._procs.items())
+        for scratchdir, proc in procs:
+            self._stop(scratchdir, proc)
 
 
 def kill_group(pgid: int, sig: int) -> None:
@@ -171,6 +237,35 @@ def kill_leftover(job_dir: Path) -> None:
     if str(job_dir).encode() in cmdline:  # still the same process, not a recycled pid
         kill_group(pid, signal.SIGKILL)
     pid_file.unlink(missing_ok=True)
+
+
+def build_request(
+    info: dict[str, object],
+    work_sh: Path,
+    settings: Settings,
+    facts: dict[str, str],
+    job_dir: Path,
+    arguments: list[str],
+    timeout: float,
+    **paths: Path,
+) -> RunRequest:
+    """The run of a bucket (native or container) on a job: what the box and the CLI start."""
+    scratchdir = facts["MB_SCRATCHDIR"]
+    spec = None
+    if container.image_of(info):  # ContainerError says what is wrong with info.json
+        memory = Path(facts["MB_MEMORY"])
+        spec = container.make_spec(info, settings, scratchdir, memory)
+        spec = replace(spec, env=container.container_env(facts))
+    return RunRequest(
+        scratchdir=scratchdir,
+        job_dir=job_dir,
+        work_sh=work_sh,
+        arguments=arguments,
+        env=bucket_env(dict(os.environ), facts),
+        timeout=timeout,
+        container=spec,
+        **paths,
+    )
 
 
 def bucket_env(base: dict[str, str], facts: dict[str, str]) -> dict[str, str]:

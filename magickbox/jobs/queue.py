@@ -15,8 +15,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from magickbox.buckets import registry
-from magickbox.buckets.runner import Executor, RunRequest, RunResult, bucket_env, kill_leftover
+from magickbox.buckets import container, registry
+from magickbox.buckets.runner import (
+    Executor,
+    RunRequest,
+    RunResult,
+    build_request,
+    kill_leftover,
+)
 from magickbox.jobs.db import Job, State
 from magickbox.jobs.store import JobStore
 
@@ -55,7 +61,9 @@ class Dispatcher:
 
     def recover(self) -> None:
         """Jobs that were running when the box died: re-run them or mark them failed."""
-        for job in self.store.running_jobs():
+        interrupted = self.store.running_jobs()
+        self._remove_leftover_containers(bool(interrupted))
+        for job in interrupted:
             job_dir = self.store.job_dir(job)
             kill_leftover(job_dir)
             if self.settings.rerun_interrupted and job.attempts < self.settings.max_attempts:
@@ -74,6 +82,23 @@ class Dispatcher:
         for job in self.store.received_jobs():  # a crash came between receipt and queueing
             self.store.archive(job)
             self.store.update(job.scratchdir, state=State.QUEUED, queued_at=time.time())
+
+    def _remove_leftover_containers(self, jobs_interrupted: bool) -> None:
+        """Containers this home started before a crash: gone before a job runs again."""
+        buckets = registry.all_buckets(self.settings.streams).values()
+        if not jobs_interrupted and not any(b.info.get("image") for b in buckets):
+            return  # no container can be left over: spare the engine call
+        try:
+            engine = container.find_engine(self.settings)
+        except container.ContainerError:
+            return
+        try:
+            removed = container.remove_leftovers(engine, self.settings.home)
+        except Exception as exc:  # the box must start even when the engine misbehaves
+            log.warning("could not look for leftover containers: %s", exc)
+            return
+        if removed:
+            log.info("removed %d containers left by a crash: %s", len(removed), removed)
 
     # -- scheduling ----------------------------------------------------------------
     def _loop(self) -> None:
@@ -130,13 +155,14 @@ class Dispatcher:
             "MB_PROC_JSON": str(job_dir / "proc.json"),
             "MB_HOME": str(self.settings.home),
         }
-        request = RunRequest(
-            scratchdir=job.scratchdir,
-            job_dir=job_dir,
-            work_sh=bucket.work_sh,
-            arguments=json.loads(job.arguments or "[]"),
-            env=bucket_env(dict(os.environ), facts),
-            timeout=bucket.timeout(self.settings.bucket_timeout),
+        request = build_request(
+            bucket.info,
+            bucket.work_sh,
+            self.settings,
+            facts,
+            job_dir,
+            json.loads(job.arguments or "[]"),
+            bucket.timeout(self.settings.bucket_timeout),
         )
         with self._lock:
             self._running[job.scratchdir] = job.bucket
