@@ -16,6 +16,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from magickbox.buckets.container import Engine
@@ -314,3 +315,19 @@ def test_buckets_install_reads_the_image_and_refuses_clashes(tmp_path: Path, ima
     assert missing.returncode == 4 and "not installed" in missing.stderr
     no_engine = mb(home, "install", image, MAGICKBOX_CONTAINER_ENGINE="no-such-engine")
     assert no_engine.returncode == 5 and "no-such-engine is not installed" in no_engine.stderr
+
+
+def test_deleting_a_running_container_job_removes_its_container(
+    box_factory, tmp_path: Path, image: str
+) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    install(home, "Hold", image, "forever.sh")
+    box = start(box_factory, home)
+    send_study(box, tmp_path, "gone", "Hold", n=1)
+    started = home / "memory" / "Hold" / "started"
+    scratchdir = wait_for("the run", lambda: started.is_file() and started.read_text()).strip()
+    wait_for("its container", lambda: containers(home, scratchdir))
+    res = httpx.delete(f"{box.url}/api/v1/jobs/{scratchdir}", timeout=60)
+    assert res.status_code in (200, 204), res.text
+    assert containers(home) == []
+    assert api_jobs(box) == []
