@@ -191,6 +191,8 @@ def test_kill9_during_a_container_job_then_restart_reruns_it_and_leaves_no_conta
     scratchdir = wait_for("the first run to start", lambda: first.is_file() and first.read_text())
     scratchdir = scratchdir.strip()
     wait_for("its container", lambda: containers(home, scratchdir))
+    log = job_dir(box, scratchdir) / "processing.log"
+    wait_for("its output in the log while it runs", lambda: "holding" in log.read_text())
     box.kill9()
     assert containers(home, scratchdir), "the container should outlive the box's kill -9"
 
