@@ -26,8 +26,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +38,7 @@ from pathlib import Path
 import httpx
 
 from magickbox.testing.dicomgen import write_study
+from magickbox.testing.server import BoxServer
 
 FILE_BYTES = 512 << 10
 BENCH_SH = '#!/bin/sh\ncp -al "$1"/. "$2"/\n'
@@ -48,12 +47,6 @@ RESULTS = Path(__file__).parent / "results"
 
 def log(msg: str) -> None:
     print(f"[bench_mb] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_folder(folder: Path, size: int) -> int:
@@ -75,40 +68,14 @@ def make_zip(folder: Path, dest: Path) -> None:
             zf.write(path, f"{folder.name}/{path.name}")
 
 
-class Server:
-    def __init__(self, work: Path) -> None:
-        self.home = work / "home"
-        self.web_port, self.dicom_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.web_port}"
-        self.proc: subprocess.Popen[bytes] | None = None
+class Server(BoxServer):
+    """A box with a bucket that does nothing, so only the transfers are timed."""
 
-    def start(self) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "magickbox.cli",
-            "serve",
-            "--home",
-            str(self.home),
-            "--web-port",
-            str(self.web_port),
-            "--dicom-port",
-            str(self.dicom_port),
-            "--host",
-            "127.0.0.1",
-            "--quiet-seconds",
-            "1",
-        ]
-        env = {**os.environ, "MAGICKBOX_ANNOUNCE": "0"}
-        logfh = (self.home.parent / "server.log").open("ab")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=logfh, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    def __init__(self, work: Path) -> None:
+        super().__init__(work / "home", quiet=1.0, env={"MAGICKBOX_ANNOUNCE": "0"})
+
+    def start(self, timeout: float = 60.0) -> Server:
+        super().start(timeout)
         bucket = self.home / "streams" / "bucketBench"
         bucket.mkdir(parents=True, exist_ok=True)
         (bucket / "info.json").write_text(
@@ -116,11 +83,7 @@ class Server:
         )
         (bucket / "work.sh").write_text(BENCH_SH)
         (bucket / "work.sh").chmod(0o755)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=30)
+        return self
 
     def jobs(self) -> list[dict]:
         return httpx.get(f"{self.url}/code/php/getScratch.php", timeout=30).json()

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from magickbox.config import load_settings
 from magickbox.home import init_home
 from magickbox.jobs.db import Job, State, open_database
-from tests.conftest import BoxServer
+from magickbox.testing.server import BoxServer
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip

@@ -29,7 +29,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from magickbox.testing.server import free_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -57,12 +58,6 @@ LATENCY_WORK_SH = '#!/bin/sh\necho "$(date +%s.%N) $MB_SCRATCHDIR" >> "$MB_MEMOR
 # -- small helpers -----------------------------------------------------------------
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening(port: int) -> bool:

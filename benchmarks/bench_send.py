@@ -34,6 +34,7 @@ from pynetdicom import AE, _config  # noqa: E402
 
 from magickbox.routing import sender  # noqa: E402
 from magickbox.testing.dicomgen import write_study  # noqa: E402
+from magickbox.testing.server import free_port  # noqa: E402
 
 RESULTS = HERE / "results"
 STORESCU = "/usr/bin/storescu"  # pip's pynetdicom installs scripts of the same names
@@ -43,12 +44,6 @@ ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int) -> None:
