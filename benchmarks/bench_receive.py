@@ -41,7 +41,7 @@ from pathlib import Path
 
 import httpx
 
-from magickbox.testing.server import free_port
+from magickbox.testing.server import BoxServer, free_port, wait_listening
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -58,29 +58,6 @@ LATENCY_WORK_SH = '#!/bin/sh\necho "$(date +%s.%N) $MB_SCRATCHDIR" >> "$MB_MEMOR
 # -- small helpers -----------------------------------------------------------------
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def listening(port: int) -> bool:
-    """Whether something listens on ``port``, asked of the kernel: connecting to a
-    pynetdicom server would start an association whose threads poll for 30 s."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as fh:
-            for line in fh.readlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                    return True
-    return False
-
-
-def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode}")
-        if listening(port):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
 
 
 def tool_env(nodelay: bool) -> dict[str, str]:
@@ -201,7 +178,7 @@ def storescu(
 
 
 # -- the receivers -------------------------------------------------------------------
-class Box:
+class Box(BoxServer):
     """A real ``magickbox serve`` with its own temporary home (TCP_NODELAY=1 set too)."""
 
     def __init__(
@@ -209,17 +186,11 @@ class Box:
         home: Path,
         quiet: float = 1.0,
         env: dict[str, str] | None = None,
-        wrapper: list[str] | None = None,
+        wrapper: list[str] | None = None,  # argv run instead of "-m magickbox.cli"
     ) -> None:
-        self.home = home
-        self.quiet = quiet
-        self.env = env or {}
-        self.wrapper = wrapper  # argv run instead of "-m magickbox.cli" (patched variants)
-        self.dicom_port = free_port()
-        self.web_port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.web_port}", timeout=60)
-        self.log_path = home.parent / f"{home.name}-server.log"
+        super().__init__(home, quiet, env={**tool_env(True), **(env or {})}, program=wrapper,
+                         extra_args=["--log-level", "WARNING"])  # fmt: skip
+        self.http = httpx.Client(base_url=self.url, timeout=60)
 
     def init(self) -> Box:
         subprocess.run(
@@ -232,46 +203,14 @@ class Box:
         install_bucket(self.home, LATENCY_BUCKET, LATENCY_WORK_SH)
         return self
 
-    def start(self) -> Box:
+    def start(self, timeout: float = 60.0) -> Box:
         if not (self.home / "magickbox.toml").exists():
             self.init()
-        prog = self.wrapper or ["-m", "magickbox.cli"]
-        cmd = [
-            sys.executable,
-            *prog,
-            "serve",
-            "--home",
-            str(self.home),
-            "--dicom-port",
-            str(self.dicom_port),
-            "--web-port",
-            str(self.web_port),
-            "--host",
-            "127.0.0.1",
-            "--quiet-seconds",
-            str(self.quiet),
-            "--log-level",
-            "WARNING",
-        ]
-        env = {**tool_env(True), **self.env}
-        with self.log_path.open("ab") as logfh:
-            self.proc = subprocess.Popen(
-                cmd, env=env, cwd=REPO, stdout=logfh, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"magickbox exited: {self.log_path.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if self.http.get("/api/v1/health").status_code == 200:
-                    wait_port(self.dicom_port, self.proc)  # listening before the web is up
-                    return self
-            time.sleep(0.1)
-        raise RuntimeError("magickbox did not start")
+        super().start(timeout)
+        return self
 
     def stop(self) -> None:
-        if self.proc:
-            stop_process(self.proc)
+        super().stop()
         self.http.close()
 
     @property
@@ -371,7 +310,7 @@ class ProcessTarget(Target):
             stderr=subprocess.DEVNULL,
         )
         try:
-            wait_port(port, proc)
+            wait_listening(port, proc)
             yield port, proc.pid
             got = count_files(out)
             if got != corpus.files:

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from pynetdicom import AE, _config  # noqa: E402
 
 from magickbox.routing import sender  # noqa: E402
 from magickbox.testing.dicomgen import write_study  # noqa: E402
-from magickbox.testing.server import free_port  # noqa: E402
+from magickbox.testing.server import free_port, wait_listening  # noqa: E402
 
 RESULTS = HERE / "results"
 STORESCU = "/usr/bin/storescu"  # pip's pynetdicom installs scripts of the same names
@@ -44,17 +43,6 @@ ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def wait_port(port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"storescp did not listen on {port}")
 
 
 def with_storescp(work: Path, run: Callable[[int], None], expected: int) -> float:
@@ -68,7 +56,7 @@ def with_storescp(work: Path, run: Callable[[int], None], expected: int) -> floa
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_port(port)
+        wait_listening(port)
         started = time.perf_counter()
         run(port)
         seconds = time.perf_counter() - started

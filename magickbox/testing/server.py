@@ -5,6 +5,7 @@ The tests' fixtures and the benchmarks start servers through this one class.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -34,6 +35,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listening(port: int) -> bool:
+    """Whether something listens on ``port``, asked of the kernel: a probing connection to
+    a pynetdicom server would start an association whose threads poll until it times out."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            for line in fh.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    return True
+    return False
+
+
+def wait_listening(port: int, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
+    """Wait until ``port`` listens; fail early when ``proc`` (the server) has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode}")
+        if listening(port):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
 class BoxServer:
     """A ``magickbox serve`` process with its own home and ports."""
 
@@ -44,8 +69,12 @@ class BoxServer:
         env: dict[str, str] | None = None,
         web_port: int | None = None,
         dicom_port: int | None = None,
+        program: list[str] | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.home = home
+        self.program = program or ["-m", "magickbox.cli"]  # or a patched variant's argv
+        self.extra_args = extra_args or []
         self.quiet = quiet
         self.web_port = web_port or free_port()
         self.dicom_port = dicom_port or free_port()
@@ -61,8 +90,7 @@ class BoxServer:
         env = {**os.environ, "TCP_NODELAY": "1", **self.extra_env}
         cmd = [
             sys.executable,
-            "-m",
-            "magickbox.cli",
+            *self.program,
             "serve",
             "--home",
             str(self.home),
@@ -74,6 +102,7 @@ class BoxServer:
             "127.0.0.1",
             "--quiet-seconds",
             str(self.quiet),
+            *self.extra_args,
         ]
         logfh = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=logfh, stderr=subprocess.STDOUT)
@@ -81,12 +110,10 @@ class BoxServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"magickbox exited: {self.log_path.read_text()[-3000:]}")
-            try:
+            with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
-                    with socket.create_connection(("127.0.0.1", self.dicom_port), timeout=1):
-                        return self
-            except (httpx.HTTPError, OSError):
-                pass
+                    wait_listening(self.dicom_port, self.proc)
+                    return self
             time.sleep(0.1)
         raise RuntimeError(f"magickbox did not start: {self.log_path.read_text()[-3000:]}")
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,18 +17,8 @@ from pydicom import dcmread
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from magickbox.testing.server import wait_listening
 from tests.conftest import dcmtk, free_port
-
-
-def _wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 class StoreSCP:
@@ -49,7 +37,7 @@ class StoreSCP:
         env = {**os.environ, "TCP_NODELAY": "1"}
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)  # fmt: skip
-        _wait_port(self.port)
+        wait_listening(self.port, self.proc)
         return self
 
     def stop(self) -> None:
@@ -88,8 +76,8 @@ class Orthanc:
         log = (self.folder / "orthanc.log").open("ab")
         self.proc = subprocess.Popen([exe, str(self.folder / "config.json")], stdout=log,
                                      stderr=subprocess.STDOUT)  # fmt: skip
-        _wait_port(self.http_port, 30)
-        _wait_port(self.port, 30)
+        wait_listening(self.http_port, self.proc, timeout=30)
+        wait_listening(self.port, self.proc, timeout=30)
         return self
 
     def stop(self) -> None:
