@@ -19,13 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from sqlalchemy import insert
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from magickbox.config import load_settings
-from magickbox.home import init_home
-from magickbox.jobs.db import Job, State, open_database
+from magickbox.testing.homes import fill_finished_jobs
 from magickbox.testing.server import BoxServer
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -51,39 +47,6 @@ PAYLOAD = """() => {
           requests: 1 + res.length,
           api: res.filter(r => r.name.includes('/api/v1/jobs')).map(r => r.encodedBodySize)[0]};
 }"""
-
-
-def fill_home(home: Path, njobs: int) -> None:
-    """``njobs`` finished jobs, one a minute, from a few senders and buckets."""
-    settings = load_settings(home)
-    init_home(settings)
-    sessions = open_database(settings.db_url)
-    now = time.time()
-    rows = []
-    for i in range(njobs):
-        received = now - (njobs - i) * 60.0
-        rows.append(
-            {
-                "scratchdir": f"tmp.p{i:07d}",
-                "bucket": ("ProcBucket", "GradUnwarp", "FreeSurfer")[i % 3],
-                "caller_aet": ("XRAY", "OSIRIX", "PACS01", "MRI3T")[i % 4],
-                "caller_ip": f"10.0.{i % 7}.{i % 250}",
-                "study_uid": f"1.2.826.0.1.3680043.8.498.{i + 1}",
-                "received_text": time.strftime("%a %b %d %H:%M:%S %Z %Y", time.localtime(received)),
-                "nfiles": 100,
-                "state": (State.FAILED if i % 17 == 0 else State.DONE).value,
-                "received_at": received,
-                "queued_at": received + 3,
-                "started_at": received + 3,
-                "finished_at": received + 20 + i % 90,
-                "attempts": 1,
-                "exit_code": 0,
-                "log_size": 200 + i % 5000,
-            }
-        )
-    with sessions() as s, s.begin():
-        s.execute(insert(Job), rows)
-    sessions.kw["bind"].dispose()
 
 
 def measure(url: str, runs: int) -> dict:
@@ -153,7 +116,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-page-") as tmp:
         home = Path(tmp) / "home"
         t0 = time.perf_counter()
-        fill_home(home, args.jobs)
+        fill_finished_jobs(home, args.jobs)
         print(f"{args.jobs} jobs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         box = BoxServer(home).start()
         try:

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import httpx
 
+from magickbox.testing.homes import fill_finished_jobs
 from magickbox.testing.server import BoxServer, free_port, wait_listening
 
 HERE = Path(__file__).resolve().parent
@@ -501,68 +502,10 @@ def measure_latency(work: Path, corpora: list[Corpus], quiet: float, reps: int) 
 
 
 # -- 3. the web API with 10,000 jobs ---------------------------------------------------
-def fill_home(home: Path, njobs: int) -> None:
-    """``njobs`` finished jobs: rows inserted directly, plus their scratch folders."""
-    from sqlalchemy import insert
-
-    from magickbox.config import load_settings
-    from magickbox.home import init_home
-    from magickbox.jobs.db import Job, State, open_database
-
-    settings = load_settings(home)
-    init_home(settings)
-    sessions = open_database(settings.db_url)
-    now = time.time()
-    rows = []
-    for i in range(njobs):
-        name = f"tmp.b{i:07d}"
-        received = now - (njobs - i) * 60.0
-        study = f"1.2.826.0.1.3680043.8.498.{i + 1}"
-        stamp = time.strftime("%a %b %d %H:%M:%S %Z %Y", time.localtime(received))
-        job_dir = settings.scratch / name
-        for sub in ("INPUT", "OUTPUT"):
-            (job_dir / sub).mkdir(parents=True)
-        (job_dir / "info.json").write_text(
-            json.dumps(
-                {
-                    "CallerIP": "127.0.0.1",
-                    "AETitleCalled": BUCKET,
-                    "AETitleCaller": "ip44",
-                    "received": stamp,
-                }
-            )
-        )
-        log_text = f"job {i}: done\n"
-        (job_dir / "processing.log").write_text(log_text)
-        rows.append(
-            {
-                "scratchdir": name,
-                "bucket": BUCKET,
-                "caller_aet": "ip44",
-                "caller_ip": "127.0.0.1",
-                "study_uid": study,
-                "source": "dicom",
-                "received_text": stamp,
-                "nfiles": 100,
-                "state": State.DONE.value,
-                "received_at": received,
-                "queued_at": received + 3,
-                "started_at": received + 3,
-                "finished_at": received + 20,
-                "attempts": 1,
-                "exit_code": 0,
-                "log_size": len(log_text),
-            }
-        )
-    with sessions() as s, s.begin():
-        s.execute(insert(Job), rows)
-    sessions.kw["bind"].dispose()
-
-
 def measure_api(work: Path, njobs: int, requests: int) -> dict:
     home = work / "home-api"
     t0 = time.perf_counter()
-    fill_home(home, njobs)
+    fill_finished_jobs(home, njobs, folders=True)
     log(f"{njobs} jobs made in {time.perf_counter() - t0:.1f} s")
     box = Box(home, quiet=3.0)
     install_bucket(home, BUCKET, NOOP_WORK_SH)
