@@ -16,6 +16,7 @@ from magickbox.announce import Announcer
 from magickbox.buckets import registry
 from magickbox.buckets.runner import LocalExecutor
 from magickbox.config import Settings
+from magickbox.events import EventBus, JobFinished, JobQueued
 from magickbox.home import init_home
 from magickbox.jobs import browse, scratch
 from magickbox.jobs.db import Job, State, open_database
@@ -41,12 +42,14 @@ class Box:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         init_home(settings)
-        self.store = JobStore(settings, open_database(settings.db_url))
-        self.dispatcher = Dispatcher(self.store, LocalExecutor())
+        self.bus = EventBus()
+        self.store = JobStore(settings, open_database(settings.db_url), self.bus)
+        self.dispatcher = Dispatcher(self.store, LocalExecutor(), self.bus)
+        self.bus.subscribe(JobQueued, lambda _e: self.dispatcher.wake())
         self.grouper = Grouper(settings.incoming, settings.quiet_seconds, self._send_ready)
         self.receiver = Receiver(settings, self.grouper, self.accepts)
         self.router = Router(settings, self.store.sessions, self.store.job_dir)
-        self.dispatcher.on_finished.append(self.router.job_finished)
+        self.bus.subscribe(JobFinished, lambda e: self.router.job_finished(e.scratchdir))
         self.archive_index = browse.ArchiveIndex(settings.archive)
         self.scratch_size = browse.ScratchSize(settings.scratch)
         self.announcer: Announcer | None = None

@@ -23,6 +23,7 @@ from magickbox.buckets import container, registry
 from magickbox.buckets.container import ContainerError
 from magickbox.buckets.runner import LocalExecutor, RunRequest, RunResult, build_request
 from magickbox.config import Settings
+from magickbox.jobfolder import PROC_JSON, JobFolder, RunFacts
 
 EXIT_FAILED, EXIT_USAGE, EXIT_CLASH, EXIT_MISSING, EXIT_ENGINE = 1, 2, 3, 4, 5
 AET_PATTERN = re.compile(r"^[\x21-\x5b\x5d-\x7e]([\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$")
@@ -313,24 +314,22 @@ def run_request(
     timeout: float,
 ) -> RunRequest:
     output = args.output.resolve()
-    facts = {
-        "MB_SCRATCHDIR": f"run.{secrets.token_hex(4)}",
-        "MB_JOB_DIR": str(job_dir),
-        "MB_AETITLE_CALLED": str(info.get("AETitle", "")),
-        "MB_AETITLE_CALLER": "magickbox-buckets-run",
-        "MB_CALLER_IP": "127.0.0.1",
-        "MB_STUDY_UID": "",
-        "MB_JOBNAME": args.input.name,
-        "MB_MEMORY": str(memory),
-        "MB_PROC_JSON": str(output / "proc.json"),
-        "MB_HOME": str(settings.home),
-    }
-    (job_dir / "processing.log").touch()
+    folder = JobFolder(job_dir)  # holds only the log: INPUT and OUTPUT are the user's
+    facts = RunFacts(
+        scratchdir=f"run.{secrets.token_hex(4)}",
+        called=str(info.get("AETitle", "")),
+        caller_aet="magickbox-buckets-run",
+        caller_ip="127.0.0.1",
+        jobname=args.input.name,
+    )
+    # The verdict lands next to the results, where the user looks.
+    env = folder.environment(facts, memory, settings.home, proc_json=output / PROC_JSON)
+    folder.log.touch()
     return build_request(
         info,
         work_sh,
         settings,
-        facts,
+        env,
         job_dir,
         list(args.arguments),
         timeout,
@@ -350,8 +349,7 @@ def run_streaming(request: RunRequest) -> RunResult:
 
     executor = LocalExecutor()
     executor.start(request, done)
-    log_path = request.job_dir / "processing.log"
-    with log_path.open("rb") as fh:
+    with request.folder.log.open("rb") as fh:
         try:
             while not finished.wait(0.1):
                 sys.stdout.buffer.write(fh.read())

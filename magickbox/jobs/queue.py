@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
 
 from magickbox.buckets import container, registry
 from magickbox.buckets.runner import (
@@ -23,8 +20,10 @@ from magickbox.buckets.runner import (
     build_request,
     kill_leftover,
 )
+from magickbox.events import EventBus, JobFinished
+from magickbox.jobfolder import JobFolder, RunFacts
 from magickbox.jobs.db import Job, State
-from magickbox.jobs.store import JobStore
+from magickbox.jobs.store import JobStore, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +31,14 @@ SAFETY_NET_SECONDS = 30.0
 
 
 class Dispatcher:
-    def __init__(self, store: JobStore, executor: Executor) -> None:
+    """Runs the queue; publishes JobFinished on ``bus`` (the store's unless given).
+
+    Whoever queues jobs must :meth:`wake` it (the Box subscribes it to JobQueued).
+    """
+
+    def __init__(self, store: JobStore, executor: Executor, bus: EventBus | None = None) -> None:
         self.store = store
+        self.bus = bus or store.bus
         self.settings = store.settings
         self.executor = executor
         self._running: dict[str, str] = {}  # scratchdir -> bucket, for jobs this process started
@@ -41,9 +46,6 @@ class Dispatcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
-        store.on_queued.append(self.wake)
-        # Called with the scratchdir once a job's end is recorded (routing subscribes).
-        self.on_finished: list[Callable[[str], None]] = []
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> None:
@@ -64,24 +66,17 @@ class Dispatcher:
         interrupted = self.store.running_jobs()
         self._remove_leftover_containers(bool(interrupted))
         for job in interrupted:
-            job_dir = self.store.job_dir(job)
-            kill_leftover(job_dir)
+            # Before OUTPUT is made afresh: what is left of the run must not write into it.
+            kill_leftover(self.store.job_dir(job))
             if self.settings.rerun_interrupted and job.attempts < self.settings.max_attempts:
-                self.store.reset_for_run(job, "the box restarted during this job: running it again")
-                self.store.update(job.scratchdir, state=State.QUEUED, started_at=None)
+                note = "the box restarted during this job: running it again"
+                self.store.requeue_interrupted(job, note)
             else:
-                reason = "interrupted by a restart of the box"
-                self.store.update(
-                    job.scratchdir,
-                    state=State.FAILED,
-                    finished_at=time.time(),
-                    reason=reason,
-                    log_size=_size(job_dir / "processing.log"),
-                )
-                self._notify_finished(job.scratchdir)  # routed like any failed job
+                self.store.fail_interrupted(job, "interrupted by a restart of the box")
+                self._published(job.scratchdir, job.bucket, State.FAILED)  # routed as failed
         for job in self.store.received_jobs():  # a crash came between receipt and queueing
             self.store.archive(job)
-            self.store.update(job.scratchdir, state=State.QUEUED, queued_at=time.time())
+            self.store.queue(job.scratchdir)
 
     def _remove_leftover_containers(self, jobs_interrupted: bool) -> None:
         """Containers this home started before a crash: gone before a job runs again."""
@@ -140,27 +135,18 @@ class Dispatcher:
             return sum(1 for b in self._running.values() if b == bucket)
 
     def _launch(self, job: Job, bucket: registry.Bucket) -> None:
-        job_dir = self.store.job_dir(job)
+        folder = self.store.folder(job)
         memory = self.settings.memory / bucket.aetitle
         memory.mkdir(parents=True, exist_ok=True)
-        facts = {
-            "MB_SCRATCHDIR": job.scratchdir,
-            "MB_JOB_DIR": str(job_dir),
-            "MB_AETITLE_CALLED": job.bucket,
-            "MB_AETITLE_CALLER": job.caller_aet,
-            "MB_CALLER_IP": job.caller_ip,
-            "MB_STUDY_UID": job.study_uid,
-            "MB_JOBNAME": job.jobname,
-            "MB_MEMORY": str(memory),
-            "MB_PROC_JSON": str(job_dir / "proc.json"),
-            "MB_HOME": str(self.settings.home),
-        }
+        facts = RunFacts(
+            job.scratchdir, job.bucket, job.caller_aet, job.caller_ip, job.study_uid, job.jobname
+        )
         request = build_request(
             bucket.info,
             bucket.work_sh,
             self.settings,
-            facts,
-            job_dir,
+            folder.environment(facts, memory, self.settings.home),
+            folder.path,
             json.loads(job.arguments or "[]"),
             bucket.timeout(self.settings.bucket_timeout),
         )
@@ -171,29 +157,27 @@ class Dispatcher:
 
     def _fail(self, job: Job, reason: str) -> None:
         log.warning("job %s: %s", job.scratchdir, reason)
-        self.store.update(
-            job.scratchdir, state=State.FAILED, finished_at=time.time(), reason=reason
-        )
-        self._notify_finished(job.scratchdir)
+        self.store.fail(job.scratchdir, reason)
+        self._published(job.scratchdir, job.bucket, State.FAILED)
 
     def _finished(self, req: RunRequest, result: RunResult) -> None:
+        with self._lock:
+            bucket = self._running.get(req.scratchdir, "")
         try:
-            self.store.update(req.scratchdir, **outcome(req.job_dir, result))
+            end = outcome(JobFolder(req.job_dir), result)
+            self.store.finish(req.scratchdir, end)
         except Exception:
             log.exception("job %s: could not record its end", req.scratchdir)
         else:
-            self._notify_finished(req.scratchdir)
+            self._published(req.scratchdir, bucket, end.state)
         finally:
             with self._lock:
                 self._running.pop(req.scratchdir, None)
             self.wake()
 
-    def _notify_finished(self, scratchdir: str) -> None:
-        for callback in self.on_finished:
-            try:
-                callback(scratchdir)
-            except Exception:  # a subscriber's failure must not stop the queue
-                log.exception("job %s: a finish callback failed", scratchdir)
+    def _published(self, scratchdir: str, bucket: str, state: State) -> None:
+        # The bus logs a subscriber's failure: it never stops the queue.
+        self.bus.publish(JobFinished(scratchdir, bucket, state))
 
     def cancel(self, scratchdir: str) -> bool:
         return self.executor.cancel(scratchdir)
@@ -203,24 +187,9 @@ class Dispatcher:
             return scratchdir in self._running
 
 
-def read_success(job_dir: Path) -> str | None:
-    """proc.json's ``success`` value; the bucket may have put proc.json in OUTPUT instead."""
-    for path in (job_dir / "proc.json", job_dir / "OUTPUT" / "proc.json"):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        first = data[0] if isinstance(data, list) and data else data
-        if isinstance(first, dict) and "success" in first:
-            if path.parent != job_dir:
-                os.replace(path, job_dir / "proc.json")
-            return str(first["success"])
-    return None
-
-
-def outcome(job_dir: Path, result: RunResult) -> dict[str, object]:
-    """The row's new values after a run: the exit code and proc.json decide done or failed."""
-    success = read_success(job_dir)
+def outcome(folder: JobFolder, result: RunResult) -> Outcome:
+    """How a run ended: the exit code and proc.json decide done or failed (and the log says so)."""
+    success = folder.take_success()
     if result.reason:
         state, reason = State.FAILED, result.reason
     elif success is None and result.exit_code != 0:
@@ -229,21 +198,12 @@ def outcome(job_dir: Path, result: RunResult) -> dict[str, object]:
         state, reason = State.FAILED, f"proc.json says {success}"
     else:
         state, reason = State.DONE, ""
-    from magickbox.buckets.runner import log_line
-
-    log_line(job_dir, f"finished: {state} (exit code {result.exit_code}) {reason}".rstrip())
-    return {
-        "state": state,
-        "exit_code": result.exit_code,
-        "reason": reason,
-        "success": success or "",
-        "finished_at": result.finished_at,
-        "log_size": _size(job_dir / "processing.log"),
-    }
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
+    folder.log_line(f"finished: {state} (exit code {result.exit_code}) {reason}".rstrip())
+    return Outcome(
+        state=state,
+        exit_code=result.exit_code,
+        reason=reason,
+        success=success or "",
+        finished_at=result.finished_at,
+        log_size=folder.log_size(),
+    )

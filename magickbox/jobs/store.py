@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +19,12 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from magickbox.config import Settings
+from magickbox.events import EventBus, JobQueued
+from magickbox.jobfolder import JobFolder
 from magickbox.jobs import scratch
 from magickbox.jobs.db import FINISHED, Job, State
 
 log = logging.getLogger(__name__)
-
-JOB_FACTS = ".mb-job.json"  # everything needed to rebuild the job's row after a crash
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,18 @@ class NewJob:
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """How a run ended, as the row records it."""
+
+    state: State
+    exit_code: int | None = None
+    reason: str = ""
+    success: str = ""  # proc.json's value; "" without one
+    finished_at: float | None = None  # now, unless given
+    log_size: int | None = None  # the log file's, unless given
+
+
+@dataclass(frozen=True)
 class JobFilter:
     bucket: str | None = None
     caller_aet: str | None = None
@@ -55,28 +67,27 @@ class JobFilter:
 
 
 class JobStore:
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self, settings: Settings, sessions: sessionmaker[Session], bus: EventBus | None = None
+    ) -> None:
         self.settings = settings
         self.sessions = sessions
-        self.on_queued: list[Callable[[], None]] = []
+        self.bus = bus or EventBus()  # JobQueued goes out on it
 
     # -- making jobs ---------------------------------------------------------------
     def create_job(self, input_dir: Path, new: NewJob, received_at: float | None = None) -> Job:
         """Turn ``input_dir`` (moved, not copied) into the INPUT of a new queued job."""
         received_at = received_at or time.time()
-        job_dir = scratch.new_job_dir(self.settings.scratch)
-        (job_dir / "OUTPUT").mkdir()
-        (job_dir / "processing.log").touch()
         facts = {**new.__dict__, "arguments": list(new.arguments), "received_at": received_at}
-        scratch.write_json_atomic(job_dir / JOB_FACTS, facts)
-        scratch.write_json_atomic(job_dir / "info.json", _info_json(new, received_at))
-        os.rename(input_dir, job_dir / "INPUT")
-        return self._register(job_dir, new, received_at)
+        folder = JobFolder.create(
+            self.settings.scratch, input_dir, facts, _info_json(new, received_at)
+        )
+        return self._register(folder, new, received_at)
 
-    def _register(self, job_dir: Path, new: NewJob, received_at: float) -> Job:
+    def _register(self, folder: JobFolder, new: NewJob, received_at: float) -> Job:
         """Record the job (received), archive its files, then queue it."""
         job = Job(
-            scratchdir=job_dir.name,
+            scratchdir=folder.name,
             bucket=new.bucket,
             caller_aet=new.caller_aet,
             caller_ip=new.caller_ip,
@@ -86,19 +97,16 @@ class JobStore:
             description=new.description,
             arguments=json.dumps(list(new.arguments)),
             received_text=scratch.received_stamp(received_at),
-            nfiles=scratch.count_files(job_dir / "INPUT"),
+            nfiles=scratch.count_files(folder.input),
             state=State.RECEIVED,
             received_at=received_at,
         )
         with self.sessions.begin() as s:
             s.add(job)
         self.archive(job)
-        job.state, job.queued_at = State.QUEUED, time.time()
-        self.update(job.scratchdir, state=job.state, queued_at=job.queued_at)
         log.info("job %s: %d files for bucket %s from %s@%s", job.scratchdir, job.nfiles,
                  new.bucket, new.caller_aet, new.caller_ip)  # fmt: skip
-        self._notify()
-        return job
+        return self.queue(job.scratchdir) or job
 
     def archive(self, job: Job) -> None:
         """Hard-link the job's INPUT into scratch/archive/<StudyInstanceUID>/ (repeatable)."""
@@ -106,13 +114,9 @@ class JobStore:
             return
         try:
             folder = self.settings.archive / scratch.check_uid(job.study_uid)
-            scratch.link_into_archive(self.job_dir(job) / "INPUT", folder)
+            scratch.link_into_archive(self.folder(job).input, folder)
         except (OSError, scratch.BadName) as exc:
             log.warning("job %s: not archived: %s", job.scratchdir, exc)
-
-    def _notify(self) -> None:
-        for callback in self.on_queued:
-            callback()
 
     # -- reading -------------------------------------------------------------------
     def get(self, scratchdir: str) -> Job | None:
@@ -122,6 +126,9 @@ class JobStore:
 
     def job_dir(self, job: Job) -> Path:
         return self.settings.scratch / scratch.check_scratchdir(job.scratchdir)
+
+    def folder(self, job: Job) -> JobFolder:
+        return JobFolder(self.job_dir(job))
 
     def list(
         self,
@@ -202,22 +209,18 @@ class JobStore:
         """Bytes of the job's processing log: the row's once finished, else the file's now."""
         if job.state in FINISHED and job.finished_at is not None:
             return job.log_size
-        try:
-            return os.stat(self.job_dir(job) / "processing.log").st_size
-        except OSError:
-            return 0
+        return self.folder(job).log_size()
 
     def study_jobs(self, study_uid: str) -> Sequence[Job]:
         with self.sessions() as s:
             return s.scalars(select(Job).where(Job.study_uid == study_uid)).all()
 
-    # -- changing ------------------------------------------------------------------
-    def update(self, scratchdir: str, **values: Any) -> None:
-        with self.sessions.begin() as s:
-            job = s.scalars(select(Job).where(Job.scratchdir == scratchdir)).first()
-            if job is not None:
-                for key, value in values.items():
-                    setattr(job, key, value)
+    # -- changing: each change of a job's state is one named transition --------------
+    def queue(self, scratchdir: str) -> Job | None:
+        """A received job enters the queue (at its back); its row, None if there is none."""
+        job = self._set(scratchdir, state=State.QUEUED, queued_at=time.time())
+        self._queued(job)
+        return job
 
     def claim_next(self, bucket: str) -> Job | None:
         """Mark the oldest queued job of ``bucket`` running and return it (first in, first out)."""
@@ -234,13 +237,35 @@ class JobStore:
             job.attempts += 1
             return job
 
+    def finish(self, scratchdir: str, outcome: Outcome) -> None:
+        """Record a run's end (done or failed) with what the bucket left."""
+        job = self.get(scratchdir)
+        if job is None:  # deleted while it ran
+            return
+        log_size = outcome.log_size
+        if log_size is None:
+            log_size = self.folder(job).log_size()
+        self._set(
+            scratchdir,
+            state=outcome.state,
+            exit_code=outcome.exit_code,
+            reason=outcome.reason,
+            success=outcome.success,
+            finished_at=outcome.finished_at if outcome.finished_at is not None else time.time(),
+            log_size=log_size,
+        )
+
+    def fail(self, scratchdir: str, reason: str) -> None:
+        """A job that could not run (no such bucket, no start) ends failed with ``reason``."""
+        self.finish(scratchdir, Outcome(State.FAILED, reason=reason))
+
     def requeue(self, scratchdir: str, note: str) -> bool:
         """Put a finished job back in the queue with a fresh OUTPUT (the retry of the API)."""
         job = self.get(scratchdir)
         if job is None or job.state not in FINISHED:
             return False
-        self.reset_for_run(job, note)
-        self.update(
+        self.folder(job).fresh_output(note)
+        job = self._set(
             scratchdir,
             state=State.QUEUED,
             queued_at=time.time(),
@@ -250,17 +275,29 @@ class JobStore:
             success="",
             attempts=0,
         )
-        self._notify()
+        self._queued(job)
         return True
 
-    def reset_for_run(self, job: Job, note: str) -> None:
-        job_dir = self.job_dir(job)
-        scratch.remove_tree(job_dir / "OUTPUT")
-        (job_dir / "OUTPUT").mkdir(exist_ok=True)
-        (job_dir / "proc.json").unlink(missing_ok=True)
-        from magickbox.buckets.runner import log_line  # the log's format lives with the runner
+    def requeue_interrupted(self, job: Job, note: str) -> None:
+        """A job a restart interrupted runs again, keeping its place in the queue."""
+        self.folder(job).fresh_output(note)
+        self._queued(self._set(job.scratchdir, state=State.QUEUED, started_at=None))
 
-        log_line(job_dir, note)
+    def fail_interrupted(self, job: Job, reason: str) -> None:
+        """A job a restart interrupted, not to be run again, ends failed."""
+        self.fail(job.scratchdir, reason)
+
+    def _set(self, scratchdir: str, **values: Any) -> Job | None:
+        with self.sessions.begin() as s:
+            job = s.scalars(select(Job).where(Job.scratchdir == scratchdir)).first()
+            if job is not None:
+                for key, value in values.items():
+                    setattr(job, key, value)
+            return job
+
+    def _queued(self, job: Job | None) -> None:
+        if job is not None:
+            self.bus.publish(JobQueued(job.scratchdir, job.bucket))
 
     def delete(self, scratchdir: str) -> bool:
         job = self.get(scratchdir)
@@ -285,19 +322,19 @@ class JobStore:
         for entry in os.scandir(self.settings.scratch):
             if not scratch.SCRATCHDIR_RE.fullmatch(entry.name) or entry.name in known:
                 continue
-            job_dir = Path(entry.path)
+            folder = JobFolder(Path(entry.path))
             try:
-                facts = json.loads((job_dir / JOB_FACTS).read_text())
+                facts = folder.read_facts()
                 received_at = float(facts.pop("received_at"))
                 facts["arguments"] = tuple(facts.get("arguments", ()))
                 new = NewJob(**facts)
             except (OSError, ValueError, TypeError, KeyError):
                 new = None
-            if new is None or not (job_dir / "INPUT").is_dir():
+            if new is None or not folder.is_complete():
                 log.warning("removing half-made job folder %s", entry.name)
-                scratch.remove_tree(job_dir)
+                scratch.remove_tree(folder.path)
                 continue
-            self._register(job_dir, new, received_at)
+            self._register(folder, new, received_at)
             adopted += 1
         return adopted
 

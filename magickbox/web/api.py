@@ -8,6 +8,7 @@ from fastapi import APIRouter, Form, Query, Request, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
 from magickbox.box import Invalid
+from magickbox.jobfolder import INPUT, OUTPUT, JobFolder
 from magickbox.jobs.db import State
 from magickbox.jobs.store import JobFilter
 from magickbox.web.deps import BoxDep, json_bytes, upload_job, zip_response
@@ -89,12 +90,7 @@ def get_log(
     offset: Annotated[int, Query(ge=0, description="first byte to send")] = 0,
 ) -> Response:
     """The processing log from ``offset`` on; ``X-Log-Size`` tells where to ask next."""
-    path = box.job_dir(scratchdir) / "processing.log"
-    data = b""
-    if path.is_file() and not path.is_symlink():
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            data = fh.read()
+    data = JobFolder(box.job_dir(scratchdir)).read_log(offset)
     return Response(
         data,
         media_type="text/plain; charset=utf-8",
@@ -104,12 +100,12 @@ def get_log(
 
 @router.get("/jobs/{scratchdir}/output.zip")
 def output_zip(box: BoxDep, scratchdir: str) -> StreamingResponse:
-    return zip_response(box, scratchdir, "OUTPUT")
+    return zip_response(box, scratchdir, OUTPUT)
 
 
 @router.get("/jobs/{scratchdir}/input.zip")
 def input_zip(box: BoxDep, scratchdir: str) -> StreamingResponse:
-    return zip_response(box, scratchdir, "INPUT")
+    return zip_response(box, scratchdir, INPUT)
 
 
 @router.delete("/jobs/{scratchdir}")
