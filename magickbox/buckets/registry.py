@@ -45,7 +45,7 @@ class Bucket:
 
 def _positive_int(value: object, default: int) -> int:
     try:
-        number = int(value)  # type: ignore[arg-type]
+        number = int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         return default
     return number if number > 0 else default
