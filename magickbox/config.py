@@ -47,50 +47,52 @@ class Settings(BaseModel):
         description="The home folder (set by --home or MAGICKBOX_HOME, not in its own file).",
     )
     aet: str = Field(
-        "MAGICKBOX",
+        default="MAGICKBOX",
         description="The box's own AE title (for C-ECHO; buckets answer to their own).",
     )
-    host: str = Field("0.0.0.0", description="Address to listen on (0.0.0.0: all).")
-    dicom_port: int = Field(11113, description="DICOM port.")
-    web_port: int = Field(2813, description="HTTP port of the web page and the API.")
+    host: str = Field(default="0.0.0.0", description="Address to listen on (0.0.0.0: all).")
+    dicom_port: int = Field(default=11113, description="DICOM port.")
+    web_port: int = Field(default=2813, description="HTTP port of the web page and the API.")
     announce: bool = Field(
-        True,
+        default=True,
         description="Announce the box on the LAN with zeroconf (_magickbox._tcp) "
         "for mb queryMachines.",
     )
     database_url: str = Field(
-        "",
+        default="",
         description="Empty: SQLite in the home; or e.g. postgresql+psycopg://user@host/db "
         "(pip install '.[postgres]').",
     )
     quiet_seconds: float = Field(
-        3.0,
+        default=3.0,
         description="A send becomes a job once none of its associations is open and it "
         "has been quiet this long (OsiriX sends a series on several associations: they "
         "must merge).",
     )
-    max_pdu: int = Field(0, description="Largest PDU the receiver accepts, in bytes (0: no limit).")
+    max_pdu: int = Field(
+        default=0, description="Largest PDU the receiver accepts, in bytes (0: no limit)."
+    )
     max_upload_bytes: int = Field(
-        64 << 30, description="Cap for processZip and API uploads, in bytes."
+        default=64 << 30, description="Cap for processZip and API uploads, in bytes."
     )
     concurrency: int = Field(
-        1, description='Jobs of one bucket at a time (info.json "concurrency" wins).'
+        default=1, description='Jobs of one bucket at a time (info.json "concurrency" wins).'
     )
     bucket_timeout: float = Field(
-        6 * 3600.0,
+        default=6 * 3600.0,
         description='Seconds before a running job is stopped and failed (info.json "timeout" '
         "wins).",
     )
     rerun_interrupted: bool = Field(
-        True,
+        default=True,
         description="What a restart does with jobs that were running when the box died: "
         "re-run them (true) or mark them failed (false).",
     )
     max_attempts: int = Field(
-        2, description="Runs of an interrupted job in all, the first one included."
+        default=2, description="Runs of an interrupted job in all, the first one included."
     )
     container_engine: str = Field(
-        "auto",
+        default="auto",
         description='Engine of container buckets (info.json "image"): "auto" (podman, else '
         "docker, on PATH), podman, docker or a path.",
     )
@@ -105,31 +107,35 @@ class Settings(BaseModel):
         '"nofile=20000:20000"].',
     )
     container_cpus: float = Field(
-        0.0, description="CPU limit of container buckets that name none (0: no limit)."
+        default=0.0, description="CPU limit of container buckets that name none (0: no limit)."
     )
     container_memory: str = Field(
-        "",
+        default="",
         description='Memory limit of container buckets that name none, e.g. "8g" '
         "(empty: no limit).",
     )
-    routing_retries: int = Field(5, description="Tries of a failed routing send after the first.")
-    routing_retry_delay: float = Field(
-        30.0, description="Seconds before the first retry of a send; doubled each time."
+    routing_retries: int = Field(
+        default=5, description="Tries of a failed routing send after the first."
     )
-    routing_max_delay: float = Field(3600.0, description="Cap of the retry delay, in seconds.")
+    routing_retry_delay: float = Field(
+        default=30.0, description="Seconds before the first retry of a send; doubled each time."
+    )
+    routing_max_delay: float = Field(
+        default=3600.0, description="Cap of the retry delay, in seconds."
+    )
     routing_timeout: float = Field(
-        30.0, description="Seconds to connect and to wait for each answer when sending."
+        default=30.0, description="Seconds to connect and to wait for each answer when sending."
     )
     routing_workers: int = Field(
-        2, description="Sends at once (each to its own destination and job)."
+        default=2, description="Sends at once (each to its own destination and job)."
     )
     routing_me: str = Field(
-        "",
+        default="",
         description="What a routing rule's \"$me\" stands for (the original's PARENTIP); "
         "empty: this box (its host, or 127.0.0.1 when it listens on all).",
     )
     routing_port: int = Field(
-        0,
+        default=0,
         description="What a routing rule's \"$port\" stands for (the original's PARENTPORT); "
         "0: this box's DICOM port.",
     )
