@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from magickbox.buckets import cli as buckets_cli
-from magickbox.config import Settings, load_settings
+from magickbox.config import Settings, load_settings, parse_assignment
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,16 +29,18 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="seconds without data after which a send becomes a job (default 3)",
     )
+    serve.add_argument(
+        "--set",
+        dest="assignments",
+        metavar="NAME=VALUE",
+        action="append",
+        type=parse_assignment,
+        default=[],
+        help="any setting (see magickbox.toml); VALUE is TOML, else a string; repeatable",
+    )
     serve.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    settings = load_settings(
-        args.home,
-        dicom_port=getattr(args, "dicom_port", None),
-        web_port=getattr(args, "web_port", None),
-        aet=getattr(args, "aet", None),
-        host=getattr(args, "host", None),
-        quiet_seconds=getattr(args, "quiet_seconds", None),
-    )
+    settings = load_settings(args.home, **command_line_settings(args))
     if args.command == "init":
         from magickbox.home import init_home
 
@@ -47,6 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "buckets":
         return buckets_cli.main(args, settings)
     return serve_forever(settings, args.log_level)
+
+
+def command_line_settings(args: argparse.Namespace) -> dict[str, object]:
+    """``--set`` assignments, then the named flags (which win when both give a setting)."""
+    given: dict[str, object] = dict(getattr(args, "assignments", []))
+    for name in ("dicom_port", "web_port", "aet", "host", "quiet_seconds"):
+        if getattr(args, name, None) is not None:
+            given[name] = getattr(args, name)
+    return given
 
 
 def add_home_option(parser: argparse.ArgumentParser) -> None:

@@ -168,22 +168,11 @@ def disk(box: BoxDep, scratch_size: bool = False) -> dict[str, Any]:
 
 @router.get("/setup")
 def setup(box: BoxDep) -> dict[str, Any]:
-    """The box's own settings (read-only here: change them in magickbox.toml and restart)."""
-    s = box.settings
-    return {
-        "aet": s.aet,
-        "host": s.host,
-        "dicom_port": s.dicom_port,
-        "web_port": s.web_port,
-        "home": str(s.home),
-        "quiet_seconds": s.quiet_seconds,
-        "concurrency": s.concurrency,
-        "bucket_timeout": s.bucket_timeout,
-        "max_attempts": s.max_attempts,
-        "routing_me": s.routing_me,  # what routing rules' $me and $port stand for
-        "routing_port": s.routing_port,
-        "editable": False,
-    }
+    """The box's own settings (read-only here: change them in magickbox.toml and restart):
+    each value by name, and every setting with its default and description."""
+    from magickbox.config import setup_view  # here: the rest of this module is edited elsewhere
+
+    return setup_view(box.settings)
 
 
 @router.get("/archive")
