@@ -8,9 +8,10 @@ Two kinds of outside names:
 - Names MagickBox made itself (a job's ``tmp.XXXXXXXX`` folder): anything else is refused.
 - A StudyInstanceUID, which the sender chose. Proper UIDs are digits and dots, but hashes
   (64 hex characters) are seen in the wild and storescp and Orthanc store them; so only a
-  value that cannot be kept faithfully is refused (:func:`check_study_uid`), and the
-  archive folder is :func:`study_key`: the UID itself when it is a proper one, else a name
-  derived from it. The real value stays in the job row, info.json and MB_STUDY_UID.
+  value that is unsafe as a folder name or cannot be kept as it is gets refused
+  (:func:`check_study_uid`), and the archive folder is :func:`study_key`: the UID itself
+  when it is a proper one, else a name derived from it. The real value stays in the job
+  row, info.json and MB_STUDY_UID.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ SCRATCHDIR_RE = re.compile(r"^tmp\.[A-Za-z0-9_]{6,32}$")
 UID_RE = re.compile(r"^[0-9][0-9.]{0,63}$")
 # The archive folder of a study whose UID is not a proper one: "x-" and the SHA-1 of the value.
 HASHED_KEY_RE = re.compile(r"^x-[0-9a-f]{40}$")
-# The jobs table's study_uid column holds this many characters; longer would fail the insert.
-MAX_STUDY_UID = 128
-# Printable ASCII: what the UI value representation can hold. Control characters (NUL, CR,
-# LF, ESC) would forge log lines and terminal output; non-ASCII bytes were already replaced
-# when decoding, so the real value could not be kept.
-_PRINTABLE_RE = re.compile(r"^[\x20-\x7e]+$")
+# The UI value representation holds at most 64 characters; a 64-hex hash just fits.
+MAX_STUDY_UID = 64
+# Printable ASCII without path separators. Control characters (NUL, CR, LF, ESC) would forge
+# log lines and terminal output; non-ASCII bytes were already replaced when decoding, so
+# the real value could not be kept; "/" and "\" make a path of a name.
+_FOLDER_SAFE_RE = re.compile(r"^[\x20-\x2e\x30-\x5b\x5d-\x7e]+$")
 
 
 class BadName(Invalid):
@@ -45,7 +46,7 @@ def check_scratchdir(name: str) -> str:
 
 def check_uid(uid: str) -> str:
     """A proper DICOM UID (digits and dots, no empty component at the start or ``..``)."""
-    if not UID_RE.fullmatch(uid or "") or ".." in uid:
+    if not is_uid(uid):
         raise BadName(f"not a DICOM UID: {uid!r}")
     return uid
 
@@ -55,11 +56,14 @@ def is_uid(uid: str) -> bool:
 
 
 def check_study_uid(uid: str) -> str:
-    """A StudyInstanceUID the box can keep as it is: printable ASCII, 1 to 128 characters.
+    """A StudyInstanceUID the box keeps: 1 to 64 printable ASCII characters, not a path.
 
-    Not necessarily a proper UID: :func:`study_key` makes any accepted value a safe folder.
+    Refused: what would be unsafe as a folder name ("/", "\\", "." or "..", control
+    characters) or could not be kept as it is. Anything else need not be a proper UID:
+    :func:`study_key` makes it a safe folder name all the same.
     """
-    if not uid or len(uid) > MAX_STUDY_UID or not _PRINTABLE_RE.fullmatch(uid):
+    bad = not uid or len(uid) > MAX_STUDY_UID or uid in (".", "..")
+    if bad or not _FOLDER_SAFE_RE.fullmatch(uid):
         raise BadName(f"not a StudyInstanceUID the box can keep: {uid!r}")
     return uid
 

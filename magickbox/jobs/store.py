@@ -21,7 +21,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from magickbox.config import Settings
 from magickbox.jobs import scratch
 from magickbox.jobs.db import FINISHED, Job, State
-from magickbox.names import SCRATCHDIR_RE, check_scratchdir, check_study_uid, study_key
+from magickbox.names import (
+    SCRATCHDIR_RE,
+    BadName,
+    check_scratchdir,
+    check_study_uid,
+    study_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +112,9 @@ class JobStore:
         if not job.study_uid:
             return
         try:
-            folder = self.settings.archive / study_key(job.study_uid)
+            folder = self.settings.archive / study_key(check_study_uid(job.study_uid))
             scratch.link_into_archive(self.job_dir(job) / "INPUT", folder)
-        except OSError as exc:
+        except (OSError, BadName) as exc:
             log.warning("job %s: not archived: %s", job.scratchdir, exc)
 
     def _notify(self) -> None:
