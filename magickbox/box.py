@@ -22,7 +22,8 @@ from magickbox.jobs.db import Job, State, open_database
 from magickbox.jobs.queue import Dispatcher
 from magickbox.jobs.store import JobStore, NewJob
 from magickbox.jobs.unzip import safe_extract
-from magickbox.receive.grouping import Grouper, SendKey
+from magickbox.names import check_study_uid
+from magickbox.receive.grouping import ArrivalKey, Grouper
 from magickbox.receive.scp import Receiver, read_study_uid
 from magickbox.routing.tasks import Router
 
@@ -43,7 +44,7 @@ class Box:
         init_home(settings)
         self.store = JobStore(settings, open_database(settings.db_url))
         self.dispatcher = Dispatcher(self.store, LocalExecutor())
-        self.grouper = Grouper(settings.incoming, settings.quiet_seconds, self._send_ready)
+        self.grouper = Grouper(settings.incoming, settings.quiet_seconds, self._arrival_ready)
         self.receiver = Receiver(settings, self.grouper, self.accepts)
         self.router = Router(settings, self.store.sessions, self.store.job_dir)
         self.dispatcher.on_finished.append(self.router.job_finished)
@@ -76,7 +77,7 @@ class Box:
     def accepts(self, aetitle: str) -> bool:
         return registry.enabled_bucket(self.settings.streams, aetitle) is not None
 
-    def _send_ready(self, folder: Path, key: SendKey, started: float) -> None:
+    def _arrival_ready(self, folder: Path, key: ArrivalKey, started: float) -> None:
         new = NewJob(
             bucket=key.called_aet,
             caller_aet=key.caller_aet,
@@ -205,7 +206,7 @@ class Box:
         log.info("job %s deleted", job.scratchdir)
 
     def delete_study(self, study_uid: str) -> dict[str, Any]:
-        scratch.check_uid(study_uid)
+        check_study_uid(study_uid)
         jobs = [j.scratchdir for j in self.store.study_jobs(study_uid)]
         for name in jobs:
             self.delete_job(name)

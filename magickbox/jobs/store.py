@@ -21,6 +21,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from magickbox.config import Settings
 from magickbox.jobs import scratch
 from magickbox.jobs.db import FINISHED, Job, State
+from magickbox.names import (
+    SCRATCHDIR_RE,
+    BadName,
+    check_scratchdir,
+    check_study_uid,
+    study_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +108,13 @@ class JobStore:
         return job
 
     def archive(self, job: Job) -> None:
-        """Hard-link the job's INPUT into scratch/archive/<StudyInstanceUID>/ (repeatable)."""
+        """Hard-link the job's INPUT into scratch/archive/<study key>/ (repeatable)."""
         if not job.study_uid:
             return
         try:
-            folder = self.settings.archive / scratch.check_uid(job.study_uid)
+            folder = self.settings.archive / study_key(check_study_uid(job.study_uid))
             scratch.link_into_archive(self.job_dir(job) / "INPUT", folder)
-        except (OSError, scratch.BadName) as exc:
+        except (OSError, BadName) as exc:
             log.warning("job %s: not archived: %s", job.scratchdir, exc)
 
     def _notify(self) -> None:
@@ -116,12 +123,12 @@ class JobStore:
 
     # -- reading -------------------------------------------------------------------
     def get(self, scratchdir: str) -> Job | None:
-        scratch.check_scratchdir(scratchdir)
+        check_scratchdir(scratchdir)
         with self.sessions() as s:
             return s.scalars(select(Job).where(Job.scratchdir == scratchdir)).first()
 
     def job_dir(self, job: Job) -> Path:
-        return self.settings.scratch / scratch.check_scratchdir(job.scratchdir)
+        return self.settings.scratch / check_scratchdir(job.scratchdir)
 
     def list(
         self,
@@ -272,7 +279,7 @@ class JobStore:
         return True
 
     def delete_archive_study(self, study_uid: str) -> bool:
-        folder = self.settings.archive / scratch.check_uid(study_uid)
+        folder = self.settings.archive / study_key(check_study_uid(study_uid))
         existed = folder.is_dir()
         scratch.remove_tree(folder)
         return existed
@@ -283,7 +290,7 @@ class JobStore:
         known = {row[0] for row in self._all_scratchdirs()}
         adopted = 0
         for entry in os.scandir(self.settings.scratch):
-            if not scratch.SCRATCHDIR_RE.fullmatch(entry.name) or entry.name in known:
+            if not SCRATCHDIR_RE.fullmatch(entry.name) or entry.name in known:
                 continue
             job_dir = Path(entry.path)
             try:

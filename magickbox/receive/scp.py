@@ -2,7 +2,7 @@
 
 Datasets are written to disk by pynetdicom as they arrive (chunked mode, so large files
 never sit whole in memory) and kept byte for byte: nothing is decoded except the few
-header elements up to the StudyInstanceUID, which the send's grouping needs. A walk over
+header elements up to the StudyInstanceUID, which the arrival's grouping needs. A walk over
 the element headers (no values) refuses a data set that does not parse with a failure
 status. The called AE title must be an enabled bucket; any other is rejected while
 associating.
@@ -23,8 +23,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from magickbox.config import Settings
-from magickbox.jobs.scratch import BadName, check_uid
-from magickbox.receive.grouping import Grouper, SendKey
+from magickbox.names import BadName, check_study_uid, check_uid
+from magickbox.receive.grouping import ArrivalKey, Grouper
 from magickbox.receive.structure import Malformed, check_stored_file
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def study_uid_of(raw: bytes) -> str:
     uid = raw.decode("ascii", "replace").strip(" \0")
     if not uid:
         raise ValueError("dataset has no StudyInstanceUID")
-    return check_uid(uid)
+    return check_study_uid(uid)  # need not be a proper UID: the archive folder is its key
 
 
 class Receiver:
@@ -124,7 +124,7 @@ class Receiver:
             path.unlink(missing_ok=True)
             log.warning("C-STORE to the box's own AE title %s refused: it names no bucket", called)
             return CANNOT_UNDERSTAND
-        key = SendKey(
+        key = ArrivalKey(
             caller_aet=str(assoc.requestor.ae_title).strip(),
             called_aet=called,
             caller_ip=str(assoc.requestor.address),

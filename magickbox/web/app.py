@@ -17,8 +17,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from magickbox.box import Box, Invalid, NotFound
-from magickbox.jobs.scratch import BadName
 from magickbox.jobs.unzip import UnsafeZip
+from magickbox.names import BadName
 from magickbox.web import api, legacy, routing
 from magickbox.web.views import ScratchRenderer
 

@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 
 from magickbox.box import Box, Invalid
 from magickbox.jobs.db import Job
-from magickbox.web.zipstream import stream_zip, zip_dir_entries
+from magickbox.zipstream import stream_zip, zip_dir_entries
 
 
 def get_box(request: Request) -> Box:
