@@ -127,7 +127,7 @@ class Receiver:
 
     def _on_requested(self, event: Event) -> None:
         rq = event.assoc.requestor
-        called = str(rq.primitive.called_ae_title).strip()
+        called = str(getattr(rq.primitive, "called_ae_title", "")).strip()
         if called == self.settings.aet:
             reason = self._own_title_refusal(event)
         elif self.accepts(called):
@@ -139,7 +139,7 @@ class Receiver:
             return
         log.warning(
             "rejected association from %s@%s calling %r: %s",
-            str(rq.primitive.calling_ae_title).strip(),
+            str(getattr(rq.primitive, "calling_ae_title", "")).strip(),
             rq.address,
             called,
             reason,
