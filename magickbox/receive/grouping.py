@@ -11,6 +11,8 @@ first file on, so a crash loses nothing: a restart turns every such folder into 
 
 from __future__ import annotations
 
+import filecmp
+import itertools
 import json
 import logging
 import os
@@ -43,6 +45,32 @@ class Arrival:
 
 
 Ready = Callable[[Path, ArrivalKey, float], None]
+
+
+def place_file(src: Path, folder: Path, name: str) -> str:
+    """Move ``src`` into ``folder`` as ``name``, never over another acknowledged data set.
+
+    A second data set under a name already taken gets a suffix (``<uid>-2.dcm``); the same
+    bytes sent again (a retry) just take the old one's place. Returns the name it got.
+    """
+    stem, suffix = os.path.splitext(name)
+    for n in itertools.count(1):
+        target = folder / (name if n == 1 else f"{stem}-{n}{suffix}")
+        try:
+            os.link(src, target)  # atomic and never replaces, unlike a rename
+        except FileExistsError:
+            if filecmp.cmp(src, target, shallow=False):
+                os.replace(src, target)
+                return target.name
+            continue
+        except OSError:  # a filesystem without hard links: no race-free check, rename
+            if target.exists():
+                continue
+            os.replace(src, target)
+            return target.name
+        src.unlink()
+        return target.name
+    raise AssertionError("unreachable")
 
 
 class Grouper:
@@ -80,7 +108,13 @@ class Grouper:
             folder = arrival.folder
         # The arrival cannot become a job while this association is open, so the rename is
         # safe outside the lock and concurrent associations do not wait on each other.
-        os.replace(src, folder / name)
+        kept = place_file(src, folder, name)
+        if kept != name:
+            log.warning(
+                "two different data sets with SOP Instance UID %s from calling AE %r (%s) "
+                "in one send: both kept, the later as %s",
+                Path(name).stem, key.caller_aet, key.caller_ip, kept,
+            )  # fmt: skip
 
     def association_closed(self, assoc_id: int) -> None:
         with self._cond:
