@@ -14,6 +14,7 @@ import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydicom.filereader import read_partial
 from pydicom.uid import AllTransferSyntaxes
@@ -108,7 +109,7 @@ class Receiver:
         ae.add_supported_context(Verification)
         for sop_class in EXTRA_STORAGE_CLASSES:
             ae.add_supported_context(sop_class, AllTransferSyntaxes)
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, lambda _e: 0x0000),

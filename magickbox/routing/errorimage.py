@@ -13,11 +13,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from magickbox.routing.sender import dicom_files
 
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
 LINES = 48
 COLUMNS = 100
 STUDY_TAGS = (
@@ -69,7 +69,7 @@ def study_of(input_dir: Path) -> Dataset:
         source = dcmread(item.path, stop_before_pixels=True)
         for keyword in STUDY_TAGS:
             if keyword in source:
-                setattr(study, keyword, source.data_element(keyword).value)
+                setattr(study, keyword, source[keyword].value)
     return study
 
 
@@ -101,7 +101,7 @@ def write_error_image(job_dir: Path, target: Path, scratchdir: str) -> Path:
     ds.PixelData = pixels.tobytes()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.MediaStorageSOPInstanceUID = UID(ds.SOPInstanceUID)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     target.parent.mkdir(parents=True, exist_ok=True)

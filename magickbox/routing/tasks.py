@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from magickbox.config import Settings
@@ -91,7 +91,7 @@ class Router:
                     .group_by(RoutingLog.scratchdir)
                 ).all()
             )
-        missed = [name for name, end in ended if routed.get(name, 0.0) < end]
+        missed = [name for name, end in ended if end is not None and routed.get(name, 0.0) < end]
         for name in missed:
             log.info("job %s ended before a restart without being routed: routing it now", name)
             self.job_finished(name)
@@ -271,11 +271,12 @@ class Router:
                 .order_by(Send.next_at, Send.id)
                 .limit(5)
             ):
-                taken = s.execute(
+                result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
                     update(Send)
                     .where(Send.id == row.id, Send.state == SendState.PENDING)
                     .values(state=SendState.SENDING, attempts=Send.attempts + 1)
-                ).rowcount
+                )
+                taken = result.rowcount
                 if taken:
                     s.refresh(row)
                     return row
