@@ -241,7 +241,7 @@ def sbatch_options(req: RunRequest, settings: Settings) -> list[str]:
     opts = [
         f"--job-name={req.scratchdir}",
         f"--comment=magickbox:{settings.home}",
-        f"--time={max(1, math.ceil(req.timeout / 60))}",
+        f"--time={slurm_time(req.timeout)}",
         f"--output={map_path(req.job_dir / 'slurm-%j.out', settings)}",
     ]
     for key, flag in (
@@ -258,6 +258,12 @@ def sbatch_options(req: RunRequest, settings: Settings) -> list[str]:
     extra = own.get("extra", settings.slurm_extra)
     opts.extend(str(x) for x in extra) if isinstance(extra, list) else None
     return opts
+
+
+def slurm_time(seconds: float) -> str:
+    """Slurm's "minutes:seconds" form; Slurm enforces it at its own pace (about 30 s)."""
+    total = max(1, math.ceil(seconds))
+    return f"{total // 60}:{total % 60:02d}"
 
 
 def map_path(path: Path | str, settings: Settings) -> str:
