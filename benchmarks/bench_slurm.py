@@ -40,7 +40,7 @@ def requests(settings: Settings, base: Path, n: int, executor: str) -> list[RunR
         (job_dir / "INPUT").mkdir(parents=True)
         (job_dir / "OUTPUT").mkdir()
         facts = {"MB_SCRATCHDIR": job_dir.name, "MB_MEMORY": str(base)}
-        info = {"executor": executor}
+        info: dict[str, object] = {"executor": executor}
         out.append(build_request(info, work, settings, facts, job_dir, [], 600))
     return out
 

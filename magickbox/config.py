@@ -64,17 +64,21 @@ class Settings(BaseSettings):
     container_memory: str = ""  # e.g. "8g"; empty: no limit
 
     # -- Slurm executor (docs/slurm.md) --
-    executor: str = Field("local", description='Default executor of buckets: "local" or "slurm"')
-    slurm_bin: str = Field("", description="Folder of sbatch/squeue/scancel; empty: on PATH")
-    slurm_max_submitted: int = Field(
-        50, description="Most jobs handed to Slurm at once (box-wide); more wait in the box"
+    executor: str = Field(
+        default="local", description='Default executor of buckets: "local" or "slurm"'
     )
-    slurm_partition: str = Field("", description="sbatch --partition; empty: the default")
-    slurm_account: str = Field("", description="sbatch --account")
-    slurm_qos: str = Field("", description="sbatch --qos")
-    slurm_cpus: int = Field(0, description="sbatch --cpus-per-task; 0: Slurm's default")
-    slurm_mem: str = Field("", description='sbatch --mem, e.g. "4G"')
-    slurm_gres: str = Field("", description='sbatch --gres, e.g. "gpu:1"')
+    slurm_bin: str = Field(
+        default="", description="Folder of sbatch/squeue/scancel; empty: on PATH"
+    )
+    slurm_max_submitted: int = Field(
+        default=50, description="Most jobs handed to Slurm at once (box-wide); more wait in the box"
+    )
+    slurm_partition: str = Field(default="", description="sbatch --partition; empty: the default")
+    slurm_account: str = Field(default="", description="sbatch --account")
+    slurm_qos: str = Field(default="", description="sbatch --qos")
+    slurm_cpus: int = Field(default=0, description="sbatch --cpus-per-task; 0: Slurm's default")
+    slurm_mem: str = Field(default="", description='sbatch --mem, e.g. "4G"')
+    slurm_gres: str = Field(default="", description='sbatch --gres, e.g. "gpu:1"')
     slurm_extra: list[str] = Field(
         default_factory=list, description="More sbatch options, one per item"
     )
