@@ -66,18 +66,20 @@ class SlurmExecutor:
 
     def cancel(self, scratchdir: str) -> bool:
         with self._lock:
-            for t in self._waiting:
-                if t.req.scratchdir == scratchdir:
-                    self._waiting.remove(t)
-                    break
-            else:
-                tracked = self._submitted.get(scratchdir)
-                if tracked is None:
-                    return False
+            waiting = next((t for t in self._waiting if t.req.scratchdir == scratchdir), None)
+            if waiting is not None:
+                self._waiting.remove(waiting)
+            tracked = self._submitted.get(scratchdir)
+            if tracked is not None:
                 tracked.cancelled = True
-                self._run(["scancel", tracked.job_id])
-                return True
-        t.done(t.req, RunResult(None, "cancelled", cancelled=True))
+        if waiting is not None:  # never reached Slurm: it ends here
+            waiting.done(waiting.req, RunResult(None, "cancelled", cancelled=True))
+            return True
+        if tracked is None:
+            return False
+        # The monitor reports the end once Slurm has stopped it (no half-stopped "done").
+        self._run(["scancel", tracked.job_id])
+        self._wake.set()
         return True
 
     def shutdown(self) -> None:
