@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import tempfile
 import threading
 import time
@@ -31,6 +32,7 @@ RESULTS = Path(__file__).parent / "results" / "slurm.json"
 
 
 def requests(settings: Settings, base: Path, n: int, executor: str) -> list[RunRequest]:
+    base.mkdir(parents=True, exist_ok=True)
     work = base / "work.sh"
     work.write_text(NOOP)
     work.chmod(0o755)
@@ -72,7 +74,9 @@ def by_hand(cluster: SlurmCluster, settings: Settings, reqs: list[RunRequest], p
     def one(req: RunRequest) -> None:
         script = req.job_dir / "slurm.sh"
         script.write_text(batch_script(req, settings))
-        cluster.cmd("sbatch", "--wait", "--parsable", str(script))
+        # No timeout: a --wait behind dozens of queued jobs waits minutes on two cores.
+        argv = ["sbatch", "--wait", "--parsable", str(script)]
+        subprocess.run(argv, env=cluster.env, check=True, capture_output=True)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(par) as pool:
