@@ -15,6 +15,7 @@ from typing import Any
 from magickbox.announce import Announcer
 from magickbox.buckets import registry
 from magickbox.buckets.runner import LocalExecutor
+from magickbox.buckets.slurm import RoutingExecutor
 from magickbox.config import Settings
 from magickbox.home import init_home
 from magickbox.jobs import browse, scratch
@@ -43,7 +44,7 @@ class Box:
         self.settings = settings
         init_home(settings)
         self.store = JobStore(settings, open_database(settings.db_url))
-        self.dispatcher = Dispatcher(self.store, LocalExecutor())
+        self.dispatcher = Dispatcher(self.store, RoutingExecutor(settings, LocalExecutor()))
         self.grouper = Grouper(settings.incoming, settings.quiet_seconds, self._arrival_ready)
         self.receiver = Receiver(settings, self.grouper, self.accepts)
         self.router = Router(settings, self.store.sessions, self.store.job_dir)

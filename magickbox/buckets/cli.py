@@ -22,6 +22,7 @@ from typing import Any
 from magickbox.buckets import container, registry
 from magickbox.buckets.container import ContainerError
 from magickbox.buckets.runner import LocalExecutor, RunRequest, RunResult, build_request
+from magickbox.buckets.slurm import SlurmExecutor
 from magickbox.config import Settings
 
 EXIT_FAILED, EXIT_USAGE, EXIT_CLASH, EXIT_MISSING, EXIT_ENGINE = 1, 2, 3, 4, 5
@@ -49,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction, home_option: Any) -> None:
     p.add_argument("output", type=Path, help="folder for OUTPUT (created when missing)")
     p.add_argument("arguments", nargs="*", help="extra arguments for work.sh")
     p.add_argument("--timeout", type=float, help="seconds (default: the bucket's timeout)")
+    p.add_argument("--executor", choices=["local", "slurm"], help="default: the bucket's")
     p = cmds.add_parser("install", help="install an image as a bucket (its own AE title)")
     p.add_argument("image", help="image name or digest, already in the engine")
     p.add_argument("--aetitle", help="AE title (default: AETitle of /root/storage/info.json)")
@@ -291,12 +293,14 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if not args.input.is_dir():
         raise CliError(f"{args.input} is not a folder", EXIT_USAGE)
     args.output.mkdir(parents=True, exist_ok=True)
+    if args.executor:
+        info = {**info, "executor": args.executor}
     timeout = args.timeout or (bucket.timeout(settings.bucket_timeout) if bucket else 3600.0)
     with tempfile.TemporaryDirectory(prefix="mb-run.") as tmp:
         memory = settings.memory / aetitle if aetitle else Path(tmp) / "memory"
         memory.mkdir(parents=True, exist_ok=True)
         request = run_request(args, settings, info, work_sh, Path(tmp), memory, timeout)
-        result = run_streaming(request)
+        result = run_streaming(request, settings)
     if result.reason:
         print(f"magickbox buckets run: failed: {result.reason}", file=sys.stderr)
         return EXIT_FAILED
@@ -339,7 +343,7 @@ def run_request(
     )
 
 
-def run_streaming(request: RunRequest) -> RunResult:
+def run_streaming(request: RunRequest, settings: Settings | None = None) -> RunResult:
     """Run like the box and copy processing.log to stdout while it grows."""
     finished = threading.Event()
     results: list[RunResult] = []
@@ -348,7 +352,8 @@ def run_streaming(request: RunRequest) -> RunResult:
         results.append(result)
         finished.set()
 
-    executor = LocalExecutor()
+    slurm = request.executor == "slurm" and settings is not None
+    executor = SlurmExecutor(settings) if slurm and settings else LocalExecutor()
     executor.start(request, done)
     log_path = request.job_dir / "processing.log"
     with log_path.open("rb") as fh:
@@ -357,7 +362,7 @@ def run_streaming(request: RunRequest) -> RunResult:
                 sys.stdout.buffer.write(fh.read())
                 sys.stdout.flush()
         except KeyboardInterrupt:
-            executor.shutdown()
+            executor.cancel(request.scratchdir) if slurm else executor.shutdown()
             finished.wait()
         sys.stdout.buffer.write(fh.read())
         sys.stdout.flush()

@@ -45,6 +45,9 @@ class RunRequest:
     # (``magickbox buckets run`` points them at any folders).
     input_dir: Path | None = None
     output_dir: Path | None = None
+    # Which executor runs it ("local" or "slurm") and the bucket's own Slurm options.
+    executor: str = "local"
+    slurm: dict[str, object] = field(default_factory=dict)
 
     @property
     def input(self) -> Path:
@@ -274,6 +277,8 @@ def build_request(
         env=bucket_env(dict(os.environ), facts),
         timeout=timeout,
         container=spec,
+        executor=str(info.get("executor") or settings.executor),
+        slurm=dict(info.get("slurm") or {}),  # type: ignore[call-overload]
         **paths,
     )
 

@@ -62,6 +62,15 @@ class Dispatcher:
     def recover(self) -> None:
         """Jobs that were running when the box died: re-run them or mark them failed."""
         interrupted = self.store.running_jobs()
+        adopt = getattr(self.executor, "adopt", None)  # e.g. Slurm: jobs that outlive the box
+        if adopt is not None and interrupted:
+            dirs = {j.scratchdir: self.store.job_dir(j) for j in interrupted}
+            adopted = adopt(dirs, self._finished)
+            with self._lock:
+                self._running.update(
+                    {j.scratchdir: j.bucket for j in interrupted if j.scratchdir in adopted}
+                )
+            interrupted = [j for j in interrupted if j.scratchdir not in adopted]
         self._remove_leftover_containers(bool(interrupted))
         for job in interrupted:
             job_dir = self.store.job_dir(job)
