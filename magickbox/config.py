@@ -142,26 +142,27 @@ class Settings(BaseModel):
 
     # -- Slurm executor (docs/slurm.md) --
     executor: str = Field(
-        default="local", description='Default executor of buckets: "local" or "slurm"'
+        default="local", description='Default executor of buckets: "local" or "slurm".'
     )
     slurm_bin: str = Field(
-        default="", description="Folder of sbatch/squeue/scancel; empty: on PATH"
+        default="", description="Folder of sbatch/squeue/scancel; empty: on PATH."
     )
     slurm_max_submitted: int = Field(
-        default=50, description="Most jobs handed to Slurm at once (box-wide); more wait in the box"
+        default=50,
+        description="Most jobs handed to Slurm at once (box-wide); more wait in the box.",
     )
-    slurm_partition: str = Field(default="", description="sbatch --partition; empty: the default")
-    slurm_account: str = Field(default="", description="sbatch --account")
-    slurm_qos: str = Field(default="", description="sbatch --qos")
-    slurm_cpus: int = Field(default=0, description="sbatch --cpus-per-task; 0: Slurm's default")
-    slurm_mem: str = Field(default="", description='sbatch --mem, e.g. "4G"')
-    slurm_gres: str = Field(default="", description='sbatch --gres, e.g. "gpu:1"')
+    slurm_partition: str = Field(default="", description="sbatch --partition; empty: the default.")
+    slurm_account: str = Field(default="", description="sbatch --account.")
+    slurm_qos: str = Field(default="", description="sbatch --qos.")
+    slurm_cpus: int = Field(default=0, description="sbatch --cpus-per-task; 0: Slurm's default.")
+    slurm_mem: str = Field(default="", description='sbatch --mem, e.g. "4G".')
+    slurm_gres: str = Field(default="", description='sbatch --gres, e.g. "gpu:1".')
     slurm_extra: list[str] = Field(
-        default_factory=list, description="More sbatch options, one per item"
+        default_factory=list, description="More sbatch options, one per item."
     )
     slurm_path_map: list[str] = Field(
         default_factory=list,
-        description='"BOXPATH=NODEPATH": where the nodes mount folders of the box',
+        description='"BOXPATH=NODEPATH": where the nodes mount folders of the box.',
     )
 
     @property
@@ -233,6 +234,19 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "routing_workers",
         "routing_me",
         "routing_port",
+    ),
+    "Slurm executor": (
+        "executor",
+        "slurm_bin",
+        "slurm_max_submitted",
+        "slurm_partition",
+        "slurm_account",
+        "slurm_qos",
+        "slurm_cpus",
+        "slurm_mem",
+        "slurm_gres",
+        "slurm_extra",
+        "slurm_path_map",
     ),
 }
 # The home is where the file is, so the file cannot move it.
