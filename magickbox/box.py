@@ -17,6 +17,7 @@ from magickbox.buckets import registry
 from magickbox.buckets.runner import LocalExecutor
 from magickbox.buckets.slurm import RoutingExecutor
 from magickbox.config import Settings
+from magickbox.events import EventBus, JobFinished
 from magickbox.home import init_home
 from magickbox.jobs import browse, scratch
 from magickbox.jobs.db import Job, State, open_database
@@ -43,12 +44,14 @@ class Box:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         init_home(settings)
-        self.store = JobStore(settings, open_database(settings.db_url))
+        self.events = EventBus()  # the stages talk through it: see magickbox/events.py
+        self.store = JobStore(settings, open_database(settings.db_url), self.events)
         self.dispatcher = Dispatcher(self.store, RoutingExecutor(settings, LocalExecutor()))
         self.grouper = Grouper(settings.incoming, settings.quiet_seconds, self._arrival_ready)
         self.receiver = Receiver(settings, self.grouper, self.accepts)
         self.router = Router(settings, self.store.sessions, self.store.job_dir)
-        self.dispatcher.on_finished.append(self.router.job_finished)
+        # Routing evaluates a finished job on its own workers, never on the queue's thread.
+        self.events.subscribe(JobFinished, lambda event: self.router.job_ended(event.scratchdir))
         self.archive_index = browse.ArchiveIndex(settings.archive)
         self.scratch_size = browse.ScratchSize(settings.scratch)
         self.announcer: Announcer | None = None

@@ -24,6 +24,7 @@ from magickbox.buckets.container import ContainerError
 from magickbox.buckets.runner import LocalExecutor, RunRequest, RunResult, build_request
 from magickbox.buckets.slurm import SlurmExecutor
 from magickbox.config import Settings
+from magickbox.jobfolder import PROC_JSON, JobFolder, RunFacts
 
 EXIT_FAILED, EXIT_USAGE, EXIT_CLASH, EXIT_MISSING, EXIT_ENGINE = 1, 2, 3, 4, 5
 AET_PATTERN = re.compile(r"^[\x21-\x5b\x5d-\x7e]([\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$")
@@ -317,19 +318,17 @@ def run_request(
     timeout: float,
 ) -> RunRequest:
     output = args.output.resolve()
-    facts = {
-        "MB_SCRATCHDIR": f"run.{secrets.token_hex(4)}",
-        "MB_JOB_DIR": str(job_dir),
-        "MB_AETITLE_CALLED": str(info.get("AETitle", "")),
-        "MB_AETITLE_CALLER": "magickbox-buckets-run",
-        "MB_CALLER_IP": "127.0.0.1",
-        "MB_STUDY_UID": "",
-        "MB_JOBNAME": args.input.name,
-        "MB_MEMORY": str(memory),
-        "MB_PROC_JSON": str(output / "proc.json"),
-        "MB_HOME": str(settings.home),
-    }
-    (job_dir / "processing.log").touch()
+    folder = JobFolder(job_dir)
+    run = RunFacts(
+        scratchdir=f"run.{secrets.token_hex(4)}",
+        called=str(info.get("AETitle", "")),
+        caller_aet="magickbox-buckets-run",
+        caller_ip="127.0.0.1",
+        jobname=args.input.name,
+    )
+    # The verdict goes next to the results: there is no job folder to keep it in.
+    facts = folder.environment(run, memory, settings.home, proc_json=output / PROC_JSON)
+    folder.log.touch()
     return build_request(
         info,
         work_sh,
@@ -355,7 +354,7 @@ def run_streaming(request: RunRequest, settings: Settings | None = None) -> RunR
     slurm = request.executor == "slurm" and settings is not None
     executor = SlurmExecutor(settings) if slurm and settings else LocalExecutor()
     executor.start(request, done)
-    log_path = request.job_dir / "processing.log"
+    log_path = JobFolder(request.job_dir).log
     with log_path.open("rb") as fh:
         try:
             while not finished.wait(0.1):

@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import Protocol
 from magickbox.buckets import container
 from magickbox.buckets.container import ContainerSpec
 from magickbox.config import Settings
+from magickbox.jobfolder import JobFolder
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,11 @@ class RunRequest:
 
     @property
     def input(self) -> Path:
-        return self.input_dir or self.job_dir / "INPUT"
+        return self.input_dir or JobFolder(self.job_dir).input
 
     @property
     def output(self) -> Path:
-        return self.output_dir or self.job_dir / "OUTPUT"
+        return self.output_dir or JobFolder(self.job_dir).output
 
     def argv(self) -> list[str]:
         if self.container is not None:
@@ -82,10 +82,8 @@ class Executor(Protocol):
 
 
 def log_line(job_dir: Path, text: str) -> None:
-    """A line of MagickBox's own in processing.log, marked so it is told from the bucket's."""
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    with (job_dir / "processing.log").open("a") as fh:
-        fh.write(f"# magickbox {stamp}: {text}\n")
+    """A line of MagickBox's own in the job's log (the format is the job folder's)."""
+    JobFolder(job_dir).log_line(text)
 
 
 class LocalExecutor:
@@ -117,7 +115,7 @@ class LocalExecutor:
         if req.container is not None:
             spec = req.container
             log_line(req.job_dir, f"container {spec.name}: image {spec.image} ({what})")
-        with (req.job_dir / "processing.log").open("ab") as logfh:
+        with JobFolder(req.job_dir).log.open("ab") as logfh:
             try:
                 proc = subprocess.Popen(
                     argv,
@@ -286,5 +284,4 @@ def build_request(
 def bucket_env(base: dict[str, str], facts: dict[str, str]) -> dict[str, str]:
     env = dict(base)
     env.update(facts)
-    env.setdefault("MB_PYTHON", sys.executable)
     return env

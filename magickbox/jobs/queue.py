@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from magickbox.buckets import container, registry
@@ -23,6 +21,8 @@ from magickbox.buckets.runner import (
     build_request,
     kill_leftover,
 )
+from magickbox.events import JobFinished, JobQueued
+from magickbox.jobfolder import JobFolder, RunFacts
 from magickbox.jobs.db import Job, State
 from magickbox.jobs.store import JobStore
 
@@ -41,9 +41,8 @@ class Dispatcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
-        store.on_queued.append(self.wake)
-        # Called with the scratchdir once a job's end is recorded (routing subscribes).
-        self.on_finished: list[Callable[[str], None]] = []
+        self.events = store.events  # JobFinished is published here
+        self.events.subscribe(JobQueued, lambda _event: self.wake())
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> None:
@@ -76,21 +75,13 @@ class Dispatcher:
             job_dir = self.store.job_dir(job)
             kill_leftover(job_dir)
             if self.settings.rerun_interrupted and job.attempts < self.settings.max_attempts:
-                self.store.reset_for_run(job, "the box restarted during this job: running it again")
-                self.store.update(job.scratchdir, state=State.QUEUED, started_at=None)
+                note = "the box restarted during this job: running it again"
+                self.store.requeue_interrupted(job, note)
             else:
-                reason = "interrupted by a restart of the box"
-                self.store.update(
-                    job.scratchdir,
-                    state=State.FAILED,
-                    finished_at=time.time(),
-                    reason=reason,
-                    log_size=_size(job_dir / "processing.log"),
-                )
-                self._notify_finished(job.scratchdir)  # routed like any failed job
+                self.store.fail(job.scratchdir, "interrupted by a restart of the box")
+                self._publish_finished(job.scratchdir, job.bucket)  # routed like any failed job
         for job in self.store.received_jobs():  # a crash came between receipt and queueing
-            self.store.archive(job)
-            self.store.update(job.scratchdir, state=State.QUEUED, queued_at=time.time())
+            self.store.queue_received(job)
 
     def _remove_leftover_containers(self, jobs_interrupted: bool) -> None:
         """Containers this home started before a crash: gone before a job runs again."""
@@ -152,18 +143,19 @@ class Dispatcher:
         job_dir = self.store.job_dir(job)
         memory = self.settings.memory / bucket.aetitle
         memory.mkdir(parents=True, exist_ok=True)
-        facts = {
-            "MB_SCRATCHDIR": job.scratchdir,
-            "MB_JOB_DIR": str(job_dir),
-            "MB_AETITLE_CALLED": job.bucket,
-            "MB_AETITLE_CALLER": job.caller_aet,
-            "MB_CALLER_IP": job.caller_ip,
-            "MB_STUDY_UID": job.study_uid,
-            "MB_JOBNAME": job.jobname,
-            "MB_MEMORY": str(memory),
-            "MB_PROC_JSON": str(job_dir / "proc.json"),
-            "MB_HOME": str(self.settings.home),
-        }
+        folder = JobFolder(job_dir)
+        facts = folder.environment(
+            RunFacts(
+                job.scratchdir,
+                job.bucket,
+                job.caller_aet,
+                job.caller_ip,
+                job.study_uid,
+                job.jobname,
+            ),
+            memory,
+            self.settings.home,
+        )
         request = build_request(
             bucket.info,
             bucket.work_sh,
@@ -180,29 +172,25 @@ class Dispatcher:
 
     def _fail(self, job: Job, reason: str) -> None:
         log.warning("job %s: %s", job.scratchdir, reason)
-        self.store.update(
-            job.scratchdir, state=State.FAILED, finished_at=time.time(), reason=reason
-        )
-        self._notify_finished(job.scratchdir)
+        self.store.fail(job.scratchdir, reason)
+        self._publish_finished(job.scratchdir, job.bucket)
 
     def _finished(self, req: RunRequest, result: RunResult) -> None:
         try:
-            self.store.update(req.scratchdir, **outcome(req.job_dir, result))
+            values = outcome(req.job_dir, result)
+            self.store.finish(req.scratchdir, values)
         except Exception:
             log.exception("job %s: could not record its end", req.scratchdir)
         else:
-            self._notify_finished(req.scratchdir)
+            self._publish_finished(req.scratchdir, req.env.get("MB_AETITLE_CALLED", ""),
+                                   str(values["state"]))  # fmt: skip
         finally:
             with self._lock:
                 self._running.pop(req.scratchdir, None)
             self.wake()
 
-    def _notify_finished(self, scratchdir: str) -> None:
-        for callback in self.on_finished:
-            try:
-                callback(scratchdir)
-            except Exception:  # a subscriber's failure must not stop the queue
-                log.exception("job %s: a finish callback failed", scratchdir)
+    def _publish_finished(self, scratchdir: str, bucket: str, state: str = State.FAILED) -> None:
+        self.events.publish(JobFinished(scratchdir, bucket, state))
 
     def cancel(self, scratchdir: str) -> bool:
         return self.executor.cancel(scratchdir)
@@ -213,18 +201,8 @@ class Dispatcher:
 
 
 def read_success(job_dir: Path) -> str | None:
-    """proc.json's ``success`` value; the bucket may have put proc.json in OUTPUT instead."""
-    for path in (job_dir / "proc.json", job_dir / "OUTPUT" / "proc.json"):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        first = data[0] if isinstance(data, list) and data else data
-        if isinstance(first, dict) and "success" in first:
-            if path.parent != job_dir:
-                os.replace(path, job_dir / "proc.json")
-            return str(first["success"])
-    return None
+    """proc.json's ``success`` value (the job folder knows where a bucket may put it)."""
+    return JobFolder(job_dir).take_success()
 
 
 def outcome(job_dir: Path, result: RunResult) -> dict[str, object]:
@@ -238,21 +216,14 @@ def outcome(job_dir: Path, result: RunResult) -> dict[str, object]:
         state, reason = State.FAILED, f"proc.json says {success}"
     else:
         state, reason = State.DONE, ""
-    from magickbox.buckets.runner import log_line
-
-    log_line(job_dir, f"finished: {state} (exit code {result.exit_code}) {reason}".rstrip())
+    JobFolder(job_dir).log_line(
+        f"finished: {state} (exit code {result.exit_code}) {reason}".rstrip()
+    )
     return {
         "state": state,
         "exit_code": result.exit_code,
         "reason": reason,
         "success": success or "",
         "finished_at": result.finished_at,
-        "log_size": _size(job_dir / "processing.log"),
+        "log_size": JobFolder(job_dir).log_size(),
     }
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0

@@ -10,15 +10,17 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from magickbox.config import Settings
+from magickbox.events import EventBus, JobQueued
+from magickbox.jobfolder import JobFolder
 from magickbox.jobs import scratch
 from magickbox.jobs.db import FINISHED, Job, State
 from magickbox.names import (
@@ -30,8 +32,6 @@ from magickbox.names import (
 )
 
 log = logging.getLogger(__name__)
-
-JOB_FACTS = ".mb-job.json"  # everything needed to rebuild the job's row after a crash
 
 
 @dataclass(frozen=True)
@@ -62,23 +62,22 @@ class JobFilter:
 
 
 class JobStore:
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self, settings: Settings, sessions: sessionmaker[Session], events: EventBus | None = None
+    ) -> None:
         self.settings = settings
         self.sessions = sessions
-        self.on_queued: list[Callable[[], None]] = []
+        self.events = events or EventBus()  # JobQueued is published here
 
     # -- making jobs ---------------------------------------------------------------
     def create_job(self, input_dir: Path, new: NewJob, received_at: float | None = None) -> Job:
         """Turn ``input_dir`` (moved, not copied) into the INPUT of a new queued job."""
         received_at = received_at or time.time()
-        job_dir = scratch.new_job_dir(self.settings.scratch)
-        (job_dir / "OUTPUT").mkdir()
-        (job_dir / "processing.log").touch()
         facts = {**new.__dict__, "arguments": list(new.arguments), "received_at": received_at}
-        scratch.write_json_atomic(job_dir / JOB_FACTS, facts)
-        scratch.write_json_atomic(job_dir / "info.json", _info_json(new, received_at))
-        os.rename(input_dir, job_dir / "INPUT")
-        return self._register(job_dir, new, received_at)
+        folder = JobFolder.create(
+            self.settings.scratch, input_dir, facts, _info_json(new, received_at)
+        )
+        return self._register(folder.path, new, received_at)
 
     def _register(self, job_dir: Path, new: NewJob, received_at: float) -> Job:
         """Record the job (received), archive its files, then queue it."""
@@ -93,7 +92,7 @@ class JobStore:
             description=new.description,
             arguments=json.dumps(list(new.arguments)),
             received_text=scratch.received_stamp(received_at),
-            nfiles=scratch.count_files(job_dir / "INPUT"),
+            nfiles=JobFolder(job_dir).count_input(),
             state=State.RECEIVED,
             received_at=received_at,
         )
@@ -101,10 +100,10 @@ class JobStore:
             s.add(job)
         self.archive(job)
         job.state, job.queued_at = State.QUEUED, time.time()
-        self.update(job.scratchdir, state=job.state, queued_at=job.queued_at)
+        self._update(job.scratchdir, state=job.state, queued_at=job.queued_at)
         log.info("job %s: %d files for bucket %s from %s@%s", job.scratchdir, job.nfiles,
                  new.bucket, new.caller_aet, new.caller_ip)  # fmt: skip
-        self._notify()
+        self.events.publish(JobQueued(job.scratchdir, job.bucket))
         return job
 
     def archive(self, job: Job) -> None:
@@ -113,13 +112,9 @@ class JobStore:
             return
         try:
             folder = self.settings.archive / study_key(check_study_uid(job.study_uid))
-            scratch.link_into_archive(self.job_dir(job) / "INPUT", folder)
+            scratch.link_into_archive(JobFolder(self.job_dir(job)).input, folder)
         except (OSError, BadName) as exc:
             log.warning("job %s: not archived: %s", job.scratchdir, exc)
-
-    def _notify(self) -> None:
-        for callback in self.on_queued:
-            callback()
 
     # -- reading -------------------------------------------------------------------
     def get(self, scratchdir: str) -> Job | None:
@@ -130,7 +125,7 @@ class JobStore:
     def job_dir(self, job: Job) -> Path:
         return self.settings.scratch / check_scratchdir(job.scratchdir)
 
-    def list(
+    def find(
         self,
         flt: JobFilter = JobFilter(),
         limit: int | None = None,
@@ -209,17 +204,38 @@ class JobStore:
         """Bytes of the job's processing log: the row's once finished, else the file's now."""
         if job.state in FINISHED and job.finished_at is not None:
             return job.log_size
-        try:
-            return os.stat(self.job_dir(job) / "processing.log").st_size
-        except OSError:
-            return 0
+        return JobFolder(self.job_dir(job)).log_size()
 
     def study_jobs(self, study_uid: str) -> Sequence[Job]:
         with self.sessions() as s:
             return s.scalars(select(Job).where(Job.study_uid == study_uid)).all()
 
-    # -- changing ------------------------------------------------------------------
-    def update(self, scratchdir: str, **values: Any) -> None:
+    # -- changing: the named transitions of a job's state ----------------------------
+    def queue_received(self, job: Job) -> None:
+        """received -> queued, for a job whose queueing a crash interrupted (archived again)."""
+        self.archive(job)
+        self._update(job.scratchdir, state=State.QUEUED, queued_at=time.time())
+        self.events.publish(JobQueued(job.scratchdir, job.bucket))
+
+    def finish(self, scratchdir: str, outcome: dict[str, Any]) -> None:
+        """running -> done or failed, with what the run left (see ``jobs.queue.outcome``)."""
+        self._update(scratchdir, **outcome)
+
+    def fail(self, scratchdir: str, reason: str) -> None:
+        """-> failed without a run's outcome (no bucket, could not start, interrupted)."""
+        job = self.get(scratchdir)
+        size = JobFolder(self.job_dir(job)).log_size() if job else 0
+        self._update(
+            scratchdir, state=State.FAILED, finished_at=time.time(), reason=reason, log_size=size
+        )
+
+    def requeue_interrupted(self, job: Job, note: str) -> None:
+        """running -> queued after a restart: a fresh OUTPUT, the attempt already counted."""
+        self.reset_for_run(job, note)
+        self._update(job.scratchdir, state=State.QUEUED, started_at=None)
+        self.events.publish(JobQueued(job.scratchdir, job.bucket))
+
+    def _update(self, scratchdir: str, **values: Any) -> None:
         with self.sessions.begin() as s:
             job = s.scalars(select(Job).where(Job.scratchdir == scratchdir)).first()
             if job is not None:
@@ -247,7 +263,7 @@ class JobStore:
         if job is None or job.state not in FINISHED:
             return False
         self.reset_for_run(job, note)
-        self.update(
+        self._update(
             scratchdir,
             state=State.QUEUED,
             queued_at=time.time(),
@@ -257,24 +273,18 @@ class JobStore:
             success="",
             attempts=0,
         )
-        self._notify()
+        self.events.publish(JobQueued(job.scratchdir, job.bucket))
         return True
 
     def reset_for_run(self, job: Job, note: str) -> None:
-        job_dir = self.job_dir(job)
-        scratch.remove_tree(job_dir / "OUTPUT")
-        (job_dir / "OUTPUT").mkdir(exist_ok=True)
-        (job_dir / "proc.json").unlink(missing_ok=True)
-        from magickbox.buckets.runner import log_line  # the log's format lives with the runner
-
-        log_line(job_dir, note)
+        JobFolder(self.job_dir(job)).fresh_output(note)
 
     def delete(self, scratchdir: str) -> bool:
         job = self.get(scratchdir)
         if job is None:
             return False
         with self.sessions.begin() as s:
-            s.execute(Job.__table__.delete().where(Job.scratchdir == scratchdir))
+            s.execute(delete(Job).where(Job.scratchdir == scratchdir))
         scratch.remove_tree(self.job_dir(job))
         return True
 
@@ -287,20 +297,20 @@ class JobStore:
     # -- after a restart -----------------------------------------------------------
     def adopt_orphans(self) -> int:
         """Job folders that a crash left without a row get one; half-made ones are removed."""
-        known = {row[0] for row in self._all_scratchdirs()}
+        known = set(self._all_scratchdirs())
         adopted = 0
         for entry in os.scandir(self.settings.scratch):
             if not SCRATCHDIR_RE.fullmatch(entry.name) or entry.name in known:
                 continue
             job_dir = Path(entry.path)
             try:
-                facts = json.loads((job_dir / JOB_FACTS).read_text())
+                facts = JobFolder(job_dir).read_facts()
                 received_at = float(facts.pop("received_at"))
                 facts["arguments"] = tuple(facts.get("arguments", ()))
                 new = NewJob(**facts)
             except (OSError, ValueError, TypeError, KeyError):
                 new = None
-            if new is None or not (job_dir / "INPUT").is_dir():
+            if new is None or not JobFolder(job_dir).is_complete():
                 log.warning("removing half-made job folder %s", entry.name)
                 scratch.remove_tree(job_dir)
                 continue
@@ -308,9 +318,9 @@ class JobStore:
             adopted += 1
         return adopted
 
-    def _all_scratchdirs(self) -> list[tuple[str]]:
+    def _all_scratchdirs(self) -> list[str]:
         with self.sessions() as s:
-            return [tuple(r) for r in s.execute(select(Job.scratchdir))]
+            return list(s.scalars(select(Job.scratchdir)))
 
     def running_jobs(self) -> Sequence[Job]:
         with self.sessions() as s:

@@ -15,6 +15,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+from magickbox.jobfolder import JobFolder
 from magickbox.routing.sender import dicom_files
 
 SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
@@ -35,14 +36,10 @@ STUDY_TAGS = (
 )
 
 
-def log_tail(log_path: Path, lines: int = LINES, columns: int = COLUMNS) -> list[str]:
+def log_tail(folder: JobFolder, lines: int = LINES, columns: int = COLUMNS) -> list[str]:
     """The last ``lines`` lines of the log, long lines cut to ``columns`` characters."""
-    try:
-        with log_path.open("rb") as fh:
-            fh.seek(0, 2)
-            fh.seek(max(0, fh.tell() - 64 * 1024))
-            text = fh.read().decode("utf-8", "replace")
-    except OSError:
+    text = folder.log_tail()
+    if text is None:
         text = "(no processing.log)"
     tail = text.splitlines()[-lines:] or ["(processing.log is empty)"]
     return [line.expandtabs(4)[:columns] for line in tail]
@@ -75,8 +72,9 @@ def study_of(input_dir: Path) -> Dataset:
 
 def write_error_image(job_dir: Path, target: Path, scratchdir: str) -> Path:
     """Make the image of ``job_dir``'s log at ``target`` (a Part 10 file) and return it."""
-    pixels = render(log_tail(job_dir / "processing.log"), f"MagickBox {scratchdir}: processing.log")
-    ds = study_of(job_dir / "INPUT")
+    folder = JobFolder(job_dir)
+    pixels = render(log_tail(folder), f"MagickBox {scratchdir}: {folder.log.name}")
+    ds = study_of(folder.input)
     now = time.strftime("%Y%m%d"), time.strftime("%H%M%S")
     ds.StudyInstanceUID = ds.get("StudyInstanceUID") or generate_uid()
     ds.SOPClassUID = SECONDARY_CAPTURE

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ class Router:
         self._stop = False
         self._threads: list[threading.Thread] = []
         self._table_lock = threading.Lock()
+        self._ended: queue.SimpleQueue[str] = queue.SimpleQueue()  # jobs to evaluate
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> None:
@@ -115,6 +117,12 @@ class Router:
         return table
 
     # -- a job finished ------------------------------------------------------------
+    def job_ended(self, scratchdir: str) -> None:
+        """A job finished: its evaluation is queued for the router's own workers, so the
+        queue that reports it (and that bucket's next job) never waits for routing."""
+        self._ended.put(scratchdir)
+        self.wake()
+
     def job_finished(self, scratchdir: str) -> list[int]:
         """Evaluate the table for a job that just finished and queue its sends (their ids)."""
         job = self._job(scratchdir)
@@ -249,6 +257,8 @@ class Router:
                 if self._stop:
                     return
             try:
+                if self._evaluate_one():
+                    continue
                 row = self._claim()
                 if row is not None:
                     self._run(row)
@@ -258,8 +268,17 @@ class Router:
                 time.sleep(1)
                 continue
             with self._wake:
-                if not self._stop:
+                if not self._stop and self._ended.empty():
                     self._wake.wait(self._seconds_to_next())
+
+    def _evaluate_one(self) -> bool:
+        """Evaluate one job that ended, if any is waiting (a worker's turn)."""
+        try:
+            scratchdir = self._ended.get_nowait()
+        except queue.Empty:
+            return False
+        self.job_finished(scratchdir)
+        return True
 
     def _claim(self) -> Send | None:
         """Take the oldest due send (several workers: the state change decides who got it)."""

@@ -11,6 +11,7 @@ from sqlalchemy import insert
 
 from magickbox.config import load_settings
 from magickbox.home import init_home
+from magickbox.jobfolder import JobFolder
 from magickbox.jobs.db import Job, State, open_database
 from magickbox.jobs.scratch import received_stamp
 
@@ -46,7 +47,7 @@ def fill_finished_jobs(home: Path, njobs: int, *, folders: bool = False) -> None
             "log_size": 200 + i % 5000,
         }
         if folders:
-            _job_folder(settings.scratch / row["scratchdir"], row)
+            _job_folder(settings.scratch / str(row["scratchdir"]), row)
         rows.append(row)
     with sessions() as s, s.begin():
         s.execute(insert(Job), rows)
@@ -54,9 +55,10 @@ def fill_finished_jobs(home: Path, njobs: int, *, folders: bool = False) -> None
 
 
 def _job_folder(job_dir: Path, row: dict) -> None:
-    for sub in ("INPUT", "OUTPUT"):
-        (job_dir / sub).mkdir(parents=True)
+    folder = JobFolder(job_dir)
+    for part in (folder.input, folder.output):
+        part.mkdir(parents=True)
     info = {"CallerIP": row["caller_ip"], "AETitleCalled": row["bucket"],
             "AETitleCaller": row["caller_aet"], "received": row["received_text"]}  # fmt: skip
     (job_dir / "info.json").write_text(json.dumps(info))
-    (job_dir / "processing.log").write_text("x" * row["log_size"])
+    JobFolder(job_dir).log.write_text("x" * row["log_size"])

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Form, Query, Request, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
 from magickbox.box import Invalid
+from magickbox.jobfolder import JobFolder
 from magickbox.jobs.db import State
 from magickbox.jobs.store import JobFilter
 from magickbox.web.deps import BoxDep, json_bytes, upload_job, zip_response
@@ -45,7 +46,7 @@ def list_jobs(
         q=q or None,
         initial=initial or None,
     )
-    jobs, total = box.store.list(flt, limit=limit, offset=offset)
+    jobs, total = box.store.find(flt, limit=limit, offset=offset)
     views = [job_view(j, box.store.log_size(j)) for j in jobs]
     return json_bytes({"total": total, "limit": limit, "offset": offset, "jobs": views})
 
@@ -89,12 +90,7 @@ def get_log(
     offset: Annotated[int, Query(ge=0, description="first byte to send")] = 0,
 ) -> Response:
     """The processing log from ``offset`` on; ``X-Log-Size`` tells where to ask next."""
-    path = box.job_dir(scratchdir) / "processing.log"
-    data = b""
-    if path.is_file() and not path.is_symlink():
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            data = fh.read()
+    data = JobFolder(box.job_dir(scratchdir)).read_log(offset)
     return Response(
         data,
         media_type="text/plain; charset=utf-8",

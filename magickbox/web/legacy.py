@@ -8,6 +8,7 @@ from fastapi import APIRouter, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 
 from magickbox.box import Invalid
+from magickbox.jobfolder import JobFolder
 from magickbox.web.deps import BoxDep, json_bytes, upload_job, zip_response
 
 router = APIRouter(tags=["original endpoints"])
@@ -79,7 +80,7 @@ def status(box: BoxDep) -> Response:
 
 @router.get("/scratch/{scratchdir}/processing.log")
 def processing_log(box: BoxDep, scratchdir: str) -> FileResponse:
-    path = box.job_dir(scratchdir) / "processing.log"
-    if path.is_symlink() or not path.is_file():
+    folder = JobFolder(box.job_dir(scratchdir))
+    if not folder.has_log():
         raise Invalid("this job has no processing.log")
-    return FileResponse(path, media_type="text/plain; charset=utf-8")
+    return FileResponse(folder.log, media_type="text/plain; charset=utf-8")

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from magickbox.jobfolder import JobFolder
 from magickbox.jobs.db import FINISHED, Job
 
 
@@ -34,7 +35,7 @@ def scratch_entry(row: dict[str, Any], scratch: Path, now: float) -> dict[str, A
         size, mtime = row["log_size"], row["finished_at"]
     else:  # still changing: ask the file (only these few jobs cost a stat)
         try:
-            st = os.stat(scratch / row["scratchdir"] / "processing.log")
+            st = os.stat(JobFolder(scratch / row["scratchdir"]).log)
             size, mtime = st.st_size, st.st_mtime
         except OSError:
             size, mtime = 0, row["received_at"]

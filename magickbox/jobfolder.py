@@ -1,0 +1,208 @@
+"""One job's folder: the layout users' scripts know, spelled out here and nowhere else.
+
+Layout (the original's)::
+
+    scratch/tmp.XXXXXXXX/INPUT/          the images of this send (hard links into the archive)
+    scratch/tmp.XXXXXXXX/OUTPUT/         what the bucket wrote
+    scratch/tmp.XXXXXXXX/info.json       CallerIP, AETitleCalled, AETitleCaller, received
+    scratch/tmp.XXXXXXXX/processing.log  the bucket's stdout and stderr, and the box's marked lines
+    scratch/tmp.XXXXXXXX/proc.json       the bucket's verdict ({"success": ...})
+    scratch/tmp.XXXXXXXX/.mb-job.json    the facts to rebuild the job's row after a crash
+
+Besides the paths, the folder knows what is done to it: made with a new job, marked log
+lines, the log's size and tail, the bucket's verdict taken from proc.json, a fresh OUTPUT
+for a re-run, and the MB_* environment a bucket sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from magickbox.jobs.scratch import count_files, new_job_dir, remove_tree, write_json_atomic
+
+INPUT = "INPUT"
+OUTPUT = "OUTPUT"
+INFO_JSON = "info.json"
+LOG = "processing.log"
+PROC_JSON = "proc.json"
+FACTS = ".mb-job.json"
+PARTS = (OUTPUT, INPUT)  # the folders a user may list and download
+
+LOG_MARK = "# magickbox"  # starts every line the box writes, to tell it from the bucket's
+TAIL_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a bucket is told about its job."""
+
+    scratchdir: str
+    called: str  # the bucket's AE title
+    caller_aet: str
+    caller_ip: str
+    study_uid: str = ""
+    jobname: str = ""
+
+
+class JobFolder:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"JobFolder({str(self.path)!r})"
+
+    # -- the layout ----------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def input(self) -> Path:
+        return self.path / INPUT
+
+    @property
+    def output(self) -> Path:
+        return self.path / OUTPUT
+
+    @property
+    def info_json(self) -> Path:
+        return self.path / INFO_JSON
+
+    @property
+    def log(self) -> Path:
+        return self.path / LOG
+
+    @property
+    def proc_json(self) -> Path:
+        return self.path / PROC_JSON
+
+    @property
+    def facts_file(self) -> Path:
+        return self.path / FACTS
+
+    def part(self, name: str) -> Path:
+        """OUTPUT or INPUT by name (as the API and the page ask for them)."""
+        if name not in PARTS:
+            raise ValueError(f"not a part of a job folder: {name!r}")
+        return self.path / name
+
+    # -- making --------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        scratch: Path,
+        input_dir: Path,
+        facts: Mapping[str, Any],
+        info: Mapping[str, str],
+    ) -> JobFolder:
+        """A new ``tmp.XXXXXXXX`` in ``scratch`` whose INPUT is ``input_dir`` (moved, not copied).
+
+        INPUT comes last: a folder without it is half made, and a restart removes it.
+        """
+        folder = cls(new_job_dir(scratch))
+        folder.output.mkdir()
+        folder.log.touch()
+        write_json_atomic(folder.facts_file, dict(facts))
+        write_json_atomic(folder.info_json, dict(info))
+        os.rename(input_dir, folder.input)
+        return folder
+
+    def read_facts(self) -> dict[str, Any]:
+        """The facts written by :meth:`create` (OSError or ValueError when missing or broken)."""
+        facts = json.loads(self.facts_file.read_text())
+        if not isinstance(facts, dict):
+            raise ValueError(f"{self.facts_file} is not an object")
+        return facts
+
+    def is_complete(self) -> bool:
+        return self.input.is_dir()
+
+    def count_input(self) -> int:
+        return count_files(self.input)
+
+    # -- the log -------------------------------------------------------------------
+    def log_line(self, text: str) -> None:
+        """A line of MagickBox's own in processing.log, marked so it is told from the bucket's."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with self.log.open("a") as fh:
+            fh.write(f"{LOG_MARK} {stamp}: {text}\n")
+
+    def log_size(self) -> int:
+        try:
+            return self.log.stat().st_size
+        except OSError:
+            return 0
+
+    def has_log(self) -> bool:
+        """A regular log file: a link planted in its place is never followed."""
+        return self.log.is_file() and not self.log.is_symlink()
+
+    def read_log(self, offset: int = 0) -> bytes:
+        """The log from byte ``offset`` on (nothing when there is no regular log file)."""
+        if not self.has_log():
+            return b""
+        with self.log.open("rb") as fh:
+            fh.seek(offset)
+            return fh.read()
+
+    def log_tail(self, max_bytes: int = TAIL_BYTES) -> str | None:
+        """About the last ``max_bytes`` of the log as text; None when there is no log."""
+        try:
+            with self.log.open("rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - max_bytes))
+                return fh.read().decode("utf-8", "replace")
+        except OSError:
+            return None
+
+    # -- the bucket's verdict ------------------------------------------------------
+    def take_success(self) -> str | None:
+        """proc.json's ``success`` value, or None when there is no usable proc.json.
+
+        A bucket may have put proc.json in OUTPUT instead: it is moved next to the log
+        (where MB_PROC_JSON points) so that it is not routed as a result.
+        """
+        for path in (self.proc_json, self.output / PROC_JSON):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            first = data[0] if isinstance(data, list) and data else data
+            if isinstance(first, dict) and "success" in first:
+                if path != self.proc_json:
+                    os.replace(path, self.proc_json)
+                return str(first["success"])
+        return None
+
+    def fresh_output(self, note: str) -> None:
+        """An empty OUTPUT and no verdict, for a job that runs again; ``note`` says why."""
+        remove_tree(self.output)
+        self.output.mkdir(exist_ok=True)
+        self.proc_json.unlink(missing_ok=True)
+        self.log_line(note)
+
+    # -- what the bucket sees ------------------------------------------------------
+    def environment(
+        self, facts: RunFacts, memory: Path, home: Path, proc_json: Path | None = None
+    ) -> dict[str, str]:  # the one place the MB_* variables are named
+        """The MB_* variables of a run; ``proc_json`` where the verdict goes if not here."""
+        return {
+            "MB_SCRATCHDIR": facts.scratchdir,
+            "MB_JOB_DIR": str(self.path),
+            "MB_AETITLE_CALLED": facts.called,
+            "MB_AETITLE_CALLER": facts.caller_aet,
+            "MB_CALLER_IP": facts.caller_ip,
+            "MB_STUDY_UID": facts.study_uid,
+            "MB_JOBNAME": facts.jobname,
+            "MB_MEMORY": str(memory),
+            "MB_PROC_JSON": str(proc_json or self.proc_json),
+            "MB_HOME": str(home),
+            "MB_PYTHON": sys.executable,  # the box's interpreter (pydicom, numpy at hand)
+        }
