@@ -17,6 +17,7 @@ from magickbox.buckets import registry
 from magickbox.buckets.runner import LocalExecutor
 from magickbox.buckets.slurm import RoutingExecutor
 from magickbox.config import Settings
+from magickbox.errors import Conflict, Invalid, NotFound
 from magickbox.home import init_home
 from magickbox.jobs import browse, scratch
 from magickbox.jobs.db import Job, State, open_database
@@ -30,13 +31,8 @@ from magickbox.routing.tasks import Router
 
 log = logging.getLogger(__name__)
 
-
-class NotFound(LookupError):
-    pass
-
-
-class Invalid(ValueError):
-    pass
+# NotFound and Invalid stay importable from here (older callers); they are errors.py's.
+__all__ = ["Box", "Conflict", "Invalid", "NotFound"]
 
 
 class Box:
@@ -219,7 +215,7 @@ class Box:
     def retry_job(self, scratchdir: str) -> Job:
         job = self.job(scratchdir)
         if not self.store.requeue(job.scratchdir, "retry requested: running again"):
-            raise Invalid(f"job {scratchdir} is {job.state}; only finished jobs can be retried")
+            raise Conflict(f"job {scratchdir} is {job.state}; only finished jobs can be retried")
         return self.job(scratchdir)
 
 
