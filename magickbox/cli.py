@@ -6,6 +6,7 @@ import argparse
 import logging
 import logging.handlers
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import IO
@@ -121,6 +122,10 @@ def _busy_port(settings: Settings) -> str | None:
     return None
 
 
+def _exit_on_sigterm(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def serve_forever(settings: Settings, log_level: str = "INFO") -> int:
     import uvicorn
 
@@ -147,6 +152,9 @@ def serve_forever(settings: Settings, log_level: str = "INFO") -> int:
         settings.host,
         settings.web_port,
     )
+    # uvicorn restores this handler and re-raises SIGTERM after its own shutdown: make that an
+    # exit through the finally below (Box.stop()) instead of the default instant death.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         uvicorn.run(
             create_app(box),
@@ -157,6 +165,7 @@ def serve_forever(settings: Settings, log_level: str = "INFO") -> int:
         )
     finally:
         box.stop()
+        logging.getLogger("magickbox").info("MagickBox home %s: stopped", settings.home)
     return 0
 
 
