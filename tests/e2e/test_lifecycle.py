@@ -64,3 +64,16 @@ def test_busy_port_named(first: tuple[Path, int, int], tmp_path: Path, which: st
     taken = dicom if which == "DICOM" else web
     assert code != 0 and f"{which} port {taken} is taken" in err
     assert "Traceback" not in err
+
+
+def test_sigterm_runs_box_stop(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    proc = serve(home, free_port(), free_port())
+    deadline = time.monotonic() + 30
+    while not (home / "magickbox.lock").is_file() or not (home / "magickbox.lock").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1)  # let uvicorn install its signal handlers
+    proc.terminate()
+    _out, err = proc.communicate(timeout=30)
+    assert f"MagickBox home {home}: stopped" in err, err
