@@ -17,6 +17,7 @@ from magickbox.buckets import registry
 from magickbox.buckets.runner import LocalExecutor
 from magickbox.buckets.slurm import RoutingExecutor
 from magickbox.config import Settings
+from magickbox.errors import Conflict, Invalid, NotFound
 from magickbox.events import EventBus, JobFinished
 from magickbox.home import init_home
 from magickbox.jobs import browse, scratch
@@ -31,13 +32,8 @@ from magickbox.routing.tasks import Router
 
 log = logging.getLogger(__name__)
 
-
-class NotFound(LookupError):
-    pass
-
-
-class Invalid(ValueError):
-    pass
+# NotFound and Invalid stay importable from here (older callers); they are errors.py's.
+__all__ = ["Box", "Conflict", "Invalid", "NotFound"]
 
 
 class Box:
@@ -222,7 +218,7 @@ class Box:
     def retry_job(self, scratchdir: str) -> Job:
         job = self.job(scratchdir)
         if not self.store.requeue(job.scratchdir, "retry requested: running again"):
-            raise Invalid(f"job {scratchdir} is {job.state}; only finished jobs can be retried")
+            raise Conflict(f"job {scratchdir} is {job.state}; only finished jobs can be retried")
         return self.job(scratchdir)
 
 

@@ -16,9 +16,8 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from magickbox.box import Box, Invalid, NotFound
-from magickbox.jobs.unzip import UnsafeZip
-from magickbox.names import BadName
+from magickbox.box import Box
+from magickbox.errors import MagickBoxError
 from magickbox.web import api, legacy, routing
 from magickbox.web.views import ScratchRenderer
 
@@ -67,15 +66,15 @@ def create_app(box: Box) -> FastAPI:
     def index() -> FileResponse:
         return FileResponse(PAGE_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
-    def error(status: int):  # type: ignore[no-untyped-def]
-        async def handler(_request: Request, exc: Exception) -> JSONResponse:
-            return JSONResponse({"detail": str(exc)}, status_code=status)
+    # The one mapping of the box's errors to HTTP: each error class carries its status.
+    async def box_error(_request: Request, exc: Exception) -> JSONResponse:
+        status = exc.http_status if isinstance(exc, MagickBoxError) else 500
+        return JSONResponse({"detail": str(exc)}, status_code=status)
 
-        return handler
+    async def disk_error(_request: Request, exc: Exception) -> JSONResponse:
+        # A full or failing disk; the box carries on.
+        return JSONResponse({"detail": str(exc)}, status_code=507)
 
-    app.add_exception_handler(NotFound, error(404))
-    app.add_exception_handler(BadName, error(400))
-    app.add_exception_handler(Invalid, error(400))
-    app.add_exception_handler(UnsafeZip, error(400))
-    app.add_exception_handler(OSError, error(507))  # a full or failing disk; the box carries on
+    app.add_exception_handler(MagickBoxError, box_error)
+    app.add_exception_handler(OSError, disk_error)
     return app
