@@ -23,7 +23,7 @@ from magickbox.home import init_home
 from magickbox.jobs import browse, scratch
 from magickbox.jobs.db import Job, State, open_database
 from magickbox.jobs.queue import Dispatcher
-from magickbox.jobs.store import JobStore, NewJob
+from magickbox.jobs.store import JobFilter, JobStore, NewJob
 from magickbox.jobs.unzip import safe_extract
 from magickbox.names import check_study_uid
 from magickbox.receive.grouping import ArrivalKey, Grouper
@@ -194,6 +194,57 @@ class Box:
 
     def archived_studies(self, limit: int, offset: int) -> dict[str, Any]:
         return self.archive_index.page(limit, offset)
+
+    def find_jobs(
+        self, flt: JobFilter, limit: int | None, offset: int
+    ) -> tuple[list[tuple[Job, int]], int]:
+        """A page of jobs matching ``flt``, each with its log's size now; and the total."""
+        jobs, total = self.store.find(flt, limit=limit, offset=offset)
+        return [(job, self.store.log_size(job)) for job in jobs], total
+
+    def log_size(self, job: Job) -> int:
+        return self.store.log_size(job)
+
+    def scratch_rows(self) -> list[dict[str, Any]]:
+        """Every job as plain values, newest first (what getScratch renders)."""
+        return self.store.scratch_rows()
+
+    def arrivals(self) -> list[dict[str, Any]]:
+        """What is being received now and is not a job yet."""
+        return self.grouper.snapshot()
+
+    def pending_arrivals(self) -> int:
+        return self.grouper.pending()
+
+    # -- routing: its table, its log and its sends ---------------------------------
+    def save_routing(self, text: str) -> dict[str, Any]:
+        """Check and store a routing table (RuleError names every problem)."""
+        return self.router.save_table(text)
+
+    def routing_text(self) -> str:
+        return self.router.table_text()
+
+    def routing_log(self, limit: int, offset: int) -> list[dict[str, Any]]:
+        return self.router.routing_log(limit, offset)
+
+    def sends(self, scratchdir: str | None = None) -> list[dict[str, Any]]:
+        return self.router.sends(scratchdir)
+
+    def send(self, send_id: int) -> dict[str, Any]:
+        row = self.router.send(send_id)
+        if row is None:
+            raise NotFound(f"no send {send_id}")
+        return row
+
+    def retry_send(self, send_id: int) -> dict[str, Any]:
+        """Try a failed send again now (files already accepted are not sent twice)."""
+        try:
+            row = self.router.retry(send_id)
+        except ValueError as exc:
+            raise Conflict(str(exc)) from exc
+        if row is None:
+            raise NotFound(f"no send {send_id}")
+        return row
 
     # -- changing ------------------------------------------------------------------
     def delete_job(self, scratchdir: str) -> None:

@@ -46,8 +46,8 @@ def list_jobs(
         q=q or None,
         initial=initial or None,
     )
-    jobs, total = box.store.find(flt, limit=limit, offset=offset)
-    views = [job_view(j, box.store.log_size(j)) for j in jobs]
+    jobs, total = box.find_jobs(flt, limit=limit, offset=offset)
+    views = [job_view(job, size) for job, size in jobs]
     return json_bytes({"total": total, "limit": limit, "offset": offset, "jobs": views})
 
 
@@ -72,7 +72,7 @@ async def post_job(
 @router.get("/jobs/{scratchdir}")
 def get_job(box: BoxDep, scratchdir: str) -> Response:
     job = box.job(scratchdir)
-    return json_bytes(job_view(job, box.store.log_size(job)))
+    return json_bytes(job_view(job, box.log_size(job)))
 
 
 @router.get("/jobs/{scratchdir}/files")
@@ -142,7 +142,7 @@ def queue(box: BoxDep) -> list[dict[str, Any]]:
 @router.get("/receiving")
 def receiving(box: BoxDep) -> list[dict[str, Any]]:
     """Sends still arriving: not jobs yet (a send becomes one when it has been quiet)."""
-    return box.grouper.snapshot()
+    return box.arrivals()
 
 
 @router.get("/stats/days")
@@ -189,5 +189,5 @@ def health(box: BoxDep) -> dict[str, Any]:
         "ok": True,
         "aet": box.settings.aet,
         "dicom_port": box.settings.dicom_port,
-        "pending_sends": box.grouper.pending(),
+        "pending_sends": box.pending_arrivals(),
     }

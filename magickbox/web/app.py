@@ -39,7 +39,7 @@ def create_app(box: Box) -> FastAPI:
     app.state.box = box
     app.state.scratch_renderer = renderer = ScratchRenderer()
     # Fill getScratch's cache before the first request asks (~0.2 s for 10,000 jobs).
-    threading.Thread(target=lambda: renderer.render(box.store.scratch_rows(), box.settings.scratch),
+    threading.Thread(target=lambda: renderer.render(box.scratch_rows(), box.settings.scratch),
                      name="warm-getscratch", daemon=True).start()  # fmt: skip
     # The API page loads nothing from the internet: a box often has no way out.
     swagger = StaticFiles(directory=swagger_ui_bundle.swagger_ui_path)

@@ -18,7 +18,7 @@ router = APIRouter(tags=["original endpoints"])
 def get_scratch(request: Request, box: BoxDep) -> Response:
     """All jobs, newest first, as the original listed them."""
     rendered = request.app.state.scratch_renderer.render(
-        box.store.scratch_rows(), box.settings.scratch
+        box.scratch_rows(), box.settings.scratch
     )
     return Response(rendered, media_type="application/json")
 
