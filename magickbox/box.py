@@ -51,8 +51,11 @@ class Box:
         self.archive_index = browse.ArchiveIndex(settings.archive)
         self.scratch_size = browse.ScratchSize(settings.scratch)
         self.announcer: Announcer | None = None
+        self._started = False
 
     def start(self, dicom: bool = True) -> None:
+        """Recover what a crash left, then run every stage (the web app's lifespan calls it)."""
+        self._started = True
         adopted = self.store.adopt_orphans()
         if adopted:
             log.info("adopted %d job folders left by a crash", adopted)
@@ -66,6 +69,10 @@ class Box:
             self.announcer.start()
 
     def stop(self) -> None:
+        """Stop every stage; a second call (or one before start) does nothing."""
+        if not self._started:
+            return
+        self._started = False
         if self.announcer is not None:
             self.announcer.stop()
         self.receiver.stop()

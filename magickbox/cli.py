@@ -142,8 +142,7 @@ def serve_forever(settings: Settings, log_level: str = "INFO") -> int:
         print(f"magickbox: {busy}", file=sys.stderr)
         return 1
     setup_logging(settings, log_level)
-    box = Box(settings)
-    box.start()
+    box = Box(settings)  # the app's lifespan starts it once uvicorn runs
     logging.getLogger("magickbox").info(
         "MagickBox home %s: DICOM on %d (AE %s), web on http://%s:%d/",
         settings.home,
@@ -164,7 +163,7 @@ def serve_forever(settings: Settings, log_level: str = "INFO") -> int:
             access_log=False,
         )
     finally:
-        box.stop()
+        box.stop()  # already stopped by the lifespan, unless uvicorn failed before it ran
         logging.getLogger("magickbox").info("MagickBox home %s: stopped", settings.home)
     return 0
 

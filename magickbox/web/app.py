@@ -6,12 +6,15 @@ Every route is a thin call into :class:`magickbox.box.Box`; errors come back as 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import swagger_ui_bundle
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -26,8 +29,20 @@ log = logging.getLogger(__name__)
 PAGE_DIR = Path(__file__).parent / "page"
 
 
-def create_app(box: Box) -> FastAPI:
+def create_app(box: Box, dicom: bool = True) -> FastAPI:
+    """The web app over ``box``; its lifespan starts the Box and stops it (SIGTERM included),
+    so a test's ``TestClient(create_app(box))`` runs the very box ``magickbox serve`` runs."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(box.start, dicom)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(box.stop)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="MagickBox",
         version="1",
         summary="A DICOM processing appliance",
