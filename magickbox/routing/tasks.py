@@ -23,9 +23,10 @@ from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from magickbox.config import Settings
-from magickbox.jobs.db import FINISHED, Job, RoutingLog, Send, SendState
+from magickbox.jobs.db import FINISHED, Job
 from magickbox.routing import rules, sender
 from magickbox.routing.errorimage import write_error_image
+from magickbox.routing.models import RoutingLog, Send, SendState
 
 log = logging.getLogger(__name__)
 
