@@ -11,7 +11,7 @@ from magickbox.box import Invalid
 from magickbox.jobfolder import JobFolder
 from magickbox.jobs.db import State
 from magickbox.jobs.store import JobFilter
-from magickbox.web.deps import BoxDep, json_bytes, upload_job, zip_response
+from magickbox.web.deps import BIGGEST, BoxDep, Offset, json_bytes, upload_job, zip_response
 from magickbox.web.views import job_view
 
 router = APIRouter(prefix="/api/v1", tags=["api v1"])
@@ -32,7 +32,7 @@ def list_jobs(
         str | None, Query(max_length=1, description="first letter of the sender's AE title")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Response:
     """Jobs newest first, filtered by any of the fields, a page at a time."""
     flt = JobFilter(
@@ -87,7 +87,7 @@ def job_files(
 def get_log(
     box: BoxDep,
     scratchdir: str,
-    offset: Annotated[int, Query(ge=0, description="first byte to send")] = 0,
+    offset: Annotated[int, Query(ge=0, le=BIGGEST, description="first byte to send")] = 0,
 ) -> Response:
     """The processing log from ``offset`` on; ``X-Log-Size`` tells where to ask next."""
     data = JobFolder(box.job_dir(scratchdir)).read_log(offset)
@@ -175,7 +175,7 @@ def setup(box: BoxDep) -> dict[str, Any]:
 def archive(
     box: BoxDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     """Archived studies, most recently changed first, with their patient and study tags."""
     return box.archived_studies(limit, offset)

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Annotated
 
 import orjson
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Query, Request, Response
+from fastapi import Path as FastAPIPath
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
@@ -59,6 +60,11 @@ def discard(path: Path) -> None:
 
 
 BoxDep = Annotated[Box, Depends(get_box)]
+
+# Numbers a database can hold: larger ones are refused with 422, never a 500 from SQLite.
+BIGGEST = 2**62
+Offset = Annotated[int, Query(ge=0, le=BIGGEST, description="rows to skip")]
+RowId = Annotated[int, FastAPIPath(ge=1, le=BIGGEST)]
 
 
 def json_bytes(data: object, status_code: int = 200) -> Response:

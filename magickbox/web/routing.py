@@ -15,12 +15,11 @@ from pydantic import BaseModel, Field
 from magickbox.box import Invalid
 from magickbox.routing import sender
 from magickbox.routing.rules import Placeholders, RuleError, load_table, port_of, resolve
-from magickbox.web.deps import BoxDep, json_bytes
+from magickbox.web.deps import BoxDep, Offset, RowId, json_bytes
 
 router = APIRouter(tags=["routing"])
 
 Limit = Annotated[int, Query(ge=1, le=10_000)]
-Offset = Annotated[int, Query(ge=0)]
 
 
 def _save(box: BoxDep, text: str) -> Response:
@@ -84,12 +83,12 @@ def all_sends(box: BoxDep, state: str | None = None) -> Response:
 
 
 @router.get("/api/v1/sends/{send_id}")
-def one_send(box: BoxDep, send_id: int) -> Response:
+def one_send(box: BoxDep, send_id: RowId) -> Response:
     return json_bytes(box.send(send_id))
 
 
 @router.post("/api/v1/sends/{send_id}/retry")
-def retry_send(box: BoxDep, send_id: int) -> Response:
+def retry_send(box: BoxDep, send_id: RowId) -> Response:
     """Try a failed send again now (files already accepted are not sent twice)."""
     return json_bytes(box.retry_send(send_id))
 
