@@ -15,8 +15,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-INFO_KEYS = ("name", "description", "version", "AETitle", "license", "enabled")
-
 
 @dataclass(frozen=True)
 class Bucket:
