@@ -233,7 +233,7 @@ def _check_references(types: list[tuple[int, TypeDef]], problems: list[str]) -> 
             bad.add(pos)
         else:
             ids[t.id] = pos
-    by_id = {t.id: t for _, t in types if t.id}
+    by_id = {type_id: t for pos, t in types if (type_id := t.id) and ids[type_id] == pos}
     for pos, t in types:
         for i, r in enumerate(t.rules):
             if not isinstance(r, RuleRef):
@@ -242,7 +242,9 @@ def _check_references(types: list[tuple[int, TypeDef]], problems: list[str]) -> 
                 problems.append(f"[{pos}].rules[{i}].rule: unknown id {r.rule!r}")
                 bad.add(pos)
             elif _cycles(r.rule, by_id, {t.id} if t.id else set()):
-                problems.append(f"[{pos}].rules[{i}].rule: {r.rule!r} refers back to itself")
+                problems.append(
+                    f"[{pos}].rules[{i}].rule: {r.rule!r} leads back to this type (a cycle)"
+                )
                 bad.add(pos)
     return bad
 
