@@ -16,7 +16,7 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import IS, DSdecimal, DSfloat, PersonName
 
 from magickbox.errors import Invalid
-from magickbox.study.classify import Classifier, default_classifier
+from magickbox.study.classify import Classifier, RuleSet, default_classifier
 
 #: Series-level tags a summary keeps (the first value seen wins).
 SERIES_TAGS: tuple[str, ...] = (
@@ -105,10 +105,14 @@ class SeriesView:
         """What classification rules see: the tags plus ``NumFiles``."""
         return {**self.values, "NumFiles": self.num_files}
 
-    def to_json(self, classifier: Classifier | None = None) -> dict[str, Any]:
-        """The ``views/raw`` object, ``ClassifyType`` included."""
+    def to_json(self, rules: Classifier | RuleSet | None = None) -> dict[str, Any]:
+        """The ``views/raw`` object, ``ClassifyType`` by ``rules`` (default: the shipped set)."""
+        if rules is None:
+            rules = default_classifier()
+        elif isinstance(rules, RuleSet):
+            rules = Classifier(rules)
         summary = self.summary()
-        summary["ClassifyType"] = (classifier or default_classifier()).classify(summary)
+        summary["ClassifyType"] = rules.classify(summary)
         return summary
 
     def relpath(self) -> PurePosixPath:
