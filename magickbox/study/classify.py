@@ -329,7 +329,10 @@ def _numbers(value: Any) -> list[float] | None:
 def _as_text(value: Any) -> str:
     # Multi-valued tags match as DICOM writes them: values joined by backslashes.
     if isinstance(value, list | tuple):
-        return "\\".join(str(v) for v in value)
+        return "\\".join(_as_text(v) for v in value)
+    # A DS of "500" is stored as 500.0; match it as the header wrote it.
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     return str(value)
 
 

@@ -90,6 +90,12 @@ def test_regexp_searches_and_matches_multi_values_joined_by_backslash() -> None:
     )
 
 
+def test_whole_floats_match_as_written_in_the_header() -> None:
+    assert one({"tag": TR, "value": "^500$"}, {"RepetitionTime": 500.0})
+    assert one({"tag": TR, "value": "^2.5$"}, {"RepetitionTime": 2.5})
+    assert one({"tag": IOP, "value": r"^1\\0\\0"}, {"ImageOrientationPatient": [1.0, 0.0, 0.0]})
+
+
 def test_numeric_operators_fail_on_text_and_missing_values() -> None:
     assert not one({"tag": TR, "value": 1000, "operator": "<"}, {"RepetitionTime": "abc"})
     assert not one({"tag": TR, "value": 1000, "operator": "<"}, {})
@@ -386,6 +392,16 @@ OBL = [1, 0, 0, 0, 0.7071, -0.7071]
                 "ImageOrientationPatient": [0.999, 0.01, 0.03, -0.01, 0.999, 0.02],
             },
             ["MR", "localizer", "axial"],
+        ),
+        (
+            {
+                "Modality": "MR",
+                "RepetitionTime": 8,
+                "EchoTime": 3,
+                "SeriesDescription": "AAH",
+                "ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"],
+            },
+            ["MR", "localizer"],
         ),
         ({"Modality": "CT", "ImageOrientationPatient": AX}, ["CT", "axial"]),
         ({"Modality": "US"}, []),
