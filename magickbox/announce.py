@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import socket
 import threading
 from typing import Any
@@ -49,7 +50,7 @@ class Announcer:
                 port=self.settings.web_port,
                 addresses=[socket.inet_aton(a) for a in addresses],
                 properties=self._properties(),
-                server=f"{socket.gethostname().split('.')[0]}.local.",
+                server=_server_name(self.settings),
             )
             zc.register_service(info, allow_name_change=True)
         except Exception as exc:  # mDNS is optional: the box must start without it
@@ -99,6 +100,18 @@ def _instance_name(settings: Settings) -> str:
     # Several boxes may run on one host (tests, staging): the web port tells them apart.
     host = socket.gethostname().split(".")[0] or "magickbox"
     return f"MagickBox {settings.aet} on {host}:{settings.web_port}"
+
+
+def _server_name(settings: Settings) -> str:
+    """This box's own host record, ``<hostname>-<web port>.local.``.
+
+    A service's addresses are the A records of its server name. Were it the shared
+    ``<hostname>.local.``, two boxes on one host (and the host's own avahi, which answers
+    for that name with every interface's address) would pool their addresses, and a
+    browser could not tell which one is this box's.
+    """
+    host = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().split(".")[0].lower()).strip("-")
+    return f"{host or 'magickbox'}-{settings.web_port}.local."
 
 
 def _interfaces(host: str) -> tuple[Any, list[str]]:

@@ -15,46 +15,47 @@ from typing import Any
 from magickbox.announce import Announcer
 from magickbox.buckets import registry
 from magickbox.buckets.runner import LocalExecutor
+from magickbox.buckets.slurm import RoutingExecutor
 from magickbox.config import Settings
-from magickbox.events import EventBus, JobFinished, JobQueued
+from magickbox.errors import Conflict, Invalid, NotFound
+from magickbox.events import EventBus, JobFinished
 from magickbox.home import init_home
 from magickbox.jobs import browse, scratch
 from magickbox.jobs.db import Job, State, open_database
 from magickbox.jobs.queue import Dispatcher
-from magickbox.jobs.store import JobStore, NewJob
+from magickbox.jobs.store import JobFilter, JobStore, NewJob
 from magickbox.jobs.unzip import safe_extract
-from magickbox.receive.grouping import Grouper, SendKey
+from magickbox.names import check_study_uid
+from magickbox.receive.grouping import ArrivalKey, Grouper
 from magickbox.receive.scp import Receiver, read_study_uid
 from magickbox.routing.tasks import Router
 
 log = logging.getLogger(__name__)
 
-
-class NotFound(LookupError):
-    pass
-
-
-class Invalid(ValueError):
-    pass
+# NotFound and Invalid stay importable from here (older callers); they are errors.py's.
+__all__ = ["Box", "Conflict", "Invalid", "NotFound"]
 
 
 class Box:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         init_home(settings)
-        self.bus = EventBus()
-        self.store = JobStore(settings, open_database(settings.db_url), self.bus)
-        self.dispatcher = Dispatcher(self.store, LocalExecutor(), self.bus)
-        self.bus.subscribe(JobQueued, lambda _e: self.dispatcher.wake())
-        self.grouper = Grouper(settings.incoming, settings.quiet_seconds, self._send_ready)
+        self.events = EventBus()  # the stages talk through it: see magickbox/events.py
+        self.store = JobStore(settings, open_database(settings.db_url), self.events)
+        self.dispatcher = Dispatcher(self.store, RoutingExecutor(settings, LocalExecutor()))
+        self.grouper = Grouper(settings.incoming, settings.quiet_seconds, self._arrival_ready)
         self.receiver = Receiver(settings, self.grouper, self.accepts)
         self.router = Router(settings, self.store.sessions, self.store.job_dir)
-        self.bus.subscribe(JobFinished, lambda e: self.router.job_finished(e.scratchdir))
+        # Routing evaluates a finished job on its own workers, never on the queue's thread.
+        self.events.subscribe(JobFinished, lambda event: self.router.job_ended(event.scratchdir))
         self.archive_index = browse.ArchiveIndex(settings.archive)
         self.scratch_size = browse.ScratchSize(settings.scratch)
         self.announcer: Announcer | None = None
+        self._started = False
 
     def start(self, dicom: bool = True) -> None:
+        """Recover what a crash left, then run every stage (the web app's lifespan calls it)."""
+        self._started = True
         adopted = self.store.adopt_orphans()
         if adopted:
             log.info("adopted %d job folders left by a crash", adopted)
@@ -68,6 +69,10 @@ class Box:
             self.announcer.start()
 
     def stop(self) -> None:
+        """Stop every stage; a second call (or one before start) does nothing."""
+        if not self._started:
+            return
+        self._started = False
         if self.announcer is not None:
             self.announcer.stop()
         self.receiver.stop()
@@ -79,7 +84,7 @@ class Box:
     def accepts(self, aetitle: str) -> bool:
         return registry.enabled_bucket(self.settings.streams, aetitle) is not None
 
-    def _send_ready(self, folder: Path, key: SendKey, started: float) -> None:
+    def _arrival_ready(self, folder: Path, key: ArrivalKey, started: float) -> None:
         new = NewJob(
             bucket=key.called_aet,
             caller_aet=key.caller_aet,
@@ -197,6 +202,57 @@ class Box:
     def archived_studies(self, limit: int, offset: int) -> dict[str, Any]:
         return self.archive_index.page(limit, offset)
 
+    def find_jobs(
+        self, flt: JobFilter, limit: int | None, offset: int
+    ) -> tuple[list[tuple[Job, int]], int]:
+        """A page of jobs matching ``flt``, each with its log's size now; and the total."""
+        jobs, total = self.store.find(flt, limit=limit, offset=offset)
+        return [(job, self.store.log_size(job)) for job in jobs], total
+
+    def log_size(self, job: Job) -> int:
+        return self.store.log_size(job)
+
+    def scratch_rows(self) -> list[dict[str, Any]]:
+        """Every job as plain values, newest first (what getScratch renders)."""
+        return self.store.scratch_rows()
+
+    def arrivals(self) -> list[dict[str, Any]]:
+        """What is being received now and is not a job yet."""
+        return self.grouper.snapshot()
+
+    def pending_arrivals(self) -> int:
+        return self.grouper.pending()
+
+    # -- routing: its table, its log and its sends ---------------------------------
+    def save_routing(self, text: str) -> dict[str, Any]:
+        """Check and store a routing table (RuleError names every problem)."""
+        return self.router.save_table(text)
+
+    def routing_text(self) -> str:
+        return self.router.table_text()
+
+    def routing_log(self, limit: int, offset: int) -> list[dict[str, Any]]:
+        return self.router.routing_log(limit, offset)
+
+    def sends(self, scratchdir: str | None = None) -> list[dict[str, Any]]:
+        return self.router.sends(scratchdir)
+
+    def send(self, send_id: int) -> dict[str, Any]:
+        row = self.router.send(send_id)
+        if row is None:
+            raise NotFound(f"no send {send_id}")
+        return row
+
+    def retry_send(self, send_id: int) -> dict[str, Any]:
+        """Try a failed send again now (files already accepted are not sent twice)."""
+        try:
+            row = self.router.retry(send_id)
+        except ValueError as exc:
+            raise Conflict(str(exc)) from exc
+        if row is None:
+            raise NotFound(f"no send {send_id}")
+        return row
+
     # -- changing ------------------------------------------------------------------
     def delete_job(self, scratchdir: str) -> None:
         job = self.job(scratchdir)
@@ -208,7 +264,7 @@ class Box:
         log.info("job %s deleted", job.scratchdir)
 
     def delete_study(self, study_uid: str) -> dict[str, Any]:
-        scratch.check_uid(study_uid)
+        check_study_uid(study_uid)
         jobs = [j.scratchdir for j in self.store.study_jobs(study_uid)]
         for name in jobs:
             self.delete_job(name)
@@ -220,7 +276,7 @@ class Box:
     def retry_job(self, scratchdir: str) -> Job:
         job = self.job(scratchdir)
         if not self.store.requeue(job.scratchdir, "retry requested: running again"):
-            raise Invalid(f"job {scratchdir} is {job.state}; only finished jobs can be retried")
+            raise Conflict(f"job {scratchdir} is {job.state}; only finished jobs can be retried")
         return self.job(scratchdir)
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import logging.handlers
+import os
+import signal
 import sys
 from pathlib import Path
+from typing import IO
 
 from magickbox.buckets import cli as buckets_cli
-from magickbox.config import Settings, load_settings
+from magickbox.config import Settings, load_settings, parse_assignment
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,16 +32,18 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="seconds without data after which a send becomes a job (default 3)",
     )
+    serve.add_argument(
+        "--set",
+        dest="assignments",
+        metavar="NAME=VALUE",
+        action="append",
+        type=parse_assignment,
+        default=[],
+        help="any setting (see magickbox.toml); VALUE is TOML, else a string; repeatable",
+    )
     serve.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    settings = load_settings(
-        args.home,
-        dicom_port=getattr(args, "dicom_port", None),
-        web_port=getattr(args, "web_port", None),
-        aet=getattr(args, "aet", None),
-        host=getattr(args, "host", None),
-        quiet_seconds=getattr(args, "quiet_seconds", None),
-    )
+    settings = load_settings(args.home, **command_line_settings(args))
     if args.command == "init":
         from magickbox.home import init_home
 
@@ -47,6 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "buckets":
         return buckets_cli.main(args, settings)
     return serve_forever(settings, args.log_level)
+
+
+def command_line_settings(args: argparse.Namespace) -> dict[str, object]:
+    """``--set`` assignments, then the named flags (which win when both give a setting)."""
+    given: dict[str, object] = dict(getattr(args, "assignments", []))
+    for name in ("dicom_port", "web_port", "aet", "host", "quiet_seconds"):
+        if getattr(args, name, None) is not None:
+            given[name] = getattr(args, name)
+    return given
 
 
 def add_home_option(parser: argparse.ArgumentParser) -> None:
@@ -70,15 +84,65 @@ def setup_logging(settings: Settings, level: str) -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per PDU otherwise
 
 
+def _hold_home(home: Path) -> IO[str] | None:
+    """Take the home's exclusive lock (kept open for the life of the process), or say who has it."""
+    import fcntl
+
+    home.mkdir(parents=True, exist_ok=True)
+    lock = open(home / "magickbox.lock", "a+")  # noqa: SIM115 - held until the process exits
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        pid = lock.read().strip() or "?"
+        print(f"magickbox: home {home} is already served by pid {pid}", file=sys.stderr)
+        lock.close()
+        return None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def _busy_port(settings: Settings) -> str | None:
+    """Name the first of the DICOM and web ports that cannot be bound; None when both are free."""
+    import socket
+
+    for what, host, port in (
+        ("DICOM", settings.host, settings.dicom_port),
+        ("web", settings.host, settings.web_port),
+    ):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                return f"{what} port {port} is taken ({exc.strerror})"
+    return None
+
+
+def _exit_on_sigterm(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def serve_forever(settings: Settings, log_level: str = "INFO") -> int:
     import uvicorn
 
     from magickbox.box import Box
     from magickbox.web.app import create_app
 
+    # Before anything touches the home (crash recovery kills "orphaned" buckets): one box per home,
+    # and both ports free, so a second serve or a busy port fails cleanly instead.
+    lock = _hold_home(Path(settings.home))
+    if lock is None:
+        return 1
+    busy = _busy_port(settings)
+    if busy:
+        print(f"magickbox: {busy}", file=sys.stderr)
+        return 1
     setup_logging(settings, log_level)
-    box = Box(settings)
-    box.start()
+    box = Box(settings)  # the app's lifespan starts it once uvicorn runs
     logging.getLogger("magickbox").info(
         "MagickBox home %s: DICOM on %d (AE %s), web on http://%s:%d/",
         settings.home,
@@ -87,6 +151,9 @@ def serve_forever(settings: Settings, log_level: str = "INFO") -> int:
         settings.host,
         settings.web_port,
     )
+    # uvicorn restores this handler and re-raises SIGTERM after its own shutdown: make that an
+    # exit through the finally below (Box.stop()) instead of the default instant death.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         uvicorn.run(
             create_app(box),
@@ -96,7 +163,8 @@ def serve_forever(settings: Settings, log_level: str = "INFO") -> int:
             access_log=False,
         )
     finally:
-        box.stop()
+        box.stop()  # already stopped by the lifespan, unless uvicorn failed before it ran
+        logging.getLogger("magickbox").info("MagickBox home %s: stopped", settings.home)
     return 0
 
 

@@ -8,7 +8,6 @@ Layout (the original's)::
     scratch/tmp.XXXXXXXX/processing.log  the bucket's stdout and stderr, and the box's marked lines
     scratch/tmp.XXXXXXXX/proc.json       the bucket's verdict ({"success": ...})
     scratch/tmp.XXXXXXXX/.mb-job.json    the facts to rebuild the job's row after a crash
-    scratch/tmp.XXXXXXXX/.mb-run.pid     the process group of the bucket while it runs
 
 Besides the paths, the folder knows what is done to it: made with a new job, marked log
 lines, the log's size and tail, the bucket's verdict taken from proc.json, a fresh OUTPUT
@@ -19,14 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# For now from jobs/scratch.py (the naming helpers move to a bottom-level module).
-from magickbox.jobs.scratch import new_job_dir, remove_tree, write_json_atomic
+from magickbox.jobs.scratch import count_files, new_job_dir, remove_tree, write_json_atomic
 
 INPUT = "INPUT"
 OUTPUT = "OUTPUT"
@@ -34,7 +33,6 @@ INFO_JSON = "info.json"
 LOG = "processing.log"
 PROC_JSON = "proc.json"
 FACTS = ".mb-job.json"
-PID_FILE = ".mb-run.pid"
 PARTS = (OUTPUT, INPUT)  # the folders a user may list and download
 
 LOG_MARK = "# magickbox"  # starts every line the box writes, to tell it from the bucket's
@@ -89,10 +87,6 @@ class JobFolder:
     def facts_file(self) -> Path:
         return self.path / FACTS
 
-    @property
-    def pid_file(self) -> Path:
-        return self.path / PID_FILE
-
     def part(self, name: str) -> Path:
         """OUTPUT or INPUT by name (as the API and the page ask for them)."""
         if name not in PARTS:
@@ -129,6 +123,9 @@ class JobFolder:
 
     def is_complete(self) -> bool:
         return self.input.is_dir()
+
+    def count_input(self) -> int:
+        return count_files(self.input)
 
     # -- the log -------------------------------------------------------------------
     def log_line(self, text: str) -> None:
@@ -194,7 +191,7 @@ class JobFolder:
     # -- what the bucket sees ------------------------------------------------------
     def environment(
         self, facts: RunFacts, memory: Path, home: Path, proc_json: Path | None = None
-    ) -> dict[str, str]:
+    ) -> dict[str, str]:  # the one place the MB_* variables are named
         """The MB_* variables of a run; ``proc_json`` where the verdict goes if not here."""
         return {
             "MB_SCRATCHDIR": facts.scratchdir,
@@ -207,4 +204,5 @@ class JobFolder:
             "MB_MEMORY": str(memory),
             "MB_PROC_JSON": str(proc_json or self.proc_json),
             "MB_HOME": str(home),
+            "MB_PYTHON": sys.executable,  # the box's interpreter (pydicom, numpy at hand)
         }

@@ -22,6 +22,7 @@ from typing import Any
 from magickbox.buckets import container, registry
 from magickbox.buckets.container import ContainerError
 from magickbox.buckets.runner import LocalExecutor, RunRequest, RunResult, build_request
+from magickbox.buckets.slurm import SlurmExecutor
 from magickbox.config import Settings
 from magickbox.jobfolder import PROC_JSON, JobFolder, RunFacts
 
@@ -50,6 +51,7 @@ def add_parser(sub: argparse._SubParsersAction, home_option: Any) -> None:
     p.add_argument("output", type=Path, help="folder for OUTPUT (created when missing)")
     p.add_argument("arguments", nargs="*", help="extra arguments for work.sh")
     p.add_argument("--timeout", type=float, help="seconds (default: the bucket's timeout)")
+    p.add_argument("--executor", choices=["local", "slurm"], help="default: the bucket's")
     p = cmds.add_parser("install", help="install an image as a bucket (its own AE title)")
     p.add_argument("image", help="image name or digest, already in the engine")
     p.add_argument("--aetitle", help="AE title (default: AETitle of /root/storage/info.json)")
@@ -292,12 +294,14 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if not args.input.is_dir():
         raise CliError(f"{args.input} is not a folder", EXIT_USAGE)
     args.output.mkdir(parents=True, exist_ok=True)
+    if args.executor:
+        info = {**info, "executor": args.executor}
     timeout = args.timeout or (bucket.timeout(settings.bucket_timeout) if bucket else 3600.0)
     with tempfile.TemporaryDirectory(prefix="mb-run.") as tmp:
         memory = settings.memory / aetitle if aetitle else Path(tmp) / "memory"
         memory.mkdir(parents=True, exist_ok=True)
         request = run_request(args, settings, info, work_sh, Path(tmp), memory, timeout)
-        result = run_streaming(request)
+        result = run_streaming(request, settings)
     if result.reason:
         print(f"magickbox buckets run: failed: {result.reason}", file=sys.stderr)
         return EXIT_FAILED
@@ -314,22 +318,22 @@ def run_request(
     timeout: float,
 ) -> RunRequest:
     output = args.output.resolve()
-    folder = JobFolder(job_dir)  # holds only the log: INPUT and OUTPUT are the user's
-    facts = RunFacts(
+    folder = JobFolder(job_dir)
+    run = RunFacts(
         scratchdir=f"run.{secrets.token_hex(4)}",
         called=str(info.get("AETitle", "")),
         caller_aet="magickbox-buckets-run",
         caller_ip="127.0.0.1",
         jobname=args.input.name,
     )
-    # The verdict lands next to the results, where the user looks.
-    env = folder.environment(facts, memory, settings.home, proc_json=output / PROC_JSON)
+    # The verdict goes next to the results: there is no job folder to keep it in.
+    facts = folder.environment(run, memory, settings.home, proc_json=output / PROC_JSON)
     folder.log.touch()
     return build_request(
         info,
         work_sh,
         settings,
-        env,
+        facts,
         job_dir,
         list(args.arguments),
         timeout,
@@ -338,7 +342,7 @@ def run_request(
     )
 
 
-def run_streaming(request: RunRequest) -> RunResult:
+def run_streaming(request: RunRequest, settings: Settings | None = None) -> RunResult:
     """Run like the box and copy processing.log to stdout while it grows."""
     finished = threading.Event()
     results: list[RunResult] = []
@@ -347,15 +351,17 @@ def run_streaming(request: RunRequest) -> RunResult:
         results.append(result)
         finished.set()
 
-    executor = LocalExecutor()
+    slurm = request.executor == "slurm" and settings is not None
+    executor = SlurmExecutor(settings) if slurm and settings else LocalExecutor()
     executor.start(request, done)
-    with request.folder.log.open("rb") as fh:
+    log_path = JobFolder(request.job_dir).log
+    with log_path.open("rb") as fh:
         try:
             while not finished.wait(0.1):
                 sys.stdout.buffer.write(fh.read())
                 sys.stdout.flush()
         except KeyboardInterrupt:
-            executor.shutdown()
+            executor.cancel(request.scratchdir) if slurm else executor.shutdown()
             finished.wait()
         sys.stdout.buffer.write(fh.read())
         sys.stdout.flush()

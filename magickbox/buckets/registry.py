@@ -15,8 +15,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-INFO_KEYS = ("name", "description", "version", "AETitle", "license", "enabled")
-
 
 @dataclass(frozen=True)
 class Bucket:
@@ -45,7 +43,7 @@ class Bucket:
 
 def _positive_int(value: object, default: int) -> int:
     try:
-        number = int(value)  # type: ignore[arg-type]
+        number = int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         return default
     return number if number > 0 else default

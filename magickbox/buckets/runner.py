@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from magickbox.jobfolder import JobFolder
 
 log = logging.getLogger(__name__)
 
-KILL_WAIT = 5.0  # seconds a killed leftover group may take to be gone
+PID_FILE = ".mb-run.pid"
 
 
 @dataclass(frozen=True)
@@ -46,18 +45,17 @@ class RunRequest:
     # (``magickbox buckets run`` points them at any folders).
     input_dir: Path | None = None
     output_dir: Path | None = None
-
-    @property
-    def folder(self) -> JobFolder:
-        return JobFolder(self.job_dir)
+    # Which executor runs it ("local" or "slurm") and the bucket's own Slurm options.
+    executor: str = "local"
+    slurm: dict[str, object] = field(default_factory=dict)
 
     @property
     def input(self) -> Path:
-        return self.input_dir or self.folder.input
+        return self.input_dir or JobFolder(self.job_dir).input
 
     @property
     def output(self) -> Path:
-        return self.output_dir or self.folder.output
+        return self.output_dir or JobFolder(self.job_dir).output
 
     def argv(self) -> list[str]:
         if self.container is not None:
@@ -81,6 +79,11 @@ class Executor(Protocol):
     def start(self, req: RunRequest, done: Done) -> None: ...
     def cancel(self, scratchdir: str) -> bool: ...
     def shutdown(self) -> None: ...
+
+
+def log_line(job_dir: Path, text: str) -> None:
+    """A line of MagickBox's own in the job's log (the format is the job folder's)."""
+    JobFolder(job_dir).log_line(text)
 
 
 class LocalExecutor:
@@ -109,11 +112,10 @@ class LocalExecutor:
     def _execute(self, req: RunRequest) -> RunResult:
         argv = req.argv()
         what = req.container.engine.name if req.container else req.work_sh.name
-        folder = req.folder
         if req.container is not None:
             spec = req.container
-            folder.log_line(f"container {spec.name}: image {spec.image} ({what})")
-        with folder.log.open("ab") as logfh:
+            log_line(req.job_dir, f"container {spec.name}: image {spec.image} ({what})")
+        with JobFolder(req.job_dir).log.open("ab") as logfh:
             try:
                 proc = subprocess.Popen(
                     argv,
@@ -126,7 +128,7 @@ class LocalExecutor:
                 )
             except OSError as exc:
                 return RunResult(exit_code=None, reason=f"cannot start {what}: {exc}")
-        folder.pid_file.write_text(str(proc.pid))
+        (req.job_dir / PID_FILE).write_text(str(proc.pid))
         with self._lock:
             self._procs[req.scratchdir] = proc
             if req.container is not None:
@@ -156,7 +158,7 @@ class LocalExecutor:
                 self._specs.pop(req.scratchdir, None)
                 cancelled = req.scratchdir in self._cancelled
                 self._cancelled.discard(req.scratchdir)
-            folder.pid_file.unlink(missing_ok=True)
+            (req.job_dir / PID_FILE).unlink(missing_ok=True)
         if req.container is not None:
             return self._container_end(req, req.container, code, timed_out, cancelled)
         if timed_out:
@@ -192,7 +194,7 @@ class LocalExecutor:
             container.give_back(req.output, *spec.owner)
         except PermissionError:
             if not container.give_back_in_container(spec, req.output):
-                req.folder.log_line("could not give OUTPUT back to the box's user")
+                log_line(req.job_dir, "could not give OUTPUT back to the box's user")
 
     def _stop(self, scratchdir: str, proc: subprocess.Popen[bytes]) -> None:
         """Stop a job: its container through the engine, else its process group."""
@@ -233,55 +235,19 @@ def kill_group(pgid: int, sig: int) -> None:
 
 
 def kill_leftover(job_dir: Path) -> None:
-    """After a crash of the box: stop what is left of a bucket's run (found by its pid file).
-
-    The whole process group goes, whatever its leader's state: work.sh may have exited
-    while the box was down and left a background child that would write into the re-run.
-    """
-    pid_file = JobFolder(job_dir).pid_file
+    """After a crash of the box: stop a bucket process that outlived it (found by its pid file)."""
+    pid_file = job_dir / PID_FILE
     try:
-        pgid = int(pid_file.read_text().strip())
+        pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return
-    members = _group_members(pgid)
-    # A pgid is not reused while a member lives; a member of the run is recognised by its
-    # environment (MB_JOB_DIR) or command line, so an unrelated group is never killed.
-    if any(_of_run(pid, job_dir) for pid in members):
-        kill_group(pgid, signal.SIGKILL)
-        deadline = time.monotonic() + KILL_WAIT
-        while _group_members(pgid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-    pid_file.unlink(missing_ok=True)
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group ``pgid``, from /proc."""
-    members = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the command's ")" (which may itself hold spaces): state, ppid, pgrp.
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 2 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
-
-
-def _of_run(pid: int, job_dir: Path) -> bool:
-    marker = f"MB_JOB_DIR={job_dir}".encode()
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        environ = []
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         cmdline = b""
-    return marker in environ or str(job_dir).encode() in cmdline
+    if str(job_dir).encode() in cmdline:  # still the same process, not a recycled pid
+        kill_group(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
 
 
 def build_request(
@@ -309,6 +275,8 @@ def build_request(
         env=bucket_env(dict(os.environ), facts),
         timeout=timeout,
         container=spec,
+        executor=str(info.get("executor") or settings.executor),
+        slurm=dict(info.get("slurm") or {}),  # type: ignore[call-overload]
         **paths,
     )
 
@@ -316,5 +284,4 @@ def build_request(
 def bucket_env(base: dict[str, str], facts: dict[str, str]) -> dict[str, str]:
     env = dict(base)
     env.update(facts)
-    env.setdefault("MB_PYTHON", sys.executable)
     return env

@@ -17,18 +17,19 @@ from typing import Any
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from magickbox.jobs import scratch
+from magickbox.names import BadName, is_study_key, is_uid
 
 PARTS = ("OUTPUT", "INPUT")
 
 # The study facts the archive list shows, read from one file of each study.
 STUDY_TAGS = ("PatientID", "PatientName", "AccessionNumber", "StudyDate", "StudyDescription")
+STUDY_UID = "StudyInstanceUID"
 
 
 def job_files(job_dir: Path, part: str, limit: int = 1000) -> dict[str, Any]:
     """Regular files under ``job_dir/part`` (relative names, sizes), at most ``limit``."""
     if part not in PARTS:
-        raise scratch.BadName(f"part must be one of {', '.join(PARTS)}")
+        raise BadName(f"part must be one of {', '.join(PARTS)}")
     root = job_dir / part
     files: list[dict[str, Any]] = []
     total = 0
@@ -145,7 +146,7 @@ class ArchiveIndex:
             return []
         found = []
         for entry in os.scandir(self.archive):
-            if entry.is_dir(follow_symlinks=False) and scratch.UID_RE.fullmatch(entry.name):
+            if entry.is_dir(follow_symlinks=False) and is_study_key(entry.name):
                 found.append((entry.name, entry.stat(follow_symlinks=False).st_mtime))
         found.sort(key=lambda item: item[1], reverse=True)
         return found
@@ -171,9 +172,13 @@ class ArchiveIndex:
             if read:
                 continue
             try:
-                ds = pydicom.dcmread(entry.path, stop_before_pixels=True, specific_tags=STUDY_TAGS)
+                ds = pydicom.dcmread(
+                    entry.path, stop_before_pixels=True, specific_tags=[*STUDY_TAGS, STUDY_UID]
+                )
             except (InvalidDicomError, OSError, ValueError, EOFError):
                 continue  # not DICOM; another file of the study will tell
             facts = {tag: str(ds.get(tag, "") or "") for tag in STUDY_TAGS}
+            if not is_uid(folder.name) and ds.get(STUDY_UID):
+                facts[STUDY_UID] = str(ds.get(STUDY_UID))  # a hashed key: show the real UID
             read = True
         return {**facts, "files": files}

@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+from pathlib import Path
 
 from magickbox.buckets import container, registry
 from magickbox.buckets.runner import (
@@ -20,10 +21,10 @@ from magickbox.buckets.runner import (
     build_request,
     kill_leftover,
 )
-from magickbox.events import EventBus, JobFinished
+from magickbox.events import JobFinished, JobQueued
 from magickbox.jobfolder import JobFolder, RunFacts
 from magickbox.jobs.db import Job, State
-from magickbox.jobs.store import JobStore, Outcome
+from magickbox.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +32,8 @@ SAFETY_NET_SECONDS = 30.0
 
 
 class Dispatcher:
-    """Runs the queue; publishes JobFinished on ``bus`` (the store's unless given).
-
-    Whoever queues jobs must :meth:`wake` it (the Box subscribes it to JobQueued).
-    """
-
-    def __init__(self, store: JobStore, executor: Executor, bus: EventBus | None = None) -> None:
+    def __init__(self, store: JobStore, executor: Executor) -> None:
         self.store = store
-        self.bus = bus or store.bus
         self.settings = store.settings
         self.executor = executor
         self._running: dict[str, str] = {}  # scratchdir -> bucket, for jobs this process started
@@ -46,6 +41,8 @@ class Dispatcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+        self.events = store.events  # JobFinished is published here
+        self.events.subscribe(JobQueued, lambda _event: self.wake())
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> None:
@@ -64,19 +61,27 @@ class Dispatcher:
     def recover(self) -> None:
         """Jobs that were running when the box died: re-run them or mark them failed."""
         interrupted = self.store.running_jobs()
+        adopt = getattr(self.executor, "adopt", None)  # e.g. Slurm: jobs that outlive the box
+        if adopt is not None and interrupted:
+            dirs = {j.scratchdir: self.store.job_dir(j) for j in interrupted}
+            adopted = adopt(dirs, self._finished)
+            with self._lock:
+                self._running.update(
+                    {j.scratchdir: j.bucket for j in interrupted if j.scratchdir in adopted}
+                )
+            interrupted = [j for j in interrupted if j.scratchdir not in adopted]
         self._remove_leftover_containers(bool(interrupted))
         for job in interrupted:
-            # Before OUTPUT is made afresh: what is left of the run must not write into it.
-            kill_leftover(self.store.job_dir(job))
+            job_dir = self.store.job_dir(job)
+            kill_leftover(job_dir)
             if self.settings.rerun_interrupted and job.attempts < self.settings.max_attempts:
                 note = "the box restarted during this job: running it again"
                 self.store.requeue_interrupted(job, note)
             else:
-                self.store.fail_interrupted(job, "interrupted by a restart of the box")
-                self._published(job.scratchdir, job.bucket, State.FAILED)  # routed as failed
+                self.store.fail(job.scratchdir, "interrupted by a restart of the box")
+                self._publish_finished(job.scratchdir, job.bucket)  # routed like any failed job
         for job in self.store.received_jobs():  # a crash came between receipt and queueing
-            self.store.archive(job)
-            self.store.queue(job.scratchdir)
+            self.store.queue_received(job)
 
     def _remove_leftover_containers(self, jobs_interrupted: bool) -> None:
         """Containers this home started before a crash: gone before a job runs again."""
@@ -135,18 +140,28 @@ class Dispatcher:
             return sum(1 for b in self._running.values() if b == bucket)
 
     def _launch(self, job: Job, bucket: registry.Bucket) -> None:
-        folder = self.store.folder(job)
+        job_dir = self.store.job_dir(job)
         memory = self.settings.memory / bucket.aetitle
         memory.mkdir(parents=True, exist_ok=True)
-        facts = RunFacts(
-            job.scratchdir, job.bucket, job.caller_aet, job.caller_ip, job.study_uid, job.jobname
+        folder = JobFolder(job_dir)
+        facts = folder.environment(
+            RunFacts(
+                job.scratchdir,
+                job.bucket,
+                job.caller_aet,
+                job.caller_ip,
+                job.study_uid,
+                job.jobname,
+            ),
+            memory,
+            self.settings.home,
         )
         request = build_request(
             bucket.info,
             bucket.work_sh,
             self.settings,
-            folder.environment(facts, memory, self.settings.home),
-            folder.path,
+            facts,
+            job_dir,
             json.loads(job.arguments or "[]"),
             bucket.timeout(self.settings.bucket_timeout),
         )
@@ -158,26 +173,24 @@ class Dispatcher:
     def _fail(self, job: Job, reason: str) -> None:
         log.warning("job %s: %s", job.scratchdir, reason)
         self.store.fail(job.scratchdir, reason)
-        self._published(job.scratchdir, job.bucket, State.FAILED)
+        self._publish_finished(job.scratchdir, job.bucket)
 
     def _finished(self, req: RunRequest, result: RunResult) -> None:
-        with self._lock:
-            bucket = self._running.get(req.scratchdir, "")
         try:
-            end = outcome(JobFolder(req.job_dir), result)
-            self.store.finish(req.scratchdir, end)
+            values = outcome(req.job_dir, result)
+            self.store.finish(req.scratchdir, values)
         except Exception:
             log.exception("job %s: could not record its end", req.scratchdir)
         else:
-            self._published(req.scratchdir, bucket, end.state)
+            self._publish_finished(req.scratchdir, req.env.get("MB_AETITLE_CALLED", ""),
+                                   str(values["state"]))  # fmt: skip
         finally:
             with self._lock:
                 self._running.pop(req.scratchdir, None)
             self.wake()
 
-    def _published(self, scratchdir: str, bucket: str, state: State) -> None:
-        # The bus logs a subscriber's failure: it never stops the queue.
-        self.bus.publish(JobFinished(scratchdir, bucket, state))
+    def _publish_finished(self, scratchdir: str, bucket: str, state: str = State.FAILED) -> None:
+        self.events.publish(JobFinished(scratchdir, bucket, state))
 
     def cancel(self, scratchdir: str) -> bool:
         return self.executor.cancel(scratchdir)
@@ -187,9 +200,14 @@ class Dispatcher:
             return scratchdir in self._running
 
 
-def outcome(folder: JobFolder, result: RunResult) -> Outcome:
-    """How a run ended: the exit code and proc.json decide done or failed (and the log says so)."""
-    success = folder.take_success()
+def read_success(job_dir: Path) -> str | None:
+    """proc.json's ``success`` value (the job folder knows where a bucket may put it)."""
+    return JobFolder(job_dir).take_success()
+
+
+def outcome(job_dir: Path, result: RunResult) -> dict[str, object]:
+    """The row's new values after a run: the exit code and proc.json decide done or failed."""
+    success = read_success(job_dir)
     if result.reason:
         state, reason = State.FAILED, result.reason
     elif success is None and result.exit_code != 0:
@@ -198,12 +216,14 @@ def outcome(folder: JobFolder, result: RunResult) -> Outcome:
         state, reason = State.FAILED, f"proc.json says {success}"
     else:
         state, reason = State.DONE, ""
-    folder.log_line(f"finished: {state} (exit code {result.exit_code}) {reason}".rstrip())
-    return Outcome(
-        state=state,
-        exit_code=result.exit_code,
-        reason=reason,
-        success=success or "",
-        finished_at=result.finished_at,
-        log_size=folder.log_size(),
+    JobFolder(job_dir).log_line(
+        f"finished: {state} (exit code {result.exit_code}) {reason}".rstrip()
     )
+    return {
+        "state": state,
+        "exit_code": result.exit_code,
+        "reason": reason,
+        "success": success or "",
+        "finished_at": result.finished_at,
+        "log_size": JobFolder(job_dir).log_size(),
+    }

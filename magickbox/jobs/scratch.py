@@ -7,38 +7,20 @@ Layout of a job (the original's, which users' scripts know)::
     scratch/tmp.XXXXXXXX/info.json       CallerIP, AETitleCalled, AETitleCaller, received
     scratch/tmp.XXXXXXXX/processing.log  the bucket's stdout and stderr
     scratch/tmp.XXXXXXXX/proc.json       the bucket's verdict
-    scratch/archive/<StudyInstanceUID>/  every image ever received, by study
+    scratch/archive/<study key>/         every image ever received, by study
+                                         (magickbox.names.study_key of its UID)
+
+Name checks (job folder names, UIDs) live in :mod:`magickbox.names`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
-
-SCRATCHDIR_RE = re.compile(r"^tmp\.[A-Za-z0-9_]{6,32}$")
-# UIDs are digits and dots; anything else in a folder name taken from a dataset is refused.
-UID_RE = re.compile(r"^[0-9][0-9.]{0,63}$")
-
-
-class BadName(ValueError):
-    """A job or study name that is not one MagickBox made: never used as a path."""
-
-
-def check_scratchdir(name: str) -> str:
-    if not SCRATCHDIR_RE.fullmatch(name or ""):
-        raise BadName(f"not a job folder name: {name!r}")
-    return name
-
-
-def check_uid(uid: str) -> str:
-    if not UID_RE.fullmatch(uid or "") or ".." in uid:
-        raise BadName(f"not a DICOM UID: {uid!r}")
-    return uid
 
 
 def received_stamp(when: float | None = None) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from magickbox.config import Settings
@@ -23,6 +23,13 @@ from magickbox.events import EventBus, JobQueued
 from magickbox.jobfolder import JobFolder
 from magickbox.jobs import scratch
 from magickbox.jobs.db import FINISHED, Job, State
+from magickbox.names import (
+    SCRATCHDIR_RE,
+    BadName,
+    check_scratchdir,
+    check_study_uid,
+    study_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +49,6 @@ class NewJob:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """How a run ended, as the row records it."""
-
-    state: State
-    exit_code: int | None = None
-    reason: str = ""
-    success: str = ""  # proc.json's value; "" without one
-    finished_at: float | None = None  # now, unless given
-    log_size: int | None = None  # the log file's, unless given
-
-
-@dataclass(frozen=True)
 class JobFilter:
     bucket: str | None = None
     caller_aet: str | None = None
@@ -68,11 +63,11 @@ class JobFilter:
 
 class JobStore:
     def __init__(
-        self, settings: Settings, sessions: sessionmaker[Session], bus: EventBus | None = None
+        self, settings: Settings, sessions: sessionmaker[Session], events: EventBus | None = None
     ) -> None:
         self.settings = settings
         self.sessions = sessions
-        self.bus = bus or EventBus()  # JobQueued goes out on it
+        self.events = events or EventBus()  # JobQueued is published here
 
     # -- making jobs ---------------------------------------------------------------
     def create_job(self, input_dir: Path, new: NewJob, received_at: float | None = None) -> Job:
@@ -82,12 +77,12 @@ class JobStore:
         folder = JobFolder.create(
             self.settings.scratch, input_dir, facts, _info_json(new, received_at)
         )
-        return self._register(folder, new, received_at)
+        return self._register(folder.path, new, received_at)
 
-    def _register(self, folder: JobFolder, new: NewJob, received_at: float) -> Job:
+    def _register(self, job_dir: Path, new: NewJob, received_at: float) -> Job:
         """Record the job (received), archive its files, then queue it."""
         job = Job(
-            scratchdir=folder.name,
+            scratchdir=job_dir.name,
             bucket=new.bucket,
             caller_aet=new.caller_aet,
             caller_ip=new.caller_ip,
@@ -97,40 +92,40 @@ class JobStore:
             description=new.description,
             arguments=json.dumps(list(new.arguments)),
             received_text=scratch.received_stamp(received_at),
-            nfiles=scratch.count_files(folder.input),
+            nfiles=JobFolder(job_dir).count_input(),
             state=State.RECEIVED,
             received_at=received_at,
         )
         with self.sessions.begin() as s:
             s.add(job)
         self.archive(job)
+        job.state, job.queued_at = State.QUEUED, time.time()
+        self._update(job.scratchdir, state=job.state, queued_at=job.queued_at)
         log.info("job %s: %d files for bucket %s from %s@%s", job.scratchdir, job.nfiles,
                  new.bucket, new.caller_aet, new.caller_ip)  # fmt: skip
-        return self.queue(job.scratchdir) or job
+        self.events.publish(JobQueued(job.scratchdir, job.bucket))
+        return job
 
     def archive(self, job: Job) -> None:
-        """Hard-link the job's INPUT into scratch/archive/<StudyInstanceUID>/ (repeatable)."""
+        """Hard-link the job's INPUT into scratch/archive/<study key>/ (repeatable)."""
         if not job.study_uid:
             return
         try:
-            folder = self.settings.archive / scratch.check_uid(job.study_uid)
-            scratch.link_into_archive(self.folder(job).input, folder)
-        except (OSError, scratch.BadName) as exc:
+            folder = self.settings.archive / study_key(check_study_uid(job.study_uid))
+            scratch.link_into_archive(JobFolder(self.job_dir(job)).input, folder)
+        except (OSError, BadName) as exc:
             log.warning("job %s: not archived: %s", job.scratchdir, exc)
 
     # -- reading -------------------------------------------------------------------
     def get(self, scratchdir: str) -> Job | None:
-        scratch.check_scratchdir(scratchdir)
+        check_scratchdir(scratchdir)
         with self.sessions() as s:
             return s.scalars(select(Job).where(Job.scratchdir == scratchdir)).first()
 
     def job_dir(self, job: Job) -> Path:
-        return self.settings.scratch / scratch.check_scratchdir(job.scratchdir)
+        return self.settings.scratch / check_scratchdir(job.scratchdir)
 
-    def folder(self, job: Job) -> JobFolder:
-        return JobFolder(self.job_dir(job))
-
-    def list(
+    def find(
         self,
         flt: JobFilter = JobFilter(),
         limit: int | None = None,
@@ -209,18 +204,43 @@ class JobStore:
         """Bytes of the job's processing log: the row's once finished, else the file's now."""
         if job.state in FINISHED and job.finished_at is not None:
             return job.log_size
-        return self.folder(job).log_size()
+        return JobFolder(self.job_dir(job)).log_size()
 
     def study_jobs(self, study_uid: str) -> Sequence[Job]:
         with self.sessions() as s:
             return s.scalars(select(Job).where(Job.study_uid == study_uid)).all()
 
-    # -- changing: each change of a job's state is one named transition --------------
-    def queue(self, scratchdir: str) -> Job | None:
-        """A received job enters the queue (at its back); its row, None if there is none."""
-        job = self._set(scratchdir, state=State.QUEUED, queued_at=time.time())
-        self._queued(job)
-        return job
+    # -- changing: the named transitions of a job's state ----------------------------
+    def queue_received(self, job: Job) -> None:
+        """received -> queued, for a job whose queueing a crash interrupted (archived again)."""
+        self.archive(job)
+        self._update(job.scratchdir, state=State.QUEUED, queued_at=time.time())
+        self.events.publish(JobQueued(job.scratchdir, job.bucket))
+
+    def finish(self, scratchdir: str, outcome: dict[str, Any]) -> None:
+        """running -> done or failed, with what the run left (see ``jobs.queue.outcome``)."""
+        self._update(scratchdir, **outcome)
+
+    def fail(self, scratchdir: str, reason: str) -> None:
+        """-> failed without a run's outcome (no bucket, could not start, interrupted)."""
+        job = self.get(scratchdir)
+        size = JobFolder(self.job_dir(job)).log_size() if job else 0
+        self._update(
+            scratchdir, state=State.FAILED, finished_at=time.time(), reason=reason, log_size=size
+        )
+
+    def requeue_interrupted(self, job: Job, note: str) -> None:
+        """running -> queued after a restart: a fresh OUTPUT, the attempt already counted."""
+        self.reset_for_run(job, note)
+        self._update(job.scratchdir, state=State.QUEUED, started_at=None)
+        self.events.publish(JobQueued(job.scratchdir, job.bucket))
+
+    def _update(self, scratchdir: str, **values: Any) -> None:
+        with self.sessions.begin() as s:
+            job = s.scalars(select(Job).where(Job.scratchdir == scratchdir)).first()
+            if job is not None:
+                for key, value in values.items():
+                    setattr(job, key, value)
 
     def claim_next(self, bucket: str) -> Job | None:
         """Mark the oldest queued job of ``bucket`` running and return it (first in, first out)."""
@@ -237,35 +257,13 @@ class JobStore:
             job.attempts += 1
             return job
 
-    def finish(self, scratchdir: str, outcome: Outcome) -> None:
-        """Record a run's end (done or failed) with what the bucket left."""
-        job = self.get(scratchdir)
-        if job is None:  # deleted while it ran
-            return
-        log_size = outcome.log_size
-        if log_size is None:
-            log_size = self.folder(job).log_size()
-        self._set(
-            scratchdir,
-            state=outcome.state,
-            exit_code=outcome.exit_code,
-            reason=outcome.reason,
-            success=outcome.success,
-            finished_at=outcome.finished_at if outcome.finished_at is not None else time.time(),
-            log_size=log_size,
-        )
-
-    def fail(self, scratchdir: str, reason: str) -> None:
-        """A job that could not run (no such bucket, no start) ends failed with ``reason``."""
-        self.finish(scratchdir, Outcome(State.FAILED, reason=reason))
-
     def requeue(self, scratchdir: str, note: str) -> bool:
         """Put a finished job back in the queue with a fresh OUTPUT (the retry of the API)."""
         job = self.get(scratchdir)
         if job is None or job.state not in FINISHED:
             return False
-        self.folder(job).fresh_output(note)
-        job = self._set(
+        self.reset_for_run(job, note)
+        self._update(
             scratchdir,
             state=State.QUEUED,
             queued_at=time.time(),
@@ -275,41 +273,23 @@ class JobStore:
             success="",
             attempts=0,
         )
-        self._queued(job)
+        self.events.publish(JobQueued(job.scratchdir, job.bucket))
         return True
 
-    def requeue_interrupted(self, job: Job, note: str) -> None:
-        """A job a restart interrupted runs again, keeping its place in the queue."""
-        self.folder(job).fresh_output(note)
-        self._queued(self._set(job.scratchdir, state=State.QUEUED, started_at=None))
-
-    def fail_interrupted(self, job: Job, reason: str) -> None:
-        """A job a restart interrupted, not to be run again, ends failed."""
-        self.fail(job.scratchdir, reason)
-
-    def _set(self, scratchdir: str, **values: Any) -> Job | None:
-        with self.sessions.begin() as s:
-            job = s.scalars(select(Job).where(Job.scratchdir == scratchdir)).first()
-            if job is not None:
-                for key, value in values.items():
-                    setattr(job, key, value)
-            return job
-
-    def _queued(self, job: Job | None) -> None:
-        if job is not None:
-            self.bus.publish(JobQueued(job.scratchdir, job.bucket))
+    def reset_for_run(self, job: Job, note: str) -> None:
+        JobFolder(self.job_dir(job)).fresh_output(note)
 
     def delete(self, scratchdir: str) -> bool:
         job = self.get(scratchdir)
         if job is None:
             return False
         with self.sessions.begin() as s:
-            s.execute(Job.__table__.delete().where(Job.scratchdir == scratchdir))
+            s.execute(delete(Job).where(Job.scratchdir == scratchdir))
         scratch.remove_tree(self.job_dir(job))
         return True
 
     def delete_archive_study(self, study_uid: str) -> bool:
-        folder = self.settings.archive / scratch.check_uid(study_uid)
+        folder = self.settings.archive / study_key(check_study_uid(study_uid))
         existed = folder.is_dir()
         scratch.remove_tree(folder)
         return existed
@@ -317,30 +297,30 @@ class JobStore:
     # -- after a restart -----------------------------------------------------------
     def adopt_orphans(self) -> int:
         """Job folders that a crash left without a row get one; half-made ones are removed."""
-        known = {row[0] for row in self._all_scratchdirs()}
+        known = set(self._all_scratchdirs())
         adopted = 0
         for entry in os.scandir(self.settings.scratch):
-            if not scratch.SCRATCHDIR_RE.fullmatch(entry.name) or entry.name in known:
+            if not SCRATCHDIR_RE.fullmatch(entry.name) or entry.name in known:
                 continue
-            folder = JobFolder(Path(entry.path))
+            job_dir = Path(entry.path)
             try:
-                facts = folder.read_facts()
+                facts = JobFolder(job_dir).read_facts()
                 received_at = float(facts.pop("received_at"))
                 facts["arguments"] = tuple(facts.get("arguments", ()))
                 new = NewJob(**facts)
             except (OSError, ValueError, TypeError, KeyError):
                 new = None
-            if new is None or not folder.is_complete():
+            if new is None or not JobFolder(job_dir).is_complete():
                 log.warning("removing half-made job folder %s", entry.name)
-                scratch.remove_tree(folder.path)
+                scratch.remove_tree(job_dir)
                 continue
-            self._register(folder, new, received_at)
+            self._register(job_dir, new, received_at)
             adopted += 1
         return adopted
 
-    def _all_scratchdirs(self) -> list[tuple[str]]:
+    def _all_scratchdirs(self) -> list[str]:
         with self.sessions() as s:
-            return [tuple(r) for r in s.execute(select(Job.scratchdir))]
+            return list(s.scalars(select(Job.scratchdir)))
 
     def running_jobs(self) -> Sequence[Job]:
         with self.sessions() as s:

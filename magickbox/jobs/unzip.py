@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
+from magickbox.errors import Invalid
+
 __all__ = ["UnsafeZip", "ZipLimits", "safe_extract"]
 
 _A = TypeVar("_A")
@@ -77,7 +79,7 @@ _DIR_OPEN_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _O_CLOEXEC
 _FILE_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _O_CLOEXEC
 
 
-class UnsafeZip(ValueError):
+class UnsafeZip(Invalid):
     """The uploaded archive is invalid, or unsafe to extract; nothing of it was kept."""
 
     def __init__(self, message: str) -> None:

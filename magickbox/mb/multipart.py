@@ -3,7 +3,7 @@
 ``mb push`` must upload a 2 GB folder in constant memory: nothing is zipped to disk or to
 memory first. The body is a generator (httpx sends it with chunked transfer encoding):
 the form fields, then the part header of the file field, then the bytes of
-:func:`magickbox.web.zipstream.stream_zip` as they are made, then the closing boundary.
+:func:`magickbox.zipstream.stream_zip` as they are made, then the closing boundary.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from magickbox.web.zipstream import stream_zip, zip_dir_entries
+from magickbox.zipstream import stream_zip, zip_dir_entries
 
 # Bytes a member adds to the streamed archive besides its name (twice) and data: local
 # header (30 + 20 zip64 extra), data descriptor (24), central directory entry (46; more

@@ -1,15 +1,18 @@
-"""From files to sends: group received files by (calling AE, called AE, peer IP, study).
+"""From files to arrivals: group received files by (calling AE, called AE, peer IP, study).
 
-A send is ready to become a job when none of its associations is still open and nothing
-arrived for ``quiet`` seconds; so several associations of one study (OsiriX sends a
-series per association) make one job, while one association carrying N studies makes N.
+An arrival is what a peer sent of one study ("send" is routing's word, for what the box
+sends out). It is ready to become a job when none of its associations is still open and
+nothing arrived for ``quiet`` seconds; so several associations of one study (OsiriX sends
+a series per association) make one job, while one association carrying N studies makes N.
 
-Each send lives in ``scratch/.incoming/<id>/`` beside ``<id>.json`` (its key) from its
+Each arrival lives in ``scratch/.incoming/<id>/`` beside ``<id>.json`` (its key) from its
 first file on, so a crash loses nothing: a restart turns every such folder into a job.
 """
 
 from __future__ import annotations
 
+import filecmp
+import itertools
 import json
 import logging
 import os
@@ -24,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SendKey:
+class ArrivalKey:
     caller_aet: str
     called_aet: str
     caller_ip: str
@@ -32,8 +35,8 @@ class SendKey:
 
 
 @dataclass
-class Send:
-    key: SendKey
+class Arrival:
+    key: ArrivalKey
     folder: Path
     started: float = field(default_factory=time.time)
     open_assocs: set[int] = field(default_factory=set)
@@ -41,7 +44,33 @@ class Send:
     nfiles: int = 0
 
 
-Ready = Callable[[Path, SendKey, float], None]
+Ready = Callable[[Path, ArrivalKey, float], None]
+
+
+def place_file(src: Path, folder: Path, name: str) -> str:
+    """Move ``src`` into ``folder`` as ``name``, never over another acknowledged data set.
+
+    A second data set under a name already taken gets a suffix (``<uid>-2.dcm``); the same
+    bytes sent again (a retry) just take the old one's place. Returns the name it got.
+    """
+    stem, suffix = os.path.splitext(name)
+    for n in itertools.count(1):
+        target = folder / (name if n == 1 else f"{stem}-{n}{suffix}")
+        try:
+            os.link(src, target)  # atomic and never replaces, unlike a rename
+        except FileExistsError:
+            if filecmp.cmp(src, target, shallow=False):
+                os.replace(src, target)
+                return target.name
+            continue
+        except OSError:  # a filesystem without hard links: no race-free check, rename
+            if target.exists():
+                continue
+            os.replace(src, target)
+            return target.name
+        src.unlink()
+        return target.name
+    raise AssertionError("unreachable")
 
 
 class Grouper:
@@ -49,8 +78,8 @@ class Grouper:
         self.incoming = incoming
         self.quiet = quiet
         self.on_ready = on_ready
-        self._sends: dict[SendKey, Send] = {}
-        self._assoc_sends: dict[int, set[SendKey]] = {}
+        self._arrivals: dict[ArrivalKey, Arrival] = {}
+        self._assoc_arrivals: dict[int, set[ArrivalKey]] = {}
         self._cond = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="grouper", daemon=True)
@@ -66,41 +95,47 @@ class Grouper:
             self._cond.notify_all()
 
     # -- called from the receiver's association threads ----------------------------
-    def add_file(self, assoc_id: int, key: SendKey, src: Path, name: str) -> None:
-        """Move a fully received file into its send's folder."""
+    def add_file(self, assoc_id: int, key: ArrivalKey, src: Path, name: str) -> None:
+        """Move a fully received file into its arrival's folder."""
         with self._cond:
-            send = self._sends.get(key)
-            if send is None:
-                send = self._sends[key] = self._new_send(key)
-            send.open_assocs.add(assoc_id)
-            self._assoc_sends.setdefault(assoc_id, set()).add(key)
-            send.last = time.monotonic()
-            send.nfiles += 1
-            folder = send.folder
-        # The send cannot become a job while this association is open, so the rename is
+            arrival = self._arrivals.get(key)
+            if arrival is None:
+                arrival = self._arrivals[key] = self._new_arrival(key)
+            arrival.open_assocs.add(assoc_id)
+            self._assoc_arrivals.setdefault(assoc_id, set()).add(key)
+            arrival.last = time.monotonic()
+            arrival.nfiles += 1
+            folder = arrival.folder
+        # The arrival cannot become a job while this association is open, so the rename is
         # safe outside the lock and concurrent associations do not wait on each other.
-        os.replace(src, folder / name)
+        kept = place_file(src, folder, name)
+        if kept != name:
+            log.warning(
+                "two different data sets with SOP Instance UID %s from calling AE %r (%s) "
+                "in one send: both kept, the later as %s",
+                Path(name).stem, key.caller_aet, key.caller_ip, kept,
+            )  # fmt: skip
 
     def association_closed(self, assoc_id: int) -> None:
         with self._cond:
-            for key in self._assoc_sends.pop(assoc_id, ()):
-                send = self._sends.get(key)
-                if send:
-                    send.open_assocs.discard(assoc_id)
-                    send.last = time.monotonic()
+            for key in self._assoc_arrivals.pop(assoc_id, ()):
+                arrival = self._arrivals.get(key)
+                if arrival:
+                    arrival.open_assocs.discard(assoc_id)
+                    arrival.last = time.monotonic()
             self._cond.notify_all()
 
-    def _new_send(self, key: SendKey) -> Send:
-        send_id = uuid.uuid4().hex
-        folder = self.incoming / send_id
+    def _new_arrival(self, key: ArrivalKey) -> Arrival:
+        arrival_id = uuid.uuid4().hex
+        folder = self.incoming / arrival_id
         meta = {**asdict(key), "started": time.time()}
-        tmp = self.incoming / f".{send_id}.json"
+        tmp = self.incoming / f".{arrival_id}.json"
         tmp.write_text(json.dumps(meta))
-        os.replace(tmp, self.incoming / f"{send_id}.json")
+        os.replace(tmp, self.incoming / f"{arrival_id}.json")
         folder.mkdir()
-        return Send(key=key, folder=folder, started=meta["started"])
+        return Arrival(key=key, folder=folder, started=meta["started"])
 
-    # -- turning quiet sends into jobs ---------------------------------------------
+    # -- turning quiet arrivals into jobs ------------------------------------------
     def _loop(self) -> None:
         while True:
             with self._cond:
@@ -110,63 +145,63 @@ class Grouper:
                 if not ready:
                     self._cond.wait(wait)
                     continue
-            for send in ready:
-                self._hand_over(send.folder, send.key, send.started)
+            for arrival in ready:
+                self._hand_over(arrival.folder, arrival.key, arrival.started)
 
-    def _take_ready(self) -> tuple[list[Send], float | None]:
+    def _take_ready(self) -> tuple[list[Arrival], float | None]:
         now = time.monotonic()
-        ready: list[Send] = []
+        ready: list[Arrival] = []
         wait: float | None = None
-        for key, send in list(self._sends.items()):
-            if send.open_assocs:
+        for key, arrival in list(self._arrivals.items()):
+            if arrival.open_assocs:
                 continue
-            left = send.last + self.quiet - now
+            left = arrival.last + self.quiet - now
             if left <= 0:
-                ready.append(self._sends.pop(key))
+                ready.append(self._arrivals.pop(key))
             else:
                 wait = left if wait is None else min(wait, left)
         return ready, wait
 
-    def _hand_over(self, folder: Path, key: SendKey, started: float) -> None:
+    def _hand_over(self, folder: Path, key: ArrivalKey, started: float) -> None:
         try:
             self.on_ready(folder, key, started)
         except Exception:
             # The folder stays in .incoming: the next start makes the job.
-            log.exception("send %s (%s) could not become a job", folder.name, key)
+            log.exception("arrival %s (%s) could not become a job", folder.name, key)
             return
         (folder.parent / f"{folder.name}.json").unlink(missing_ok=True)
 
     def pending(self) -> int:
         with self._cond:
-            return len(self._sends)
+            return len(self._arrivals)
 
     def snapshot(self) -> list[dict[str, object]]:
-        """The sends still being received (not yet jobs), oldest first, for the web page."""
+        """The arrivals still being received (not yet jobs), oldest first, for the web page."""
         with self._cond:
-            sends = sorted(self._sends.values(), key=lambda send: send.started)
+            arrivals = sorted(self._arrivals.values(), key=lambda arrival: arrival.started)
             return [
                 {
-                    **asdict(send.key),
-                    "started": send.started,
-                    "files": send.nfiles,
-                    "open_associations": len(send.open_assocs),
+                    **asdict(arrival.key),
+                    "started": arrival.started,
+                    "files": arrival.nfiles,
+                    "open_associations": len(arrival.open_assocs),
                 }
-                for send in sends
+                for arrival in arrivals
             ]
 
     def recover(self) -> None:
-        """Sends a previous run had not yet turned into jobs become jobs now."""
+        """Arrivals a previous run had not yet turned into jobs become jobs now."""
         for meta_path in sorted(self.incoming.glob("*.json")):
             folder = meta_path.with_suffix("")
             try:
                 meta = json.loads(meta_path.read_text())
                 started = float(meta.pop("started", time.time()))
-                key = SendKey(**meta)
+                key = ArrivalKey(**meta)
             except (OSError, ValueError, TypeError):
-                log.error("unreadable send record %s: left for inspection", meta_path)
+                log.error("unreadable arrival record %s: left for inspection", meta_path)
                 continue
             if not folder.is_dir():
                 meta_path.unlink(missing_ok=True)  # the job was made; only the record was left
                 continue
-            log.info("recovering send %s of study %s", folder.name, key.study_uid)
+            log.info("recovering arrival %s of study %s", folder.name, key.study_uid)
             self._hand_over(folder, key, started)

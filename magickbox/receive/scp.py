@@ -2,7 +2,7 @@
 
 Datasets are written to disk by pynetdicom as they arrive (chunked mode, so large files
 never sit whole in memory) and kept byte for byte: nothing is decoded except the few
-header elements up to the StudyInstanceUID, which the send's grouping needs. A walk over
+header elements up to the StudyInstanceUID, which the arrival's grouping needs. A walk over
 the element headers (no values) refuses a data set that does not parse with a failure
 status. The called AE title must be an enabled bucket; any other is rejected while
 associating.
@@ -14,8 +14,10 @@ import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydicom.filereader import read_partial
+from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
@@ -23,13 +25,28 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from magickbox.config import Settings
-from magickbox.jobs.scratch import BadName, check_uid
-from magickbox.receive.grouping import Grouper, SendKey
+from magickbox.names import BadName, check_study_uid, check_uid
+from magickbox.receive.grouping import ArrivalKey, Grouper
 from magickbox.receive.structure import Malformed, check_stored_file
 
 log = logging.getLogger(__name__)
 
 STUDY_UID_TAG = 0x0020000D
+SOP_UID_TAG = 0x00080018
+# Storage SOP classes of PS3.4 table B.5-1 that pynetdicom's unrestricted storage service
+# does not take for storage (it lists them under other services): accepted explicitly, in
+# any transfer syntax pydicom knows, so that "every storage class" holds.
+EXTRA_STORAGE_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.200.1",  # CT Defined Procedure Protocol Storage
+    "1.2.840.10008.5.1.4.1.1.200.3",  # Protocol Approval Storage
+    "1.2.840.10008.5.1.4.1.1.200.7",  # XA Defined Procedure Protocol Storage
+    "1.2.840.10008.5.1.4.1.1.201.1",  # Inventory Storage
+    "1.2.840.10008.5.1.4.38.1",  # Hanging Protocol Storage
+    "1.2.840.10008.5.1.4.39.1",  # Color Palette Storage
+    "1.2.840.10008.5.1.4.43.1",  # Generic Implant Template Storage
+    "1.2.840.10008.5.1.4.44.1",  # Implant Assembly Template Storage
+    "1.2.840.10008.5.1.4.45.1",  # Implant Template Group Storage
+)
 # C-STORE failure statuses (PS3.4 B.2.3)
 CANNOT_UNDERSTAND = 0xC000
 OUT_OF_RESOURCES = 0xA700
@@ -48,7 +65,21 @@ def study_uid_of(raw: bytes) -> str:
     uid = raw.decode("ascii", "replace").strip(" \0")
     if not uid:
         raise ValueError("dataset has no StudyInstanceUID")
-    return check_uid(uid)
+    return check_study_uid(uid)  # need not be a proper UID: the archive folder is its key
+
+
+def sop_uid_of(raw: bytes | None, requested: str) -> str:
+    """The SOP Instance UID to name a stored file by: the data set's own, else the request's.
+
+    The data set is what is kept, so its (0008,0018) wins; dcmtk puts garbage such as "31"
+    into the request for files whose elements are all VR UN.
+    """
+    for candidate in (raw.decode("ascii", "replace") if raw else "", requested):
+        try:
+            return check_uid(candidate.strip(" \0"))
+        except BadName:
+            continue
+    raise ValueError(f"no valid SOP Instance UID in the data set or the request ({requested!r})")
 
 
 class Receiver:
@@ -76,7 +107,9 @@ class Receiver:
         ae.maximum_associations = 64
         ae.network_timeout = 120
         ae.add_supported_context(Verification)
-        handlers = [
+        for sop_class in EXTRA_STORAGE_CLASSES:
+            ae.add_supported_context(sop_class, AllTransferSyntaxes)
+        handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, lambda _e: 0x0000),
@@ -95,36 +128,59 @@ class Receiver:
 
     def _on_requested(self, event: Event) -> None:
         rq = event.assoc.requestor
-        called = str(rq.primitive.called_ae_title).strip()
-        if called == self.settings.aet or self.accepts(called):
+        called = str(getattr(rq.primitive, "called_ae_title", "")).strip()
+        if called == self.settings.aet:
+            reason = self._own_title_refusal(event)
+        elif self.accepts(called):
+            reason = ""
+        else:
+            reason = "the called AE title is no enabled bucket"
+        if not reason:
             event.assoc.acceptor.ae_title = called
             return
         log.warning(
-            "rejected association from %s@%s: called AE %r is no enabled bucket",
-            rq.primitive.calling_ae_title,
+            "rejected association from %s@%s calling %r: %s",
+            str(getattr(rq.primitive, "calling_ae_title", "")).strip(),
             rq.address,
             called,
+            reason,
         )
         event.assoc.acse.send_reject(0x01, 0x01, 0x07)  # permanent, service user, called AE
         event.assoc.kill()  # waits until the rejection is on the wire, then closes
 
+    def _own_title_refusal(self, event: Event) -> str:
+        """Why an association to the box's own AE title is refused ("" if it is not).
+
+        The own title names no bucket, so it serves Verification only. Refusing a
+        proposal with anything else makes a sender fail loudly: storescu would
+        otherwise exit 0 over images that were all refused.
+        """
+        primitive = event.assoc.requestor.primitive
+        proposed = primitive.presentation_context_definition_list if primitive else []
+        others = {str(cx.abstract_syntax) for cx in proposed} - {str(Verification)}
+        if not others:
+            event.assoc.acceptor.ae_title = self.settings.aet
+            return ""
+        return f"the box's own AE title names no bucket: Verification only, not {sorted(others)}"
+
     def _on_store(self, event: Event) -> int:
         path = Path(event.dataset_path)
         assoc = event.assoc
-        try:
-            found = check_stored_file(path, event.context.transfer_syntax, (STUDY_UID_TAG,))
-            study_uid = study_uid_of(found.get(STUDY_UID_TAG, b""))
-            sop_uid = check_uid(str(event.request.AffectedSOPInstanceUID).strip())
-        except (ValueError, BadName, Malformed, OSError, EOFError) as exc:
-            log.warning("C-STORE from %s refused: %s", assoc.requestor.address, exc)
-            path.unlink(missing_ok=True)
-            return CANNOT_UNDERSTAND
+        requested = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "").strip()
         called = str(assoc.acceptor.ae_title).strip()
-        if called == self.settings.aet:  # the box's own title names no bucket
+        try:
+            found = check_stored_file(
+                path, event.context.transfer_syntax, (STUDY_UID_TAG, SOP_UID_TAG)
+            )
+            study_uid = study_uid_of(found.get(STUDY_UID_TAG, b""))
+            sop_uid = sop_uid_of(found.get(SOP_UID_TAG), requested)
+            if called == self.settings.aet:  # an association to the own title stores nothing
+                raise ValueError("the box's own AE title names no bucket")
+        except (ValueError, BadName, Malformed, OSError, EOFError) as exc:
+            self._refused(assoc, requested, exc, logging.WARNING)
             path.unlink(missing_ok=True)
-            log.warning("C-STORE to the box's own AE title %s refused: it names no bucket", called)
             return CANNOT_UNDERSTAND
-        key = SendKey(
+        key = ArrivalKey(
             caller_aet=str(assoc.requestor.ae_title).strip(),
             called_aet=called,
             caller_ip=str(assoc.requestor.address),
@@ -133,10 +189,23 @@ class Receiver:
         try:
             self.grouper.add_file(id(assoc), key, path, f"{sop_uid}.dcm")
         except OSError as exc:  # disk full or gone: the sender is told and may try again
-            log.error("C-STORE from %s could not be stored: %s", assoc.requestor.address, exc)
+            self._refused(assoc, sop_uid, exc, logging.ERROR)
             path.unlink(missing_ok=True)
             return OUT_OF_RESOURCES
         return 0x0000
+
+    @staticmethod
+    def _refused(assoc: Association, sop_uid: str, reason: Exception, level: int) -> None:
+        """One log line per refused C-STORE naming who sent what to whom and why."""
+        log.log(
+            level,
+            "C-STORE refused: calling AE %r at %s, called AE %r, SOP Instance UID %r: %s",
+            str(assoc.requestor.ae_title).strip(),
+            assoc.requestor.address,
+            str(assoc.acceptor.ae_title).strip(),
+            sop_uid,
+            reason,
+        )
 
     def _on_closed(self, event: Event) -> None:
         self.grouper.association_closed(id(event.assoc))

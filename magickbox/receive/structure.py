@@ -105,7 +105,10 @@ class _Inflating:
         self.pos = 0
 
     def _fill(self, n: int) -> None:
-        while len(self.buf) < n:
+        # The end of the deflate stream is the end of the data set. Bytes after it are
+        # tolerated (dcmtk pads an odd-length stream with a NUL): once the stream has
+        # ended, decompress() only ever returns nothing, so asking again would spin.
+        while len(self.buf) < n and not self.inflater.eof:
             if self.inflater.unconsumed_tail:
                 data = self.inflater.unconsumed_tail
             else:
@@ -114,9 +117,12 @@ class _Inflating:
                     self.buf += self.inflater.flush()
                     return
             try:
-                self.buf += self.inflater.decompress(data, self.CHUNK)
+                out = self.inflater.decompress(data, self.CHUNK)
             except zlib.error as exc:
                 raise Malformed(f"deflated data set: {exc}") from exc
+            if not out and not self.inflater.eof and self.inflater.unconsumed_tail == data:
+                raise Malformed("the deflated data set makes no progress")  # never spin
+            self.buf += out
 
     def read(self, n: int) -> bytes:
         self._fill(n)

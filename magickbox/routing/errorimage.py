@@ -13,12 +13,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from magickbox.jobfolder import LOG, JobFolder
+from magickbox.jobfolder import JobFolder
 from magickbox.routing.sender import dicom_files
 
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
 LINES = 48
 COLUMNS = 100
 STUDY_TAGS = (
@@ -40,8 +40,8 @@ def log_tail(folder: JobFolder, lines: int = LINES, columns: int = COLUMNS) -> l
     """The last ``lines`` lines of the log, long lines cut to ``columns`` characters."""
     text = folder.log_tail()
     if text is None:
-        text = f"(no {LOG})"
-    tail = text.splitlines()[-lines:] or [f"({LOG} is empty)"]
+        text = "(no processing.log)"
+    tail = text.splitlines()[-lines:] or ["(processing.log is empty)"]
     return [line.expandtabs(4)[:columns] for line in tail]
 
 
@@ -66,14 +66,14 @@ def study_of(input_dir: Path) -> Dataset:
         source = dcmread(item.path, stop_before_pixels=True)
         for keyword in STUDY_TAGS:
             if keyword in source:
-                setattr(study, keyword, source.data_element(keyword).value)
+                setattr(study, keyword, source[keyword].value)
     return study
 
 
 def write_error_image(job_dir: Path, target: Path, scratchdir: str) -> Path:
     """Make the image of ``job_dir``'s log at ``target`` (a Part 10 file) and return it."""
     folder = JobFolder(job_dir)
-    pixels = render(log_tail(folder), f"MagickBox {scratchdir}: {LOG}")
+    pixels = render(log_tail(folder), f"MagickBox {scratchdir}: {folder.log.name}")
     ds = study_of(folder.input)
     now = time.strftime("%Y%m%d"), time.strftime("%H%M%S")
     ds.StudyInstanceUID = ds.get("StudyInstanceUID") or generate_uid()
@@ -99,7 +99,7 @@ def write_error_image(job_dir: Path, target: Path, scratchdir: str) -> Path:
     ds.PixelData = pixels.tobytes()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.MediaStorageSOPInstanceUID = UID(ds.SOPInstanceUID)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     target.parent.mkdir(parents=True, exist_ok=True)

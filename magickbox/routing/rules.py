@@ -150,14 +150,14 @@ def _check_destination(where: str, dest: object) -> list[str]:
         which = []
     if not isinstance(which, list):
         return [*problems, f'{where}.which: must be a list of {{"gggg,eeee": "<regex>"}}']
-    for k, entry in enumerate(which):
+    for n, entry in enumerate(which):
         if not isinstance(entry, dict) or not entry:
-            problems.append(f"{where}.which[{k}]: must be a non-empty object")
+            problems.append(f"{where}.which[{n}]: must be a non-empty object")
             continue
         for tag, regex in entry.items():
             if not TAG_RE.match(str(tag)):
-                problems.append(f'{where}.which[{k}]: tag {tag!r} is not written as "0008,103e"')
-            problems += _check_regex(f"{where}.which[{k}][{tag!r}]", regex)
+                problems.append(f'{where}.which[{n}]: tag {tag!r} is not written as "0008,103e"')
+            problems += _check_regex(f"{where}.which[{n}][{tag!r}]", regex)
     return problems
 
 

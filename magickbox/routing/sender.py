@@ -267,7 +267,10 @@ class Link:
         peer_max = int(assoc.acceptor.maximum_length or 0)  # 0: the peer takes any size
         self.fragment = (peer_max - 6) if peer_max else MAX_FRAGMENT
         _park_threads(assoc)
-        self.sock = assoc.dul.socket.socket  # type: ignore[union-attr]
+        transport = assoc.dul.socket
+        if transport is None or transport.socket is None:
+            raise LinkError("the association has no socket")
+        self.sock: socket.socket = transport.socket
         self.sock.settimeout(timeout)
 
     def store(self, item: DicomFile, msg_id: int) -> tuple[bool, str]:

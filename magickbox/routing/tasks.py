@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from magickbox.config import Settings
-from magickbox.jobs.db import FINISHED, Job, RoutingLog, Send, SendState
+from magickbox.jobs.db import FINISHED, Job
 from magickbox.routing import rules, sender
 from magickbox.routing.errorimage import write_error_image
+from magickbox.routing.models import RoutingLog, Send, SendState
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ class Router:
         self._stop = False
         self._threads: list[threading.Thread] = []
         self._table_lock = threading.Lock()
+        self._ended: queue.SimpleQueue[str] = queue.SimpleQueue()  # jobs to evaluate
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> None:
@@ -91,7 +94,7 @@ class Router:
                     .group_by(RoutingLog.scratchdir)
                 ).all()
             )
-        missed = [name for name, end in ended if routed.get(name, 0.0) < end]
+        missed = [name for name, end in ended if end is not None and routed.get(name, 0.0) < end]
         for name in missed:
             log.info("job %s ended before a restart without being routed: routing it now", name)
             self.job_finished(name)
@@ -115,6 +118,12 @@ class Router:
         return table
 
     # -- a job finished ------------------------------------------------------------
+    def job_ended(self, scratchdir: str) -> None:
+        """A job finished: its evaluation is queued for the router's own workers, so the
+        queue that reports it (and that bucket's next job) never waits for routing."""
+        self._ended.put(scratchdir)
+        self.wake()
+
     def job_finished(self, scratchdir: str) -> list[int]:
         """Evaluate the table for a job that just finished and queue its sends (their ids)."""
         job = self._job(scratchdir)
@@ -249,6 +258,8 @@ class Router:
                 if self._stop:
                     return
             try:
+                if self._evaluate_one():
+                    continue
                 row = self._claim()
                 if row is not None:
                     self._run(row)
@@ -258,8 +269,17 @@ class Router:
                 time.sleep(1)
                 continue
             with self._wake:
-                if not self._stop:
+                if not self._stop and self._ended.empty():
                     self._wake.wait(self._seconds_to_next())
+
+    def _evaluate_one(self) -> bool:
+        """Evaluate one job that ended, if any is waiting (a worker's turn)."""
+        try:
+            scratchdir = self._ended.get_nowait()
+        except queue.Empty:
+            return False
+        self.job_finished(scratchdir)
+        return True
 
     def _claim(self) -> Send | None:
         """Take the oldest due send (several workers: the state change decides who got it)."""
@@ -271,11 +291,12 @@ class Router:
                 .order_by(Send.next_at, Send.id)
                 .limit(5)
             ):
-                taken = s.execute(
+                result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
                     update(Send)
                     .where(Send.id == row.id, Send.state == SendState.PENDING)
                     .values(state=SendState.SENDING, attempts=Send.attempts + 1)
-                ).rowcount
+                )
+                taken = result.rowcount
                 if taken:
                     s.refresh(row)
                     return row

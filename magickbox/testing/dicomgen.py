@@ -265,7 +265,7 @@ def _base_dataset(
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = "1.2.3"  # replaced per instance
+    meta.MediaStorageSOPInstanceUID = UID("1.2.3")  # replaced per instance
     meta.TransferSyntaxUID = tsyntax
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = _IMPLEMENTATION_VERSION
@@ -359,7 +359,7 @@ def _set_instance(
     ds: FileDataset, *, sop_uid: str, instance: int, pixels: np.ndarray, tsyntax: UID
 ) -> None:
     """Fill in the per-image attributes and pixel data of a series header."""
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     ds.SOPInstanceUID = sop_uid
     ds.InstanceNumber = instance
     thickness = float(ds.SliceThickness)

@@ -47,7 +47,7 @@ def fill_finished_jobs(home: Path, njobs: int, *, folders: bool = False) -> None
             "log_size": 200 + i % 5000,
         }
         if folders:
-            _job_folder(settings.scratch / row["scratchdir"], row)
+            _job_folder(settings.scratch / str(row["scratchdir"]), row)
         rows.append(row)
     with sessions() as s, s.begin():
         s.execute(insert(Job), rows)
@@ -56,9 +56,9 @@ def fill_finished_jobs(home: Path, njobs: int, *, folders: bool = False) -> None
 
 def _job_folder(job_dir: Path, row: dict) -> None:
     folder = JobFolder(job_dir)
-    for sub in (folder.input, folder.output):
-        sub.mkdir(parents=True)
+    for part in (folder.input, folder.output):
+        part.mkdir(parents=True)
     info = {"CallerIP": row["caller_ip"], "AETitleCalled": row["bucket"],
             "AETitleCaller": row["caller_aet"], "received": row["received_text"]}  # fmt: skip
-    folder.info_json.write_text(json.dumps(info))
-    folder.log.write_text("x" * row["log_size"])
+    (job_dir / "info.json").write_text(json.dumps(info))
+    JobFolder(job_dir).log.write_text("x" * row["log_size"])

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Form, Query, Request, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
 from magickbox.box import Invalid
-from magickbox.jobfolder import INPUT, OUTPUT, JobFolder
+from magickbox.jobfolder import JobFolder
 from magickbox.jobs.db import State
 from magickbox.jobs.store import JobFilter
-from magickbox.web.deps import BoxDep, json_bytes, upload_job, zip_response
+from magickbox.web.deps import BIGGEST, BoxDep, Offset, json_bytes, upload_job, zip_response
 from magickbox.web.views import job_view
 
 router = APIRouter(prefix="/api/v1", tags=["api v1"])
@@ -32,7 +32,7 @@ def list_jobs(
         str | None, Query(max_length=1, description="first letter of the sender's AE title")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Response:
     """Jobs newest first, filtered by any of the fields, a page at a time."""
     flt = JobFilter(
@@ -46,8 +46,8 @@ def list_jobs(
         q=q or None,
         initial=initial or None,
     )
-    jobs, total = box.store.list(flt, limit=limit, offset=offset)
-    views = [job_view(j, box.store.log_size(j)) for j in jobs]
+    jobs, total = box.find_jobs(flt, limit=limit, offset=offset)
+    views = [job_view(job, size) for job, size in jobs]
     return json_bytes({"total": total, "limit": limit, "offset": offset, "jobs": views})
 
 
@@ -72,7 +72,7 @@ async def post_job(
 @router.get("/jobs/{scratchdir}")
 def get_job(box: BoxDep, scratchdir: str) -> Response:
     job = box.job(scratchdir)
-    return json_bytes(job_view(job, box.store.log_size(job)))
+    return json_bytes(job_view(job, box.log_size(job)))
 
 
 @router.get("/jobs/{scratchdir}/files")
@@ -87,7 +87,7 @@ def job_files(
 def get_log(
     box: BoxDep,
     scratchdir: str,
-    offset: Annotated[int, Query(ge=0, description="first byte to send")] = 0,
+    offset: Annotated[int, Query(ge=0, le=BIGGEST, description="first byte to send")] = 0,
 ) -> Response:
     """The processing log from ``offset`` on; ``X-Log-Size`` tells where to ask next."""
     data = JobFolder(box.job_dir(scratchdir)).read_log(offset)
@@ -100,12 +100,12 @@ def get_log(
 
 @router.get("/jobs/{scratchdir}/output.zip")
 def output_zip(box: BoxDep, scratchdir: str) -> StreamingResponse:
-    return zip_response(box, scratchdir, OUTPUT)
+    return zip_response(box, scratchdir, "OUTPUT")
 
 
 @router.get("/jobs/{scratchdir}/input.zip")
 def input_zip(box: BoxDep, scratchdir: str) -> StreamingResponse:
-    return zip_response(box, scratchdir, INPUT)
+    return zip_response(box, scratchdir, "INPUT")
 
 
 @router.delete("/jobs/{scratchdir}")
@@ -142,7 +142,7 @@ def queue(box: BoxDep) -> list[dict[str, Any]]:
 @router.get("/receiving")
 def receiving(box: BoxDep) -> list[dict[str, Any]]:
     """Sends still arriving: not jobs yet (a send becomes one when it has been quiet)."""
-    return box.grouper.snapshot()
+    return box.arrivals()
 
 
 @router.get("/stats/days")
@@ -164,29 +164,18 @@ def disk(box: BoxDep, scratch_size: bool = False) -> dict[str, Any]:
 
 @router.get("/setup")
 def setup(box: BoxDep) -> dict[str, Any]:
-    """The box's own settings (read-only here: change them in magickbox.toml and restart)."""
-    s = box.settings
-    return {
-        "aet": s.aet,
-        "host": s.host,
-        "dicom_port": s.dicom_port,
-        "web_port": s.web_port,
-        "home": str(s.home),
-        "quiet_seconds": s.quiet_seconds,
-        "concurrency": s.concurrency,
-        "bucket_timeout": s.bucket_timeout,
-        "max_attempts": s.max_attempts,
-        "routing_me": s.routing_me,  # what routing rules' $me and $port stand for
-        "routing_port": s.routing_port,
-        "editable": False,
-    }
+    """The box's own settings (read-only here: change them in magickbox.toml and restart):
+    each value by name, and every setting with its default and description."""
+    from magickbox.config import setup_view  # here: the rest of this module is edited elsewhere
+
+    return setup_view(box.settings)
 
 
 @router.get("/archive")
 def archive(
     box: BoxDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     """Archived studies, most recently changed first, with their patient and study tags."""
     return box.archived_studies(limit, offset)
@@ -200,5 +189,5 @@ def health(box: BoxDep) -> dict[str, Any]:
         "ok": True,
         "aet": box.settings.aet,
         "dicom_port": box.settings.dicom_port,
-        "pending_sends": box.grouper.pending(),
+        "pending_sends": box.pending_arrivals(),
     }

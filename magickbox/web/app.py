@@ -6,19 +6,21 @@ Every route is a thin call into :class:`magickbox.box.Box`; errors come back as 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import swagger_ui_bundle
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from magickbox.box import Box, Invalid, NotFound
-from magickbox.jobs.scratch import BadName
-from magickbox.jobs.unzip import UnsafeZip
+from magickbox.box import Box
+from magickbox.errors import MagickBoxError
 from magickbox.web import api, legacy, routing
 from magickbox.web.views import ScratchRenderer
 
@@ -27,8 +29,20 @@ log = logging.getLogger(__name__)
 PAGE_DIR = Path(__file__).parent / "page"
 
 
-def create_app(box: Box) -> FastAPI:
+def create_app(box: Box, dicom: bool = True) -> FastAPI:
+    """The web app over ``box``; its lifespan starts the Box and stops it (SIGTERM included),
+    so a test's ``TestClient(create_app(box))`` runs the very box ``magickbox serve`` runs."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(box.start, dicom)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(box.stop)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="MagickBox",
         version="1",
         summary="A DICOM processing appliance",
@@ -40,7 +54,7 @@ def create_app(box: Box) -> FastAPI:
     app.state.box = box
     app.state.scratch_renderer = renderer = ScratchRenderer()
     # Fill getScratch's cache before the first request asks (~0.2 s for 10,000 jobs).
-    threading.Thread(target=lambda: renderer.render(box.store.scratch_rows(), box.settings.scratch),
+    threading.Thread(target=lambda: renderer.render(box.scratch_rows(), box.settings.scratch),
                      name="warm-getscratch", daemon=True).start()  # fmt: skip
     # The API page loads nothing from the internet: a box often has no way out.
     swagger = StaticFiles(directory=swagger_ui_bundle.swagger_ui_path)
@@ -67,15 +81,15 @@ def create_app(box: Box) -> FastAPI:
     def index() -> FileResponse:
         return FileResponse(PAGE_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
-    def error(status: int):  # type: ignore[no-untyped-def]
-        async def handler(_request: Request, exc: Exception) -> JSONResponse:
-            return JSONResponse({"detail": str(exc)}, status_code=status)
+    # The one mapping of the box's errors to HTTP: each error class carries its status.
+    async def box_error(_request: Request, exc: Exception) -> JSONResponse:
+        status = exc.http_status if isinstance(exc, MagickBoxError) else 500
+        return JSONResponse({"detail": str(exc)}, status_code=status)
 
-        return handler
+    async def disk_error(_request: Request, exc: Exception) -> JSONResponse:
+        # A full or failing disk; the box carries on.
+        return JSONResponse({"detail": str(exc)}, status_code=507)
 
-    app.add_exception_handler(NotFound, error(404))
-    app.add_exception_handler(BadName, error(400))
-    app.add_exception_handler(Invalid, error(400))
-    app.add_exception_handler(UnsafeZip, error(400))
-    app.add_exception_handler(OSError, error(507))  # a full or failing disk; the box carries on
+    app.add_exception_handler(MagickBoxError, box_error)
+    app.add_exception_handler(OSError, disk_error)
     return app

@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Annotated
 
 import orjson
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Query, Request, Response
+from fastapi import Path as FastAPIPath
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
 
 from magickbox.box import Box, Invalid
 from magickbox.jobs.db import Job
-from magickbox.web.zipstream import stream_zip, zip_dir_entries
+from magickbox.zipstream import stream_zip, zip_dir_entries
 
 
 def get_box(request: Request) -> Box:
@@ -59,6 +60,11 @@ def discard(path: Path) -> None:
 
 
 BoxDep = Annotated[Box, Depends(get_box)]
+
+# Numbers a database can hold: larger ones are refused with 422, never a 500 from SQLite.
+BIGGEST = 2**62
+Offset = Annotated[int, Query(ge=0, le=BIGGEST, description="rows to skip")]
+RowId = Annotated[int, FastAPIPath(ge=1, le=BIGGEST)]
 
 
 def json_bytes(data: object, status_code: int = 200) -> Response:

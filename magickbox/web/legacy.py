@@ -8,7 +8,7 @@ from fastapi import APIRouter, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 
 from magickbox.box import Invalid
-from magickbox.jobfolder import LOG, JobFolder
+from magickbox.jobfolder import JobFolder
 from magickbox.web.deps import BoxDep, json_bytes, upload_job, zip_response
 
 router = APIRouter(tags=["original endpoints"])
@@ -18,7 +18,7 @@ router = APIRouter(tags=["original endpoints"])
 def get_scratch(request: Request, box: BoxDep) -> Response:
     """All jobs, newest first, as the original listed them."""
     rendered = request.app.state.scratch_renderer.render(
-        box.store.scratch_rows(), box.settings.scratch
+        box.scratch_rows(), box.settings.scratch
     )
     return Response(rendered, media_type="application/json")
 
@@ -82,5 +82,5 @@ def status(box: BoxDep) -> Response:
 def processing_log(box: BoxDep, scratchdir: str) -> FileResponse:
     folder = JobFolder(box.job_dir(scratchdir))
     if not folder.has_log():
-        raise Invalid(f"this job has no {LOG}")
+        raise Invalid("this job has no processing.log")
     return FileResponse(folder.log, media_type="text/plain; charset=utf-8")

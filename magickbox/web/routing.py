@@ -12,20 +12,19 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Form, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from magickbox.box import Invalid, NotFound
+from magickbox.box import Invalid
 from magickbox.routing import sender
 from magickbox.routing.rules import Placeholders, RuleError, load_table, port_of, resolve
-from magickbox.web.deps import BoxDep, json_bytes
+from magickbox.web.deps import BoxDep, Offset, RowId, json_bytes
 
 router = APIRouter(tags=["routing"])
 
 Limit = Annotated[int, Query(ge=1, le=10_000)]
-Offset = Annotated[int, Query(ge=0)]
 
 
 def _save(box: BoxDep, text: str) -> Response:
     try:
-        table = box.router.save_table(text)
+        table = box.save_routing(text)
     except RuleError as exc:
         return json_bytes({"ok": False, "detail": str(exc)}, status_code=400)
     return json_bytes({"ok": True, "rules": len(table["routing"])})
@@ -43,7 +42,7 @@ def save_routing(box: BoxDep, text: Annotated[str, Form()]) -> Response:
 @router.get("/code/php/getRoutingLog.php")
 def get_routing_log(box: BoxDep, limit: Limit = 1000, offset: Offset = 0) -> Response:
     """What routing did, newest first."""
-    return json_bytes(box.router.routing_log(limit, offset))
+    return json_bytes(box.routing_log(limit, offset))
 
 
 # -- /api/v1 -------------------------------------------------------------------------------
@@ -55,7 +54,7 @@ def get_routing(box: BoxDep) -> Response:
     try:
         return json_bytes(load_table(box.settings.routing_file))
     except RuleError as exc:
-        return json_bytes({"detail": str(exc), "text": box.router.table_text()}, status_code=409)
+        return json_bytes({"detail": str(exc), "text": box.routing_text()}, status_code=409)
 
 
 @router.put("/api/v1/routing")
@@ -67,40 +66,31 @@ async def put_routing(request: Request, box: BoxDep) -> Response:
 
 @router.get("/api/v1/routing/log")
 def routing_log(box: BoxDep, limit: Limit = 100, offset: Offset = 0) -> Response:
-    return json_bytes(box.router.routing_log(limit, offset))
+    return json_bytes(box.routing_log(limit, offset))
 
 
 @router.get("/api/v1/jobs/{scratchdir}/sends")
 def job_sends(box: BoxDep, scratchdir: str) -> Response:
     """The sends a job's routing made, with their states, tries and reasons."""
     job = box.job(scratchdir)
-    return json_bytes(box.router.sends(job.scratchdir))
+    return json_bytes(box.sends(job.scratchdir))
 
 
 @router.get("/api/v1/sends")
 def all_sends(box: BoxDep, state: str | None = None) -> Response:
-    rows = box.router.sends()
+    rows = box.sends()
     return json_bytes([r for r in rows if state is None or r["state"] == state])
 
 
 @router.get("/api/v1/sends/{send_id}")
-def one_send(box: BoxDep, send_id: int) -> Response:
-    row = box.router.send(send_id)
-    if row is None:
-        raise NotFound(f"no send {send_id}")
-    return json_bytes(row)
+def one_send(box: BoxDep, send_id: RowId) -> Response:
+    return json_bytes(box.send(send_id))
 
 
 @router.post("/api/v1/sends/{send_id}/retry")
-def retry_send(box: BoxDep, send_id: int) -> Response:
+def retry_send(box: BoxDep, send_id: RowId) -> Response:
     """Try a failed send again now (files already accepted are not sent twice)."""
-    try:
-        row = box.router.retry(send_id)
-    except ValueError as exc:
-        return json_bytes({"detail": str(exc)}, status_code=409)
-    if row is None:
-        raise NotFound(f"no send {send_id}")
-    return json_bytes(row)
+    return json_bytes(box.retry_send(send_id))
 
 
 class EchoRequest(BaseModel):

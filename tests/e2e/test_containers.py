@@ -33,7 +33,7 @@ pytestmark = [
     ),
 ]
 
-# What these machines need (docs: ../shared/notes/environment.md); users set their own.
+# What these Debian machines need (README, "Container buckets"); users set their own.
 ENGINE_ARGS = ["--runtime", "runc", "--cgroup-manager=cgroupfs"]
 RUN_ARGS = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=1000:1000"]
 ENV = {

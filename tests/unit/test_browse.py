@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from magickbox.jobs import browse
-from magickbox.jobs.scratch import BadName
+from magickbox.names import BadName
 from magickbox.testing.dicomgen import write_study
 
 

@@ -1,8 +1,8 @@
-"""Grouper: received files -> sends -> one hand-over per send after a quiet window.
+"""Grouper: received files -> arrivals -> one hand-over per arrival after a quiet window.
 
 The tests use a small quiet window and wait for hand-overs with generous timeouts; they
 never assert that something is fast, only that it happens, or that it has not happened
-while an association holds a send back.
+while an association holds an arrival back.
 """
 
 from __future__ import annotations
@@ -17,18 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from magickbox.receive.grouping import Grouper, SendKey
+from magickbox.receive.grouping import ArrivalKey, Grouper
 
 QUIET = 0.2
 TIMEOUT = 20.0  # generous: a loaded CI machine may be slow, but the hand-over must come
 
-KEY_A = SendKey("MODALITY", "ProcBucket", "10.0.0.1", "1.2.3.1")
-KEY_B = SendKey("MODALITY", "ProcBucket", "10.0.0.1", "1.2.3.2")
+KEY_A = ArrivalKey("MODALITY", "ProcBucket", "10.0.0.1", "1.2.3.1")
+KEY_B = ArrivalKey("MODALITY", "ProcBucket", "10.0.0.1", "1.2.3.2")
 
 
 @dataclass
 class Handed:
-    key: SendKey
+    key: ArrivalKey
     started: float
     files: list[str]
     moved_to: Path
@@ -43,7 +43,7 @@ class FakeJobs:
         self.fail = False
         self._cond = threading.Condition()
 
-    def __call__(self, folder: Path, key: SendKey, started: float) -> None:
+    def __call__(self, folder: Path, key: ArrivalKey, started: float) -> None:
         if self.fail:
             raise RuntimeError("database is down")
         target = self.dest / f"job{len(self.handed)}"
@@ -115,7 +115,7 @@ def test_one_send_becomes_one_job_after_quiet(
     before = time.time()
     for i in range(3):
         grouper.add_file(1, KEY_A, wire.file(), f"img{i}.dcm")
-    assert len(records(incoming)) == 1  # the send is on disk from its first file on
+    assert len(records(incoming)) == 1  # the arrival is on disk from its first file on
     closed = time.monotonic()
     grouper.association_closed(1)
 
@@ -147,14 +147,14 @@ def test_two_keys_make_two_jobs(grouper: Grouper, jobs: FakeJobs, wire: Wire) ->
 @pytest.mark.parametrize(
     "other",
     [
-        SendKey("OTHERAE", "ProcBucket", "10.0.0.1", "1.2.3.1"),
-        SendKey("MODALITY", "OtherBucket", "10.0.0.1", "1.2.3.1"),
-        SendKey("MODALITY", "ProcBucket", "10.0.0.2", "1.2.3.1"),
+        ArrivalKey("OTHERAE", "ProcBucket", "10.0.0.1", "1.2.3.1"),
+        ArrivalKey("MODALITY", "OtherBucket", "10.0.0.1", "1.2.3.1"),
+        ArrivalKey("MODALITY", "ProcBucket", "10.0.0.2", "1.2.3.1"),
     ],
     ids=["caller", "called", "ip"],
 )
 def test_each_part_of_the_key_separates_sends(
-    grouper: Grouper, jobs: FakeJobs, wire: Wire, other: SendKey
+    grouper: Grouper, jobs: FakeJobs, wire: Wire, other: ArrivalKey
 ) -> None:
     grouper.add_file(1, KEY_A, wire.file(), "a.dcm")
     grouper.add_file(2, other, wire.file(), "b.dcm")
@@ -183,7 +183,7 @@ def test_two_open_associations_on_one_key_merge(
     grouper.add_file(2, KEY_A, wire.file(), "series2.dcm")
     grouper.association_closed(1)
     time.sleep(QUIET * 3)
-    assert jobs.count() == 0  # association 2 still open: the send waits for it
+    assert jobs.count() == 0  # association 2 still open: the arrival waits for it
     grouper.add_file(2, KEY_A, wire.file(), "series2b.dcm")
     grouper.association_closed(2)
     [job] = jobs.wait_for(1)
@@ -219,7 +219,7 @@ def test_a_file_after_hand_over_makes_a_new_send(
     assert second.key == KEY_A
     assert second.files == ["same.dcm"]
     assert second.moved_to != first.moved_to
-    # The first job's file was not touched by the second send.
+    # The first job's file was not touched by the second arrival.
     assert (first.moved_to / "same.dcm").read_bytes() == b"first"
     assert (second.moved_to / "same.dcm").read_bytes() == b"second"
 
@@ -252,10 +252,12 @@ def test_failed_hand_over_keeps_folder_and_record_for_the_next_start(
     assert records(incoming) == []
 
 
-def write_send(incoming: Path, send_id: str, key: SendKey, started: float, files: list[str]):
+def write_arrival(
+    incoming: Path, arrival_id: str, key: ArrivalKey, started: float, files: list[str]
+):
     incoming.mkdir(parents=True, exist_ok=True)
-    (incoming / f"{send_id}.json").write_text(json.dumps({**asdict(key), "started": started}))
-    folder = incoming / send_id
+    (incoming / f"{arrival_id}.json").write_text(json.dumps({**asdict(key), "started": started}))
+    folder = incoming / arrival_id
     folder.mkdir()
     for name in files:
         (folder / name).write_bytes(b"DICM")
@@ -263,8 +265,8 @@ def write_send(incoming: Path, send_id: str, key: SendKey, started: float, files
 
 
 def test_recover_turns_leftover_sends_into_jobs(incoming: Path, jobs: FakeJobs) -> None:
-    write_send(incoming, "a" * 32, KEY_A, 1000.0, ["x.dcm", "y.dcm"])
-    write_send(incoming, "b" * 32, KEY_B, 2000.0, ["z.dcm"])
+    write_arrival(incoming, "a" * 32, KEY_A, 1000.0, ["x.dcm", "y.dcm"])
+    write_arrival(incoming, "b" * 32, KEY_B, 2000.0, ["z.dcm"])
     g = Grouper(incoming, QUIET, jobs)
     g.start()  # start() recovers before receiving anything
     try:
@@ -273,7 +275,7 @@ def test_recover_turns_leftover_sends_into_jobs(incoming: Path, jobs: FakeJobs) 
         g.stop()
     by_key = {h.key: h for h in handed}
     assert by_key[KEY_A].files == ["x.dcm", "y.dcm"]
-    assert by_key[KEY_A].started == 1000.0  # the send's own start, not the restart's time
+    assert by_key[KEY_A].started == 1000.0  # the arrival's own start, not the restart's time
     assert by_key[KEY_B].files == ["z.dcm"]
     assert by_key[KEY_B].started == 2000.0
     assert list(incoming.iterdir()) == []
@@ -282,7 +284,7 @@ def test_recover_turns_leftover_sends_into_jobs(incoming: Path, jobs: FakeJobs) 
 def test_recover_drops_records_whose_folder_is_gone(incoming: Path, jobs: FakeJobs) -> None:
     incoming.mkdir(parents=True)
     (incoming / f"{'c' * 32}.json").write_text(json.dumps({**asdict(KEY_A), "started": 1.0}))
-    write_send(incoming, "d" * 32, KEY_B, 2.0, ["z.dcm"])
+    write_arrival(incoming, "d" * 32, KEY_B, 2.0, ["z.dcm"])
     Grouper(incoming, QUIET, jobs).recover()
     [job] = jobs.wait_for(1)
     assert job.key == KEY_B

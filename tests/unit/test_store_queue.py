@@ -15,10 +15,13 @@ from sqlalchemy import delete, select
 
 from magickbox.buckets.runner import RunRequest, RunResult
 from magickbox.config import Settings
+from magickbox.events import JobQueued
+from magickbox.jobfolder import FACTS as JOB_FACTS
+from magickbox.jobfolder import JobFolder, RunFacts
 from magickbox.jobs import scratch
 from magickbox.jobs.db import Job, State, open_database
 from magickbox.jobs.queue import Dispatcher, outcome, read_success
-from magickbox.jobs.store import JOB_FACTS, JobStore, NewJob
+from magickbox.jobs.store import JobStore, NewJob
 
 TIMEOUT = 20.0
 
@@ -116,7 +119,7 @@ def test_create_job_writes_info_json_with_exactly_the_originals_keys(
 
 def test_create_job_records_a_queued_row_and_notifies(store: JobStore, inputs: Inputs) -> None:
     calls: list[int] = []
-    store.on_queued.append(lambda: calls.append(1))
+    store.events.subscribe(JobQueued, lambda _e: calls.append(1))
     job = store.create_job(
         inputs({"a": b"1", "b": b"2", "c": b"3"}),
         new("A", study_uid="1.2.3", jobname="named", arguments=("-x", "y z")),
@@ -178,13 +181,13 @@ def test_claim_next_is_first_in_first_out_per_bucket(store: JobStore, inputs: In
 def test_claim_next_skips_jobs_that_are_not_queued(store: JobStore, inputs: Inputs) -> None:
     first = store.create_job(inputs(), new()).scratchdir
     second = store.create_job(inputs(), new()).scratchdir
-    store.update(first, state=State.DONE)
+    store._update(first, state=State.DONE)
     claimed = store.claim_next("A")
     assert claimed is not None and claimed.scratchdir == second
 
 
 def finish(store: JobStore, scratchdir: str, state: State = State.DONE) -> None:
-    store.update(scratchdir, state=state, finished_at=time.time(), exit_code=0, success="ok")
+    store._update(scratchdir, state=state, finished_at=time.time(), exit_code=0, success="ok")
 
 
 def test_requeue_refuses_jobs_that_are_not_finished(store: JobStore, inputs: Inputs) -> None:
@@ -206,9 +209,9 @@ def test_requeue_of_a_finished_job_starts_it_afresh(
     job_dir = store.settings.scratch / sd
     (job_dir / "OUTPUT" / "result.dcm").write_bytes(b"R")
     (job_dir / "proc.json").write_text('{"success": "ok"}')
-    store.update(sd, state=final, finished_at=time.time(), exit_code=1, reason="x", success="ok")
+    store._update(sd, state=final, finished_at=time.time(), exit_code=1, reason="x", success="ok")
     calls: list[int] = []
-    store.on_queued.append(lambda: calls.append(1))
+    store.events.subscribe(JobQueued, lambda _e: calls.append(1))
 
     assert store.requeue(sd, "retried by the API") is True
     r = row(store, sd)
@@ -431,12 +434,13 @@ def test_request_carries_the_jobs_facts(
     assert req.job_dir == job_dir
     assert req.arguments == ["--a", "b c"]
     assert req.timeout == 42
-    assert req.env["MB_SCRATCHDIR"] == job.scratchdir
-    assert req.env["MB_AETITLE_CALLED"] == "A"
-    assert req.env["MB_AETITLE_CALLER"] == "ip44"
-    assert req.env["MB_STUDY_UID"] == "1.2.3"
-    assert req.env["MB_PROC_JSON"] == str(job_dir / "proc.json")
-    assert Path(req.env["MB_MEMORY"]).is_dir()
+    # The MB_* names themselves are tested once, in test_jobfolder.py: here, that the
+    # queue hands the job's own facts to them.
+    facts = RunFacts(job.scratchdir, "A", "ip44", job.caller_ip, "1.2.3", "")
+    memory = store.settings.memory / "A"
+    expected = JobFolder(job_dir).environment(facts, memory, store.settings.home)
+    assert {k: v for k, v in req.env.items() if k.startswith("MB_")} == expected
+    assert memory.is_dir()
     assert dispatcher.is_running_here(job.scratchdir)
 
 
@@ -464,7 +468,7 @@ def test_jobs_of_a_missing_or_disabled_bucket_fail(
 def running_job(store: JobStore, inputs: Inputs, attempts: int) -> str:
     sd = store.create_job(inputs(), new("A")).scratchdir
     store.claim_next("A")
-    store.update(sd, attempts=attempts)
+    store._update(sd, attempts=attempts)
     job_dir = store.settings.scratch / sd
     (job_dir / "OUTPUT" / "half.dcm").write_bytes(b"half")
     return sd
@@ -477,7 +481,7 @@ def test_recover_requeues_interrupted_jobs_under_max_attempts(
     again = running_job(store, inputs, attempts=1)
     given_up = running_job(store, inputs, attempts=2)  # max_attempts is 2
     received = store.create_job(inputs(), new("A")).scratchdir
-    store.update(received, state=State.RECEIVED)
+    store._update(received, state=State.RECEIVED)
 
     d = Dispatcher(store, fake)
     d.recover()
@@ -619,7 +623,7 @@ def test_a_job_left_received_by_a_crash_is_archived_and_queued(
     job = store.create_job(inputs({"a.dcm": b"A", "b.dcm": b"B"}), new("A", study_uid="1.2.3"))
     archive = store.settings.archive / "1.2.3"
     shutil.rmtree(archive)  # the crash came before the archive links were made
-    store.update(job.scratchdir, state=State.RECEIVED, queued_at=None)
+    store._update(job.scratchdir, state=State.RECEIVED, queued_at=None)
     Dispatcher(store, fake).recover()
     assert row(store, job.scratchdir).state == State.QUEUED
     assert sorted(p.name for p in archive.iterdir()) == ["a.dcm", "b.dcm"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, generate_uid
@@ -107,3 +109,43 @@ def test_the_walk_hands_back_the_study_uid(tmp_path: Path, syntax: str) -> None:
     found = check_stored_file(path, SYNTAXES[syntax], (0x0020000D,))
     assert found[0x0020000D].rstrip(b"\0 ").decode() == ds.StudyInstanceUID
     assert check_stored_file(path, SYNTAXES[syntax]) == {}
+
+
+DEFLATED = UID("1.2.840.10008.1.2.1.99")
+
+
+def deflated_with_trailing(tmp_path: Path, trailing: bytes) -> Path:
+    """A deflated file with ``trailing`` bytes after the end of its deflate stream.
+
+    Its flat pixels inflate to more than one inflate chunk from less than one read: the
+    stream ends while input is still waiting, the case that made the walk spin."""
+    ds = make_dataset(study_uid=generate_uid(), series_uid=generate_uid(), rows=256, cols=256,
+                      transfer_syntax="deflate", seed=3)  # fmt: skip
+    ds.PixelData = bytes(len(ds.PixelData))
+    path = tmp_path / "dfl.dcm"
+    save_dataset(ds, path)
+    path.write_bytes(path.read_bytes() + trailing)
+    return path
+
+
+@pytest.mark.timeout(20)  # the bug this guards against was an endless loop
+@pytest.mark.parametrize("trailing", [b"", b"\0", b"\0\0\0", b"junk after the stream"])
+def test_a_deflate_stream_followed_by_bytes_ends_the_walk(tmp_path: Path, trailing: bytes) -> None:
+    path = deflated_with_trailing(tmp_path, trailing)
+    ds = pydicom.dcmread(path)
+    found = check_stored_file(path, DEFLATED, (0x00080018, 0x0020000D))
+    assert found[0x00080018].rstrip(b"\0 ").decode() == ds.SOPInstanceUID
+    assert found[0x0020000D].rstrip(b"\0 ").decode() == ds.StudyInstanceUID
+
+
+@pytest.mark.timeout(20)
+def test_pydicoms_deflated_test_file_passes(tmp_path: Path) -> None:
+    """image_dfl.dcm ends its deflate stream with a pad byte, as dcmtk writes it."""
+    path = Path(get_testdata_file("image_dfl.dcm"))  # type: ignore[arg-type]
+    ds = pydicom.dcmread(path)
+    found = check_stored_file(path, DEFLATED, (0x00080018, 0x0020000D))
+    assert found[0x00080018].rstrip(b"\0 ").decode() == ds.SOPInstanceUID
+    # Cut short inside the stream it is still refused.
+    (tmp_path / "cut.dcm").write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(Malformed):
+        check_stored_file(tmp_path / "cut.dcm", DEFLATED)

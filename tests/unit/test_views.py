@@ -166,7 +166,7 @@ def test_listing_from_real_store_rows(tmp_path: Path) -> None:
         (src / "a.dcm").write_bytes(b"DICM")
         made.append(store.create_job(src, NewJob("ProcBucket", "ip44", "10.0.0.9", "1.2.3")))
     store.claim_next("ProcBucket")
-    store.update(made[0].scratchdir, state=State.DONE, finished_at=made[0].received_at + 0.2)
+    store._update(made[0].scratchdir, state=State.DONE, finished_at=made[0].received_at + 0.2)
     listing = scratch_listing(store.scratch_rows(), settings.scratch)
     store.sessions.kw["bind"].dispose()
 

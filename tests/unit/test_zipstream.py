@@ -1,4 +1,4 @@
-"""Tests for magickbox.web.zipstream: streamed ZIP downloads of result folders."""
+"""Tests for magickbox.zipstream: streamed ZIP downloads of result folders."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from magickbox.web.zipstream import stream_zip, zip_dir_entries
+from magickbox.zipstream import stream_zip, zip_dir_entries
 
 ZIP64_EXTRA_ID = 0x0001
 FLAG_DATA_DESCRIPTOR = 0x08

@@ -107,7 +107,7 @@ def stream_zip(entries: Iterable[tuple[str, Path]], chunk_size: int = 1 << 20) -
 
     sink = _Sink()
     # The type checker does not know that zipfile accepts any object with write().
-    with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED) as zf:  # type: ignore[arg-type]
+    with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED) as zf:  # type: ignore[call-overload]
         for arcname, path in entries:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
             with open(fd, "rb", buffering=0) as src:

@@ -1,0 +1,122 @@
+"""Throughput of the Slurm executor against ``sbatch --wait`` by hand, on one private cluster.
+
+N jobs of a do-nothing work.sh each way, in one run (so the ratio compares like with like):
+- executor: all N handed to SlurmExecutor.start at once, timed until the last done callback
+  (slurm.sh written, sbatch, squeue polling, exit file read);
+- by hand: N ``sbatch --wait`` of the same script, at most ``--parallel`` at a time
+  (the executor's slurm_max_submitted);
+- local: the LocalExecutor on the same jobs, for scale.
+
+    python benchmarks/bench_slurm.py [-n 100] [--parallel 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from magickbox.buckets.runner import Executor, LocalExecutor, RunRequest, RunResult, build_request
+from magickbox.buckets.slurm import SlurmExecutor, batch_script
+from magickbox.config import Settings
+from magickbox.testing.slurmcluster import SlurmCluster
+
+NOOP = "#!/bin/sh\nexit 0\n"
+RESULTS = Path(__file__).parent / "results" / "slurm.json"
+
+
+def requests(settings: Settings, base: Path, n: int, executor: str) -> list[RunRequest]:
+    base.mkdir(parents=True, exist_ok=True)
+    work = base / "work.sh"
+    work.write_text(NOOP)
+    work.chmod(0o755)
+    out = []
+    for i in range(n):
+        job_dir = base / f"{executor}.{i:04d}"
+        (job_dir / "INPUT").mkdir(parents=True)
+        (job_dir / "OUTPUT").mkdir()
+        facts = {"MB_SCRATCHDIR": job_dir.name, "MB_MEMORY": str(base)}
+        info: dict[str, object] = {"executor": executor}
+        out.append(build_request(info, work, settings, facts, job_dir, [], 600))
+    return out
+
+
+def through(executor: Executor, reqs: list[RunRequest]) -> float:
+    left = len(reqs)
+    lock = threading.Lock()
+    all_done = threading.Event()
+    codes: list[int | None] = []
+
+    def done(_req: RunRequest, result: RunResult) -> None:
+        nonlocal left
+        with lock:
+            codes.append(result.exit_code)
+            left -= 1
+            if left == 0:
+                all_done.set()
+
+    started = time.perf_counter()
+    for req in reqs:
+        executor.start(req, done)
+    all_done.wait()
+    elapsed = time.perf_counter() - started
+    assert codes == [0] * len(reqs), codes
+    return elapsed
+
+
+def by_hand(cluster: SlurmCluster, settings: Settings, reqs: list[RunRequest], par: int) -> float:
+    def one(req: RunRequest) -> None:
+        script = req.job_dir / "slurm.sh"
+        script.write_text(batch_script(req, settings))
+        # No timeout: a --wait behind dozens of queued jobs waits minutes on two cores.
+        argv = ["sbatch", "--wait", "--parsable", str(script)]
+        subprocess.run(argv, env=cluster.env, check=True, capture_output=True)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(par) as pool:
+        list(pool.map(one, reqs))
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-n", type=int, default=100)
+    parser.add_argument("--parallel", type=int, default=50)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        cluster = SlurmCluster(base / "cluster")
+        cluster.start()
+        os.environ["SLURM_CONF"] = str(cluster.conf)
+        try:
+            settings = Settings(home=base, slurm_max_submitted=args.parallel)
+            slurm = SlurmExecutor(settings)
+            t_exec = through(slurm, requests(settings, base / "e", args.n, "slurm"))
+            slurm.shutdown()
+            t_hand = by_hand(
+                cluster, settings, requests(settings, base / "h", args.n, "s"), args.parallel
+            )
+            t_local = through(LocalExecutor(), requests(settings, base / "l", args.n, "local"))
+        finally:
+            cluster.stop()
+    result = {
+        "jobs": args.n,
+        "parallel": args.parallel,
+        "executor_s": round(t_exec, 2),
+        "sbatch_wait_by_hand_s": round(t_hand, 2),
+        "ratio_executor_to_hand": round(t_exec / t_hand, 2),
+        "local_s": round(t_local, 2),
+    }
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""The Slurm executor: each job is one ``sbatch`` of a small batch script in its folder.
+
+The script (``slurm.sh``, meant to be read by people) runs the bucket like the local
+executor does and writes the exit code next to the job (``.slurm-exit``), because a
+cluster without accounting forgets a job's exit code minutes after its end. One monitor
+thread submits (at most ``slurm_max_submitted`` jobs at once) and polls ``squeue``: Slurm
+has no push notifications, so polling is unavoidable. The Slurm job id is kept in
+``.slurm-job``, so that a box that restarts adopts its jobs instead of re-running them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shlex
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from magickbox.buckets.runner import Done, Executor, LocalExecutor, RunRequest, RunResult, log_line
+from magickbox.config import Settings
+
+log = logging.getLogger(__name__)
+
+SCRIPT = "slurm.sh"
+EXIT_FILE = ".slurm-exit"
+JOB_ID_FILE = ".slurm-job"
+POLL_SECONDS = 1.0
+RETRY_SECONDS = 5.0
+# A finished job whose exit file is not there yet (shared storage lags): polls to wait.
+EXIT_FILE_PATIENCE = 5
+ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
+
+
+@dataclass
+class Tracked:
+    req: RunRequest
+    done: Done
+    job_id: str = ""
+    status: str = "waiting in the box"
+    cancelled: bool = False
+    missing_polls: int = 0
+
+
+class SlurmExecutor:
+    def __init__(self, settings: Settings, poll: float = POLL_SECONDS) -> None:
+        self.settings = settings
+        self._poll = poll
+        self._waiting: deque[Tracked] = deque()
+        self._submitted: dict[str, Tracked] = {}  # scratchdir -> submitted job
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._next_try = 0.0
+        self._thread = threading.Thread(target=self._loop, name="slurm-monitor", daemon=True)
+        self._thread.start()
+
+    # -- the Executor interface ------------------------------------------------------
+    def start(self, req: RunRequest, done: Done) -> None:
+        with self._lock:
+            self._waiting.append(Tracked(req, done))
+        self._wake.set()
+
+    def cancel(self, scratchdir: str) -> bool:
+        with self._lock:
+            waiting = next((t for t in self._waiting if t.req.scratchdir == scratchdir), None)
+            if waiting is not None:
+                self._waiting.remove(waiting)
+            tracked = self._submitted.get(scratchdir)
+            if tracked is not None:
+                tracked.cancelled = True
+        if waiting is not None:  # never reached Slurm: it ends here
+            waiting.done(waiting.req, RunResult(None, "cancelled", cancelled=True))
+            return True
+        if tracked is None:
+            return False
+        # The monitor reports the end once Slurm has stopped it (no half-stopped "done").
+        self._run(["scancel", tracked.job_id])
+        self._wake.set()
+        return True
+
+    def shutdown(self) -> None:
+        """Stop watching; the jobs stay in Slurm, for the next start of the box to adopt."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    # -- what the box shows ----------------------------------------------------------
+    def status(self, scratchdir: str) -> str | None:
+        """E.g. "PENDING (Resources)" or "RUNNING on node1"; None: not a job of this executor."""
+        with self._lock:
+            tracked = self._submitted.get(scratchdir)
+            if tracked is None:
+                tracked = next((t for t in self._waiting if t.req.scratchdir == scratchdir), None)
+            return tracked.status if tracked else None
+
+    def submitted_count(self) -> int:
+        with self._lock:
+            return len(self._submitted)
+
+    # -- restarts --------------------------------------------------------------------
+    def adopt(self, running_jobs: dict[str, Path], done: Done) -> set[str]:
+        """Take back jobs (scratchdir -> job folder) that a previous box run submitted."""
+        adopted = set()
+        for scratchdir, job_dir in running_jobs.items():
+            try:
+                job_id = (job_dir / JOB_ID_FILE).read_text().strip()
+            except OSError:
+                continue
+            req = RunRequest(scratchdir, job_dir, job_dir / "work.sh", [], {}, 0.0, None)
+            with self._lock:
+                self._submitted[scratchdir] = Tracked(req, done, job_id, "adopted after restart")
+            log_line(job_dir, f"the box restarted: watching Slurm job {job_id} again")
+            adopted.add(scratchdir)
+        self._wake.set()
+        return adopted
+
+    # -- the monitor -----------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._poll)
+            self._wake.clear()
+            try:
+                self._submit_waiting()
+                self._check_submitted()
+            except Exception:  # the monitor must outlive a bad moment
+                log.exception("slurm monitor: a round failed")
+
+    def _submit_waiting(self) -> None:
+        while time.monotonic() >= self._next_try:
+            with self._lock:
+                if not self._waiting or len(self._submitted) >= self.settings.slurm_max_submitted:
+                    return
+                tracked = self._waiting.popleft()
+            try:
+                tracked.job_id = self._sbatch(tracked.req)
+            except SubmitError as exc:
+                # slurmctld down or refusing: the job waits in the box, first in line.
+                tracked.status = f"waiting: sbatch failed ({exc}); retrying"
+                with self._lock:
+                    self._waiting.appendleft(tracked)
+                self._next_try = time.monotonic() + RETRY_SECONDS
+                return
+            tracked.status = "submitted"
+            (tracked.req.job_dir / JOB_ID_FILE).write_text(tracked.job_id + "\n")
+            log_line(tracked.req.job_dir, f"submitted to Slurm as job {tracked.job_id}")
+            with self._lock:
+                self._submitted[tracked.req.scratchdir] = tracked
+
+    def _check_submitted(self) -> None:
+        with self._lock:
+            jobs = list(self._submitted.values())
+        if not jobs:
+            return
+        states = self._squeue()
+        if states is None:
+            for t in jobs:
+                t.status = "slurmctld not answering; last: " + t.status.split("; last: ")[-1]
+            return
+        for t in jobs:
+            state, reason, node = states.get(t.job_id, ("", "", ""))
+            if state in ACTIVE:
+                t.status = f"{state} on {node}" if state == "RUNNING" else f"{state} ({reason})"
+                continue
+            result = self._result(t, state, reason)
+            if result is None:
+                continue
+            with self._lock:
+                self._submitted.pop(t.req.scratchdir, None)
+            (t.req.job_dir / JOB_ID_FILE).unlink(missing_ok=True)
+            t.done(t.req, result)
+            self._wake.set()  # a free place for a waiting job
+
+    def _result(self, t: Tracked, state: str, reason: str) -> RunResult | None:
+        """The end of a job that left Slurm's queue; None: not sure yet."""
+        code = read_exit(t.req.job_dir)
+        if t.cancelled:
+            return RunResult(code, "cancelled", cancelled=True)
+        if state == "TIMEOUT":
+            return RunResult(code, "Slurm time limit reached", timed_out=True)
+        if state in ("CANCELLED", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "OUT_OF_MEMORY"):
+            why = f" ({reason})" if reason and reason != "None" else ""
+            return RunResult(code, f"Slurm job {t.job_id} ended {state}{why}")
+        if code is not None:
+            return RunResult(code)
+        t.missing_polls += 1
+        if t.missing_polls < EXIT_FILE_PATIENCE:
+            return None
+        return RunResult(None, f"Slurm job {t.job_id} ended {state or 'unseen'} without exit code")
+
+    # -- Slurm commands --------------------------------------------------------------
+    def _cmd(self, name: str) -> str:
+        return str(Path(self.settings.slurm_bin) / name) if self.settings.slurm_bin else name
+
+    def _run(self, argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        argv = [self._cmd(argv[0]), *argv[1:]]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, **kw)  # type: ignore[call-overload,no-any-return]
+
+    def _sbatch(self, req: RunRequest) -> str:
+        script = req.job_dir / SCRIPT
+        script.write_text(batch_script(req, self.settings))
+        try:
+            proc = self._run(["sbatch", "--parsable", str(script)], env=req.env or None)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SubmitError(str(exc)) from exc
+        if proc.returncode != 0:
+            raise SubmitError(proc.stderr.strip().splitlines()[-1:] or f"rc {proc.returncode}")
+        return proc.stdout.strip().split(";")[0]
+
+    def _squeue(self) -> dict[str, tuple[str, str, str]] | None:
+        """Job id -> (state, reason, nodes) for all jobs Slurm still remembers."""
+        try:
+            proc = self._run(["squeue", "-h", "--states=all", "-o", "%i|%T|%r|%N"])
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if proc.returncode != 0:
+            return None
+        states = {}
+        for line in proc.stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) == 4:
+                states[parts[0]] = (parts[1], parts[2], parts[3])
+        return states
+
+
+class SubmitError(Exception):
+    pass
+
+
+def read_exit(job_dir: Path) -> int | None:
+    try:
+        return int((job_dir / EXIT_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def sbatch_options(req: RunRequest, settings: Settings) -> list[str]:
+    """Box-wide options, overridden by the bucket's info.json "slurm" object."""
+    own = req.slurm
+    opts = [
+        f"--job-name={req.scratchdir}",
+        f"--comment=magickbox:{settings.home}",
+        f"--time={slurm_time(req.timeout)}",
+        f"--output={map_path(req.job_dir / 'slurm-%j.out', settings)}",
+    ]
+    for key, flag in (
+        ("partition", "--partition"),
+        ("account", "--account"),
+        ("qos", "--qos"),
+        ("cpus", "--cpus-per-task"),
+        ("mem", "--mem"),
+        ("gres", "--gres"),
+    ):
+        value = own.get(key, getattr(settings, f"slurm_{key}"))
+        if value:
+            opts.append(f"{flag}={value}")
+    extra = own.get("extra", settings.slurm_extra)
+    opts.extend(str(x) for x in extra) if isinstance(extra, list) else None
+    return opts
+
+
+def slurm_time(seconds: float) -> str:
+    """Slurm's "minutes:seconds" form; Slurm enforces it at its own pace (about 30 s)."""
+    total = max(1, math.ceil(seconds))
+    return f"{total // 60}:{total % 60:02d}"
+
+
+def map_path(path: Path | str, settings: Settings) -> str:
+    """The path as the nodes see it (slurm_path_map "BOXPATH=NODEPATH")."""
+    text = str(path)
+    for rule in settings.slurm_path_map:
+        box, _, node = rule.partition("=")
+        if box and (text == box or text.startswith(box.rstrip("/") + "/")):
+            return node + text[len(box) :]
+    return text
+
+
+def batch_script(req: RunRequest, settings: Settings) -> str:
+    m = lambda p: shlex.quote(map_path(p, settings))  # noqa: E731
+    lines = ["#!/bin/bash", f"# MagickBox job {req.scratchdir}, submitted by the box"]
+    lines += [f"#SBATCH {opt}" for opt in sbatch_options(req, settings)]
+    lines += [f"cd {m(req.job_dir)} || exit 1"]
+    for key, value in sorted(req.env.items()):
+        if key.startswith("MB_"):
+            mapped = map_path(value, settings) if value.startswith("/") else value
+            lines.append(f"export {key}={shlex.quote(mapped)}")
+    argv = req.argv()
+    command = " ".join(m(a) if a.startswith("/") else shlex.quote(a) for a in argv)
+    lines += [
+        f"{command} >> processing.log 2>&1",
+        "code=$?",
+        f"echo $code > {EXIT_FILE}.tmp && mv {EXIT_FILE}.tmp {EXIT_FILE}",
+        "exit $code",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class RoutingExecutor:
+    """Picks local or Slurm per request (bucket info.json "executor", else the box's)."""
+
+    def __init__(self, settings: Settings, local: Executor | None = None) -> None:
+        self.settings = settings
+        self.local = local or LocalExecutor()
+        self._slurm: SlurmExecutor | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def slurm(self) -> SlurmExecutor:
+        with self._lock:  # started at first use: a box without Slurm jobs never polls
+            if self._slurm is None:
+                self._slurm = SlurmExecutor(self.settings)
+            return self._slurm
+
+    def start(self, req: RunRequest, done: Done) -> None:
+        (self.slurm if req.executor == "slurm" else self.local).start(req, done)
+
+    def cancel(self, scratchdir: str) -> bool:
+        if self._slurm is not None and self._slurm.cancel(scratchdir):
+            return True
+        return self.local.cancel(scratchdir)
+
+    def shutdown(self) -> None:
+        self.local.shutdown()
+        if self._slurm is not None:
+            self._slurm.shutdown()
+
+    def status(self, scratchdir: str) -> str | None:
+        return self._slurm.status(scratchdir) if self._slurm else None
+
+    def adopt(self, running_jobs: dict[str, Path], done: Done) -> set[str]:
+        with_id = {s: d for s, d in running_jobs.items() if (d / JOB_ID_FILE).exists()}
+        return self.slurm.adopt(with_id, done) if with_id else set()

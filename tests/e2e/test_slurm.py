@@ -1,0 +1,208 @@
+"""The Slurm executor against a private single-node cluster (slurmctld + slurmd + munged).
+
+Skipped only where Slurm is not installed and CI is not set: install.sh installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from magickbox.testing.dicomgen import write_study
+from magickbox.testing.slurmcluster import SlurmCluster, available
+from tests.conftest import BoxServer
+from tests.e2e.peers import install_buckets, job_dir, send_files, wait_for, wait_jobs
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not available() and not os.environ.get("CI"),
+        reason="Slurm is not installed (apt-get install slurm-wlm munge)",
+    ),
+]
+
+COPY_SH = """#!/bin/sh
+set -eu
+echo "on $(hostname) as slurm job $SLURM_JOB_ID"
+cp -r "$1/." "$2/"
+echo "$MB_SCRATCHDIR" >> "$MB_MEMORY/runs.txt"
+"""
+
+
+def sleep_sh(seconds: int) -> str:
+    return f"""#!/bin/sh
+echo "$MB_SCRATCHDIR" >> "$MB_MEMORY/runs.txt"
+echo started
+sleep {seconds}
+touch "$2/slept"
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    c = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    c.start()
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(c.conf)  # the box and its sbatch find the cluster
+    yield c
+    c.stop()
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = old
+
+
+@pytest.fixture(autouse=True)
+def empty_queue(cluster: SlurmCluster) -> Iterator[None]:
+    yield
+    cluster.cmd("scancel", "--user=root", check=False)
+
+
+def slurm_bucket(**info: object) -> dict[str, object]:
+    return {"executor": "slurm", **info}
+
+
+def send(box: BoxServer, tmp_path: Path, bucket: str, name: str) -> None:
+    study = write_study(tmp_path / name, n_images=1, rows=16, cols=16)
+    assert len(send_files(box.dicom_port, bucket, study.paths, calling=name).ok) == 1
+
+
+def runs(home: Path, bucket: str) -> list[str]:
+    path = home / "memory" / bucket / "runs.txt"
+    return path.read_text().split() if path.exists() else []
+
+
+def test_storescu_to_a_slurm_bucket_runs_as_a_slurm_job(
+    box_factory, tmp_path: Path, cluster: SlurmCluster
+) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    install_buckets(home, Copy=(COPY_SH, slurm_bucket()))
+    box = box_factory(home=home)
+    study = write_study(tmp_path / "study", n_images=2, rows=16, cols=16)
+    res = box.storescu(study.paths[0].parent, "Copy", "ip44")
+    assert res.returncode == 0, res.stderr
+    (job,) = wait_jobs(box, 1, timeout=90)
+    assert job["state"] == "done", job
+    folder = job_dir(box, job["scratchdir"])
+    assert {p.name for p in study.paths} <= {p.name for p in (folder / "OUTPUT").iterdir()}
+    log = (folder / "processing.log").read_text()
+    assert "submitted to Slurm as job" in log and "as slurm job" in log, log
+    script = (folder / "slurm.sh").read_text()
+    assert f"--job-name={job['scratchdir']}" in script and "--comment=magickbox:" in script
+    assert (folder / ".slurm-exit").read_text().strip() == "0"
+
+
+def test_max_submitted_caps_the_jobs_in_slurm(
+    box_factory, tmp_path: Path, cluster: SlurmCluster
+) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    install_buckets(home, Nap=(sleep_sh(2), slurm_bucket(concurrency=6)))
+    box = box_factory(home=home, env={"MAGICKBOX_SLURM_MAX_SUBMITTED": "2"})
+    most = 0
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal most
+        while not stop.is_set():
+            most = max(most, cluster.squeue_count())
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    for i in range(6):
+        send(box, tmp_path, "Nap", f"nap{i}")
+    jobs = wait_jobs(box, 6, timeout=180)
+    stop.set()
+    watcher.join()
+    assert all(j["state"] == "done" for j in jobs), jobs
+    assert 1 <= most <= 2, most
+    assert sorted(runs(home, "Nap")) == sorted(j["scratchdir"] for j in jobs)
+
+
+def running_in_slurm(home: Path, bucket: str, cluster: SlurmCluster) -> str:
+    scratchdir = wait_for("the job to start on the node", lambda: runs(home, bucket), 90)[0]
+    wait_for("squeue to list it", lambda: scratchdir in squeue_names(cluster))
+    return scratchdir
+
+
+def squeue_names(cluster: SlurmCluster) -> str:
+    return cluster.cmd("squeue", "-h", "-o", "%j", check=False).stdout
+
+
+def test_delete_of_a_running_job_cancels_it_in_slurm(
+    box_factory, tmp_path: Path, cluster: SlurmCluster
+) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    install_buckets(home, Long=(sleep_sh(300), slurm_bucket()))
+    box = box_factory(home=home)
+    send(box, tmp_path, "Long", "del")
+    scratchdir = running_in_slurm(home, "Long", cluster)
+    res = httpx.delete(f"{box.url}/api/v1/jobs/{scratchdir}", timeout=60)
+    assert res.status_code in (200, 204), res.text
+    wait_for("Slurm to forget the running job", lambda: cluster.squeue_count() == 0, 60)
+
+
+def test_a_job_over_its_time_limit_fails_with_slurms_reason(
+    box_factory, tmp_path: Path, cluster: SlurmCluster
+) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    install_buckets(home, Late=(sleep_sh(300), slurm_bucket(timeout=3)))
+    box = box_factory(home=home)
+    send(box, tmp_path, "Late", "late")
+    (job,) = wait_jobs(box, 1, timeout=150)  # Slurm checks time limits about every 30 s
+    assert job["state"] == "failed" and "time limit" in job["reason"], job
+
+
+def test_scancel_from_outside_fails_the_job_with_the_reason(
+    box_factory, tmp_path: Path, cluster: SlurmCluster
+) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    install_buckets(home, Long=(sleep_sh(300), slurm_bucket()))
+    box = box_factory(home=home)
+    send(box, tmp_path, "Long", "ext")
+    scratchdir = running_in_slurm(home, "Long", cluster)
+    cluster.cmd("scancel", f"--name={scratchdir}")
+    (job,) = wait_jobs(box, 1, timeout=60)
+    assert job["state"] == "failed" and "CANCELLED" in job["reason"], job
+
+
+def test_kill9_of_the_box_while_a_job_runs_in_slurm_finishes_it_once(
+    box_factory, tmp_path: Path, cluster: SlurmCluster
+) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    install_buckets(home, Nap=(sleep_sh(6), slurm_bucket()))
+    box = box_factory(home=home)
+    send(box, tmp_path, "Nap", "crash")
+    scratchdir = running_in_slurm(home, "Nap", cluster)
+    box.kill9()
+    assert scratchdir in squeue_names(cluster), "the Slurm job must outlive the box"
+    again = box_factory(home=home, web_port=box.web_port, dicom_port=box.dicom_port)
+    (job,) = wait_jobs(again, 1, timeout=90)
+    assert job["state"] == "done", job
+    assert runs(home, "Nap") == [scratchdir]  # adopted, not run again
+    assert (job_dir(again, scratchdir) / "OUTPUT" / "slept").exists()
+    assert "watching Slurm job" in (job_dir(again, scratchdir) / "processing.log").read_text()
+
+
+def test_sbatch_missing_keeps_the_job_waiting_with_a_reason(tmp_path: Path) -> None:
+    """Not a cluster case: a submit that fails leaves the job in the box, retried."""
+    from magickbox.buckets.runner import RunRequest
+    from magickbox.buckets.slurm import SlurmExecutor
+    from magickbox.config import Settings
+
+    job = tmp_path / "job"
+    job.mkdir()
+    settings = Settings(home=tmp_path, slurm_bin=str(tmp_path / "nobin"))
+    ex = SlurmExecutor(settings, poll=0.1)
+    req = RunRequest("sd1", job, job / "work.sh", [], {}, 60.0)
+    ex.start(req, lambda r, res: None)
+    status = wait_for("a reason", lambda: "sbatch failed" in (ex.status("sd1") or "") and 1, 10)
+    assert status
+    assert ex.cancel("sd1")
+    ex.shutdown()
