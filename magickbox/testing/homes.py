@@ -60,5 +60,5 @@ def _job_folder(job_dir: Path, row: dict) -> None:
         part.mkdir(parents=True)
     info = {"CallerIP": row["caller_ip"], "AETitleCalled": row["bucket"],
             "AETitleCaller": row["caller_aet"], "received": row["received_text"]}  # fmt: skip
-    (job_dir / "info.json").write_text(json.dumps(info))
-    JobFolder(job_dir).log.write_text("x" * row["log_size"])
+    folder.info_json.write_text(json.dumps(info))
+    folder.log.write_text("x" * row["log_size"])
