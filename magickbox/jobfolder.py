@@ -33,6 +33,7 @@ INFO_JSON = "info.json"
 LOG = "processing.log"
 PROC_JSON = "proc.json"
 FACTS = ".mb-job.json"
+RUN_PID = ".mb-run.pid"  # the running bucket's pid, to stop it after a crash of the box
 PARTS = (OUTPUT, INPUT)  # the folders a user may list and download
 
 LOG_MARK = "# magickbox"  # starts every line the box writes, to tell it from the bucket's
@@ -86,6 +87,10 @@ class JobFolder:
     @property
     def facts_file(self) -> Path:
         return self.path / FACTS
+
+    @property
+    def pid_file(self) -> Path:
+        return self.path / RUN_PID
 
     def part(self, name: str) -> Path:
         """OUTPUT or INPUT by name (as the API and the page ask for them)."""

@@ -25,11 +25,11 @@ from typing import Protocol
 from magickbox.buckets import container
 from magickbox.buckets.container import ContainerSpec
 from magickbox.config import Settings
-from magickbox.jobfolder import JobFolder
+from magickbox.jobfolder import RUN_PID, JobFolder
 
 log = logging.getLogger(__name__)
 
-PID_FILE = ".mb-run.pid"
+PID_FILE = RUN_PID  # kept under this name for the tests and callers that use it
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ class LocalExecutor:
                 )
             except OSError as exc:
                 return RunResult(exit_code=None, reason=f"cannot start {what}: {exc}")
-        (req.job_dir / PID_FILE).write_text(str(proc.pid))
+        JobFolder(req.job_dir).pid_file.write_text(str(proc.pid))
         with self._lock:
             self._procs[req.scratchdir] = proc
             if req.container is not None:
@@ -158,7 +158,7 @@ class LocalExecutor:
                 self._specs.pop(req.scratchdir, None)
                 cancelled = req.scratchdir in self._cancelled
                 self._cancelled.discard(req.scratchdir)
-            (req.job_dir / PID_FILE).unlink(missing_ok=True)
+            JobFolder(req.job_dir).pid_file.unlink(missing_ok=True)
         if req.container is not None:
             return self._container_end(req, req.container, code, timed_out, cancelled)
         if timed_out:
@@ -236,7 +236,7 @@ def kill_group(pgid: int, sig: int) -> None:
 
 def kill_leftover(job_dir: Path) -> None:
     """After a crash of the box: stop a bucket process that outlived it (found by its pid file)."""
-    pid_file = job_dir / PID_FILE
+    pid_file = JobFolder(job_dir).pid_file
     try:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
