@@ -27,6 +27,7 @@ from magickbox.jobs.db import FINISHED, Job
 from magickbox.routing import rules, sender
 from magickbox.routing.errorimage import write_error_image
 from magickbox.routing.models import RoutingLog, Send, SendState
+from magickbox.routing.select import dicom_files, probe
 
 log = logging.getLogger(__name__)
 
@@ -328,9 +329,9 @@ class Router:
         if job is None:
             return sender.SendReport(error="the job was deleted"), 0
         job_dir = self.job_dir(job)
-        files = sender.dicom_files(job_dir / row.directory, json.loads(row.which or "[]"))
+        files = dicom_files(job_dir / row.directory, json.loads(row.which or "[]"))
         if row.error_image and (job_dir / ERROR_IMAGE).is_file():
-            item = sender._probe(job_dir / ERROR_IMAGE, job_dir / ERROR_IMAGE.parent)
+            item = probe(job_dir / ERROR_IMAGE, job_dir / ERROR_IMAGE.parent)
             if item is not None:
                 files.append(item)
         done = set(json.loads(row.accepted or "[]"))
