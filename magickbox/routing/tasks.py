@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +36,25 @@ IDLE_SECONDS = 300.0  # nothing scheduled: wake now and then anyway (a safety ne
 PROGRESS_EVERY = 1.0  # seconds between records of accepted files during a send
 MISSED_WINDOW = 86400.0  # at a start, jobs ended this recently are checked for routing
 
+# What a worker sends with: (target, files, on_accepted) -> report. sender.send by default;
+# tests give a fake that answers as told, so no network is needed to test the task logic.
+SendFunc = Callable[
+    [sender.Target, Sequence[sender.DicomFile], Callable[[str], None] | None], sender.SendReport
+]
+
 
 class Router:
     def __init__(
-        self, settings: Settings, sessions: sessionmaker[Session], job_dir: Callable[[Job], Path]
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        job_dir: Callable[[Job], Path],
+        send: SendFunc = sender.send,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.job_dir = job_dir
+        self._send = send
         self._wake = threading.Condition()
         self._stop = False
         self._threads: list[threading.Thread] = []
@@ -259,11 +270,7 @@ class Router:
                 if self._stop:
                     return
             try:
-                if self._evaluate_one():
-                    continue
-                row = self._claim()
-                if row is not None:
-                    self._run(row)
+                if self.run_once():
                     continue
             except Exception:  # a busy database: the worker carries on shortly
                 log.exception("routing: a worker's turn failed")
@@ -272,6 +279,17 @@ class Router:
             with self._wake:
                 if not self._stop and self._ended.empty():
                     self._wake.wait(self._seconds_to_next())
+
+    def run_once(self) -> bool:
+        """Run one turn: evaluate one ended job if any, else claim one due send, send it and
+        record how it went. True if it did something (a worker then looks again at once)."""
+        if self._evaluate_one():
+            return True
+        row = self._claim()
+        if row is None:
+            return False
+        self._run(row)
+        return True
 
     def _evaluate_one(self) -> bool:
         """Evaluate one job that ended, if any is waiting (a worker's turn)."""
@@ -343,7 +361,7 @@ class Router:
             row.ip, row.port, row.calling_aet, row.called_aet, self.settings.routing_timeout
         )
         progress = _Progress(self, row.id, done)
-        report = sender.send(target, todo, progress.accepted)
+        report = self._send(target, todo, progress.accepted)
         progress.flush()
         report.accepted = sorted(done | set(report.accepted))
         return report, len(files)
