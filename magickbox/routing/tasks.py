@@ -143,14 +143,14 @@ class Router:
             return []
         success = job.success or rules.NO_PROC_JSON
         try:
-            table = rules.load_table(self.settings.routing_file)
+            table = rules.read_table(self.settings.routing_file)
         except rules.RuleError as exc:
             self.note(job.scratchdir, outcome="error", message=f"no routing: {exc}")
             return []
         facts = rules.JobFacts(job.bucket, job.caller_aet, job.caller_ip, success)
         ph = rules.Placeholders(self.settings.me_host, self.settings.me_port, job.caller_ip)
         routes, notes = rules.evaluate(table, facts, ph)
-        if not table.get("routing"):
+        if not table.rules:
             notes = ["no routing table"]  # still recorded: it marks the job as routed
         if any(r.error_image for r in routes):
             self._make_error_image(job)
