@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from magickbox.jobfolder import JobFolder
-from magickbox.routing.sender import dicom_files
+from magickbox.routing.select import dicom_files
 
 SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
 LINES = 48

@@ -90,15 +90,14 @@ def load_table(path: Path) -> dict[str, Any]:
 
 
 def validate_text(text: str) -> dict[str, Any]:
-    """Parse and check a table as it is about to be saved; every problem found is reported."""
+    """Parse and check a table as it is about to be saved; every problem found is reported.
+    Returns the table as written (it is stored as written)."""
     try:
         table = json.loads(text)
     except ValueError as exc:
         raise RuleError(f"not valid JSON: {exc}") from exc
-    problems = check_table(table)
-    if problems:
-        raise RuleError("; ".join(problems))
-    return table
+    parse_strict(table)
+    return table  # type: ignore[no-any-return]
 
 
 def check_table(table: object) -> list[str]:
@@ -171,90 +170,171 @@ def _check_regex(where: str, pattern: object) -> list[str]:
     return []
 
 
+# -- typed rules ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One ``"<regex>": destination`` of a rule's send object, as written (placeholders and
+    all: they are resolved when a job is routed). ``problem`` says why it cannot be used
+    (a lenient read keeps it, so the routing log can say so when its key matches)."""
+
+    key: str
+    ip: str = ""
+    port: str = ""
+    calling_aet: str = ""
+    called_aet: str = ""
+    which: list[dict[str, str]] = field(default_factory=list)
+    error_image: bool = False
+    keep_going: bool = False  # ``break: 1``: later keys of the same object are tried too
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class Rule:
+    index: int
+    name: str = ""
+    enabled: bool = True
+    called_aet: str | None = None  # AETitleIn: a regex searched in the called AE title
+    caller_aet: str | None = None  # AETitleFrom: ... in the calling AE title
+    directory: str = "OUTPUT"
+    sends: list[list[Destination]] = field(default_factory=list)  # objects, keys in order
+    stop: bool = False  # ``break``: once this rule matched, later rules are not tried
+    problem: str = ""  # why the rule cannot route at all (noted when it applies)
+    unreadable: bool = False  # not an object: skipped, and noted for every job
+
+
+@dataclass(frozen=True)
+class Table:
+    rules: list[Rule] = field(default_factory=list)
+
+
+def parse_strict(raw: object) -> Table:
+    """The table as it is about to be saved: every problem, named by place, in one RuleError."""
+    problems = check_table(raw)
+    if problems:
+        raise RuleError("; ".join(problems))
+    return parse(raw)
+
+
+def parse(raw: object) -> Table:
+    """The table as read from disk, leniently as the original did: what cannot be used is
+    kept with its problem, to be skipped (and noted) when a job is routed."""
+    items = raw.get("routing", []) if isinstance(raw, dict) else []
+    if not isinstance(items, list):
+        return Table()
+    return Table([_parse_rule(i, rule) for i, rule in enumerate(items)])
+
+
+def read_table(path: Path) -> Table:
+    """The table in ``path``, parsed leniently (RuleError only if it is no table at all)."""
+    return parse(load_table(path))
+
+
+def _parse_rule(index: int, rule: object) -> Rule:
+    if not isinstance(rule, dict):
+        return Rule(index, unreadable=True)
+    directory = str(rule.get("RouteDirectory", "OUTPUT"))
+    sends = rule.get("send")
+    if not isinstance(sends, list):
+        sends = []  # the check on save refuses this; an old table's rule just sends nothing
+    return Rule(
+        index=index,
+        name=str(rule.get("name", "")),
+        enabled=_enabled(rule),
+        called_aet=str(rule["AETitleIn"]) if "AETitleIn" in rule else None,
+        caller_aet=str(rule["AETitleFrom"]) if "AETitleFrom" in rule else None,
+        directory=directory,
+        sends=[
+            [_parse_destination(str(k), d) for k, d in entry.items()]
+            for entry in sends
+            if isinstance(entry, dict)
+        ],
+        stop=_flag(rule.get("break", 0)),
+        problem="" if DIR_RE.match(directory) else f"RouteDirectory {directory!r} refused",
+    )
+
+
+def _parse_destination(key: str, dest: object) -> Destination:
+    if not isinstance(dest, dict) or any(k not in dest for k in REQUIRED):
+        return Destination(key, problem=f"destination lacks one of {', '.join(REQUIRED)}")
+    which = dest.get("which") or []
+    return Destination(
+        key=key,
+        ip=str(dest["IP"]),
+        port=str(dest["PORT"]),
+        calling_aet=str(dest["AETitleSender"]),
+        called_aet=str(dest["AETitleTo"]),
+        which=which if isinstance(which, list) else [],
+        error_image=_flag(dest.get("sendErrorAsDcm", 0)),
+        keep_going=_flag(dest.get("break", 0)),
+    )
+
+
 # -- evaluating ----------------------------------------------------------------------------
 
 
-def evaluate(
-    table: dict[str, Any], job: JobFacts, ph: Placeholders
-) -> tuple[list[Route], list[str]]:
+def evaluate(table: Table, job: JobFacts, ph: Placeholders) -> tuple[list[Route], list[str]]:
     """The sends a finished job makes, and notes on why (for the routing log)."""
     routes: list[Route] = []
     notes: list[str] = []
-    for index, rule in enumerate(table.get("routing", [])):
-        if not isinstance(rule, dict):
-            notes.append(f"rule #{index}: not an object, skipped")
+    for rule in table.rules:
+        if rule.unreadable:
+            notes.append(f"rule #{rule.index}: not an object, skipped")
             continue
-        name = str(rule.get("name", ""))
-        if not _enabled(rule):
+        if not rule.enabled:
             continue
-        if not (
-            _matches(rule, "AETitleIn", job.called_aet)
-            and _matches(rule, "AETitleFrom", job.caller_aet)
-        ):
+        called, caller = rule.called_aet, rule.caller_aet
+        if not (_matches(called, job.called_aet) and _matches(caller, job.caller_aet)):
             continue
-        found = _rule_routes(index, name, rule, job.success, ph, notes)
-        notes.append(f"rule #{index} {name!r} matched: {len(found)} destination(s)")
+        found = _rule_routes(rule, job.success, ph, notes)
+        notes.append(f"rule #{rule.index} {rule.name!r} matched: {len(found)} destination(s)")
         routes += found
-        if _flag(rule.get("break", 0)):
-            notes.append(f"rule #{index} {name!r} says break: later rules not tried")
+        if rule.stop:
+            notes.append(f"rule #{rule.index} {rule.name!r} says break: later rules not tried")
             break
     return routes, notes
 
 
-def _rule_routes(
-    index: int, name: str, rule: dict[str, Any], success: str, ph: Placeholders, notes: list[str]
-) -> list[Route]:
-    directory = str(rule.get("RouteDirectory", "OUTPUT"))
-    if not DIR_RE.match(directory):
-        notes.append(f"rule #{index}: RouteDirectory {directory!r} refused")
+def _rule_routes(rule: Rule, success: str, ph: Placeholders, notes: list[str]) -> list[Route]:
+    if rule.problem:
+        notes.append(f"rule #{rule.index}: {rule.problem}")
         return []
     routes = []
-    for entry in rule.get("send", []) if isinstance(rule.get("send"), list) else []:
-        if not isinstance(entry, dict):
-            continue
-        for key, dest in entry.items():
-            if not _search(key, success):
+    for entry in rule.sends:
+        for dest in entry:
+            if not _search(dest.key, success):
                 continue
-            route = _route(index, name, key, directory, dest, success, ph, notes)
+            route = _route(rule, dest, ph, notes)
             if route is None:
                 continue  # as the original: a broken destination is skipped, later keys tried
             routes.append(route)
-            if not _flag(dest.get("break", 0)):
+            if not dest.keep_going:
                 break  # the original's quirk: break 0 (the default) ends this object's keys
     return routes
 
 
-def _route(
-    index: int,
-    name: str,
-    key: str,
-    directory: str,
-    dest: object,
-    success: str,
-    ph: Placeholders,
-    notes: list[str],
-) -> Route | None:
-    where = f"rule #{index} key {key!r}"
-    if not isinstance(dest, dict) or any(k not in dest for k in REQUIRED):
-        notes.append(f"{where}: destination lacks one of {', '.join(REQUIRED)}; skipped")
+def _route(rule: Rule, dest: Destination, ph: Placeholders, notes: list[str]) -> Route | None:
+    where = f"rule #{rule.index} key {dest.key!r}"
+    if dest.problem:
+        notes.append(f"{where}: {dest.problem}; skipped")
         return None
-    ip = resolve(dest["IP"], ph)
-    port = port_of(dest["PORT"], ph)
+    ip = resolve(dest.ip, ph)
+    port = port_of(dest.port, ph)
     if not ip or port is None:
-        notes.append(f"{where}: no usable IP/PORT ({dest['IP']!r}, {dest['PORT']!r}); skipped")
+        notes.append(f"{where}: no usable IP/PORT ({dest.ip!r}, {dest.port!r}); skipped")
         return None
-    which = dest.get("which") or []
     return Route(
-        rule_index=index,
-        rule_name=name,
-        key=key,
-        directory=directory,
+        rule_index=rule.index,
+        rule_name=rule.name,
+        key=dest.key,
+        directory=rule.directory,
         ip=ip,
         port=port,
-        calling_aet=resolve(dest["AETitleSender"], ph),
-        called_aet=resolve(dest["AETitleTo"], ph),
-        which=which if isinstance(which, list) else [],
-        error_image=_flag(dest.get("sendErrorAsDcm", 0)),
+        calling_aet=resolve(dest.calling_aet, ph),
+        called_aet=resolve(dest.called_aet, ph),
+        which=dest.which,
+        error_image=dest.error_image,
     )
 
 
@@ -271,8 +351,8 @@ def _flag(value: object) -> bool:
     return bool(value)
 
 
-def _matches(rule: dict[str, Any], name: str, value: str) -> bool:
-    return name not in rule or _search(rule[name], value)
+def _matches(pattern: str | None, value: str) -> bool:
+    return pattern is None or _search(pattern, value)
 
 
 def _search(pattern: object, value: str) -> bool:

@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from magickbox.jobs.db import FINISHED, Job
 from magickbox.routing import rules, sender
 from magickbox.routing.errorimage import write_error_image
 from magickbox.routing.models import RoutingLog, Send, SendState
+from magickbox.routing.select import dicom_files, probe
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,25 @@ IDLE_SECONDS = 300.0  # nothing scheduled: wake now and then anyway (a safety ne
 PROGRESS_EVERY = 1.0  # seconds between records of accepted files during a send
 MISSED_WINDOW = 86400.0  # at a start, jobs ended this recently are checked for routing
 
+# What a worker sends with: (target, files, on_accepted) -> report. sender.send by default;
+# tests give a fake that answers as told, so no network is needed to test the task logic.
+SendFunc = Callable[
+    [sender.Target, Sequence[sender.DicomFile], Callable[[str], None] | None], sender.SendReport
+]
+
 
 class Router:
     def __init__(
-        self, settings: Settings, sessions: sessionmaker[Session], job_dir: Callable[[Job], Path]
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        job_dir: Callable[[Job], Path],
+        send: SendFunc = sender.send,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.job_dir = job_dir
+        self._send = send
         self._wake = threading.Condition()
         self._stop = False
         self._threads: list[threading.Thread] = []
@@ -131,14 +143,14 @@ class Router:
             return []
         success = job.success or rules.NO_PROC_JSON
         try:
-            table = rules.load_table(self.settings.routing_file)
+            table = rules.read_table(self.settings.routing_file)
         except rules.RuleError as exc:
             self.note(job.scratchdir, outcome="error", message=f"no routing: {exc}")
             return []
         facts = rules.JobFacts(job.bucket, job.caller_aet, job.caller_ip, success)
         ph = rules.Placeholders(self.settings.me_host, self.settings.me_port, job.caller_ip)
         routes, notes = rules.evaluate(table, facts, ph)
-        if not table.get("routing"):
+        if not table.rules:
             notes = ["no routing table"]  # still recorded: it marks the job as routed
         if any(r.error_image for r in routes):
             self._make_error_image(job)
@@ -258,11 +270,7 @@ class Router:
                 if self._stop:
                     return
             try:
-                if self._evaluate_one():
-                    continue
-                row = self._claim()
-                if row is not None:
-                    self._run(row)
+                if self.run_once():
                     continue
             except Exception:  # a busy database: the worker carries on shortly
                 log.exception("routing: a worker's turn failed")
@@ -271,6 +279,17 @@ class Router:
             with self._wake:
                 if not self._stop and self._ended.empty():
                     self._wake.wait(self._seconds_to_next())
+
+    def run_once(self) -> bool:
+        """Run one turn: evaluate one ended job if any, else claim one due send, send it and
+        record how it went. True if it did something (a worker then looks again at once)."""
+        if self._evaluate_one():
+            return True
+        row = self._claim()
+        if row is None:
+            return False
+        self._run(row)
+        return True
 
     def _evaluate_one(self) -> bool:
         """Evaluate one job that ended, if any is waiting (a worker's turn)."""
@@ -328,9 +347,9 @@ class Router:
         if job is None:
             return sender.SendReport(error="the job was deleted"), 0
         job_dir = self.job_dir(job)
-        files = sender.dicom_files(job_dir / row.directory, json.loads(row.which or "[]"))
+        files = dicom_files(job_dir / row.directory, json.loads(row.which or "[]"))
         if row.error_image and (job_dir / ERROR_IMAGE).is_file():
-            item = sender._probe(job_dir / ERROR_IMAGE, job_dir / ERROR_IMAGE.parent)
+            item = probe(job_dir / ERROR_IMAGE, job_dir / ERROR_IMAGE.parent)
             if item is not None:
                 files.append(item)
         done = set(json.loads(row.accepted or "[]"))
@@ -342,7 +361,7 @@ class Router:
             row.ip, row.port, row.calling_aet, row.called_aet, self.settings.routing_timeout
         )
         progress = _Progress(self, row.id, done)
-        report = sender.send(target, todo, progress.accepted)
+        report = self._send(target, todo, progress.accepted)
         progress.flush()
         report.accepted = sorted(done | set(report.accepted))
         return report, len(files)

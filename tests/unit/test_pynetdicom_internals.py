@@ -1,4 +1,5 @@
-"""The pynetdicom internals the routing sender relies on (``routing/sender.py``).
+"""The pynetdicom internals the routing sender relies on (``routing/dimse.py``, the only
+module that touches them).
 
 The sender lets pynetdicom negotiate, then parks its reactor thread and runs the
 transfer phase on the socket itself. That uses private attributes; this test names each
@@ -29,8 +30,8 @@ def test_association_internals_are_where_the_sender_expects(
     assoc: Association, name: str, kind: type
 ) -> None:
     assert hasattr(assoc, name), (
-        f"pynetdicom {__version__}: Association.{name} is gone; routing/sender.py parks the "
-        "reactor with it. Check sender._park_threads before upgrading pynetdicom."
+        f"pynetdicom {__version__}: Association.{name} is gone; routing/dimse.py parks the "
+        "reactor with it. Check dimse._park_threads before upgrading pynetdicom."
     )
     assert isinstance(getattr(assoc, name), kind), f"Association.{name} is no {kind.__name__}"
 
@@ -39,7 +40,7 @@ def test_the_dul_thread_can_still_be_told_to_end(assoc: Association) -> None:
     dul = assoc.dul
     assert isinstance(dul, DULServiceProvider)
     assert hasattr(dul, "_kill_thread"), (
-        f"pynetdicom {__version__}: DULServiceProvider._kill_thread is gone; routing/sender.py "
+        f"pynetdicom {__version__}: DULServiceProvider._kill_thread is gone; routing/dimse.py "
         "ends pynetdicom's DUL thread with it."
     )
     assert dul.socket is None or hasattr(dul.socket, "socket")
@@ -50,3 +51,18 @@ def test_the_pinned_minor_version_is_installed() -> None:
         f"pynetdicom {__version__} is installed; the sender's use of its internals was "
         "checked with 3.0.x (see pyproject.toml)"
     )
+
+
+def test_only_dimse_touches_the_internals() -> None:
+    from pathlib import Path
+
+    import magickbox.routing
+
+    internals = ("_reactor_checkpoint", "_is_paused", "_kill_thread", "._kill")
+    package = Path(magickbox.routing.__file__).parent
+    touching = sorted(
+        path.name
+        for path in package.glob("*.py")
+        if any(name in path.read_text() for name in internals)
+    )
+    assert touching == ["dimse.py"], f"pynetdicom internals used outside dimse.py: {touching}"

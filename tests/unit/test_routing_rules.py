@@ -18,7 +18,9 @@ def dest(aet: str, **extra: object) -> dict[str, object]:
 
 
 def targets(table: dict, success: str = "success", called: str = "ProcA", caller: str = "ip44"):
-    routes, _notes = rules.evaluate(table, JobFacts(called, caller, "192.168.1.7", success), PH)
+    routes, _notes = rules.evaluate(
+        rules.parse(table), JobFacts(called, caller, "192.168.1.7", success), PH
+    )
     return [r.called_aet for r in routes]
 
 
@@ -71,7 +73,7 @@ def test_placeholders_and_route_directory() -> None:
         "IP": "$me", "PORT": "$port", "AETitleSender": "MB", "AETitleTo": "X"}}, {".*": {
         "IP": "$sender", "PORT": 4006, "AETitleSender": "MB", "AETitleTo": "Y",
         "sendErrorAsDcm": 1, "which": [{"0008,103e": "t1"}]}}]}]}  # fmt: skip
-    routes, _ = rules.evaluate(table, JobFacts("A", "B", "192.168.1.7", "success"), PH)
+    routes, _ = rules.evaluate(rules.parse(table), JobFacts("A", "B", "192.168.1.7", "success"), PH)
     assert [(r.ip, r.port, r.directory) for r in routes] == [
         ("10.0.0.1", 11113, "INPUT"),
         ("192.168.1.7", 4006, "INPUT"),
@@ -81,7 +83,7 @@ def test_placeholders_and_route_directory() -> None:
 
 def test_a_destination_without_required_keys_is_skipped_and_later_keys_tried() -> None:
     entry = {"succ": {"IP": "1.2.3.4", "AETitleTo": "X"}, "success": dest("OK")}
-    routes, notes = rules.evaluate({"routing": [{"send": [entry]}]},
+    routes, notes = rules.evaluate(rules.parse({"routing": [{"send": [entry]}]}),
                                    JobFacts("A", "B", "", "success"), PH)  # fmt: skip
     assert [r.called_aet for r in routes] == ["OK"]
     assert any("lacks" in n for n in notes)
@@ -129,3 +131,40 @@ def test_an_original_table_is_accepted_as_it_is(tmp_path: Path) -> None:
     (tmp_path / "routing.json").write_text(json.dumps(original))
     assert rules.load_table(tmp_path / "routing.json") == original
     assert rules.load_table(tmp_path / "missing.json") == {"routing": []}
+
+
+def test_a_table_is_parsed_once_into_typed_rules_with_placeholders_kept() -> None:
+    entry = {"succ": dest("A", PORT="$port", **{"break": 1}), "x": dest("B", which="")}
+    table = rules.parse(
+        {"routing": [{"name": "r", "AETitleIn": "P", "break": "T", "send": [entry]}]}
+    )
+    (rule,) = table.rules
+    assert (rule.index, rule.name, rule.called_aet, rule.caller_aet) == (0, "r", "P", None)
+    assert (rule.directory, rule.stop, rule.enabled, rule.problem) == ("OUTPUT", True, True, "")
+    first, second = rule.sends[0]
+    assert (first.key, first.port, first.called_aet, first.keep_going) == (
+        "succ",
+        "$port",
+        "A",
+        True,
+    )
+    assert (second.key, second.which, second.keep_going) == ("x", [], False)
+
+
+def test_saving_names_every_problem_but_reading_from_disk_keeps_what_it_can() -> None:
+    raw = {"routing": [
+        "not a rule",
+        {"RouteDirectory": "../x", "send": [{".*": dest("DIR")}]},
+        {"send": [{"succ": {"IP": "a"}, ".*": dest("OK", PORT="nope"), "s": dest("LAST")}]},
+    ]}  # fmt: skip
+    with pytest.raises(RuleError) as err:
+        rules.parse_strict(raw)
+    for place in ("routing[0]", "routing[1].RouteDirectory", "routing[2].send[0]['succ']",
+                  "routing[2].send[0]['.*'].PORT"):  # fmt: skip
+        assert place in str(err.value)
+    routes, notes = rules.evaluate(rules.parse(raw), JobFacts("A", "B", "", "success"), PH)
+    assert [r.called_aet for r in routes] == ["LAST"]  # broken ones skipped, later keys tried
+    assert "rule #0: not an object, skipped" in notes
+    assert "rule #1: RouteDirectory '../x' refused" in notes
+    assert any("key 'succ': destination lacks one of" in n for n in notes)
+    assert any("key '.*': no usable IP/PORT ('10.1.1.1', 'nope')" in n for n in notes)

@@ -1,4 +1,4 @@
-"""The sender's own wire pieces: the C-STORE-RQ command set and reading a response."""
+"""The sender's own pieces: the DIMSE wire (dimse.py) and reading a file's meta (select.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from pydicom.filereader import read_dataset
 
-from magickbox.routing import sender
+from magickbox.routing import dimse, select
 from magickbox.testing.dicomgen import write_study
 
 
 def test_the_store_command_is_a_valid_implicit_little_endian_command_set() -> None:
-    raw = sender.store_command("1.2.840.10008.5.1.4.1.1.4", "1.2.3.45", 7)
+    raw = dimse.store_command("1.2.840.10008.5.1.4.1.1.4", "1.2.3.45", 7)
     ds = read_dataset(BytesIO(raw), is_implicit_VR=True, is_little_endian=True)
     assert ds[0x00000000].value == len(raw) - 12  # group length counts what follows it
     assert str(ds[0x00000002].value).rstrip("\0") == "1.2.840.10008.5.1.4.1.1.4"
@@ -37,19 +37,19 @@ def response(msg_id: int, status: int, comment: str = "", field: int = 0x8001) -
 
 
 def test_a_response_gives_status_and_comment_and_must_answer_the_request() -> None:
-    assert sender._parse_response(response(3, 0x0000), 3) == (0, "")
-    assert sender._parse_response(response(3, 0xA700, "full"), 3) == (0xA700, "full")
-    with pytest.raises(sender.LinkError, match="another request"):
-        sender._parse_response(response(2, 0), 3)
-    with pytest.raises(sender.LinkError, match="other than a C-STORE"):
-        sender._parse_response(response(3, 0, field=0x8030), 3)
+    assert dimse._parse_response(response(3, 0x0000), 3) == (0, "")
+    assert dimse._parse_response(response(3, 0xA700, "full"), 3) == (0xA700, "full")
+    with pytest.raises(dimse.LinkError, match="another request"):
+        dimse._parse_response(response(2, 0), 3)
+    with pytest.raises(dimse.LinkError, match="other than a C-STORE"):
+        dimse._parse_response(response(3, 0, field=0x8030), 3)
 
 
 def test_pdus_hold_one_pdv_each_and_are_read_back() -> None:
-    pdu = sender._pdv(5, 0x03, b"abcd")
+    pdu = dimse._pdv(5, 0x03, b"abcd")
     kind, _reserved, length = struct.unpack(">BBI", pdu[:6])
     assert (kind, length) == (0x04, len(pdu) - 6)
-    assert list(sender._pdvs(pdu[6:] + pdu[6:])) == [(0x03, b"abcd"), (0x03, b"abcd")]
+    assert list(dimse._pdvs(pdu[6:] + pdu[6:])) == [(0x03, b"abcd"), (0x03, b"abcd")]
 
 
 @pytest.mark.parametrize(
@@ -58,8 +58,8 @@ def test_pdus_hold_one_pdv_each_and_are_read_back() -> None:
 def test_the_quick_file_meta_reader_agrees_with_pydicom(tmp_path: Path, syntax: str) -> None:
     study = write_study(tmp_path / "s", n_images=2, rows=16, cols=16, transfer_syntax=syntax)
     (tmp_path / "s" / "notes.txt").write_text("not DICOM")
-    found = sender.dicom_files(tmp_path / "s")
+    found = select.dicom_files(tmp_path / "s")
     assert sorted(f.sop_instance for f in found) == sorted(study.sop_uids)
     for item in found:
-        assert sender._quick_meta(item.path) == sender._pydicom_meta(item.path)
+        assert select._quick_meta(item.path) == select._pydicom_meta(item.path)
         assert item.syntax == syntax

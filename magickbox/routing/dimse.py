@@ -1,0 +1,207 @@
+"""The DIMSE wire of a C-STORE, run on the socket of an association pynetdicom negotiated.
+
+Command sets are encoded and decoded here (implicit VR little endian), data sets framed
+into P-DATA-TF PDVs, and pynetdicom's threads of an association parked so the socket is
+ours. This is the ONLY module that touches pynetdicom internals (private attributes of
+Association and DULServiceProvider); tests/unit/test_pynetdicom_internals.py names each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from pynetdicom.association import Association
+
+from magickbox.routing.select import DicomFile
+
+WARNING_STATUSES = {0x0001, 0xB000, 0xB006, 0xB007}  # stored, with a remark
+SEND_BUFFER = 256 << 10  # bytes of PDUs gathered per socket write
+MAX_FRAGMENT = 1 << 20  # PDV size when the peer sets no maximum PDU length
+
+
+class LinkError(RuntimeError):
+    """The peer aborted, answered out of turn, or the connection broke."""
+
+
+class Link:
+    """The transfer phase of an association pynetdicom negotiated, run on its socket.
+
+    pynetdicom passes every PDU through two threads that poll with sleeps, which made a
+    send of small images 10-15x slower than dcmtk's storescu here. So pynetdicom does
+    what it is good at, the association negotiation (contexts, PDU sizes, rejections),
+    then hands over: its threads are stopped, and C-STORE requests and responses go
+    over the socket directly, one at a time, as storescu does. Release and abort are
+    sent here too.
+    """
+
+    def __init__(self, assoc: Association, timeout: float) -> None:
+        self.assoc = assoc
+        self.contexts = {
+            (str(cx.abstract_syntax), str(cx.transfer_syntax[0])): int(cx.context_id or 0)
+            for cx in assoc.accepted_contexts
+        }
+        peer_max = int(assoc.acceptor.maximum_length or 0)  # 0: the peer takes any size
+        self.fragment = (peer_max - 6) if peer_max else MAX_FRAGMENT
+        _park_threads(assoc)
+        transport = assoc.dul.socket
+        if transport is None or transport.socket is None:
+            raise LinkError("the association has no socket")
+        self.sock: socket.socket = transport.socket
+        self.sock.settimeout(timeout)
+
+    def store(self, item: DicomFile, msg_id: int) -> tuple[bool, str]:
+        """Send one file's data set as it is on disk; (accepted, why not)."""
+        context_id = self.contexts.get((item.sop_class, item.syntax))
+        if context_id is None:
+            return False, f"the peer accepted no context for {item.sop_class} in {item.syntax}"
+        command = store_command(item.sop_class, item.sop_instance, msg_id)
+        with item.path.open("rb") as fh:
+            fh.seek(item.offset)
+            self._send(context_id, command, fh)
+        status, comment = self._response(msg_id)
+        if status == 0x0000 or status in WARNING_STATUSES:
+            return True, ""
+        return False, f"status 0x{status:04X}" + (f" {comment}" if comment else "")
+
+    def _send(self, context_id: int, command: bytes, data: BinaryIO) -> None:
+        out = bytearray(_pdv(context_id, 0x03, command))  # command, last fragment
+        chunk = data.read(self.fragment)
+        while True:
+            following = data.read(self.fragment) if chunk else b""
+            out += _pdv(context_id, 0x00 if following else 0x02, chunk)
+            if len(out) >= SEND_BUFFER or not following:
+                self.sock.sendall(out)
+                out.clear()
+            if not following:
+                return
+            chunk = following
+
+    def _response(self, msg_id: int) -> tuple[int, str]:
+        command = bytearray()
+        while True:
+            kind, body = self._read_pdu()
+            if kind == 0x07:
+                raise LinkError("the peer aborted the association")
+            if kind != 0x04:
+                raise LinkError(f"unexpected PDU type 0x{kind:02X} instead of a response")
+            for control, data in _pdvs(body):
+                if control & 0x01:
+                    command += data
+                    if control & 0x02:
+                        return _parse_response(bytes(command), msg_id)
+
+    def _read_pdu(self) -> tuple[int, bytes]:
+        kind, _reserved, length = struct.unpack(">BBI", self._recv(6))
+        return kind, self._recv(length)
+
+    def _recv(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            got = self.sock.recv(n - len(buf))
+            if not got:
+                raise LinkError("the peer closed the connection")
+            buf += got
+        return bytes(buf)
+
+    def release(self) -> None:
+        """A-RELEASE: ask, wait for the answer (or a timeout), close."""
+        try:
+            self.sock.sendall(b"\x05\x00" + struct.pack(">I", 4) + bytes(4))
+            while self._read_pdu()[0] not in (0x06, 0x07):
+                pass
+        except (LinkError, OSError):
+            pass  # the data was answered already; a peer that hangs up early is fine
+        self._close(released=True)
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendall(b"\x07\x00" + struct.pack(">I", 4) + bytes(4))
+        self._close(released=False)
+
+    def _close(self, released: bool) -> None:
+        assoc = self.assoc
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        assoc.is_established = False
+        assoc.is_released, assoc.is_aborted = released, not released
+        assoc._kill = True
+        assoc._reactor_checkpoint.set()  # lets pynetdicom's parked thread end
+
+
+def _park_threads(assoc: Association) -> None:
+    """Stop pynetdicom's two threads of this association without touching the socket.
+
+    The association thread is parked at its checkpoint (and made sure to be parked, not
+    merely between two looks at its flag); the DUL thread is told to end its loop.
+    """
+    assoc._reactor_checkpoint.clear()
+    while True:
+        while not assoc._is_paused:
+            time.sleep(0.0001)
+        time.sleep(0.005)  # the thread sleeps 1 ms per loop: past any gap by now
+        if assoc._is_paused:
+            break
+    assoc.dul._kill_thread = True
+    assoc.dul.join(5)
+
+
+def store_command(sop_class: str, sop_instance: str, msg_id: int) -> bytes:
+    """A C-STORE-RQ command set, implicit VR little endian (PS3.7 9.3.1.1)."""
+    elements = (
+        _element(0x0002, _uid(sop_class)),  # Affected SOP Class UID
+        _element(0x0100, struct.pack("<H", 0x0001)),  # Command Field: C-STORE-RQ
+        _element(0x0110, struct.pack("<H", msg_id)),  # Message ID
+        _element(0x0700, struct.pack("<H", 0x0000)),  # Priority: medium
+        _element(0x0800, struct.pack("<H", 0x0000)),  # a data set follows
+        _element(0x1000, _uid(sop_instance)),  # Affected SOP Instance UID
+    )
+    body = b"".join(elements)
+    return _element(0x0000, struct.pack("<I", len(body))) + body
+
+
+def _element(elem: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", 0x0000, elem, len(value)) + value
+
+
+def _uid(uid: str) -> bytes:
+    raw = uid.encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def _pdv(context_id: int, control: int, data: bytes) -> bytes:
+    """A P-DATA-TF PDU holding one PDV."""
+    return struct.pack(">BBIIBB", 0x04, 0, len(data) + 6, len(data) + 2, context_id, control) + data
+
+
+def _pdvs(body: bytes) -> Iterator[tuple[int, bytes]]:
+    offset = 0
+    while offset + 6 <= len(body):
+        (length,) = struct.unpack_from(">I", body, offset)
+        yield body[offset + 5], body[offset + 6 : offset + 4 + length]
+        offset += 4 + length
+
+
+def _parse_response(command: bytes, msg_id: int) -> tuple[int, str]:
+    """Status and Error Comment of a C-STORE-RSP (checked to answer ``msg_id``)."""
+    values: dict[int, bytes] = {}
+    offset = 0
+    while offset + 8 <= len(command):
+        _group, elem, length = struct.unpack_from("<HHI", command, offset)
+        values[elem] = command[offset + 8 : offset + 8 + length]
+        offset += 8 + length
+    field_ = values.get(0x0100, b"")
+    if field_ and struct.unpack("<H", field_[:2])[0] != 0x8001:
+        raise LinkError("the peer answered with something other than a C-STORE response")
+    answered = values.get(0x0120, b"")
+    if answered and struct.unpack("<H", answered[:2])[0] != msg_id:
+        raise LinkError("the peer answered another request")
+    if len(values.get(0x0900, b"")) < 2:
+        raise LinkError("a C-STORE response without a status")
+    status = struct.unpack("<H", values[0x0900][:2])[0]
+    comment = values.get(0x0902, b"").decode("latin-1").strip(" \x00")
+    return status, comment
