@@ -18,7 +18,7 @@ from magickbox.buckets.runner import LocalExecutor
 from magickbox.buckets.slurm import RoutingExecutor
 from magickbox.config import Settings
 from magickbox.errors import Conflict, Invalid, NotFound
-from magickbox.events import EventBus, JobFinished
+from magickbox.events import EventBus, JobDeleted, JobFinished
 from magickbox.home import init_home
 from magickbox.jobs import browse, scratch
 from magickbox.jobs.db import Job, State, open_database
@@ -48,6 +48,7 @@ class Box:
         self.router = Router(settings, self.store.sessions, self.store.job_dir)
         # Routing evaluates a finished job on its own workers, never on the queue's thread.
         self.events.subscribe(JobFinished, lambda event: self.router.job_ended(event.scratchdir))
+        self.events.subscribe(JobDeleted, self._job_deleted)
         self.archive_index = browse.ArchiveIndex(settings.archive)
         self.scratch_size = browse.ScratchSize(settings.scratch)
         self.announcer: Announcer | None = None
@@ -79,6 +80,9 @@ class Box:
         self.grouper.stop()
         self.dispatcher.stop()
         self.router.stop()
+
+    def _job_deleted(self, event: JobDeleted) -> None:
+        self.router.job_deleted(event.scratchdir)  # its sends to come fail at once
 
     # -- receiving -----------------------------------------------------------------
     def accepts(self, aetitle: str) -> bool:

@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from magickbox.config import Settings
-from magickbox.events import EventBus, JobQueued
+from magickbox.events import EventBus, JobDeleted, JobQueued
 from magickbox.jobfolder import JobFolder
 from magickbox.jobs import scratch
 from magickbox.jobs.db import FINISHED, Job, State
@@ -286,6 +286,7 @@ class JobStore:
         with self.sessions.begin() as s:
             s.execute(delete(Job).where(Job.scratchdir == scratchdir))
         scratch.remove_tree(self.job_dir(job))
+        self.events.publish(JobDeleted(scratchdir))
         return True
 
     def delete_archive_study(self, study_uid: str) -> bool:

@@ -43,6 +43,9 @@ SendFunc = Callable[
 ]
 
 
+DELETED = "the job was deleted"
+
+
 class Router:
     def __init__(
         self,
@@ -345,7 +348,7 @@ class Router:
     def _attempt(self, row: Send) -> tuple[sender.SendReport, int]:
         job = self._job(row.scratchdir)
         if job is None:
-            return sender.SendReport(error="the job was deleted"), 0
+            return sender.SendReport(error=DELETED), 0
         job_dir = self.job_dir(job)
         files = dicom_files(job_dir / row.directory, json.loads(row.which or "[]"))
         if row.error_image and (job_dir / ERROR_IMAGE).is_file():
@@ -366,8 +369,24 @@ class Router:
         report.accepted = sorted(done | set(report.accepted))
         return report, len(files)
 
+    def job_deleted(self, scratchdir: str) -> int:
+        """A deleted job's sends still to come end failed at once (their files are gone)."""
+        now = time.time()
+        with self.sessions.begin() as s:
+            result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+                update(Send)
+                .where(Send.scratchdir == scratchdir, Send.state == SendState.PENDING)
+                .values(state=SendState.FAILED, finished_at=now, next_at=None, reason=DELETED)
+            )
+        if result.rowcount:
+            self.note(scratchdir, outcome="failed", message=f"{result.rowcount} sends: {DELETED}")
+        return result.rowcount
+
     def _record(self, row: Send, report: sender.SendReport, total: int) -> None:
         now = time.time()
+        failed = bool(report.error or report.refused)
+        if failed and self._job(row.scratchdir) is None:  # deleted while it was being sent
+            report = sender.SendReport(accepted=report.accepted, error=DELETED)
         ok = not report.error and not report.refused
         values: dict[str, Any] = {
             "accepted": json.dumps(report.accepted),
@@ -376,7 +395,7 @@ class Router:
         if ok:
             values.update(state=SendState.DONE, finished_at=now, reason="", next_at=None)
             outcome, message = "done", f"{len(report.accepted)} of {total} files accepted"
-        elif row.attempts < row.max_attempts and report.error != "the job was deleted":
+        elif row.attempts < row.max_attempts and report.error != DELETED:
             delay = self._delay(row.attempts)
             values.update(
                 state=SendState.PENDING, next_at=now + delay, reason=report.summary(total)

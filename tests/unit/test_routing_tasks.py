@@ -26,6 +26,7 @@ class FakeSender:
         self.targets: list[sender.Target] = []
         self.refuse_first = False
         self.crash = False
+        self.before_send: Callable[..., None] | None = None  # e.g. the job vanishes mid-send
 
     def __call__(
         self,
@@ -35,6 +36,8 @@ class FakeSender:
     ) -> sender.SendReport:
         if self.crash:
             raise OSError("disk on fire")
+        if self.before_send is not None:
+            self.before_send(target)
         self.targets.append(target)
         self.offered.append([f.name for f in files])
         report = sender.SendReport()
@@ -177,3 +180,35 @@ def test_a_send_of_a_deleted_job_fails_at_once(router: Router, fake: FakeSender)
     view = router.send(send_id)
     assert view is not None and (view["state"], view["attempts"]) == ("failed", 1)
     assert fake.offered == []
+
+
+def test_deleting_a_job_fails_its_pending_sends_at_once(router: Router, fake: FakeSender) -> None:
+    add_job(router, "tmp.aaaaaaaa", time.time())
+    (send_id,) = router.job_finished("tmp.aaaaaaaa")
+    fake.refuse_first = True
+    assert router.run_once()  # one file refused: pending, to be tried again later
+    assert router.send(send_id)["state"] == "pending"  # type: ignore[index]
+    with router.sessions.begin() as s:
+        s.execute(delete(Job).where(Job.scratchdir == "tmp.aaaaaaaa"))
+    assert router.job_deleted("tmp.aaaaaaaa") == 1
+    view = router.send(send_id)
+    assert view is not None and (view["state"], view["reason"]) == ("failed", "the job was deleted")
+    assert router.job_deleted("tmp.aaaaaaaa") == 0  # finished sends are left as they are
+    assert router.routing_log()[0]["message"] == "1 sends: the job was deleted"
+
+
+def test_a_send_whose_job_goes_while_it_is_sent_is_not_retried(
+    router: Router, fake: FakeSender
+) -> None:
+    add_job(router, "tmp.aaaaaaaa", time.time())
+    (send_id,) = router.job_finished("tmp.aaaaaaaa")
+
+    def vanish(*_args: object) -> None:
+        with router.sessions.begin() as s:
+            s.execute(delete(Job).where(Job.scratchdir == "tmp.aaaaaaaa"))
+
+    fake.refuse_first, fake.before_send = True, vanish
+    assert router.run_once()
+    view = router.send(send_id)
+    assert view is not None and view["state"] == "failed"
+    assert "the job was deleted" in view["reason"]
