@@ -1,5 +1,6 @@
 """The HTTP API end to end: /api/v1 and the original endpoints over jobs made by real sends,
 and the queue's promises (first in first out per bucket, buckets side by side, timeouts).
+The tests that need no DICOM run in process: tests/integration/test_api.py.
 """
 
 from __future__ import annotations
@@ -208,34 +209,6 @@ def test_output_and_input_zips(populated: Populated) -> None:
         assert names == sorted(f"{sd}/INPUT/{p.name}" for p in study.paths)
         for path in study.paths:
             assert zf.read(f"{sd}/INPUT/{path.name}")[128:132] == b"DICM"
-
-
-def test_buckets_and_installed_buckets(populated: Populated) -> None:
-    box = populated.box
-    enabled = {"Alpha", "Beta", "Fail", "Sleepy", "ProcBucket"}
-    installed = box.get("/code/php/getInstalledBuckets.php").json()
-    assert {b["AETitle"] for b in installed} == enabled
-    for info in installed:
-        assert {"name", "description", "version", "AETitle", "license", "enabled"} <= set(info)
-    listed = box.get("/api/v1/buckets").json()
-    assert {b["aetitle"] for b in listed} == enabled
-    assert all(b["enabled"] for b in listed)
-    everything = {b["aetitle"]: b for b in box.get("/api/v1/buckets?all=true").json()}
-    assert set(everything) == enabled | {"Hidden"}
-    assert not everything["Hidden"]["enabled"]
-    assert everything["Sleepy"]["info"]["timeout"] == 2
-
-
-def test_docs_and_openapi(populated: Populated) -> None:
-    box = populated.box
-    docs = box.get("/docs")
-    assert docs.status_code == 200 and "swagger" in docs.text.lower()
-    paths = box.get("/openapi.json").json()["paths"]
-    job = "/api/v1/jobs/{scratchdir}"
-    for path in ("/api/v1/jobs", job, f"{job}/log", f"{job}/retry", f"{job}/output.zip",
-                 "/api/v1/buckets", "/api/v1/queue"):  # fmt: skip
-        assert path in paths, path
-    assert {"get", "post"} <= set(paths["/api/v1/jobs"])
 
 
 def test_delete_and_retry(box_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
