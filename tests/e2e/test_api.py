@@ -39,7 +39,7 @@ sleep 60
 echo "woke up" > "$2/woke.txt"
 """
 
-BUCKETS = {
+BUCKETS: dict[str, str | tuple[str, dict]] = {
     "Alpha": QUICK,
     "Beta": QUICK,
     "Fail": FAIL,
