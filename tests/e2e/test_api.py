@@ -28,6 +28,10 @@ from tests.e2e.peers import (
 
 pytestmark = pytest.mark.e2e
 
+# Each send is one association, each job its own caller or study: a short quiet period
+# groups them as a long one would, and every wait for a job is shorter.
+QUIET = 0.3
+
 FAIL = """#!/bin/sh
 echo "about to fail"
 exit 3
@@ -71,7 +75,7 @@ class Populated:
 def populated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Populated]:
     folder = tmp_path_factory.mktemp("api")
     install_buckets(folder / "home", **BUCKETS)
-    box = BoxServer(folder / "home").start()
+    box = BoxServer(folder / "home", quiet=QUIET).start()
     try:
         yield Populated(box, folder)
     finally:
@@ -214,7 +218,7 @@ def test_output_and_input_zips(populated: Populated) -> None:
 def test_delete_and_retry(box_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     home = tmp_path / "home"
     install_buckets(home, Alpha=QUICK)
-    box: BoxServer = box_factory(home=home)
+    box: BoxServer = box_factory(home=home, quiet=QUIET)
     kept = send(box, tmp_path, "kept", "Alpha", "KEEP")
     gone = send(box, tmp_path, "gone", "Alpha", "GONE")
     jobs = {j["caller_aet"]: j for j in wait_jobs(box, 2)}
@@ -281,7 +285,7 @@ def test_queue_is_fifo_per_bucket_and_parallel_across_buckets(box_factory, tmp_p
     memory = home / "memory" / "Fifo"
     memory.mkdir(parents=True)
     (memory / "hold").touch()
-    box: BoxServer = box_factory(home=home)
+    box: BoxServer = box_factory(home=home, quiet=QUIET)
 
     order = [send(box, tmp_path, "first", "Fifo", "ORDER")]
     first = wait_for("the first job to run", lambda: api_jobs(box, bucket="Fifo", state="running"))

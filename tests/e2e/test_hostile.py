@@ -48,6 +48,10 @@ from tests.e2e.peers import (
 
 pytestmark = pytest.mark.e2e
 
+# Each send is one association, its files one study: a short quiet period
+# groups them as a long one would, and every wait for a job is shorter.
+QUIET = 0.3
+
 SECRET = "MAGICKBOX-CANARY-SECRET"
 
 # Plants links to files and folders outside the home among its real results.
@@ -78,7 +82,7 @@ def box(box_factory, tmp_path: Path) -> BoxServer:  # type: ignore[no-untyped-de
     (tmp_path / "x" / "processing.log").write_text(SECRET)
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "processing.log").write_text(SECRET)
-    return box_factory(home=home)
+    return box_factory(home=home, quiet=QUIET)
 
 
 def raw_get(box: BoxServer, target: str) -> tuple[int, bytes, str]:

@@ -30,6 +30,10 @@ from tests.e2e.peers import (
 
 pytestmark = pytest.mark.e2e
 
+# Each send is one association, each job its own caller or study: a short quiet period
+# groups them as a long one would, and every wait for a job is shorter.
+QUIET = 0.3
+
 PLAN = [("x1", "XRAY", "PAT-1"), ("x2", "xray2", "PAT-2"), ("c1", "CT_100%", "PAT-3")]
 
 
@@ -45,7 +49,7 @@ class Site:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     folder = tmp_path_factory.mktemp("pageapi")
     install_buckets(folder / "home", ProcBucket=QUICK)
-    box = BoxServer(folder / "home").start()
+    box = BoxServer(folder / "home", quiet=QUIET).start()
     try:
         studies = {}
         for name, calling, patient in PLAN:
