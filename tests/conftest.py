@@ -1,16 +1,24 @@
-"""Shared test fixtures: real MagickBox servers on free ports and the real dcmtk tools."""
+"""Shared test fixtures: the real app and Box in this process (``app_factory``), real
+MagickBox servers on free ports (``box_factory``) and the real dcmtk tools."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+from fastapi.testclient import TestClient
 
+from magickbox.box import Box
+from magickbox.config import load_settings
 from magickbox.testing.server import BoxServer, dcmtk_tool, free_port
+from magickbox.web.app import create_app
 
-__all__ = ["BoxServer", "copy_bucket", "dcmtk", "free_port"]
+__all__ = ["BoxServer", "InProcessBox", "copy_bucket", "dcmtk", "free_port", "in_process_box"]
 
 
 def dcmtk(tool: str) -> str:
@@ -19,6 +27,63 @@ def dcmtk(tool: str) -> str:
         return dcmtk_tool(tool)
     except FileNotFoundError as exc:
         pytest.fail(str(exc))
+
+
+@dataclass
+class InProcessBox:
+    """The real app over a real Box in this process: what a test needs of a box over HTTP."""
+
+    client: TestClient
+    home: Path
+    box: Box
+
+    @property
+    def dicom_port(self) -> int:
+        return self.box.settings.dicom_port
+
+    @property
+    def web_port(self) -> int:
+        return self.box.settings.web_port
+
+    def get(self, path: str, **kw: object) -> httpx.Response:
+        return self.client.get(path, **kw)  # type: ignore[arg-type]
+
+    def jobs(self) -> list[dict]:
+        """The original's job listing (getScratch.php), newest first."""
+        return self.get("/code/php/getScratch.php").json()
+
+
+@contextlib.contextmanager
+def in_process_box(home: Path, dicom: bool = False, **overrides: object) -> Iterator[InProcessBox]:
+    """The app's lifespan starts and stops the Box, as under ``magickbox serve``; install
+    test buckets in ``home`` before. ``overrides`` are settings (quiet_seconds=...)."""
+    defaults = {"announce": False, "quiet_seconds": 0.2}
+    ports = {"dicom_port": free_port(), "web_port": free_port()}
+    settings = load_settings(home, **{**defaults, **ports, **overrides})
+    box = Box(settings)
+    # The peer address the sockets would give: jobs record it (CallerIP).
+    with TestClient(create_app(box, dicom=dicom), client=("127.0.0.1", 50000)) as client:
+        yield InProcessBox(client, home, box)
+
+
+@pytest.fixture
+def app_factory(tmp_path: Path) -> Iterator[Callable[..., InProcessBox]]:
+    """Make in-process boxes: ``app_factory(home=..., dicom=..., **settings)``."""
+    with contextlib.ExitStack() as stack:
+
+        def make(
+            home: Path | None = None, dicom: bool = False, **overrides: object
+        ) -> InProcessBox:
+            return stack.enter_context(
+                in_process_box(home or tmp_path / "home", dicom=dicom, **overrides)
+            )
+
+        yield make
+
+
+@pytest.fixture
+def app_client(app_factory: Callable[..., InProcessBox]) -> InProcessBox:
+    return app_factory()
 
 
 @pytest.fixture

@@ -9,9 +9,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import shlex
 import socket
-import stat
 import struct
 import zipfile
 from pathlib import Path
@@ -50,6 +48,10 @@ from tests.e2e.peers import (
 
 pytestmark = pytest.mark.e2e
 
+# Each send is one association, its files one study: a short quiet period
+# groups them as a long one would, and every wait for a job is shorter.
+QUIET = 0.3
+
 SECRET = "MAGICKBOX-CANARY-SECRET"
 
 # Plants links to files and folders outside the home among its real results.
@@ -80,7 +82,7 @@ def box(box_factory, tmp_path: Path) -> BoxServer:  # type: ignore[no-untyped-de
     (tmp_path / "x" / "processing.log").write_text(SECRET)
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "processing.log").write_text(SECRET)
-    return box_factory(home=home)
+    return box_factory(home=home, quiet=QUIET)
 
 
 def raw_get(box: BoxServer, target: str) -> tuple[int, bytes, str]:
@@ -142,22 +144,6 @@ def test_zip_downloads_stay_inside_the_job(box: BoxServer, tmp_path: Path) -> No
     assert (box.home / "scratch" / sd / "OUTPUT" / "passwd").is_symlink()
 
 
-def test_log_paths_stay_inside_the_scratch_folder(box: BoxServer) -> None:
-    for target in [
-        "/scratch/..%2F..%2Fetc/processing.log",
-        "/scratch/..%2F..%2Fx/processing.log",
-        "/scratch/%2E%2E/processing.log",
-        "/scratch/archive/processing.log",
-        "/scratch/tmp.nothere1/processing.log",
-        "/api/v1/jobs/..%2F..%2Fx/log",
-    ]:
-        assert_json_error(*raw_get(box, target), target)
-    for target in ["/scratch/../../etc/passwd", "/scratch/../../x/processing.log"]:
-        status, body, _ = raw_get(box, target)
-        assert status >= 400, target
-        assert SECRET.encode() not in body and b"root:" not in body, target
-
-
 def test_delete_refuses_names_that_are_not_jobs_or_studies(box: BoxServer, tmp_path: Path) -> None:
     study = write_study(tmp_path / "s", n_images=1, rows=16, cols=16)
     assert send_files(box.dicom_port, "Recv", study.paths).ok
@@ -184,90 +170,6 @@ def test_delete_refuses_names_that_are_not_jobs_or_studies(box: BoxServer, tmp_p
     assert not (box.home / "scratch" / sd).exists()
     assert not (box.home / "scratch" / "archive" / study.study_uid).exists()
     canaries_intact(tmp_path, box)
-
-
-# -- zip uploads ---------------------------------------------------------------------------
-
-
-def upload(box: BoxServer, content: bytes, **fields: str) -> httpx.Response:
-    data = {"aetitle": "Args", "filename": "study.zip", "sender": "mbclient", "jobname": "j",
-            "arguments": "", "description": "d", **fields}  # fmt: skip
-    return httpx.post(
-        f"{box.url}/code/php/processZip.php",
-        data=data,
-        files={"theFile": ("study.zip", content, "application/zip")},
-        timeout=60,
-    )
-
-
-def zip_of(entries: list[tuple[zipfile.ZipInfo | str, bytes]], deflate: bool = False) -> bytes:
-    buf = io.BytesIO()
-    method = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
-    with zipfile.ZipFile(buf, "w", method) as zf:
-        for name, data in entries:
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
-def test_hostile_zip_uploads_are_refused_and_make_no_job(box: BoxServer, tmp_path: Path) -> None:
-    dicom = dataset_bytes(make_dataset(study_uid=generate_uid(), series_uid=generate_uid(),
-                                       rows=16, cols=16))  # fmt: skip
-    link = zipfile.ZipInfo("link.dcm")
-    link.external_attr = (stat.S_IFLNK | 0o777) << 16
-    big = 64 << 20
-    cases = {
-        "traversal": (zip_of([("ok.dcm", dicom), ("../../evil.dcm", dicom)]), ".."),
-        "absolute": (zip_of([("/tmp/evil.dcm", dicom)]), "absolute"),
-        "symlink": (zip_of([("ok.dcm", dicom), (link, b"/etc/passwd")]), "link"),
-        "bomb": (zip_of([("bomb.dcm", bytes(big))], deflate=True), "ratio"),
-        "not a zip": (b"this is not a zip file at all" * 100, "not a valid zip"),
-        "empty": (b"", "zip"),
-    }
-    for name, (content, words) in cases.items():
-        res = upload(box, content)
-        assert res.status_code == 400, (name, res.status_code, res.text)
-        assert res.headers["content-type"].startswith("application/json"), name
-        assert words in res.json()["detail"], (name, res.json())
-
-    res = upload(box, zip_of([("ok.dcm", dicom)]), aetitle="NoSuchBucket")
-    assert res.status_code == 404 and "NoSuchBucket" in res.json()["detail"]
-
-    assert box.jobs() == []
-    scratch = box.home / "scratch"
-    assert not list(scratch.glob("tmp.*"))
-    assert not [p for p in (scratch / ".uploads").rglob("*") if p.is_file()]
-    assert not list(tmp_path.rglob("evil.dcm")) and not Path("/tmp/evil.dcm").exists()
-    assert echoscu(box, "Recv").returncode == 0
-
-
-def test_upload_arguments_reach_the_bucket_as_plain_argv(box: BoxServer, tmp_path: Path) -> None:
-    study = write_study(tmp_path / "s", n_images=2, rows=16, cols=16)
-    content = zip_of([(f"study/{p.name}", p.read_bytes()) for p in study.paths])
-    pwned = tmp_path / "pwned"
-    expected = [f"$(touch {pwned}); rm -rf /", "a b", "x;y", f"`touch {pwned}2`", "$HOME", "|&>"]
-    arguments = " ".join(shlex.quote(a) for a in expected)
-
-    res = upload(box, content, arguments=arguments, sender="mbclient", jobname="subject7")
-    assert res.status_code == 200, res.text
-    made = res.json()
-    assert made["pid"] == study.study_uid and made["files"] == 2
-    (job,) = wait_jobs(box, 1)
-    assert job["scratchdir"] == made["scratchdir"]
-    assert (job["caller_aet"], job["source"], job["jobname"]) == ("mbclient", "upload", "subject7")
-    assert job["arguments"] == expected
-    (listed,) = box.jobs()
-    assert listed["AETitleCaller"] == "mbclient" and listed["CallerIP"] == "127.0.0.1"
-    job_folder = box.home / "scratch" / job["scratchdir"]
-    assert json.loads((job_folder / "info.json").read_text())["AETitleCaller"] == "mbclient"
-
-    argv = (job_folder / "OUTPUT" / "args.txt").read_text().split("\n")[:-1]
-    assert argv == [str(job_folder / "INPUT"), str(job_folder / "OUTPUT"), *expected]
-    assert not pwned.exists() and not Path(f"{pwned}2").exists()
-    canaries_intact(tmp_path, box)
-    stored = input_files(box, job["scratchdir"])
-    assert sorted(stored) == sorted(p.name for p in study.paths)
-    for path in study.paths:
-        assert stored[path.name].read_bytes() == path.read_bytes()
 
 
 # -- DICOM data ----------------------------------------------------------------------------

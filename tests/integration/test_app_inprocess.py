@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,20 +21,13 @@ from magickbox.config import load_settings
 from magickbox.testing.dicomgen import write_study
 from magickbox.testing.server import free_port
 from magickbox.web.app import create_app
-from tests.conftest import copy_bucket
+from tests.conftest import InProcessBox, copy_bucket
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    home = tmp_path / "home"
-    settings = load_settings(
-        home, announce=False, quiet_seconds=0.2, dicom_port=free_port(), web_port=free_port()
-    )
-    box = Box(settings)
-    copy_bucket(home, "Slow", "#!/bin/sh\nsleep 30\n")
-    with TestClient(create_app(box, dicom=False)) as client:
-        client.app.state.test_home = home  # type: ignore[attr-defined]
-        yield client
+def client(tmp_path: Path, app_factory: Callable[..., InProcessBox]) -> TestClient:
+    copy_bucket(tmp_path / "home", "Slow", "#!/bin/sh\nsleep 30\n")
+    return app_factory().client
 
 
 def study_zip(tmp_path: Path) -> bytes:
