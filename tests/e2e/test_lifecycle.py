@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from magickbox.testing.dicomgen import write_study
+from magickbox.testing.server import BoxServer
+from tests.e2e.peers import api_job, api_jobs, install_buckets, send_files, wait_for, wait_state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,10 +28,21 @@ def free_port() -> int:
 
 def serve(home: Path, dicom: int, web: int) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "magickbox.cli", "serve", "--home", str(home),
-           "--host", "127.0.0.1", "--dicom-port", str(dicom), "--web-port", str(web)]
-    return subprocess.Popen(cmd, env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "magickbox.cli",
+        "serve",
+        "--home",
+        str(home),
+        "--host",
+        "127.0.0.1",
+        "--dicom-port",
+        str(dicom),
+        "--web-port",
+        str(web),
+    ]
+    return subprocess.Popen(cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 @pytest.fixture
@@ -77,3 +93,74 @@ def test_sigterm_runs_box_stop(tmp_path: Path) -> None:
     proc.terminate()
     _out, err = proc.communicate(timeout=30)
     assert f"MagickBox home {home}: stopped" in err, err
+
+
+# -- a stop during a job ---------------------------------------------------------------------
+
+# Sleeps a minute on its first runs; once $MB_MEMORY/fast exists it ends at once.
+LONG = """#!/bin/sh
+echo "start $$" >> "$MB_MEMORY/runs.txt"
+[ -e "$MB_MEMORY/fast" ] || sleep 60
+echo ok > "$2/done.txt"
+"""
+
+
+def processes_of(folder: Path) -> list[int]:
+    """Live processes whose command line or environment mentions ``folder``."""
+    mark, found = str(folder).encode(), []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if Path(entry.path, "stat").read_text().rsplit(")", 1)[-1].split()[0] in "ZX":
+                continue
+            seen = (
+                Path(entry.path, "cmdline").read_bytes() + Path(entry.path, "environ").read_bytes()
+            )
+        except (OSError, IndexError):
+            continue
+        if mark in seen:
+            found.append(int(entry.name))
+    return found
+
+
+def sigterm(box: BoxServer, within: float) -> float:
+    """SIGTERM the box; the seconds it took to exit (it must within ``within``)."""
+    assert box.proc is not None
+    started = time.monotonic()
+    box.proc.send_signal(signal.SIGTERM)
+    box.proc.wait(timeout=within)
+    return time.monotonic() - started
+
+
+@pytest.mark.e2e
+def test_sigterm_during_a_job_stops_it_and_requeues_it_without_spending_an_attempt(
+    box_factory, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    install_buckets(home, Long=LONG)
+    runs = home / "memory" / "Long" / "runs.txt"
+    box: BoxServer = box_factory(home=home)
+    study = write_study(tmp_path / "study", n_images=1, rows=16, cols=16)
+    assert len(send_files(box.dicom_port, "Long", study.paths).ok) == 1
+    (job,) = wait_for("the job", lambda: api_jobs(box))
+    folder = home / "scratch" / job["scratchdir"]
+
+    # Stopped twice during the one long job: with max_attempts = 2 a stop that spent an
+    # attempt would fail it now.
+    for stop in (1, 2):
+        wait_for(f"run {stop} of the bucket", lambda n=stop: len(runs.read_text().splitlines()) == n
+                 if runs.exists() else False)  # fmt: skip
+        assert api_job(box, job["scratchdir"])["attempts"] == 1
+        took = sigterm(box, within=10)
+        assert not processes_of(folder), f"stop {stop} left processes of the job ({took:.1f} s)"
+        box.start()
+
+    (home / "memory" / "Long" / "fast").touch()
+    wait_for("run 3", lambda: len(runs.read_text().splitlines()) == 3)
+    done = wait_state(box, job["scratchdir"], "done", "failed")
+    assert (done["state"], done["attempts"]) == ("done", 1), done
+    assert (folder / "OUTPUT" / "done.txt").is_file()
+    log = box.get(f"/api/v1/jobs/{job['scratchdir']}/log").text
+    assert log.count("the box was stopped during this job") == 2, log
+    assert "finished: failed" not in log
