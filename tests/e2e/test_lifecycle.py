@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from magickbox.testing.dicomgen import write_study
 from magickbox.testing.server import BoxServer
 from tests.e2e.peers import api_job, api_jobs, install_buckets, send_files, wait_for, wait_state
+from tests.e2e.test_containers import containers, image, install, start  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -165,3 +167,31 @@ def test_sigterm_during_a_job_stops_it_and_requeues_it_without_spending_an_attem
     log = box.get(f"/api/v1/jobs/{job['scratchdir']}/log").text
     assert log.count("the box was stopped during this job") == 2, log
     assert "finished: failed" not in log
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed")
+def test_sigterm_during_a_container_job_stops_and_removes_its_container(
+    box_factory,
+    tmp_path: Path,
+    image: str,  # noqa: F811 (the fixture of test_containers.py)
+) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    install(home, "Slow", image, "slow.sh")  # holds on its first run, then ends at once
+    box = start(box_factory, home)
+    study = write_study(tmp_path / "study", n_images=1, rows=16, cols=16)
+    assert len(send_files(box.dicom_port, "Slow", study.paths).ok) == 1
+    first = home / "memory" / "Slow" / "first"
+    scratchdir = wait_for("the first run", lambda: first.is_file() and first.read_text()).strip()
+    wait_for("its container", lambda: containers(home, scratchdir))
+
+    # The container's sleep is PID 1 and ignores SIGTERM: the engine kills it after the
+    # 5 s grace, so this stop may take longer than a native one.
+    sigterm(box, within=30)
+    assert containers(home) == [], "the stop left the job's container behind"
+    assert not processes_of(home / "scratch" / scratchdir)
+
+    again = start(box_factory, home)
+    done = wait_state(again, scratchdir, "done", "failed")
+    assert (done["state"], done["attempts"]) == ("done", 1), done
+    assert (home / "scratch" / scratchdir / "OUTPUT" / "run.txt").read_text().strip() == "second"
