@@ -25,11 +25,11 @@ from typing import Protocol
 from magickbox.buckets import container
 from magickbox.buckets.container import ContainerSpec
 from magickbox.config import Settings
-from magickbox.jobfolder import RUN_PID, JobFolder
+from magickbox.jobfolder import JobFolder
 
 log = logging.getLogger(__name__)
 
-PID_FILE = RUN_PID  # kept under this name for the tests and callers that use it
+KILL_WAIT = 5.0  # seconds a killed leftover group may take to be gone
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,9 @@ class RunResult:
     reason: str = ""
     timed_out: bool = False
     cancelled: bool = False
+    # The box was stopped (SIGTERM, Ctrl-C) during the run: not the job's fault, so the
+    # queue puts it back without spending an attempt.
+    stopped: bool = False
     finished_at: float = field(default_factory=time.time)
 
 
@@ -93,13 +96,24 @@ class LocalExecutor:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._specs: dict[str, ContainerSpec] = {}  # running container jobs
         self._cancelled: set[str] = set()
+        self._threads: dict[str, threading.Thread] = {}  # one waiting on each job
+        self._shut = False
+        self._halted: set[str] = set()  # jobs that a shutdown stopped
         self._lock = threading.Lock()
         self._kill_grace = kill_grace
 
     def start(self, req: RunRequest, done: Done) -> None:
-        threading.Thread(
+        thread = threading.Thread(
             target=self._run, args=(req, done), name=f"job-{req.scratchdir}", daemon=True
-        ).start()
+        )
+        with self._lock:
+            shut = self._shut
+            if not shut:
+                self._threads[req.scratchdir] = thread
+        if shut:  # a launch that raced a stop: the job goes back to the queue unrun
+            done(req, RunResult(exit_code=None, reason="the box was stopped", stopped=True))
+            return
+        thread.start()
 
     def _run(self, req: RunRequest, done: Done) -> None:
         try:
@@ -107,7 +121,11 @@ class LocalExecutor:
         except Exception as exc:  # the queue must always hear back
             log.exception("job %s: executor error", req.scratchdir)
             result = RunResult(exit_code=None, reason=f"executor error: {exc}")
-        done(req, result)
+        try:
+            done(req, result)
+        finally:
+            with self._lock:
+                self._threads.pop(req.scratchdir, None)
 
     def _execute(self, req: RunRequest) -> RunResult:
         argv = req.argv()
@@ -133,6 +151,11 @@ class LocalExecutor:
             self._procs[req.scratchdir] = proc
             if req.container is not None:
                 self._specs[req.scratchdir] = req.container
+            late = self._shut  # started while shutdown() was looking the other way
+            if late:
+                self._halted.add(req.scratchdir)
+        if late:
+            self._stop(req.scratchdir, proc)
         expired = threading.Event()
 
         def expire() -> None:
@@ -158,14 +181,14 @@ class LocalExecutor:
                 self._specs.pop(req.scratchdir, None)
                 cancelled = req.scratchdir in self._cancelled
                 self._cancelled.discard(req.scratchdir)
+                stopped = req.scratchdir in self._halted
+                self._halted.discard(req.scratchdir)
             JobFolder(req.job_dir).pid_file.unlink(missing_ok=True)
         if req.container is not None:
-            return self._container_end(req, req.container, code, timed_out, cancelled)
-        if timed_out:
-            return RunResult(code, f"timed out after {req.timeout:g} s", timed_out=True)
-        if cancelled:
-            return RunResult(code, "cancelled", cancelled=True)
-        return RunResult(code)
+            result = self._container_end(req, req.container, code, timed_out, cancelled or stopped)
+        else:
+            result = _verdict(req, code, timed_out, cancelled)
+        return RunResult(code, "the box was stopped", stopped=True) if stopped else result
 
     def _container_end(
         self,
@@ -223,10 +246,30 @@ class LocalExecutor:
         return True
 
     def shutdown(self) -> None:
+        """Stop every running job (all at once, each within the kill grace) and wait until
+        each has been reported, so the box exits with nothing of a job left running."""
         with self._lock:
+            self._shut = True
             procs = list(self._procs.items())
-        for scratchdir, proc in procs:
-            self._stop(scratchdir, proc)
+            self._halted.update(scratchdir for scratchdir, _proc in procs)
+        stoppers = [threading.Thread(target=self._stop, args=item, daemon=True) for item in procs]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
+        with self._lock:
+            waiting = list(self._threads.values())
+        deadline = time.monotonic() + self._kill_grace + KILL_WAIT
+        for thread in waiting:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _verdict(req: RunRequest, code: int | None, timed_out: bool, cancelled: bool) -> RunResult:
+    if timed_out:
+        return RunResult(code, f"timed out after {req.timeout:g} s", timed_out=True)
+    if cancelled:
+        return RunResult(code, "cancelled", cancelled=True)
+    return RunResult(code)
 
 
 def kill_group(pgid: int, sig: int) -> None:
@@ -235,19 +278,55 @@ def kill_group(pgid: int, sig: int) -> None:
 
 
 def kill_leftover(job_dir: Path) -> None:
-    """After a crash of the box: stop a bucket process that outlived it (found by its pid file)."""
+    """After a crash of the box: stop what is left of a bucket's run (found by its pid file).
+
+    The whole process group goes, whatever its leader's state: work.sh may have exited
+    while the box was down and left a background child that would write into the re-run.
+    """
     pid_file = JobFolder(job_dir).pid_file
     try:
-        pid = int(pid_file.read_text().strip())
+        pgid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return
+    # A pgid is not reused while a member lives; a member of this run is recognised by its
+    # environment (MB_JOB_DIR) or command line, so an unrelated group is never killed.
+    if any(_of_run(pid, job_dir) for pid in group_members(pgid)):
+        kill_group(pgid, signal.SIGKILL)
+        deadline = time.monotonic() + KILL_WAIT
+        while group_members(pgid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    pid_file.unlink(missing_ok=True)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``, from /proc."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the command's ")" (which may itself hold spaces): state, ppid, pgrp.
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def _of_run(pid: int, job_dir: Path) -> bool:
+    """Whether process ``pid`` belongs to a run on ``job_dir`` (its environ or argv says so)."""
+    marker = f"MB_JOB_DIR={job_dir}".encode()
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        environ = []
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         cmdline = b""
-    if str(job_dir).encode() in cmdline:  # still the same process, not a recycled pid
-        kill_group(pid, signal.SIGKILL)
-    pid_file.unlink(missing_ok=True)
+    return marker in environ or str(job_dir).encode() in cmdline
 
 
 def build_request(

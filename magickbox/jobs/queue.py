@@ -51,8 +51,12 @@ class Dispatcher:
         self._thread.start()
 
     def stop(self) -> None:
+        """No new job starts; running ones are stopped and go back to the queue as they were
+        (the executor reports them ``stopped``), so the next start runs them again."""
         self._stop.set()
         self._wake.set()
+        if self._thread.is_alive():  # a launch under way ends before the executor stops
+            self._thread.join(timeout=10)
         self.executor.shutdown()
 
     def wake(self) -> None:
@@ -176,6 +180,9 @@ class Dispatcher:
         self._publish_finished(job.scratchdir, job.bucket)
 
     def _finished(self, req: RunRequest, result: RunResult) -> None:
+        if result.stopped:
+            self._put_back(req)
+            return
         try:
             values = outcome(req.job_dir, result)
             self.store.finish(req.scratchdir, values)
@@ -188,6 +195,19 @@ class Dispatcher:
             with self._lock:
                 self._running.pop(req.scratchdir, None)
             self.wake()
+
+    def _put_back(self, req: RunRequest) -> None:
+        """A run the box's stop cut short: queued again, the attempt not spent, not routed."""
+        try:
+            job = self.store.get(req.scratchdir)
+            if job is not None:
+                note = "the box was stopped during this job: it runs again at the next start"
+                self.store.requeue_stopped(job, note)
+        except Exception:
+            log.exception("job %s: could not put it back in the queue", req.scratchdir)
+        finally:
+            with self._lock:
+                self._running.pop(req.scratchdir, None)
 
     def _publish_finished(self, scratchdir: str, bucket: str, state: str = State.FAILED) -> None:
         self.events.publish(JobFinished(scratchdir, bucket, state))

@@ -235,6 +235,21 @@ class JobStore:
         self._update(job.scratchdir, state=State.QUEUED, started_at=None)
         self.events.publish(JobQueued(job.scratchdir, job.bucket))
 
+    def requeue_stopped(self, job: Job, note: str) -> None:
+        """running -> queued because the box was stopped: not a crash, so no attempt is spent.
+
+        claim_next counted this run as an attempt; a stop takes it back, so any number of
+        stops during one long job never fails it.
+        """
+        self.reset_for_run(job, note)
+        self._update(
+            job.scratchdir,
+            state=State.QUEUED,
+            started_at=None,
+            attempts=max(0, job.attempts - 1),
+        )
+        self.events.publish(JobQueued(job.scratchdir, job.bucket))
+
     def _update(self, scratchdir: str, **values: Any) -> None:
         with self.sessions.begin() as s:
             job = s.scalars(select(Job).where(Job.scratchdir == scratchdir)).first()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from magickbox.testing.dicomgen import write_study
+from magickbox.testing.server import BoxServer
+from tests.e2e.peers import api_job, api_jobs, install_buckets, send_files, wait_for, wait_state
+from tests.e2e.test_containers import containers, image, install, start  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,10 +30,21 @@ def free_port() -> int:
 
 def serve(home: Path, dicom: int, web: int) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "magickbox.cli", "serve", "--home", str(home),
-           "--host", "127.0.0.1", "--dicom-port", str(dicom), "--web-port", str(web)]
-    return subprocess.Popen(cmd, env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "magickbox.cli",
+        "serve",
+        "--home",
+        str(home),
+        "--host",
+        "127.0.0.1",
+        "--dicom-port",
+        str(dicom),
+        "--web-port",
+        str(web),
+    ]
+    return subprocess.Popen(cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 @pytest.fixture
@@ -77,3 +95,103 @@ def test_sigterm_runs_box_stop(tmp_path: Path) -> None:
     proc.terminate()
     _out, err = proc.communicate(timeout=30)
     assert f"MagickBox home {home}: stopped" in err, err
+
+
+# -- a stop during a job ---------------------------------------------------------------------
+
+# Sleeps a minute on its first runs; once $MB_MEMORY/fast exists it ends at once.
+LONG = """#!/bin/sh
+echo "start $$" >> "$MB_MEMORY/runs.txt"
+[ -e "$MB_MEMORY/fast" ] || sleep 60
+echo ok > "$2/done.txt"
+"""
+
+
+def processes_of(folder: Path) -> list[int]:
+    """Live processes whose command line or environment mentions ``folder``."""
+    mark, found = str(folder).encode(), []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if Path(entry.path, "stat").read_text().rsplit(")", 1)[-1].split()[0] in "ZX":
+                continue
+            seen = (
+                Path(entry.path, "cmdline").read_bytes() + Path(entry.path, "environ").read_bytes()
+            )
+        except (OSError, IndexError):
+            continue
+        if mark in seen:
+            found.append(int(entry.name))
+    return found
+
+
+def sigterm(box: BoxServer, within: float) -> float:
+    """SIGTERM the box; the seconds it took to exit (it must within ``within``)."""
+    assert box.proc is not None
+    started = time.monotonic()
+    box.proc.send_signal(signal.SIGTERM)
+    box.proc.wait(timeout=within)
+    return time.monotonic() - started
+
+
+@pytest.mark.e2e
+def test_sigterm_during_a_job_stops_it_and_requeues_it_without_spending_an_attempt(
+    box_factory, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    install_buckets(home, Long=LONG)
+    runs = home / "memory" / "Long" / "runs.txt"
+    box: BoxServer = box_factory(home=home)
+    study = write_study(tmp_path / "study", n_images=1, rows=16, cols=16)
+    assert len(send_files(box.dicom_port, "Long", study.paths).ok) == 1
+    (job,) = wait_for("the job", lambda: api_jobs(box))
+    folder = home / "scratch" / job["scratchdir"]
+
+    # Stopped twice during the one long job: with max_attempts = 2 a stop that spent an
+    # attempt would fail it now.
+    for stop in (1, 2):
+        wait_for(f"run {stop} of the bucket", lambda n=stop: len(runs.read_text().splitlines()) == n
+                 if runs.exists() else False)  # fmt: skip
+        assert api_job(box, job["scratchdir"])["attempts"] == 1
+        took = sigterm(box, within=10)
+        assert not processes_of(folder), f"stop {stop} left processes of the job ({took:.1f} s)"
+        if stop == 2:
+            (home / "memory" / "Long" / "fast").touch()  # the next run ends at once
+        box.start()
+
+    wait_for("run 3", lambda: len(runs.read_text().splitlines()) == 3)
+    done = wait_state(box, job["scratchdir"], "done", "failed")
+    assert (done["state"], done["attempts"]) == ("done", 1), done
+    assert (folder / "OUTPUT" / "done.txt").is_file()
+    log = box.get(f"/api/v1/jobs/{job['scratchdir']}/log").text
+    assert log.count("the box was stopped during this job") == 2, log
+    assert "finished: failed" not in log
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed")
+def test_sigterm_during_a_container_job_stops_and_removes_its_container(
+    box_factory,
+    tmp_path: Path,
+    image: str,  # noqa: F811 (the fixture of test_containers.py)
+) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    install(home, "Slow", image, "slow.sh")  # holds on its first run, then ends at once
+    box = start(box_factory, home)
+    study = write_study(tmp_path / "study", n_images=1, rows=16, cols=16)
+    assert len(send_files(box.dicom_port, "Slow", study.paths).ok) == 1
+    first = home / "memory" / "Slow" / "first"
+    scratchdir = wait_for("the first run", lambda: first.is_file() and first.read_text()).strip()
+    wait_for("its container", lambda: containers(home, scratchdir))
+
+    # The container's sleep is PID 1 and ignores SIGTERM: the engine kills it after the
+    # 5 s grace, so this stop may take longer than a native one.
+    sigterm(box, within=30)
+    assert containers(home) == [], "the stop left the job's container behind"
+    assert not processes_of(home / "scratch" / scratchdir)
+
+    again = start(box_factory, home)
+    done = wait_state(again, scratchdir, "done", "failed")
+    assert (done["state"], done["attempts"]) == ("done", 1), done
+    assert (home / "scratch" / scratchdir / "OUTPUT" / "run.txt").read_text().strip() == "second"

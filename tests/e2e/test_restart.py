@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,45 @@ def test_kill9_during_a_receive_loses_no_acknowledged_file(box_factory, tmp_path
         assert dataset_part(path) == dataset_part(sent[name]), name
     assert not any((box.home / "scratch" / ".incoming").iterdir())
     assert not any((box.home / "scratch" / ".partial").iterdir())
+
+
+# Its first run starts a child that keeps writing into OUTPUT and waits while
+# $MB_MEMORY/hold exists; every later run ends at once.
+LEAVES_A_CHILD = """#!/bin/sh
+if [ -e "$MB_MEMORY/ran" ]; then echo ok > "$2/done.txt"; exit 0; fi
+touch "$MB_MEMORY/ran"
+out="$2"
+( i=0; while [ $i -lt 600 ]; do date +%s.%N >> "$out/child.txt"; sleep 0.1; i=$((i+1)); done ) &
+echo "$$ $!" > "$MB_MEMORY/pids.txt"
+while [ -e "$MB_MEMORY/hold" ]; do sleep 0.1; done
+"""
+
+
+def test_a_restart_kills_the_whole_group_even_when_work_sh_had_exited(
+    box_factory, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    install_buckets(home, Child=LEAVES_A_CHILD)
+    memory = home / "memory" / "Child"
+    memory.mkdir(parents=True)
+    (memory / "hold").touch()
+    box: BoxServer = box_factory(home=home)
+
+    uid = send_study(box, tmp_path, "child", "Child")
+    job = one_job(box, uid, "running")
+    pids = memory / "pids.txt"
+    leader, child = (int(p) for p in wait_for("the child", lambda: pids.exists() and
+                                              pids.read_text().split()))  # fmt: skip
+    box.kill9()
+    # While the box is down work.sh ends; its background child lives on in the group.
+    (memory / "hold").unlink()
+    wait_for("work.sh to exit", lambda: leader not in group_members(leader))
+    assert child in group_members(leader), "the child should outlive work.sh"
+
+    box.start()
+    done = wait_state(box, job["scratchdir"], "done", "failed")
+    assert done["state"] == "done", done
+    assert not group_members(leader), "the interrupted run's child survived the restart"
+    output = box.home / "scratch" / job["scratchdir"] / "OUTPUT"
+    time.sleep(1.0)  # the child wrote every 0.1 s: a survivor would have written by now
+    assert sorted(p.name for p in output.iterdir()) == ["done.txt"]

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from magickbox.buckets.runner import (
-    PID_FILE,
     LocalExecutor,
     RunRequest,
     RunResult,
@@ -193,7 +192,7 @@ def test_stdout_and_stderr_go_to_processing_log(tmp_path: Path) -> None:
     assert result.reason == ""  # a plain non-zero exit is for outcome() to judge
     log = (job_dir / "processing.log").read_text().splitlines()
     assert log == ["earlier line", "to-stdout", "to-stderr", "more-stdout"]
-    assert not (job_dir / PID_FILE).exists()
+    assert not JobFolder(job_dir).pid_file.exists()
 
 
 # ---------------------------------------------------------------- stopping the tree
@@ -303,12 +302,12 @@ def test_pid_file_names_the_running_process(tmp_path: Path) -> None:
     executor.start(request(job_dir, work_sh), done)
     me = wait_for_file(job_dir / "OUTPUT" / "me")
     deadline = time.monotonic() + TIMEOUT
-    while not (job_dir / PID_FILE).is_file() and time.monotonic() < deadline:
+    while not JobFolder(job_dir).pid_file.is_file() and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert (job_dir / PID_FILE).read_text().strip() == me
+    assert JobFolder(job_dir).pid_file.read_text().strip() == me
     executor.shutdown()
     assert done.wait().exit_code != 0
-    assert not (job_dir / PID_FILE).exists()
+    assert not JobFolder(job_dir).pid_file.exists()
 
 
 # ---------------------------------------------------------------- scripts that cannot start
