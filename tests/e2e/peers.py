@@ -118,21 +118,6 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live processes of process group ``pgid`` (a bucket runs in its own group)."""
-    members = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
-
-
 # -- buckets -------------------------------------------------------------------------------
 
 QUICK = """#!/bin/sh

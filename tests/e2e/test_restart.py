@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from magickbox.buckets.runner import group_members
 from magickbox.testing.dicomgen import write_study
 from tests.conftest import BoxServer, dcmtk
 from tests.e2e.peers import (
@@ -22,7 +23,6 @@ from tests.e2e.peers import (
     api_job,
     api_jobs,
     dataset_part,
-    group_members,
     input_files,
     install_buckets,
     send_files,
