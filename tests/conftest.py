@@ -18,6 +18,21 @@ from magickbox.config import load_settings
 from magickbox.testing.server import BoxServer, dcmtk_tool, free_port
 from magickbox.web.app import create_app
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first: modules marked ``long``, then the other e2e modules, then the rest.
+
+    With ``pytest -n`` (``--dist loadfile``) the workers take modules in this order, so a
+    minute-long module starts at once instead of after all others (the suite's wall time
+    is the longest worker's). The order within a module is kept.
+    """
+
+    def weight(item: pytest.Item) -> int:
+        return 0 if item.get_closest_marker("long") else 1 if item.get_closest_marker("e2e") else 2
+
+    items.sort(key=weight)
+
+
 __all__ = ["BoxServer", "InProcessBox", "copy_bucket", "dcmtk", "free_port", "in_process_box"]
 
 

@@ -86,7 +86,7 @@ class BoxServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
 
-    def start(self, timeout: float = 30.0) -> BoxServer:
+    def start(self, timeout: float = 90.0) -> BoxServer:  # generous: CI machines are shared
         env = {**os.environ, "TCP_NODELAY": "1", **self.extra_env}
         cmd = [
             sys.executable,

@@ -27,6 +27,7 @@ from tests.e2e.peers import api_job, api_jobs, job_dir, send_files, wait_for, wa
 
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.long,
     pytest.mark.skipif(
         shutil.which("podman") is None,
         reason="podman is not installed (apt-get install podman runc busybox-static)",

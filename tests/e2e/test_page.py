@@ -22,7 +22,7 @@ from magickbox.testing.dicomgen import write_study
 from tests.conftest import BoxServer, copy_bucket
 from tests.e2e.peers import QUICK, api_jobs, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.long]
 
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"

@@ -1,31 +1,40 @@
 """The Slurm executor against a private single-node cluster (slurmctld + slurmd + munged).
 
-Skipped only where Slurm is not installed and CI is not set: install.sh installs it.
+The cluster and the shared helpers are in tests/e2e/slurm.py; the time-limit case is in
+test_slurm_timelimit.py, with a cluster of its own, so it runs beside these.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from magickbox.testing.dicomgen import write_study
-from magickbox.testing.slurmcluster import SlurmCluster, available
-from tests.conftest import BoxServer
-from tests.e2e.peers import install_buckets, job_dir, send_files, wait_for, wait_jobs
+from magickbox.testing.slurmcluster import SlurmCluster
+from tests.e2e.peers import install_buckets, job_dir, wait_for, wait_jobs
+from tests.e2e.slurm import (
+    cluster,
+    empty_queue,
+    needs_slurm,
+    running_in_slurm,
+    runs,
+    send,
+    sleep_sh,
+    slurm_bucket,
+    squeue_names,
+)
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(
-        not available() and not os.environ.get("CI"),
-        reason="Slurm is not installed (apt-get install slurm-wlm munge)",
-    ),
+    pytest.mark.long,
+    needs_slurm,
+    pytest.mark.usefixtures(empty_queue.__name__),
 ]
+__all__ = ["cluster", "empty_queue"]  # fixtures used by name
 
 COPY_SH = """#!/bin/sh
 set -eu
@@ -33,49 +42,6 @@ echo "on $(hostname) as slurm job $SLURM_JOB_ID"
 cp -r "$1/." "$2/"
 echo "$MB_SCRATCHDIR" >> "$MB_MEMORY/runs.txt"
 """
-
-
-def sleep_sh(seconds: int) -> str:
-    return f"""#!/bin/sh
-echo "$MB_SCRATCHDIR" >> "$MB_MEMORY/runs.txt"
-echo started
-sleep {seconds}
-touch "$2/slept"
-"""
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    c = SlurmCluster(tmp_path_factory.mktemp("slurm"))
-    c.start()
-    old = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(c.conf)  # the box and its sbatch find the cluster
-    yield c
-    c.stop()
-    if old is None:
-        os.environ.pop("SLURM_CONF", None)
-    else:
-        os.environ["SLURM_CONF"] = old
-
-
-@pytest.fixture(autouse=True)
-def empty_queue(cluster: SlurmCluster) -> Iterator[None]:
-    yield
-    cluster.cmd("scancel", "--user=root", check=False)
-
-
-def slurm_bucket(**info: object) -> dict[str, object]:
-    return {"executor": "slurm", **info}
-
-
-def send(box: BoxServer, tmp_path: Path, bucket: str, name: str) -> None:
-    study = write_study(tmp_path / name, n_images=1, rows=16, cols=16)
-    assert len(send_files(box.dicom_port, bucket, study.paths, calling=name).ok) == 1
-
-
-def runs(home: Path, bucket: str) -> list[str]:
-    path = home / "memory" / bucket / "runs.txt"
-    return path.read_text().split() if path.exists() else []
 
 
 def test_storescu_to_a_slurm_bucket_runs_as_a_slurm_job(
@@ -125,16 +91,6 @@ def test_max_submitted_caps_the_jobs_in_slurm(
     assert sorted(runs(home, "Nap")) == sorted(j["scratchdir"] for j in jobs)
 
 
-def running_in_slurm(home: Path, bucket: str, cluster: SlurmCluster) -> str:
-    scratchdir = wait_for("the job to start on the node", lambda: runs(home, bucket), 90)[0]
-    wait_for("squeue to list it", lambda: scratchdir in squeue_names(cluster))
-    return scratchdir
-
-
-def squeue_names(cluster: SlurmCluster) -> str:
-    return cluster.cmd("squeue", "-h", "-o", "%j", check=False).stdout
-
-
 def test_delete_of_a_running_job_cancels_it_in_slurm(
     box_factory, tmp_path: Path, cluster: SlurmCluster
 ) -> None:  # type: ignore[no-untyped-def]
@@ -146,17 +102,6 @@ def test_delete_of_a_running_job_cancels_it_in_slurm(
     res = httpx.delete(f"{box.url}/api/v1/jobs/{scratchdir}", timeout=60)
     assert res.status_code in (200, 204), res.text
     wait_for("Slurm to forget the running job", lambda: cluster.squeue_count() == 0, 60)
-
-
-def test_a_job_over_its_time_limit_fails_with_slurms_reason(
-    box_factory, tmp_path: Path, cluster: SlurmCluster
-) -> None:  # type: ignore[no-untyped-def]
-    home = tmp_path / "home"
-    install_buckets(home, Late=(sleep_sh(300), slurm_bucket(timeout=3)))
-    box = box_factory(home=home)
-    send(box, tmp_path, "Late", "late")
-    (job,) = wait_jobs(box, 1, timeout=150)  # Slurm checks time limits about every 30 s
-    assert job["state"] == "failed" and "time limit" in job["reason"], job
 
 
 def test_scancel_from_outside_fails_the_job_with_the_reason(
