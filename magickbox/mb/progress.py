@@ -61,6 +61,8 @@ class Bars:
     def note(self, text: str) -> None:
         """A line above the bars (or on stderr without them)."""
         if self.progress is not None:
+            # The line is printed with the bars' last frame below it: draw a fresh one first.
+            self.progress.refresh()
             self.progress.console.print(text, markup=False, highlight=False)
         else:
             print(text, file=sys.stderr)

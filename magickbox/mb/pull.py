@@ -54,6 +54,10 @@ class PullOptions:
         return self.manifest or self.folder / default
 
 
+def count_jobs(n: int) -> str:
+    return f"{n} job" if n == 1 else f"{n} jobs"
+
+
 def key_of(job: dict[str, Any]) -> Key:
     return (str(job["Machine"]), str(job["Port"]), str(job["scratchdir"]))
 
@@ -127,7 +131,7 @@ class Puller:
                 self.say_waiting(ui, remaining)
                 time.sleep(self.opts.poll if remaining is None else min(self.opts.poll, remaining))
         if self.left and not self.opts.wait:
-            warn(f"{len(self.left)} matching jobs are not finished yet (mb pull --wait waits)")
+            warn(f"{count_jobs(len(self.left))} not finished yet (mb pull --wait waits)")
 
     def round(self, ui: Bars) -> None:
         """Ask the machines once and deal with every selected job that is ready."""
@@ -189,8 +193,9 @@ class Puller:
         states = Counter(str(j.get("status", "?")) for j in self.left.values())
         names = [str(j.get("jobname") or j["scratchdir"]) for j in self.left.values()]
         more = f" and {len(names) - shown} more" if len(names) > shown else ""
-        what = f"{len(names)} jobs ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))})"
-        text = f"mb: waiting for {what}: {', '.join(names[:shown])}{more}"
+        by_state = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+        text = f"mb: waiting for {count_jobs(len(names))} ({by_state}): "
+        text += ", ".join(names[:shown]) + more
         if text != self._said:
             self._said = text
             end = "no --timeout" if remaining is None else f"gives up in {remaining:.0f} s"
@@ -198,8 +203,8 @@ class Puller:
 
     def gave_up(self, ui: Bars) -> None:
         names = ", ".join(str(j.get("jobname") or j["scratchdir"]) for j in self.left.values())
-        ui.note(f"mb: --timeout {self.opts.timeout:g} s passed; {len(self.left)} jobs not "
-                f"finished: {names}")  # fmt: skip
+        left = count_jobs(len(self.left))
+        ui.note(f"mb: --timeout {self.opts.timeout:g} s passed; {left} not finished: {names}")
         self.code = self.code or TIMED_OUT
 
     def rows(self) -> list[dict[str, Any]]:
@@ -221,8 +226,8 @@ def cmd_pull(ctx: Context, sel: Selection, opts: PullOptions) -> int:
     except KeyboardInterrupt:  # what was done is still printed and written down
         puller.code = INTERRUPTED
         pulled = sum(1 for r in puller.done.values() if r["status"] in ("downloaded", "skipped"))
-        warn(f"interrupted: {pulled} of {len(puller.done) + len(puller.left)} jobs pulled; "
-             f"see the JSON and {opts.manifest_path}")  # fmt: skip
+        total = count_jobs(len(puller.done) + len(puller.left))
+        warn(f"interrupted: {pulled} of {total} pulled; see the JSON and {opts.manifest_path}")
     rows = puller.rows()
     write_manifest(opts.manifest_path, rows)
     emit(rows)

@@ -19,9 +19,11 @@ from fastapi.testclient import TestClient
 from magickbox.mb import config
 from magickbox.mb.cli import build_parser, push_args
 from magickbox.mb.client import zip_complete
-from magickbox.mb.commands import MbError, compile_regex, matches, spread, zip_name
+from magickbox.mb.commands import MbError, selection, spread
 from magickbox.mb.config import Machine
 from magickbox.mb.multipart import FolderError, MultipartZip, scan_folder
+from magickbox.mb.pull import MANIFEST_COLUMNS, write_manifest, zip_name
+from magickbox.mb.select import Selection
 
 
 @pytest.fixture
@@ -163,21 +165,126 @@ def test_spread_goes_to_the_least_loaded_and_counts_its_own_jobs(tmp_path: Path)
     assert [p.machine.host for p in plans] == ["b", "b", "c", "b", "c"]
 
 
-def test_regex_matches_string_values_only() -> None:
-    job = {"scratchdir": "tmp.abc", "processingTime": "12", "measures": {"x": "hit"}, "n": 5}
-    assert matches(job, compile_regex("abc"))
-    assert not matches(job, compile_regex("hit"))  # nested objects are not searched
-    assert not matches(job, compile_regex("5"))
-    assert matches(job, compile_regex("^12$"))
-    assert matches(job, compile_regex("in the log"), "it is in the log")
+# A getScratch row as a box gives it, with mb's Machine and Port.
+ROW = {
+    "AETitleCalled": "ProcBucket",
+    "AETitleCaller": "me",
+    "CallerIP": "127.0.0.1",
+    "received": "Wed Dec  2 16:35:25 UTC 2026",
+    "scratchdir": "tmp.abc",
+    "pid": "1.2.840.5",
+    "lastChangedTime": "Wed, 02 Dec 2026 16:35:25 +0000",
+    "processingTime": "12",
+    "processingLogSize": 100,
+    "status": "done",
+    "jobname": "sub-001",
+    "processingLast": 5,
+    "Machine": "10.0.0.5",
+    "Port": "2813",
+}
+
+
+def test_a_bare_regex_searches_the_fields_that_name_a_job() -> None:
+    assert Selection("sub-00").matches(ROW)
+    assert Selection("^ProcB").matches(ROW) and Selection("^done$").matches(ROW)
+    assert Selection("840").matches(ROW)  # the study (pid)
+    # Not through addresses, dates, times or sizes: `mb remove 1` once matched every job.
+    for pattern in ("127", "2026", "^12$", "2813", "10.0.0.5", "Wed"):
+        assert not Selection(pattern).matches(ROW), pattern
+    assert Selection("in the log").matches(ROW, "it is in the log")
+    nested = {**ROW, "measures": {"x": "hit"}}
+    assert not Selection("hit").matches(nested)
+    assert Selection("^P7$").matches({**ROW, "PatientID": "P7"})  # newer boxes' fields too
     with pytest.raises(MbError) as err:
-        compile_regex("[")
+        selection("[")
     assert err.value.code == 2
 
 
+def test_filters_compare_whole_values_with_shell_patterns() -> None:
+    def sel(**filters: list[str]) -> Selection:
+        machine = filters.pop("machine", [])
+        return Selection(None, filters, machine)
+
+    assert sel(jobname=["sub-001"]).matches(ROW)
+    assert not sel(jobname=["sub-00"]).matches(ROW)  # whole values, not substrings
+    assert sel(jobname=["sub-00*"]).matches(ROW)
+    assert not sel(jobname=["SUB-001"]).matches(ROW)  # case-sensitive
+    assert sel(jobname=["sub-002", "sub-001"]).matches(ROW)  # any of a filter's patterns
+    assert sel(bucket=["ProcBucket"], state=["done"]).matches(ROW)
+    assert not sel(bucket=["ProcBucket"], state=["failed"]).matches(ROW)  # all filters
+    assert sel(sender=["me"]).matches(ROW) and sel(sender=["127.0.0.*"]).matches(ROW)
+    assert not sel(sender=["you"]).matches(ROW)
+    assert sel(machine=["10.0.0.5"]).matches(ROW) and sel(machine=["*:2813"]).matches(ROW)
+    assert not sel(machine=["10.0.0.5:1"]).matches(ROW)
+    assert not sel(patient=["P7"]).matches(ROW)  # a row without patient fields
+    assert sel(patient=["P7"]).matches({**ROW, "PatientID": "P7"})
+    assert sel(patient=["Doe^*"]).matches({**ROW, "PatientName": "Doe^Jane"})
+    assert not Selection(None, {"jobname": []}).narrows
+    assert sel(state=["done"]).narrows and Selection("x").narrows
+
+
 def test_zip_names_are_names_not_paths() -> None:
+    job = {"pid": "1.2.3", "scratchdir": "tmp.x", "jobname": "sub-001"}
+    assert zip_name(job, "output") == "sub-001_tmp.x.zip"
+    assert zip_name(job, "output", names="pid") == "1.2.3_tmp.x.zip"  # the original's
+    assert zip_name({**job, "jobname": "", "PatientID": "P 7"}, "output") == "P_7_tmp.x.zip"
+    assert zip_name({**job, "jobname": ""}, "output") == "1.2.3_tmp.x.zip"
     assert zip_name({"pid": "1.2.3", "scratchdir": "tmp.x"}, "output") == "1.2.3_tmp.x.zip"
-    assert zip_name({"pid": "../a/b", "scratchdir": "tmp.x"}, "input") == ".._a_b_tmp.x_input.zip"
+    bad = {"pid": "../a/b", "scratchdir": "tmp.x", "jobname": "../../etc"}
+    assert zip_name(bad, "input", "pid") == ".._a_b_tmp.x_input.zip"
+    assert zip_name(bad, "input") == ".._.._etc_tmp.x_input.zip"
+
+
+def test_the_manifest_is_a_csv_with_the_columns_first(tmp_path: Path) -> None:
+    import csv
+
+    rows = [
+        {"jobname": "sub-1", "study": "1.2", "state": "done", "reason": "", "file": "a.zip",
+         "scratchdir": "tmp.a", "Machine": "h", "Port": "1", "status": "downloaded", "bytes": 9},
+        {"jobname": "sub,2", "study": "1.3", "state": "failed", "reason": 'exit 3: "no"',
+         "file": "", "scratchdir": "tmp.b", "Machine": "h", "Port": "1", "status": "job-failed"},
+    ]  # fmt: skip
+    path = tmp_path / "out" / "manifest.csv"
+    write_manifest(path, rows)
+    with path.open(newline="") as fh:
+        read = list(csv.DictReader(fh))
+    assert tuple(read[0]) == MANIFEST_COLUMNS
+    assert MANIFEST_COLUMNS[:5] == ("jobname", "study", "state", "reason", "file")
+    assert [r["jobname"] for r in read] == ["sub-1", "sub,2"]
+    assert read[1]["reason"] == 'exit 3: "no"'
+    assert [p.name for p in path.parent.iterdir()] == ["manifest.csv"]  # no temporary left
+
+
+def test_the_batch_bar_counts_folders_and_a_transfer_bar_bytes() -> None:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from magickbox.mb.progress import Bars, _columns
+
+    out = io.StringIO()
+    console = Console(file=out, width=150, force_terminal=True, color_system=None)
+    with Progress(*_columns(), console=console, auto_refresh=False) as progress:
+        ui = Bars(progress)
+        ui.batch("push ProcX", "folders", 2000)
+        ui.step(37)
+        moved = ui.bar("sub-001 → box:1", 4 << 20)
+        moved(2 << 20)
+        progress.refresh()
+        assert "37/2000 folders" in out.getvalue()
+        assert "2.1/4.2 MB" in out.getvalue()
+        ui.finish("sub-001 → box:1")  # a finished transfer leaves the display
+        assert [t.description for t in progress.tasks] == ["push ProcX"]
+
+
+def test_bars_are_silent_without_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    from magickbox.mb.progress import bars
+
+    with bars(False) as ui:
+        ui.batch("pull", "jobs", 3)
+        ui.step()
+        ui.bar("x", 10)(5)
+        ui.finish("x")
+    assert capsys.readouterr() == ("", "")
 
 
 def test_zip_complete_rejects_a_cut_file(tmp_path: Path) -> None:
