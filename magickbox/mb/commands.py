@@ -97,10 +97,20 @@ def matching_jobs(ctx: Context, sel: Selection) -> tuple[list[dict[str, Any]], i
     jobs = []
     for machine, rows in answers.ok:
         if sel.filters.get("patient") and rows and lacks_patients(rows):
-            warn(f"machine {machine.label} does not report patients: --patient selects none "
-                 "of its jobs")  # fmt: skip
+            warn_once(f"machine {machine.label} does not report patients: --patient selects "
+                      "none of its jobs")  # fmt: skip
         jobs += [job for job in rows if sel.matches(job)]
     return jobs, code
+
+
+_said: set[str] = set()
+
+
+def warn_once(text: str) -> None:
+    """A warning that ``pull --wait`` would otherwise repeat at every poll."""
+    if text not in _said:
+        _said.add(text)
+        warn(text)
 
 
 def machine_of(job: dict[str, Any]) -> Machine:

@@ -3,6 +3,7 @@ folders over machines, and what counts as a complete download."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import threading
@@ -364,3 +365,87 @@ def test_a_broken_download_leaves_no_file(tmp_path: Path) -> None:
         server.shutdown()
     assert [p.name for p in tmp_path.iterdir()] == ["ok.zip"]
     assert zip_complete(tmp_path / "ok.zip")
+
+
+# -- pull's bookkeeping, over a fake box ------------------------------------------------------
+class FakeBox:
+    """Answers as a box would: getScratch rows, failure reasons, zips; ``interrupt_at`` makes
+    that download raise KeyboardInterrupt as Ctrl-C would."""
+
+    def __init__(self, rows: list[dict], interrupt_at: str = "") -> None:
+        self.rows, self.interrupt_at = rows, interrupt_at
+        self.pulled: list[str] = []
+
+    def ask_all(self, machines, ask):  # type: ignore[no-untyped-def]
+        from magickbox.mb.client import Answers
+
+        return Answers([(m, ask(m)) for m in machines], [])
+
+    def jobs(self, machine: Machine) -> list[dict]:
+        return [{**r, **machine.as_json()} for r in self.rows]
+
+    def failure_reasons(self, machine: Machine) -> dict[str, str]:
+        return {
+            r["scratchdir"]: "work.sh exited with 3" for r in self.rows if r["status"] == "failed"
+        }
+
+    def download(self, machine, scratchdir, dest, part, on_bytes):  # type: ignore[no-untyped-def]
+        if scratchdir == self.interrupt_at:
+            raise KeyboardInterrupt
+        with zipfile.ZipFile(dest, "w") as zf:
+            zf.writestr(f"{scratchdir}/OUTPUT/x", b"x")
+        self.pulled.append(scratchdir)
+        return dest.stat().st_size
+
+
+def _job(name: str, state: str) -> dict:
+    finished = state in ("done", "failed")
+    return {"scratchdir": f"tmp.{name}", "jobname": name, "pid": "1.2", "status": state,
+            "processingTime": "3" if finished else "0", "AETitleCalled": "B"}  # fmt: skip
+
+
+def _pull(box: FakeBox, tmp_path: Path, **opts: object) -> tuple[int, list[dict]]:
+    from magickbox.mb.commands import Context
+    from magickbox.mb.pull import PullOptions, cmd_pull
+
+    ctx = Context({}, [Machine("h", 1)], box, progress=False)  # type: ignore[arg-type]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cmd_pull(ctx, Selection(), PullOptions(folder=tmp_path, **opts))  # type: ignore[arg-type]
+    return code, json.loads(out.getvalue())
+
+
+def test_pull_gives_up_at_the_timeout_and_lists_every_job(tmp_path: Path) -> None:
+    box = FakeBox([_job("a", "done"), _job("b", "failed"), _job("c", "running")])
+    code, rows = _pull(box, tmp_path, wait=True, timeout=0.05, poll=0.01)
+    assert code == 6
+    assert [(r["jobname"], r["status"], r["reason"]) for r in rows] == [
+        ("a", "downloaded", ""),
+        ("b", "job-failed", "work.sh exited with 3"),
+        ("c", "not-finished", ""),
+    ]
+    assert box.pulled == ["tmp.a"]  # a failed job's OUTPUT is not pulled
+    manifest = (tmp_path / "manifest.csv").read_text().splitlines()
+    assert manifest[0].startswith("jobname,study,state,reason,file") and len(manifest) == 4
+    code, rows = _pull(box, tmp_path, failed=True)
+    assert code == 0 and box.pulled == ["tmp.a", "tmp.b"]
+    assert [r["status"] for r in rows] == ["skipped", "downloaded", "not-finished"]
+
+
+def test_ctrl_c_keeps_what_was_pulled(tmp_path: Path) -> None:
+    box = FakeBox([_job("a", "done"), _job("b", "done"), _job("c", "done")], "tmp.b")
+    code, rows = _pull(box, tmp_path)
+    assert code == 130
+    assert [(r["jobname"], r["status"]) for r in rows] == [
+        ("a", "downloaded"), ("b", "interrupted"), ("c", "interrupted"),
+    ]  # fmt: skip
+    assert len((tmp_path / "manifest.csv").read_text().splitlines()) == 4
+
+
+def test_a_big_removal_without_a_terminal_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from magickbox.mb.commands import confirm_removal
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))  # not a terminal: the y is not read
+    with pytest.raises(MbError, match="pass -y") as err:
+        confirm_removal([{**ROW, "scratchdir": f"tmp.{i}"} for i in range(5)])
+    assert err.value.code == 2
