@@ -8,7 +8,7 @@ import sys
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,13 @@ class Context:
     machines: list[Machine]
     client: Client
     progress: bool
+    said: set[str] = field(default_factory=set)  # warnings given once per run
+
+    def warn_once(self, text: str) -> None:
+        """A warning that ``pull --wait`` would otherwise repeat at every poll."""
+        if text not in self.said:
+            self.said.add(text)
+            warn(text)
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -97,20 +104,10 @@ def matching_jobs(ctx: Context, sel: Selection) -> tuple[list[dict[str, Any]], i
     jobs = []
     for machine, rows in answers.ok:
         if sel.filters.get("patient") and rows and lacks_patients(rows):
-            warn_once(f"machine {machine.label} does not report patients: --patient selects "
+            ctx.warn_once(f"machine {machine.label} does not report patients: --patient selects "
                       "none of its jobs")  # fmt: skip
         jobs += [job for job in rows if sel.matches(job)]
     return jobs, code
-
-
-_said: set[str] = set()
-
-
-def warn_once(text: str) -> None:
-    """A warning that ``pull --wait`` would otherwise repeat at every poll."""
-    if text not in _said:
-        _said.add(text)
-        warn(text)
 
 
 def machine_of(job: dict[str, Any]) -> Machine:

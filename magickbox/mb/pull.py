@@ -185,7 +185,7 @@ class Puller:
             try:
                 self.reasons[machine] = self.ctx.client.failure_reasons(machine)
             except MachineError as exc:  # a box without /api/v1: rows without a reason
-                warn(f"no failure reasons from {machine.label}: {exc.reason}")
+                self.ctx.warn_once(f"no failure reasons from {machine.label}: {exc.reason}")
                 self.reasons[machine] = known
 
     def say_waiting(self, ui: Bars, remaining: float | None, shown: int = 5) -> None:

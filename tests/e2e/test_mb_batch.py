@@ -1,11 +1,15 @@
-"""``mb`` at scale against one real box: job names, field filters, remove's dry run and
-question, pull's names, manifest, --failed, --timeout, Ctrl-C and the batch bars, with
-``mb`` run as a subprocess (in a pseudo-terminal where a person's terminal is the point)."""
+"""``mb`` at scale against one real box (``magickbox serve``): job names, field filters,
+remove's dry run and question, pull's names, manifest, --failed, --timeout, Ctrl-C and the
+batch bars. ``mb`` runs in this process where only its JSON and messages matter, and as a
+subprocess in a pseudo-terminal where a person's terminal (a question, ^C, bars) is the
+point."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
+import io
 import json
 import os
 import pty
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from magickbox.mb.cli import main
 from magickbox.testing.dicomgen import write_study
 from magickbox.testing.server import BoxServer
 from tests.conftest import copy_bucket
@@ -32,6 +37,7 @@ MB = [sys.executable, "-m", "magickbox.mb.cli"]
 GATE_SH = '#!/bin/sh\nwhile [ ! -f "$MB_HOME/never" ]; do sleep 0.1; done\n'
 FAIL_SH = "#!/bin/sh\necho 'no brain found' >&2\nexit 3\n"
 QUICK_SH = "#!/bin/sh\ntrue\n"
+DONE_SH = '#!/bin/sh\necho "result of $MB_JOBNAME" > "$2/result.txt"\n'
 
 
 @dataclass
@@ -45,16 +51,44 @@ class Terminal:
 
 
 @dataclass
+class MbRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _restore(config: str | None, cwd: str, stdin: object) -> None:
+    if config is None:
+        os.environ.pop("MB_CONFIG_DIR", None)
+    else:
+        os.environ["MB_CONFIG_DIR"] = config
+    os.chdir(cwd)
+    sys.stdin = stdin  # type: ignore[assignment]
+
+
+@dataclass
 class Farm:
     box: BoxServer
     env: dict[str, str]
     root: Path
 
-    def mb(self, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [*MB, *args], capture_output=True, text=True, env=self.env, cwd=self.root,
-            stdin=subprocess.DEVNULL, timeout=120,
-        )  # fmt: skip
+    def mb(self, *args: str, code: int = 0) -> MbRun:
+        """``mb`` called in this process (no interpreter to start), stdin not a terminal;
+        a real subprocess where a terminal or a signal is the point (:meth:`terminal`)."""
+        out, err = io.StringIO(), io.StringIO()
+        saved = os.environ.get("MB_CONFIG_DIR"), os.getcwd(), sys.stdin
+        os.environ["MB_CONFIG_DIR"] = self.env["MB_CONFIG_DIR"]
+        os.chdir(self.root)
+        sys.stdin = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    returncode = main(list(args))
+                except SystemExit as exc:  # argparse's errors
+                    returncode = int(exc.code or 0)
+        finally:
+            _restore(*saved)
+        done = MbRun(returncode, out.getvalue(), err.getvalue())
         assert done.returncode == code, f"mb {args}: {done.returncode}\n{done.stderr}"
         return done
 
@@ -120,13 +154,14 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     root = tmp_path_factory.mktemp("mbbatch")
     box = BoxServer(root / "home", quiet=0.2).start()
     try:
-        for name, script in (("Gate", GATE_SH), ("Fail", FAIL_SH), ("Quick", QUICK_SH)):
+        buckets = (("Done", DONE_SH), ("Gate", GATE_SH), ("Fail", FAIL_SH), ("Quick", QUICK_SH))
+        for name, script in buckets:
             copy_bucket(box.home, name, script)
         env = {**os.environ, "MB_CONFIG_DIR": str(root / "mbconfig")}
         farm = Farm(box, env, root)
         farm.mb("activeMachines", "add", "127.0.0.1", str(box.web_port))
         subjects = [subject(root / "subjects", f"sub-00{i}", i) for i in range(1, 7)]
-        farm.mb("push", "ProcBucket", *map(str, subjects[:4]))
+        farm.mb("push", "Done", *map(str, subjects[:4]))
         farm.mb("push", "Fail", str(subjects[4]))
         farm.mb("push", "Gate", str(subjects[5]))
         farm.wait_finished(5)
@@ -149,7 +184,7 @@ def test_jobs_are_found_by_their_name_and_by_field_filters(farm: Farm) -> None:
     assert farm.json("list", r"^127\.0\.0\.1$") == []
     assert farm.json("list", " UTC ") == []
     assert len(farm.json("list", "--sender", "127.0.0.1")) == 6
-    two = farm.json("list", "--bucket", "ProcBucket", "--jobname", "sub-00[12]")
+    two = farm.json("list", "--bucket", "Done", "--jobname", "sub-00[12]")
     assert names(two) == ["sub-001", "sub-002"]
     assert names(farm.json("list", "--state", "failed")) == ["sub-005"]
     assert names(farm.json("list", "--state", "running", "--state", "failed")) == [
@@ -173,7 +208,7 @@ def test_patient_filter(farm: Farm) -> None:
 
 
 def test_pull_names_zips_skips_failed_jobs_and_writes_a_manifest(farm: Farm) -> None:
-    rows = farm.json("pull", "-d", "out", "--bucket", "ProcBucket", "--bucket", "Fail")
+    rows = farm.json("pull", "-d", "out", "--bucket", "Done", "--bucket", "Fail")
     by_name = {r["jobname"]: r for r in rows}
     assert sorted(by_name) == [f"sub-00{i}" for i in range(1, 6)]
     for i in range(1, 5):
@@ -220,7 +255,7 @@ def test_pull_wait_says_what_it_waits_for_and_gives_up(farm: Farm) -> None:
 
 def test_ctrl_c_in_a_terminal_still_prints_and_writes_what_was_done(farm: Farm) -> None:
     shown = farm.terminal(
-        "pull", "-d", "cut", "--wait", "--poll", "0.2", "--bucket", "ProcBucket",
+        "pull", "-d", "cut", "--wait", "--poll", "0.2", "--bucket", "Done",
         "--bucket", "Gate", when="waiting for 1 job", send=b"\x03",
     )  # fmt: skip
     assert shown.returncode == 130, shown.screen
