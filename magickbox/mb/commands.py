@@ -17,7 +17,7 @@ from magickbox.mb.client import Answers, Client, MachineError
 from magickbox.mb.config import Machine
 from magickbox.mb.multipart import FolderError, FolderScan, scan_folder
 from magickbox.mb.progress import Bars, bars
-from magickbox.mb.select import Selection, SelectionError, lacks_patients
+from magickbox.mb.select import SEARCHED, Selection, SelectionError, lacks_patients
 
 # Exit codes (also listed in ``mb --help``).
 OK, FAILED, USAGE, NO_MACHINES, MACHINE_DOWN, NO_BUCKET, TIMED_OUT = 0, 1, 2, 3, 4, 5, 6
@@ -199,6 +199,9 @@ def cmd_compute_modules(ctx: Context) -> int:
 # -- jobs ----------------------------------------------------------------------------------
 def cmd_list(ctx: Context, sel: Selection) -> int:
     jobs, code = matching_jobs(ctx, sel)
+    if not jobs and sel.regex:  # a user of the old mb may have meant an address or a date
+        warn("no job matched; a bare regex searches only the fields that name a job "
+             f"({', '.join(SEARCHED)}); --sender and --machine select by address")  # fmt: skip
     emit(jobs)
     return code
 

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from magickbox.mb import config
 from magickbox.mb.cli import build_parser, push_args
-from magickbox.mb.client import zip_complete
+from magickbox.mb.client import MachineError, zip_complete
 from magickbox.mb.commands import MbError, selection, spread
 from magickbox.mb.config import Machine
 from magickbox.mb.multipart import FolderError, MultipartZip, scan_folder
@@ -449,3 +449,49 @@ def test_a_big_removal_without_a_terminal_is_refused(monkeypatch: pytest.MonkeyP
     with pytest.raises(MbError, match="pass -y") as err:
         confirm_removal([{**ROW, "scratchdir": f"tmp.{i}"} for i in range(5)])
     assert err.value.code == 2
+
+
+class StallingBox(FakeBox):
+    """A box that takes the first folder and, during the second upload, sees the user press
+    Ctrl-C (SIGINT reaches mb's main thread while a worker uploads)."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.released = threading.Event()
+
+    def buckets(self, machine: Machine) -> list[dict]:
+        return [{"AETitle": "X"}]
+
+    def load(self, machine: Machine) -> int:
+        return 0
+
+    def upload(self, machine, scan, fields, on_bytes):  # type: ignore[no-untyped-def]
+        import _thread
+
+        if fields["jobname"] == "b":
+            _thread.interrupt_main()  # as the terminal's ^C would
+            self.released.wait(10)  # the upload hangs until the test ends
+            raise MachineError(machine, "cut")
+        return {"scratchdir": "tmp.a", "pid": "1.2", "files": 1}
+
+
+def test_ctrl_c_during_a_push_prints_the_folders_already_pushed(tmp_path: Path) -> None:
+    from magickbox.mb.commands import Context, cmd_push
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "1.dcm").write_bytes(b"x")
+    box = StallingBox()
+    ctx = Context({"Sender": "me"}, [Machine("h", 1)], box, progress=False)  # type: ignore[arg-type]
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            code = cmd_push(ctx, "X", [str(tmp_path / "a"), str(tmp_path / "b")], "", "", False)
+    finally:
+        box.released.set()
+    assert code == 130
+    rows = json.loads(out.getvalue())
+    assert [(r["jobname"], r.get("scratchdir"), r.get("error")) for r in rows] == [
+        ("a", "tmp.a", None),
+        ("b", None, "interrupted"),
+    ]
