@@ -470,8 +470,8 @@ class StallingBox(FakeBox):
 
         if fields["jobname"] == "b":
             _thread.interrupt_main()  # as the terminal's ^C would
-            self.released.wait(10)  # the upload hangs until the test ends
-            raise MachineError(machine, "cut")
+            self.released.wait(10)  # the upload hangs until the test has its answer
+            return {}
         return {"scratchdir": "tmp.a", "pid": "1.2", "files": 1}
 
 
