@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from magickbox.mb import config
 from magickbox.mb.cli import build_parser, push_args
-from magickbox.mb.client import MachineError, zip_complete
+from magickbox.mb.client import zip_complete
 from magickbox.mb.commands import MbError, selection, spread
 from magickbox.mb.config import Machine
 from magickbox.mb.multipart import FolderError, MultipartZip, scan_folder
