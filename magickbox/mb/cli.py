@@ -15,15 +15,46 @@ from magickbox.mb import commands, config
 from magickbox.mb.client import Client
 from magickbox.mb.commands import Context, MbError
 from magickbox.mb.progress import wanted as progress_wanted
+from magickbox.mb.pull import NAMES, PullOptions, cmd_pull
+from magickbox.mb.select import FILTER_FIELDS, SEARCHED, STATES, Selection
 
 EPILOG = """\
 exit codes: 0 ok, 1 a transfer or deletion failed, 2 bad arguments (invalid regex,
-folder missing or empty), 3 no machines configured, 4 a machine did not answer (the
-others' results are still printed), 5 no machine offers the bucket.
+folder missing or empty, a remove to confirm without a terminal), 3 no machines
+configured, 4 a machine did not answer (the others' results are still printed), 5 no
+machine offers the bucket, 6 pull --wait --timeout passed, 130 Ctrl-C (what was done is
+still printed).
 config: machines.json and settings.json in $MB_CONFIG_DIR, else
 $XDG_CONFIG_HOME/magickbox, else ~/.config/magickbox."""
 
-REGEX_HELP = "regular expression searched in every string value of a job (default: all)"
+REGEX_HELP = (
+    "regular expression searched in the fields that name a job: "
+    + ", ".join(SEARCHED)
+    + " (default: all jobs)"
+)
+FILTERS_HELP = """\
+filters (repeatable, any of a filter's patterns; all filters must pass) compare whole
+values with shell patterns such as 'sub-00*', case-sensitively"""
+
+
+def add_selection(p: argparse.ArgumentParser) -> None:
+    """The regex and the field filters of list, log, pull, pull-input and remove."""
+    p.add_argument("regex", nargs="?", help=REGEX_HELP)
+    group = p.add_argument_group("filters", FILTERS_HELP)
+    for name, what in (
+        ("jobname", "the job's name (mb push: the folder's name)"),
+        ("bucket", "the bucket (AETitleCalled)"),
+        ("sender", "the sender's AE title (AETitleCaller) or IP address (CallerIP)"),
+        ("patient", "PatientID or PatientName (boxes that report them)"),
+        ("machine", "the machine, as host or host:port"),
+    ):
+        group.add_argument(f"--{name}", action="append", default=[], metavar="PATTERN", help=what)
+    group.add_argument("--state", action="append", default=[], choices=STATES, help="the state")
+
+
+def selection_of(args: argparse.Namespace) -> Selection:
+    filters = {name: getattr(args, name) for name in FILTER_FIELDS}
+    return commands.selection(args.regex, filters, args.machine)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,23 +122,59 @@ def _job_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="show what would go where, send nothing")
     for name, alias, what in (("list", "l", "jobs"), ("log", "g", "jobs with processing log")):
         p = sub.add_parser(name, aliases=[alias], help=f"{what} of all machines as JSON ({alias})")
-        p.add_argument("regex", nargs="?", help=REGEX_HELP)
+        add_selection(p)
+    _pull_commands(sub)
+    p = sub.add_parser(
+        "remove",
+        aliases=["r"],
+        help="delete matching jobs on their machines (r)",
+        description=f"Asks on the terminal when more than {commands.CONFIRM_ABOVE} jobs match "
+        "or nothing narrows the selection; without a terminal it then refuses unless -y.",
+    )
+    add_selection(p)
+    p.add_argument("-y", "--yes", action="store_true", help="remove without asking")
+    p.add_argument("--dry-run", action="store_true", help="list what would go, remove nothing")
+
+
+def _pull_commands(sub: argparse._SubParsersAction) -> None:
     for name, aliases, part in (("pull", [], "OUTPUT"), ("pull-input", ["pi"], "INPUT")):
+        suffix = "_input" if part == "INPUT" else ""
         p = sub.add_parser(
             name,
             aliases=aliases,
-            help=f"download each matching job's {part} as <pid>_<scratchdir>"
-            + ("_input" if part == "INPUT" else "")
-            + ".zip",
+            help=f"download each matching job's {part} as <jobname>_<scratchdir>{suffix}.zip",
+            description=f"Zips are named <jobname or PatientID>_<scratchdir>{suffix}.zip "
+            f"(--names pid: the original's <pid>_<scratchdir>{suffix}.zip). A manifest CSV "
+            "(jobname, study, state, reason, file, ...) lists every matching job, also after "
+            "a --timeout or Ctrl-C.",
         )
-        p.add_argument("regex", nargs="?", help=REGEX_HELP)
+        add_selection(p)
         p.add_argument("-d", "--dir", type=Path, default=Path("."), help="where to save")
+        p.add_argument("--names", choices=NAMES, default="jobname", help="how zips are named")
+        p.add_argument("--manifest", type=Path, default=None,
+                       help="the manifest CSV (default: DIR/manifest.csv, "
+                       "DIR/manifest-input.csv for pull-input)")  # fmt: skip
         if part == "OUTPUT":
             p.add_argument("--wait", action="store_true", help="wait until matching jobs finish")
             p.add_argument("--poll", type=float, default=5.0, help="seconds between checks")
-    p = sub.add_parser("remove", aliases=["r"], help="delete matching jobs on their machines (r)")
-    p.add_argument("regex", nargs="?", help=REGEX_HELP)
-    p.add_argument("-y", "--yes", action="store_true", help="remove all without asking")
+            p.add_argument(
+                "--timeout", type=positive, default=None, help="with --wait: give up after "
+                "this many seconds (exit 6)"
+            )  # fmt: skip
+            p.add_argument(
+                "--failed", action="store_true", help="pull failed jobs' OUTPUT too "
+                "(default: listed in the JSON and manifest, not pulled)"
+            )  # fmt: skip
+
+
+def positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
 
 
 ALIASES = {
@@ -131,6 +198,19 @@ def push_args(args: argparse.Namespace) -> tuple[list[str], str]:
     return folders, arguments or ""
 
 
+def pull_options(args: argparse.Namespace, command: str) -> PullOptions:
+    return PullOptions(
+        part="output" if command == "pull" else "input",
+        folder=args.dir,
+        wait=getattr(args, "wait", False),
+        poll=getattr(args, "poll", 5.0),
+        timeout=getattr(args, "timeout", None),
+        failed=getattr(args, "failed", False),
+        names=args.names,
+        manifest=args.manifest,
+    )
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
     command = ALIASES.get(args.command, args.command)
     if command == "setSender":
@@ -152,15 +232,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             ctx, args.aetitle, folders, arguments, args.description, args.dry_run
         )
     if command == "list":
-        return commands.cmd_list(ctx, args.regex)
+        return commands.cmd_list(ctx, selection_of(args))
     if command == "log":
-        return commands.cmd_log(ctx, args.regex)
+        return commands.cmd_log(ctx, selection_of(args))
     if command in ("pull", "pull-input"):
-        part = "output" if command == "pull" else "input"
-        wait, poll = getattr(args, "wait", False), getattr(args, "poll", 5.0)
-        return commands.cmd_pull(ctx, args.regex, part, args.dir, wait, poll)
+        return cmd_pull(ctx, selection_of(args), pull_options(args, command))
     if command == "remove":
-        return commands.cmd_remove(ctx, args.regex, args.yes)
+        return commands.cmd_remove(ctx, selection_of(args), args.yes, args.dry_run)
     raise MbError(f"unknown command {args.command}", commands.USAGE)
 
 

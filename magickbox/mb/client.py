@@ -131,6 +131,26 @@ class Client:
             return ""
         return reply.text
 
+    def failure_reasons(self, machine: Machine, page: int = 1000) -> dict[str, str]:
+        """{scratchdir: reason} of the machine's failed jobs (``/api/v1/jobs``, a page at a
+        time): getScratch has no reason, and one request per failed job would be thousands."""
+        reasons: dict[str, str] = {}
+        while True:
+            params = {"state": "failed", "limit": page, "offset": len(reasons)}
+            answer = self._json(machine, "/api/v1/jobs", params=params)
+            rows = answer.get("jobs") if isinstance(answer, dict) else None
+            if not isinstance(rows, list):
+                raise MachineError(machine, "/api/v1/jobs did not answer with jobs")
+            reasons.update(
+                {
+                    str(r.get("scratchdir")): str(r.get("reason") or "")
+                    for r in rows
+                    if isinstance(r, dict)
+                }
+            )
+            if len(rows) < page:
+                return reasons
+
     def delete(self, machine: Machine, scratchdir: str) -> Any:
         return self._json(machine, f"{PHP}/deleteStudy.php", params={"scratchdir": scratchdir})
 

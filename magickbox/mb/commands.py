@@ -4,24 +4,24 @@ command are raised as :class:`MbError` with the code the shell sees."""
 from __future__ import annotations
 
 import json
-import re
 import sys
 import threading
-import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from magickbox.mb import config
-from magickbox.mb.client import Answers, Client, MachineError, zip_complete
+from magickbox.mb.client import Answers, Client, MachineError
 from magickbox.mb.config import Machine
 from magickbox.mb.multipart import FolderError, FolderScan, scan_folder
 from magickbox.mb.progress import Bars, bars
+from magickbox.mb.select import SEARCHED, Selection, SelectionError, lacks_patients
 
 # Exit codes (also listed in ``mb --help``).
-OK, FAILED, USAGE, NO_MACHINES, MACHINE_DOWN, NO_BUCKET = 0, 1, 2, 3, 4, 5
+OK, FAILED, USAGE, NO_MACHINES, MACHINE_DOWN, NO_BUCKET, TIMED_OUT = 0, 1, 2, 3, 4, 5, 6
+INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
 
 class MbError(Exception):
@@ -38,6 +38,13 @@ class Context:
     machines: list[Machine]
     client: Client
     progress: bool
+    said: set[str] = field(default_factory=set)  # warnings given once per run
+
+    def warn_once(self, text: str) -> None:
+        """A warning that ``pull --wait`` would otherwise repeat at every poll."""
+        if text not in self.said:
+            self.said.add(text)
+            warn(text)
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -62,11 +69,16 @@ def need_machines(ctx: Context) -> list[Machine]:
     return ctx.machines
 
 
-def compile_regex(pattern: str | None) -> re.Pattern[str]:
+def selection(
+    regex: str | None,
+    filters: dict[str, list[str]] | None = None,
+    machine: list[str] | None = None,
+) -> Selection:
+    """The jobs a command acts on; a bad regex is a usage error (exit 2)."""
     try:
-        return re.compile(pattern or "")
-    except re.error as exc:
-        raise MbError(f"invalid regular expression {pattern!r}: {exc}", USAGE) from None
+        return Selection(regex, filters or {}, machine or [])
+    except SelectionError as exc:
+        raise MbError(str(exc), USAGE) from None
 
 
 def report(failed: Iterable[MachineError]) -> int:
@@ -84,21 +96,17 @@ def all_down(answers: Answers[Any]) -> None:
         raise MbError("no machine answered", MACHINE_DOWN)
 
 
-def matches(job: dict[str, Any], regex: re.Pattern[str], extra: str | None = None) -> bool:
-    """True when a string value of the job (or ``extra``, its log) contains a match."""
-    texts = [v for v in job.values() if isinstance(v, str)]
-    if extra is not None:
-        texts.append(extra)
-    return any(regex.search(t) for t in texts)
-
-
-def matching_jobs(ctx: Context, pattern: str | None) -> tuple[list[dict[str, Any]], int]:
-    """Jobs of every machine whose values match, and the exit code for machines down."""
-    regex = compile_regex(pattern)
+def matching_jobs(ctx: Context, sel: Selection) -> tuple[list[dict[str, Any]], int]:
+    """Jobs of every machine that ``sel`` selects, and the exit code for machines down."""
     answers = ctx.client.ask_all(need_machines(ctx), ctx.client.jobs)
     code = report(answers.failed)
     all_down(answers)
-    jobs = [job for _m, rows in answers.ok for job in rows if matches(job, regex)]
+    jobs = []
+    for machine, rows in answers.ok:
+        if sel.filters.get("patient") and rows and lacks_patients(rows):
+            ctx.warn_once(f"machine {machine.label} does not report patients: --patient selects "
+                      "none of its jobs")  # fmt: skip
+        jobs += [job for job in rows if sel.matches(job)]
     return jobs, code
 
 
@@ -189,23 +197,25 @@ def cmd_compute_modules(ctx: Context) -> int:
 
 
 # -- jobs ----------------------------------------------------------------------------------
-def cmd_list(ctx: Context, pattern: str | None) -> int:
-    jobs, code = matching_jobs(ctx, pattern)
+def cmd_list(ctx: Context, sel: Selection) -> int:
+    jobs, code = matching_jobs(ctx, sel)
+    if not jobs and sel.regex:  # a user of the old mb may have meant an address or a date
+        warn("no job matched; a bare regex searches only the fields that name a job "
+             f"({', '.join(SEARCHED)}); --sender and --machine select by address")  # fmt: skip
     emit(jobs)
     return code
 
 
-def cmd_log(ctx: Context, pattern: str | None) -> int:
-    """Jobs with their processing log (``log``); a match in the log counts too."""
-    regex = compile_regex(pattern)
-    jobs, code = matching_jobs(ctx, None)
+def cmd_log(ctx: Context, sel: Selection) -> int:
+    """Jobs with their processing log (``log``); a regex match in the log counts too."""
+    jobs, code = matching_jobs(ctx, Selection(None, sel.filters, sel.machine))
 
     def with_log(job: dict[str, Any]) -> dict[str, Any] | None:
         try:
             text = ctx.client.processing_log(machine_of(job), job["scratchdir"])
         except MachineError:
             text = ""  # the machine answered the list a moment ago: leave the log out
-        return {**job, "log": text} if matches(job, regex, text) else None
+        return {**job, "log": text} if sel.searched(job, text) else None
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         found = [job for job in pool.map(with_log, jobs) if job is not None]
@@ -213,77 +223,63 @@ def cmd_log(ctx: Context, pattern: str | None) -> int:
     return code
 
 
-def cmd_remove(ctx: Context, pattern: str | None, yes: bool) -> int:
-    jobs, code = matching_jobs(ctx, pattern)
-    if not pattern and jobs and not yes and sys.stdin.isatty():
-        answer = input(f"remove all {len(jobs)} jobs of all machines? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            raise MbError("nothing removed", FAILED)
-    removed = []
-    for job in jobs:
-        try:
-            ctx.client.delete(machine_of(job), job["scratchdir"])
-        except MachineError as exc:
-            warn(f"could not remove {job['scratchdir']}: {exc}")
-            code = code or FAILED
-            continue
-        removed.append({"scratchdir": job["scratchdir"], **machine_of(job).as_json()})
+# A remove of more jobs than this asks first (unless -y), as does one that selects all.
+CONFIRM_ABOVE = 3
+
+
+def summary(job: dict[str, Any]) -> dict[str, Any]:
+    """What a person needs to recognise a job before it goes."""
+    keys = ("scratchdir", "jobname", "pid", "AETitleCalled", "AETitleCaller", "status")
+    return {**{k: job.get(k, "") for k in keys}, **machine_of(job).as_json()}
+
+
+def cmd_remove(ctx: Context, sel: Selection, yes: bool, dry_run: bool) -> int:
+    jobs, code = matching_jobs(ctx, sel)
+    if dry_run:
+        warn(f"dry run: {len(jobs)} jobs would be removed; nothing was")
+        emit([summary(job) for job in jobs])
+        return code
+    if jobs and not yes and (len(jobs) > CONFIRM_ABOVE or not sel.narrows):
+        confirm_removal(jobs)
+    removed: list[dict[str, Any]] = []
+    try:
+        for job in jobs:
+            try:
+                ctx.client.delete(machine_of(job), job["scratchdir"])
+            except MachineError as exc:
+                warn(f"could not remove {job['scratchdir']}: {exc}")
+                code = code or FAILED
+                continue
+            removed.append({"scratchdir": job["scratchdir"], **machine_of(job).as_json()})
+    except KeyboardInterrupt:  # say what is already gone
+        warn(f"interrupted: {len(removed)} of {len(jobs)} jobs removed")
+        code = INTERRUPTED
     emit(removed)
     return code
 
 
-# -- pull ----------------------------------------------------------------------------------
-def zip_name(job: dict[str, Any], part: str) -> str:
-    """``<pid>_<scratchdir>.zip`` as the original named outputs; inputs get ``_input``."""
-    suffix = "_input" if part == "input" else ""
-    pid = re.sub(r"[^A-Za-z0-9._-]", "_", str(job.get("pid", "")))  # a name, never a path
-    return f"{pid}_{job['scratchdir']}{suffix}.zip"
-
-
-def pull_one(ctx: Context, ui: Bars, job: dict[str, Any], folder: Path, part: str) -> dict:
-    dest = folder / zip_name(job, part)
-    row = {"file": str(dest), "scratchdir": job["scratchdir"], **machine_of(job).as_json()}
-    if dest.exists() and zip_complete(dest):
-        return {**row, "status": "skipped", "bytes": dest.stat().st_size}
-    label = f"{job['scratchdir']}{' INPUT' if part == 'input' else ''} ← {machine_of(job).label}"
-    try:
-        size = ctx.client.download(
-            machine_of(job), job["scratchdir"], dest, part, ui.bar(label, None)
+def confirm_removal(jobs: list[dict[str, Any]], shown: int = 20) -> None:
+    """List the jobs on stderr and ask on the terminal; without one, refuse (a script says
+    -y). Raises MbError unless the answer is yes."""
+    machines = {machine_of(j) for j in jobs}
+    if not sys.stdin.isatty():
+        raise MbError(
+            f"{len(jobs)} jobs match; not removing them without asking: pass -y "
+            "(see them first with --dry-run)",
+            USAGE,
         )
-    except (MachineError, OSError) as exc:
-        warn(f"could not pull {job['scratchdir']}: {exc}")
-        return {**row, "status": "failed", "error": str(exc)}
-    ui.finish(label)
-    return {**row, "status": "downloaded", "bytes": size}
-
-
-def cmd_pull(
-    ctx: Context, pattern: str | None, part: str, folder: Path, wait: bool, poll: float
-) -> int:
-    """Download each matching job's OUTPUT (or INPUT); with ``wait``, until all are done."""
-    compile_regex(pattern)  # a bad pattern fails before anything else
-    folder.mkdir(parents=True, exist_ok=True)
-    done: dict[tuple[str, str, str], dict[str, Any]] = {}
-    code = OK
-    with bars(ctx.progress) as ui:
-        while True:
-            jobs, down = matching_jobs(ctx, pattern)
-            code = code or down
-            waiting = [j for j in jobs if part == "output" and not finished(j)]
-            for job in jobs:
-                key = (job["Machine"], job["Port"], job["scratchdir"])
-                if key not in done and (part == "input" or finished(job)):
-                    done[key] = pull_one(ctx, ui, job, folder, part)
-            if not wait or not waiting:
-                break
-            time.sleep(poll)
-    if waiting:
-        warn(f"{len(waiting)} matching jobs are not finished yet (mb pull --wait waits)")
-    rows = list(done.values())
-    if any(r["status"] == "failed" for r in rows):
-        code = code or FAILED
-    emit(rows)
-    return code
+    for job in jobs[:shown]:
+        name = job.get("jobname") or job.get("pid", "")
+        print(f"  {job['scratchdir']}  {name}  {job.get('AETitleCalled', '')}  "
+              f"{job.get('status', '')}  {machine_of(job).label}", file=sys.stderr)  # fmt: skip
+    if len(jobs) > shown:
+        print(f"  ... and {len(jobs) - shown} more", file=sys.stderr)
+    # The question goes to stderr: stdout carries the JSON.
+    print(f"remove these {len(jobs)} jobs on {len(machines)} machine(s)? [y/N] ",
+          end="", file=sys.stderr, flush=True)  # fmt: skip
+    answer = sys.stdin.readline()
+    if answer.strip().lower() not in ("y", "yes"):
+        raise MbError("nothing removed", FAILED)
 
 
 # -- push ----------------------------------------------------------------------------------
@@ -352,8 +348,21 @@ def cmd_push(
     if dry_run:
         emit([{**p.as_json(aetitle), "arguments": arguments} for p in plans])
         return code
-    with bars(ctx.progress) as ui:
-        results = upload_all(ctx, ui, plans, aetitle, arguments, description, set(loads))
+    results: list[dict[str, Any]] = [{} for _ in plans]
+    try:
+        with bars(ctx.progress) as ui:
+            ui.batch(f"push {aetitle}", "folders", len(plans))
+            upload_all(ctx, ui, plans, results, aetitle, arguments, description, set(loads))
+    except KeyboardInterrupt:  # print what reached a box; the boxes drop the cut uploads
+        done = sum(1 for r in results if "scratchdir" in r)
+        warn(f"interrupted: {done} of {len(plans)} folders pushed")
+        emit(
+            [
+                r or {**p.as_json(aetitle), "error": "interrupted"}
+                for p, r in zip(plans, results, strict=True)
+            ]
+        )
+        return INTERRUPTED
     emit(results)
     # A machine that was down is reported above, but when every folder found a machine
     # the push did its work: scripts under `set -e` go on.
@@ -364,20 +373,22 @@ def upload_all(
     ctx: Context,
     ui: Bars,
     plans: list[Plan],
+    results: list[dict[str, Any]],
     aetitle: str,
     arguments: str,
     description: str,
     offered: set[Machine],
-) -> list[dict[str, Any]]:
-    """Upload the plans, one stream per machine at a time, machines in parallel."""
+) -> None:
+    """Upload the plans into ``results`` (same order), one stream per machine at a time,
+    machines in parallel; what is done is there when Ctrl-C ends the wait."""
     per_machine: dict[Machine, list[int]] = {}
     for i, plan in enumerate(plans):
         per_machine.setdefault(plan.machine, []).append(i)
-    results: list[dict[str, Any]] = [{} for _ in plans]
 
     def run(indexes: list[int]) -> None:
         for i in indexes:
             results[i] = push_one(ctx, ui, plans[i], aetitle, arguments, description, offered)
+            ui.step()
 
     # Daemon threads joined in short waits: Ctrl-C reaches the main thread at once and mb
     # exits; the boxes discard the uploads that broke off.
@@ -387,7 +398,6 @@ def upload_all(
     for thread in threads:
         while thread.is_alive():
             thread.join(0.2)
-    return results
 
 
 def push_one(
@@ -419,8 +429,9 @@ def push_one(
         except MachineError as exc:
             tried.append(plan.machine.label)
             offered.discard(plan.machine)
+            ui.finish(label)
             if not (exc.down and exc.refused and offered):
-                warn(f"push of {plan.scan.folder} failed: {exc}")
+                ui.note(f"mb: push of {plan.scan.folder} failed: {exc}")
                 return {**plan.as_json(aetitle), "error": str(exc)}
             ui.note(f"mb: {plan.machine.label} refused the connection; trying another machine")
             plan = Plan(plan.scan, sorted(offered)[0])

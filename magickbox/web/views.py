@@ -52,6 +52,8 @@ def scratch_entry(row: dict[str, Any], scratch: Path, now: float) -> dict[str, A
         ),
         "processingLogSize": size,
         "status": row["state"],
+        # Added for mb: the name an upload gave the job (mb push: the folder's), else "".
+        "jobname": row["jobname"] or "",
         "processingLast": max(0, int(now - mtime)),  # last: see ScratchRenderer
     }
 

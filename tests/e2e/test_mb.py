@@ -128,7 +128,8 @@ def test_a_project_on_two_boxes(box_factory, mb: Mb, tmp_path: Path) -> None:
     assert {r["scratchdir"] for r in rows} == {p["scratchdir"] for p in pushed} | {
         j["scratchdir"] for j in a.jobs() if j["AETitleCalled"] == "Gate"
     }
-    on_b = mb.shell(f"mb l '{b.web_port}' | jq -r '.[].scratchdir' | sort").split()
+    # A bare regex no longer searches the port: --machine selects by place.
+    on_b = mb.shell(f"mb l --machine '*:{b.web_port}' | jq -r '.[].scratchdir' | sort").split()
     assert on_b == sorted(j["scratchdir"] for j in b.jobs())
 
     # pull --wait: every ProcBucket output, complete; a second run skips them all.
@@ -138,16 +139,17 @@ def test_a_project_on_two_boxes(box_factory, mb: Mb, tmp_path: Path) -> None:
     for row in pulled:
         path = mb.cwd / row["file"]
         job = next(j for j in [*a.jobs(), *b.jobs()] if j["scratchdir"] == row["scratchdir"])
-        assert path.name == f"{job['pid']}_{job['scratchdir']}.zip"
+        assert path.name == f"{job['jobname']}_{job['scratchdir']}.zip"  # subj02_tmp...
         with zipfile.ZipFile(path) as zf:
             assert zf.testzip() is None
             names = zf.namelist()
         assert any(n.startswith(f"{job['scratchdir']}/OUTPUT/") for n in names)
-    assert not [p for p in mb.cwd.iterdir() if not p.name.endswith(".zip")]  # no temp left
-    mtimes = {p: p.stat().st_mtime_ns for p in mb.cwd.iterdir()}
+    # No temporary left: the zips and the manifest.
+    assert [p.name for p in mb.cwd.iterdir() if p.suffix != ".zip"] == ["manifest.csv"]
+    mtimes = {p: p.stat().st_mtime_ns for p in mb.cwd.glob("*.zip")}
     again = mb.json("pull", "ProcBucket")
     assert {p["status"] for p in again} == {"skipped"}
-    assert {p: p.stat().st_mtime_ns for p in mb.cwd.iterdir()} == mtimes
+    assert {p: p.stat().st_mtime_ns for p in mb.cwd.glob("*.zip")} == mtimes
 
     # A cut file under the final name is not "complete": it is downloaded again.
     victim = mb.cwd / pulled[0]["file"]

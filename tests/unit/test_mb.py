@@ -3,6 +3,7 @@ folders over machines, and what counts as a complete download."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import threading
@@ -19,9 +20,11 @@ from fastapi.testclient import TestClient
 from magickbox.mb import config
 from magickbox.mb.cli import build_parser, push_args
 from magickbox.mb.client import zip_complete
-from magickbox.mb.commands import MbError, compile_regex, matches, spread, zip_name
+from magickbox.mb.commands import MbError, selection, spread
 from magickbox.mb.config import Machine
 from magickbox.mb.multipart import FolderError, MultipartZip, scan_folder
+from magickbox.mb.pull import MANIFEST_COLUMNS, write_manifest, zip_name
+from magickbox.mb.select import Selection
 
 
 @pytest.fixture
@@ -163,21 +166,126 @@ def test_spread_goes_to_the_least_loaded_and_counts_its_own_jobs(tmp_path: Path)
     assert [p.machine.host for p in plans] == ["b", "b", "c", "b", "c"]
 
 
-def test_regex_matches_string_values_only() -> None:
-    job = {"scratchdir": "tmp.abc", "processingTime": "12", "measures": {"x": "hit"}, "n": 5}
-    assert matches(job, compile_regex("abc"))
-    assert not matches(job, compile_regex("hit"))  # nested objects are not searched
-    assert not matches(job, compile_regex("5"))
-    assert matches(job, compile_regex("^12$"))
-    assert matches(job, compile_regex("in the log"), "it is in the log")
+# A getScratch row as a box gives it, with mb's Machine and Port.
+ROW = {
+    "AETitleCalled": "ProcBucket",
+    "AETitleCaller": "me",
+    "CallerIP": "127.0.0.1",
+    "received": "Wed Dec  2 16:35:25 UTC 2026",
+    "scratchdir": "tmp.abc",
+    "pid": "1.2.840.5",
+    "lastChangedTime": "Wed, 02 Dec 2026 16:35:25 +0000",
+    "processingTime": "12",
+    "processingLogSize": 100,
+    "status": "done",
+    "jobname": "sub-001",
+    "processingLast": 5,
+    "Machine": "10.0.0.5",
+    "Port": "2813",
+}
+
+
+def test_a_bare_regex_searches_the_fields_that_name_a_job() -> None:
+    assert Selection("sub-00").matches(ROW)
+    assert Selection("^ProcB").matches(ROW) and Selection("^done$").matches(ROW)
+    assert Selection("840").matches(ROW)  # the study (pid)
+    # Not through addresses, dates, times or sizes: `mb remove 1` once matched every job.
+    for pattern in ("127", "2026", "^12$", "2813", "10.0.0.5", "Wed"):
+        assert not Selection(pattern).matches(ROW), pattern
+    assert Selection("in the log").matches(ROW, "it is in the log")
+    nested = {**ROW, "measures": {"x": "hit"}}
+    assert not Selection("hit").matches(nested)
+    assert Selection("^P7$").matches({**ROW, "PatientID": "P7"})  # newer boxes' fields too
     with pytest.raises(MbError) as err:
-        compile_regex("[")
+        selection("[")
     assert err.value.code == 2
 
 
+def test_filters_compare_whole_values_with_shell_patterns() -> None:
+    def sel(**filters: list[str]) -> Selection:
+        machine = filters.pop("machine", [])
+        return Selection(None, filters, machine)
+
+    assert sel(jobname=["sub-001"]).matches(ROW)
+    assert not sel(jobname=["sub-00"]).matches(ROW)  # whole values, not substrings
+    assert sel(jobname=["sub-00*"]).matches(ROW)
+    assert not sel(jobname=["SUB-001"]).matches(ROW)  # case-sensitive
+    assert sel(jobname=["sub-002", "sub-001"]).matches(ROW)  # any of a filter's patterns
+    assert sel(bucket=["ProcBucket"], state=["done"]).matches(ROW)
+    assert not sel(bucket=["ProcBucket"], state=["failed"]).matches(ROW)  # all filters
+    assert sel(sender=["me"]).matches(ROW) and sel(sender=["127.0.0.*"]).matches(ROW)
+    assert not sel(sender=["you"]).matches(ROW)
+    assert sel(machine=["10.0.0.5"]).matches(ROW) and sel(machine=["*:2813"]).matches(ROW)
+    assert not sel(machine=["10.0.0.5:1"]).matches(ROW)
+    assert not sel(patient=["P7"]).matches(ROW)  # a row without patient fields
+    assert sel(patient=["P7"]).matches({**ROW, "PatientID": "P7"})
+    assert sel(patient=["Doe^*"]).matches({**ROW, "PatientName": "Doe^Jane"})
+    assert not Selection(None, {"jobname": []}).narrows
+    assert sel(state=["done"]).narrows and Selection("x").narrows
+
+
 def test_zip_names_are_names_not_paths() -> None:
+    job = {"pid": "1.2.3", "scratchdir": "tmp.x", "jobname": "sub-001"}
+    assert zip_name(job, "output") == "sub-001_tmp.x.zip"
+    assert zip_name(job, "output", names="pid") == "1.2.3_tmp.x.zip"  # the original's
+    assert zip_name({**job, "jobname": "", "PatientID": "P 7"}, "output") == "P_7_tmp.x.zip"
+    assert zip_name({**job, "jobname": ""}, "output") == "1.2.3_tmp.x.zip"
     assert zip_name({"pid": "1.2.3", "scratchdir": "tmp.x"}, "output") == "1.2.3_tmp.x.zip"
-    assert zip_name({"pid": "../a/b", "scratchdir": "tmp.x"}, "input") == ".._a_b_tmp.x_input.zip"
+    bad = {"pid": "../a/b", "scratchdir": "tmp.x", "jobname": "../../etc"}
+    assert zip_name(bad, "input", "pid") == ".._a_b_tmp.x_input.zip"
+    assert zip_name(bad, "input") == ".._.._etc_tmp.x_input.zip"
+
+
+def test_the_manifest_is_a_csv_with_the_columns_first(tmp_path: Path) -> None:
+    import csv
+
+    rows = [
+        {"jobname": "sub-1", "study": "1.2", "state": "done", "reason": "", "file": "a.zip",
+         "scratchdir": "tmp.a", "Machine": "h", "Port": "1", "status": "downloaded", "bytes": 9},
+        {"jobname": "sub,2", "study": "1.3", "state": "failed", "reason": 'exit 3: "no"',
+         "file": "", "scratchdir": "tmp.b", "Machine": "h", "Port": "1", "status": "job-failed"},
+    ]  # fmt: skip
+    path = tmp_path / "out" / "manifest.csv"
+    write_manifest(path, rows)
+    with path.open(newline="") as fh:
+        read = list(csv.DictReader(fh))
+    assert tuple(read[0]) == MANIFEST_COLUMNS
+    assert MANIFEST_COLUMNS[:5] == ("jobname", "study", "state", "reason", "file")
+    assert [r["jobname"] for r in read] == ["sub-1", "sub,2"]
+    assert read[1]["reason"] == 'exit 3: "no"'
+    assert [p.name for p in path.parent.iterdir()] == ["manifest.csv"]  # no temporary left
+
+
+def test_the_batch_bar_counts_folders_and_a_transfer_bar_bytes() -> None:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from magickbox.mb.progress import Bars, _columns
+
+    out = io.StringIO()
+    console = Console(file=out, width=150, force_terminal=True, color_system=None)
+    with Progress(*_columns(), console=console, auto_refresh=False) as progress:
+        ui = Bars(progress)
+        ui.batch("push ProcX", "folders", 2000)
+        ui.step(37)
+        moved = ui.bar("sub-001 → box:1", 4 << 20)
+        moved(2 << 20)
+        progress.refresh()
+        assert "37/2000 folders" in out.getvalue()
+        assert "2.1/4.2 MB" in out.getvalue()
+        ui.finish("sub-001 → box:1")  # a finished transfer leaves the display
+        assert [t.description for t in progress.tasks] == ["push ProcX"]
+
+
+def test_bars_are_silent_without_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    from magickbox.mb.progress import bars
+
+    with bars(False) as ui:
+        ui.batch("pull", "jobs", 3)
+        ui.step()
+        ui.bar("x", 10)(5)
+        ui.finish("x")
+    assert capsys.readouterr() == ("", "")
 
 
 def test_zip_complete_rejects_a_cut_file(tmp_path: Path) -> None:
@@ -257,3 +365,133 @@ def test_a_broken_download_leaves_no_file(tmp_path: Path) -> None:
         server.shutdown()
     assert [p.name for p in tmp_path.iterdir()] == ["ok.zip"]
     assert zip_complete(tmp_path / "ok.zip")
+
+
+# -- pull's bookkeeping, over a fake box ------------------------------------------------------
+class FakeBox:
+    """Answers as a box would: getScratch rows, failure reasons, zips; ``interrupt_at`` makes
+    that download raise KeyboardInterrupt as Ctrl-C would."""
+
+    def __init__(self, rows: list[dict], interrupt_at: str = "") -> None:
+        self.rows, self.interrupt_at = rows, interrupt_at
+        self.pulled: list[str] = []
+
+    def ask_all(self, machines, ask):  # type: ignore[no-untyped-def]
+        from magickbox.mb.client import Answers
+
+        return Answers([(m, ask(m)) for m in machines], [])
+
+    def jobs(self, machine: Machine) -> list[dict]:
+        return [{**r, **machine.as_json()} for r in self.rows]
+
+    def failure_reasons(self, machine: Machine) -> dict[str, str]:
+        return {
+            r["scratchdir"]: "work.sh exited with 3" for r in self.rows if r["status"] == "failed"
+        }
+
+    def download(self, machine, scratchdir, dest, part, on_bytes):  # type: ignore[no-untyped-def]
+        if scratchdir == self.interrupt_at:
+            raise KeyboardInterrupt
+        with zipfile.ZipFile(dest, "w") as zf:
+            zf.writestr(f"{scratchdir}/OUTPUT/x", b"x")
+        self.pulled.append(scratchdir)
+        return dest.stat().st_size
+
+
+def _job(name: str, state: str) -> dict:
+    finished = state in ("done", "failed")
+    return {"scratchdir": f"tmp.{name}", "jobname": name, "pid": "1.2", "status": state,
+            "processingTime": "3" if finished else "0", "AETitleCalled": "B"}  # fmt: skip
+
+
+def _pull(box: FakeBox, tmp_path: Path, **opts: object) -> tuple[int, list[dict]]:
+    from magickbox.mb.commands import Context
+    from magickbox.mb.pull import PullOptions, cmd_pull
+
+    ctx = Context({}, [Machine("h", 1)], box, progress=False)  # type: ignore[arg-type]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cmd_pull(ctx, Selection(), PullOptions(folder=tmp_path, **opts))  # type: ignore[arg-type]
+    return code, json.loads(out.getvalue())
+
+
+def test_pull_gives_up_at_the_timeout_and_lists_every_job(tmp_path: Path) -> None:
+    box = FakeBox([_job("a", "done"), _job("b", "failed"), _job("c", "running")])
+    code, rows = _pull(box, tmp_path, wait=True, timeout=0.05, poll=0.01)
+    assert code == 6
+    assert [(r["jobname"], r["status"], r["reason"]) for r in rows] == [
+        ("a", "downloaded", ""),
+        ("b", "job-failed", "work.sh exited with 3"),
+        ("c", "not-finished", ""),
+    ]
+    assert box.pulled == ["tmp.a"]  # a failed job's OUTPUT is not pulled
+    manifest = (tmp_path / "manifest.csv").read_text().splitlines()
+    assert manifest[0].startswith("jobname,study,state,reason,file") and len(manifest) == 4
+    code, rows = _pull(box, tmp_path, failed=True)
+    assert code == 0 and box.pulled == ["tmp.a", "tmp.b"]
+    assert [r["status"] for r in rows] == ["skipped", "downloaded", "not-finished"]
+
+
+def test_ctrl_c_keeps_what_was_pulled(tmp_path: Path) -> None:
+    box = FakeBox([_job("a", "done"), _job("b", "done"), _job("c", "done")], "tmp.b")
+    code, rows = _pull(box, tmp_path)
+    assert code == 130
+    assert [(r["jobname"], r["status"]) for r in rows] == [
+        ("a", "downloaded"), ("b", "interrupted"), ("c", "interrupted"),
+    ]  # fmt: skip
+    assert len((tmp_path / "manifest.csv").read_text().splitlines()) == 4
+
+
+def test_a_big_removal_without_a_terminal_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from magickbox.mb.commands import confirm_removal
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))  # not a terminal: the y is not read
+    with pytest.raises(MbError, match="pass -y") as err:
+        confirm_removal([{**ROW, "scratchdir": f"tmp.{i}"} for i in range(5)])
+    assert err.value.code == 2
+
+
+class StallingBox(FakeBox):
+    """A box that takes the first folder and, during the second upload, sees the user press
+    Ctrl-C (SIGINT reaches mb's main thread while a worker uploads)."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.released = threading.Event()
+
+    def buckets(self, machine: Machine) -> list[dict]:
+        return [{"AETitle": "X"}]
+
+    def load(self, machine: Machine) -> int:
+        return 0
+
+    def upload(self, machine, scan, fields, on_bytes):  # type: ignore[no-untyped-def]
+        import _thread
+
+        if fields["jobname"] == "b":
+            _thread.interrupt_main()  # as the terminal's ^C would
+            self.released.wait(10)  # the upload hangs until the test has its answer
+            return {}
+        return {"scratchdir": "tmp.a", "pid": "1.2", "files": 1}
+
+
+def test_ctrl_c_during_a_push_prints_the_folders_already_pushed(tmp_path: Path) -> None:
+    from magickbox.mb.commands import Context, cmd_push
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "1.dcm").write_bytes(b"x")
+    box = StallingBox()
+    ctx = Context({"Sender": "me"}, [Machine("h", 1)], box, progress=False)  # type: ignore[arg-type]
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            code = cmd_push(ctx, "X", [str(tmp_path / "a"), str(tmp_path / "b")], "", "", False)
+    finally:
+        box.released.set()
+    assert code == 130
+    rows = json.loads(out.getvalue())
+    assert [(r["jobname"], r.get("scratchdir"), r.get("error")) for r in rows] == [
+        ("a", "tmp.a", None),
+        ("b", None, "interrupted"),
+    ]

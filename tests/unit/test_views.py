@@ -88,6 +88,7 @@ STRING_FIELDS = (
     "lastChangedTime",
     "processingTime",
     "status",
+    "jobname",
 )
 
 
@@ -151,6 +152,7 @@ def test_pid_is_always_a_non_empty_string(
 ) -> None:
     entry = scratch_entry(base_row(study_uid=study_uid, jobname=jobname), tmp_path, 0.0)
     assert entry["pid"] == expected
+    assert entry["jobname"] == jobname  # the upload's name as given, "" when none
 
 
 def test_listing_from_real_store_rows(tmp_path: Path) -> None:
