@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import socketserver
 import ssl
 import threading
 from collections.abc import Callable
@@ -67,6 +68,12 @@ class TlsAssociationServer(ThreadedAssociationServer):
             return None
         tls.settimeout(None)  # as pynetdicom expects of an accepted socket
         return tls
+
+    def shutdown(self) -> None:
+        # pynetdicom's shutdown also drops the server from its AE's list of servers it
+        # started itself, which this one is not on (ae.make_server built it).
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
 
 
 def start_tls_server(
