@@ -47,10 +47,7 @@ class Box:
         self.grouper = Grouper(settings.incoming, settings.quiet_seconds, self._arrival_ready)
         self.rejections = RejectionLog(self.store.sessions)
         self.receiver = Receiver(
-            settings,
-            self.grouper,
-            lambda aet: registry.enabled_bucket(settings.streams, aet),
-            self.rejections.record,
+            settings, self.grouper, self.enabled_bucket, self.rejections.record
         )
         self.router = Router(settings, self.store.sessions, self.store.job_dir)
         # Routing evaluates a finished job on its own workers, never on the queue's thread.
@@ -92,8 +89,9 @@ class Box:
         self.router.job_deleted(event.scratchdir)  # its sends to come fail at once
 
     # -- receiving -----------------------------------------------------------------
-    def accepts(self, aetitle: str) -> bool:
-        return registry.enabled_bucket(self.settings.streams, aetitle) is not None
+    def enabled_bucket(self, aetitle: str) -> registry.Bucket | None:
+        """The enabled bucket a called AE title names (the receiver asks per association)."""
+        return registry.enabled_bucket(self.settings.streams, aetitle)
 
     def _arrival_ready(self, folder: Path, key: ArrivalKey, started: float) -> None:
         new = NewJob(

@@ -38,8 +38,14 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+class SecureBox(BoxServer):
+    """A box whose DICOM TLS port is known to the test."""
+
+    tls_port: int = 0
+
+
 @pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory, ca: ThrowawayCA) -> Iterator[BoxServer]:
+def box(tmp_path_factory: pytest.TempPathFactory, ca: ThrowawayCA) -> Iterator[SecureBox]:
     """Buckets Open (anyone) and Guarded (GOOD only); a TLS port requiring client certs."""
     home = tmp_path_factory.mktemp("secure") / "home"
     install_buckets(home, Open=QUICK, Guarded=(QUICK, {"allowed_callers": [{"AETitle": "GOOD"}]}))
@@ -52,15 +58,11 @@ def box(tmp_path_factory: pytest.TempPathFactory, ca: ThrowawayCA) -> Iterator[B
         "routing_retries": 0,
     }
     args = [a for name, value in settings.items() for a in ("--set", f"{name}={value}")]
-    server = BoxServer(home, quiet=0.3, extra_args=args)
-    server.tls_port = tls_port  # type: ignore[attr-defined]
+    server = SecureBox(home, quiet=0.3, extra_args=args)
+    server.tls_port = tls_port
     server.start()
     yield server
     server.stop()
-
-
-def tls_port(box: BoxServer) -> int:
-    return box.tls_port  # type: ignore[attr-defined,no-any-return]
 
 
 def storescu(
@@ -77,12 +79,12 @@ def with_cert(ca: ThrowawayCA, pair: str = "client") -> tuple[str, ...]:
     return ("+tls", str(chosen.key), str(chosen.cert), "+cf", str(ca.ca))
 
 
-def rejections(box: BoxServer, **match: object) -> list[dict]:
+def rejections(box: SecureBox, **match: object) -> list[dict]:
     rows = box.get("/api/v1/rejections", params={"limit": 1000}).json()["rejections"]
     return [r for r in rows if all(r[k] == v for k, v in match.items())]
 
 
-def test_a_caller_off_the_allow_list_is_rejected_and_recorded(box: BoxServer, study: Path) -> None:
+def test_a_caller_off_the_allow_list_is_rejected_and_recorded(box: SecureBox, study: Path) -> None:
     refused = storescu(box.dicom_port, study, "Guarded", "BAD")
     assert refused.returncode != 0
     assert "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
@@ -105,7 +107,7 @@ def test_a_caller_off_the_allow_list_is_rejected_and_recorded(box: BoxServer, st
     ],
 )
 def test_unknown_and_own_called_titles_are_recorded(
-    box: BoxServer, study: Path, called: str, calling: str, said: str, reason: str
+    box: SecureBox, study: Path, called: str, calling: str, said: str, reason: str
 ) -> None:
     result = storescu(box.dicom_port, study, called, calling)
     assert result.returncode != 0 and said in result.stdout + result.stderr
@@ -114,32 +116,38 @@ def test_unknown_and_own_called_titles_are_recorded(
 
 
 def test_the_tls_port_takes_a_send_with_a_client_certificate(
-    box: BoxServer, study: Path, ca: ThrowawayCA
+    box: SecureBox, study: Path, ca: ThrowawayCA
 ) -> None:
-    result = storescu(tls_port(box), study, "Open", "TLSCALLER", *with_cert(ca))
+    result = storescu(box.tls_port, study, "Open", "TLSCALLER", *with_cert(ca))
     assert result.returncode == 0, result.stderr
     [job] = wait_jobs(box, 1, bucket="Open", caller_aet="TLSCALLER")
     assert job["files"] == 2
 
 
+def client_options(ca: ThrowawayCA, how: str) -> tuple[str, ...]:
+    """storescu's TLS options for a caller the TLS port must refuse."""
+    if how == "no certificate":
+        return ("+tla", "+cf", str(ca.ca))
+    if how == "another CA's certificate":
+        return with_cert(ca, "stranger")
+    return ()  # plain DICOM to the TLS port
+
+
 @pytest.mark.parametrize(
-    ("options", "why"),
+    ("how", "why"),
     [
-        (("+tla", "+cf", "ca"), "PEER_DID_NOT_RETURN_A_CERTIFICATE"),  # no client certificate
-        (("stranger",), "CERTIFICATE_VERIFY_FAILED"),  # signed by another CA
-        ((), "WRONG_VERSION_NUMBER"),  # plain DICOM to the TLS port
+        ("no certificate", "PEER_DID_NOT_RETURN_A_CERTIFICATE"),
+        ("another CA's certificate", "CERTIFICATE_VERIFY_FAILED"),
+        ("no TLS", "WRONG_VERSION_NUMBER"),
     ],
 )
 def test_the_tls_port_refuses_other_callers_and_records_why(
-    box: BoxServer, study: Path, ca: ThrowawayCA, options: tuple[str, ...], why: str
+    box: SecureBox, study: Path, ca: ThrowawayCA, how: str, why: str
 ) -> None:
-    if options == ("stranger",):
-        options = with_cert(ca, "stranger")
-    options = tuple(str(ca.ca) if o == "ca" else o for o in options)
-    before = {r["id"] for r in rejections(box, port=tls_port(box))}
-    result = storescu(tls_port(box), study, "Open", "NOCERT", *options)
+    before = {r["id"] for r in rejections(box, port=box.tls_port)}
+    result = storescu(box.tls_port, study, "Open", "NOCERT", *client_options(ca, how))
     assert result.returncode != 0
-    new = [r for r in rejections(box, port=tls_port(box)) if r["id"] not in before]
+    new = [r for r in rejections(box, port=box.tls_port) if r["id"] not in before]
     assert len(new) == 1, new
     assert new[0]["reason"].startswith("TLS handshake failed") and why in new[0]["reason"]
     assert new[0]["address"] == "127.0.0.1"
@@ -147,24 +155,24 @@ def test_the_tls_port_refuses_other_callers_and_records_why(
 
 
 def test_a_stalled_handshake_holds_up_nobody_else(
-    box: BoxServer, study: Path, ca: ThrowawayCA
+    box: SecureBox, study: Path, ca: ThrowawayCA
 ) -> None:
     """A peer that connects to the TLS port and says nothing does not stall the listener."""
-    with socket.create_connection(("127.0.0.1", tls_port(box)), timeout=10):
-        result = storescu(tls_port(box), study, "Open", "PATIENT", *with_cert(ca))
+    with socket.create_connection(("127.0.0.1", box.tls_port), timeout=10):
+        result = storescu(box.tls_port, study, "Open", "PATIENT", *with_cert(ca))
         assert result.returncode == 0, result.stderr
     wait_jobs(box, 1, bucket="Open", caller_aet="PATIENT")
 
 
-def test_the_allow_list_holds_on_the_tls_port(box: BoxServer, study: Path, ca: ThrowawayCA) -> None:
-    result = storescu(tls_port(box), study, "Guarded", "TLSBAD", *with_cert(ca))
+def test_the_allow_list_holds_on_the_tls_port(box: SecureBox, study: Path, ca: ThrowawayCA) -> None:
+    result = storescu(box.tls_port, study, "Guarded", "TLSBAD", *with_cert(ca))
     assert "Calling AE Title Not Recognized" in result.stdout + result.stderr
     [row] = rejections(box, calling_aet="TLSBAD")
-    assert row["port"] == tls_port(box)
+    assert row["port"] == box.tls_port
 
 
 def test_a_routing_send_over_tls_to_storescp(
-    box: BoxServer, study: Path, ca: ThrowawayCA, tmp_path: Path
+    box: SecureBox, study: Path, ca: ThrowawayCA, tmp_path: Path
 ) -> None:
     """The box routes a received study to dcmtk's storescp +tls, which requires (and
     verifies) the box's client certificate; the box checks storescp's certificate."""
