@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Float, Integer, String, Text, func, select
+from sqlalchemy import Float, Integer, String, Text, delete, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from magickbox.jobs.db import Base
@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 # Column sizes; longer values (a hostile peer's garbage) are cut, never refused by the database.
 AET_LEN, ADDRESS_LEN, REASON_LEN = 64, 64, 2000
+# A peer retrying in a loop must not fill the disk: only the newest rows are kept, trimmed
+# every TRIM_EVERY records (so a flood costs one DELETE per hundred refusals).
+KEEP_ROWS, TRIM_EVERY = 100_000, 100
 
 
 class RejectionRow(Base):
@@ -46,8 +49,10 @@ class Rejection:
 
 
 class RejectionLog:
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], keep: int = KEEP_ROWS) -> None:
         self.sessions = sessions
+        self.keep = keep
+        self._recorded = 0  # records since the start, for trimming now and then
 
     def record(self, rejection: Rejection) -> None:
         """Store one refusal; a database error is logged, never raised into the receiver."""
@@ -62,6 +67,10 @@ class RejectionLog:
         try:
             with self.sessions.begin() as s:
                 s.add(row)
+                s.flush()
+                self._recorded += 1
+                if self._recorded % TRIM_EVERY == 0:
+                    s.execute(delete(RejectionRow).where(RejectionRow.id <= row.id - self.keep))
         except Exception:  # the refusal itself already happened; losing its record is all
             log.exception("could not record a refused association: %s", rejection)
 

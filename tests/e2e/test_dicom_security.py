@@ -17,9 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from magickbox.jobs.store import JobFilter
 from magickbox.testing.certs import ThrowawayCA, make_test_ca
 from magickbox.testing.dicomgen import write_study
-from tests.conftest import BoxServer, dcmtk, free_port
+from tests.conftest import BoxServer, dcmtk, free_port, in_process_box
 from tests.e2e.destinations import StoreSCP
 from tests.e2e.peers import QUICK, install_buckets, wait_for, wait_jobs
 
@@ -162,6 +163,24 @@ def test_a_stalled_handshake_holds_up_nobody_else(
         result = storescu(box.tls_port, study, "Open", "PATIENT", *with_cert(ca))
         assert result.returncode == 0, result.stderr
     wait_jobs(box, 1, bucket="Open", caller_aet="PATIENT")
+
+
+def test_without_a_ca_setting_no_client_certificate_is_asked_for(
+    tmp_path: Path, study: Path, ca: ThrowawayCA
+) -> None:
+    """TLS without dicom_tls_ca: an anonymous TLS client (storescu +tla) is let in."""
+    home = tmp_path / "home"
+    install_buckets(home, Open=QUICK)
+    tls = {"dicom_tls_port": free_port(), "dicom_tls_cert": str(ca.server.cert),
+           "dicom_tls_key": str(ca.server.key)}  # fmt: skip
+    with in_process_box(home, dicom=True, **tls) as app:
+        result = storescu(app.box.settings.dicom_tls_port, study, "Open", "ANON",
+                          "+tla", "+cf", str(ca.ca))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        anon = JobFilter(caller_aet="ANON")
+        found = wait_for("the job", lambda: app.box.find_jobs(anon, 1, 0)[0])
+        [(job, _log_size)] = found
+        assert job.nfiles == 2
 
 
 def test_the_allow_list_holds_on_the_tls_port(box: SecureBox, study: Path, ca: ThrowawayCA) -> None:
