@@ -134,6 +134,8 @@ def _tls_problem(settings: Settings) -> str | None:
 
     if not settings.dicom_tls_port:
         return None
+    if settings.dicom_tls_port in (settings.dicom_port, settings.web_port):
+        return f"dicom_tls_port {settings.dicom_tls_port} is also the DICOM or the web port"
     try:
         tls_context(settings)
     except Invalid as exc:
@@ -156,7 +158,7 @@ def serve_forever(settings: Settings, log_level: str = "INFO") -> int:
     lock = _hold_home(Path(settings.home))
     if lock is None:
         return 1
-    busy = _busy_port(settings) or _tls_problem(settings)
+    busy = _tls_problem(settings) or _busy_port(settings)
     if busy:
         print(f"magickbox: {busy}", file=sys.stderr)
         return 1

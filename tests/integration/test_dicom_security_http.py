@@ -108,6 +108,7 @@ def test_echo_over_tls_to_a_plain_port_names_the_handshake(
     ("files", "said"),
     [
         ({}, "dicom_tls_cert and dicom_tls_key are needed"),
+        ({"dicom_tls_port": "DICOM"}, "is also the DICOM or the web port"),
         ({"dicom_tls_cert": "nope.crt", "dicom_tls_key": "nope.key"}, "no such file"),
         ({"dicom_tls_cert": "server.crt", "dicom_tls_key": "client.key"}, "unusable"),
         (
@@ -125,9 +126,12 @@ def test_serve_refuses_a_tls_port_it_cannot_open(
     home.mkdir()
     for pem in (ca.server.cert, ca.server.key, ca.client.key):
         (home / pem.name).write_bytes(pem.read_bytes())
+    dicom_port = free_port()
     sets = {"dicom_tls_port": free_port(), **files}
+    if sets["dicom_tls_port"] == "DICOM":
+        sets["dicom_tls_port"] = dicom_port
     argv = ["serve", "--home", str(home), "--web-port", str(free_port()),
-            "--dicom-port", str(free_port())]  # fmt: skip
+            "--dicom-port", str(dicom_port)]  # fmt: skip
     argv += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     assert cli.main(argv) == 1
     assert said in capsys.readouterr().err
