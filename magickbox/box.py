@@ -27,6 +27,7 @@ from magickbox.jobs.store import JobFilter, JobStore, NewJob
 from magickbox.jobs.unzip import safe_extract
 from magickbox.names import check_study_uid
 from magickbox.receive.grouping import ArrivalKey, Grouper
+from magickbox.receive.rejections import RejectionLog
 from magickbox.receive.scp import Receiver, read_study_uid
 from magickbox.routing.tasks import Router
 
@@ -44,7 +45,10 @@ class Box:
         self.store = JobStore(settings, open_database(settings.db_url), self.events)
         self.dispatcher = Dispatcher(self.store, RoutingExecutor(settings, LocalExecutor()))
         self.grouper = Grouper(settings.incoming, settings.quiet_seconds, self._arrival_ready)
-        self.receiver = Receiver(settings, self.grouper, self.accepts)
+        self.rejections = RejectionLog(self.store.sessions)
+        self.receiver = Receiver(
+            settings, self.grouper, self.enabled_bucket, self.rejections.record
+        )
         self.router = Router(settings, self.store.sessions, self.store.job_dir)
         # Routing evaluates a finished job on its own workers, never on the queue's thread.
         self.events.subscribe(JobFinished, lambda event: self.router.job_ended(event.scratchdir))
@@ -85,8 +89,9 @@ class Box:
         self.router.job_deleted(event.scratchdir)  # its sends to come fail at once
 
     # -- receiving -----------------------------------------------------------------
-    def accepts(self, aetitle: str) -> bool:
-        return registry.enabled_bucket(self.settings.streams, aetitle) is not None
+    def enabled_bucket(self, aetitle: str) -> registry.Bucket | None:
+        """The enabled bucket a called AE title names (the receiver asks per association)."""
+        return registry.enabled_bucket(self.settings.streams, aetitle)
 
     def _arrival_ready(self, folder: Path, key: ArrivalKey, started: float) -> None:
         new = NewJob(
@@ -226,6 +231,10 @@ class Box:
 
     def pending_arrivals(self) -> int:
         return self.grouper.pending()
+
+    def rejections_page(self, limit: int, offset: int) -> dict[str, Any]:
+        """Refused DICOM associations, newest first (who, from where, to which AE, why)."""
+        return self.rejections.page(limit, offset)
 
     # -- routing: its table, its log and its sends ---------------------------------
     def save_routing(self, text: str) -> dict[str, Any]:

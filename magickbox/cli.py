@@ -43,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    settings = load_settings(args.home, **command_line_settings(args))
+    try:
+        settings = load_settings(args.home, **command_line_settings(args))
+    except ValueError as exc:  # pydantic's ValidationError names the setting and the problem
+        print(f"magickbox: bad settings: {exc}", file=sys.stderr)
+        return 2
     if args.command == "init":
         from magickbox.home import init_home
 
@@ -109,16 +113,33 @@ def _busy_port(settings: Settings) -> str | None:
     """Name the first of the DICOM and web ports that cannot be bound; None when both are free."""
     import socket
 
-    for what, host, port in (
-        ("DICOM", settings.host, settings.dicom_port),
-        ("web", settings.host, settings.web_port),
-    ):
+    ports = [("DICOM", settings.host, settings.dicom_port)]
+    if settings.dicom_tls_port:
+        ports.append(("DICOM TLS", settings.host, settings.dicom_tls_port))
+    ports.append(("web", settings.host, settings.web_port))
+    for what, host, port in ports:
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError as exc:
                 return f"{what} port {port} is taken ({exc.strerror})"
+    return None
+
+
+def _tls_problem(settings: Settings) -> str | None:
+    """Why the DICOM TLS port cannot start (a missing or bad certificate), else None."""
+    from magickbox.errors import Invalid
+    from magickbox.receive.tlsserver import tls_context
+
+    if not settings.dicom_tls_port:
+        return None
+    if settings.dicom_tls_port in (settings.dicom_port, settings.web_port):
+        return f"dicom_tls_port {settings.dicom_tls_port} is also the DICOM or the web port"
+    try:
+        tls_context(settings)
+    except Invalid as exc:
+        return str(exc)
     return None
 
 
@@ -137,7 +158,7 @@ def serve_forever(settings: Settings, log_level: str = "INFO") -> int:
     lock = _hold_home(Path(settings.home))
     if lock is None:
         return 1
-    busy = _busy_port(settings)
+    busy = _tls_problem(settings) or _busy_port(settings)
     if busy:
         print(f"magickbox: {busy}", file=sys.stderr)
         return 1

@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.fields import FieldInfo
 
 CONFIG_FILE = "magickbox.toml"
@@ -140,6 +140,45 @@ class Settings(BaseModel):
         "0: this box's DICOM port.",
     )
 
+    # -- DICOM security (README "DICOM security") --
+    dicom_allowed_callers: list[dict[str, str]] = Field(
+        default_factory=list,
+        description='Who may send to a bucket whose info.json names no "allowed_callers": '
+        'a list of {AETitle = "<regex of the whole title>", IP = "<CIDR>"} (a key left out '
+        "matches anything); empty: anyone.",
+    )
+    dicom_tls_port: int = Field(
+        default=0,
+        description="A second DICOM port, with TLS (2762 by convention); 0: no TLS port.",
+    )
+    dicom_tls_cert: str = Field(
+        default="",
+        description="PEM certificate (chain) of the TLS port; a relative path is in the home.",
+    )
+    dicom_tls_key: str = Field(
+        default="", description="PEM private key of dicom_tls_cert (relative: in the home)."
+    )
+    dicom_tls_ca: str = Field(
+        default="",
+        description="PEM CA certificates: when set, callers of the TLS port must show a "
+        "client certificate signed by one of them (mutual TLS); empty: none is asked for.",
+    )
+
+    @field_validator("dicom_allowed_callers")
+    @classmethod
+    def _check_allowed_callers(cls, value: list[dict[str, str]]) -> list[dict[str, str]]:
+        from magickbox.receive.admission import parse_allow_list  # the rule's one home
+
+        parse_allow_list(value, "dicom_allowed_callers")  # BadAllowList is a ValueError
+        return value
+
+    @field_validator("dicom_tls_port")
+    @classmethod
+    def _check_tls_port(cls, value: int) -> int:
+        if not 0 <= value < 65536:
+            raise ValueError("must be a port number (1-65535), or 0 for no TLS port")
+        return value
+
     # -- Slurm executor (docs/slurm.md) --
     executor: str = Field(
         default="local", description='Default executor of buckets: "local" or "slurm".'
@@ -199,6 +238,10 @@ class Settings(BaseModel):
     def routing_file(self) -> Path:
         return self.home / "routing.json"
 
+    def home_path(self, value: str) -> Path:
+        """A path setting: relative paths are in the home."""
+        return self.home / Path(value).expanduser()
+
     @property
     def me_host(self) -> str:
         if self.routing_me:
@@ -234,6 +277,13 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "routing_workers",
         "routing_me",
         "routing_port",
+    ),
+    "DICOM security": (
+        "dicom_allowed_callers",
+        "dicom_tls_port",
+        "dicom_tls_cert",
+        "dicom_tls_key",
+        "dicom_tls_ca",
     ),
     "Slurm executor": (
         "executor",
@@ -354,6 +404,9 @@ def toml_value(value: object) -> str:
         return json.dumps(str(value))  # JSON's escapes are TOML's for basic strings
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table, e.g. an allow-list entry
+        pairs = (f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items())
+        return "{" + ", ".join(pairs) + "}"
     raise TypeError(f"no TOML form for {value!r}")
 
 

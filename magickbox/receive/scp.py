@@ -4,8 +4,10 @@ Datasets are written to disk by pynetdicom as they arrive (chunked mode, so larg
 never sit whole in memory) and kept byte for byte: nothing is decoded except the few
 header elements up to the StudyInstanceUID, which the arrival's grouping needs. A walk over
 the element headers (no values) refuses a data set that does not parse with a failure
-status. The called AE title must be an enabled bucket; any other is rejected while
-associating.
+status. Who may associate is decided by ``admission.admit`` (the called AE title must be
+an enabled bucket, the caller on its allow-list); any other is rejected while associating
+and recorded (``rejections.py``). With ``dicom_tls_port`` the same AE also listens with
+TLS (``tlsserver.py``).
 """
 
 from __future__ import annotations
@@ -24,10 +26,14 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from magickbox.buckets.registry import Bucket
 from magickbox.config import Settings
 from magickbox.names import BadName, check_study_uid, check_uid
+from magickbox.receive.admission import Request, admit
 from magickbox.receive.grouping import ArrivalKey, Grouper
+from magickbox.receive.rejections import Rejection
 from magickbox.receive.structure import Malformed, check_stored_file
+from magickbox.receive.tlsserver import start_tls_server
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +88,31 @@ def sop_uid_of(raw: bytes | None, requested: str) -> str:
     raise ValueError(f"no valid SOP Instance UID in the data set or the request ({requested!r})")
 
 
+def association_request(assoc: Association) -> Request:
+    """What the admission rule is told of an association being requested."""
+    primitive = assoc.requestor.primitive
+    proposed = primitive.presentation_context_definition_list if primitive else []
+    return Request(
+        calling_aet=str(getattr(primitive, "calling_ae_title", "")).strip(),
+        called_aet=str(getattr(primitive, "called_ae_title", "")).strip(),
+        address=str(assoc.requestor.address),
+        contexts=frozenset(str(cx.abstract_syntax) for cx in proposed),
+    )
+
+
 class Receiver:
     def __init__(
-        self, settings: Settings, grouper: Grouper, accepts: Callable[[str], bool]
+        self,
+        settings: Settings,
+        grouper: Grouper,
+        bucket_of: Callable[[str], Bucket | None],
+        rejected: Callable[[Rejection], None],
     ) -> None:
         self.settings = settings
         self.grouper = grouper
-        self.accepts = accepts
-        self.server: ThreadedAssociationServer | None = None
+        self.bucket_of = bucket_of  # the enabled bucket of a called AE title
+        self.rejected = rejected  # records a refused association
+        self.servers: list[ThreadedAssociationServer] = []
 
     def start(self) -> None:
         _config.STORE_RECV_CHUNKED_DATASET = True
@@ -115,53 +138,48 @@ class Receiver:
             (evt.EVT_C_ECHO, lambda _e: 0x0000),
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
-        self.server = ae.start_server(
-            (self.settings.host, self.settings.dicom_port), block=False, evt_handlers=handlers
-        )
+        address = (self.settings.host, self.settings.dicom_port)
+        server = ae.start_server(address, block=False, evt_handlers=handlers)
+        assert server is not None  # non-blocking: the running server
+        self.servers.append(server)
         log.info(
             "DICOM receiver %s listening on port %d", self.settings.aet, self.settings.dicom_port
         )
+        if self.settings.dicom_tls_port:  # same AE, handlers and rules; TLS in front
+            self.servers.append(start_tls_server(ae, self.settings, handlers, self.rejected))
 
     def stop(self) -> None:
-        if self.server:
-            self.server.shutdown()
+        for server in self.servers:
+            server.shutdown()
+        self.servers.clear()
 
     def _on_requested(self, event: Event) -> None:
-        rq = event.assoc.requestor
-        called = str(getattr(rq.primitive, "called_ae_title", "")).strip()
-        if called == self.settings.aet:
-            reason = self._own_title_refusal(event)
-        elif self.accepts(called):
-            reason = ""
-        else:
-            reason = "the called AE title is no enabled bucket"
-        if not reason:
-            event.assoc.acceptor.ae_title = called
+        request = association_request(event.assoc)
+        decision = admit(
+            request, self.settings.aet, self.bucket_of, self.settings.dicom_allowed_callers
+        )
+        if decision.accepted:
+            event.assoc.acceptor.ae_title = request.called_aet
             return
         log.warning(
             "rejected association from %s@%s calling %r: %s",
-            str(getattr(rq.primitive, "calling_ae_title", "")).strip(),
-            rq.address,
-            called,
-            reason,
+            request.calling_aet,
+            request.address,
+            request.called_aet,
+            decision.reason,
         )
-        event.assoc.acse.send_reject(0x01, 0x01, 0x07)  # permanent, service user, called AE
+        self.rejected(
+            Rejection(
+                request.calling_aet,
+                request.called_aet,
+                request.address,
+                int(event.assoc.acceptor.port or 0),
+                decision.reason,
+            )
+        )
+        # permanent, by the service user, with the reason the decision names
+        event.assoc.acse.send_reject(0x01, 0x01, decision.diagnostic)
         event.assoc.kill()  # waits until the rejection is on the wire, then closes
-
-    def _own_title_refusal(self, event: Event) -> str:
-        """Why an association to the box's own AE title is refused ("" if it is not).
-
-        The own title names no bucket, so it serves Verification only. Refusing a
-        proposal with anything else makes a sender fail loudly: storescu would
-        otherwise exit 0 over images that were all refused.
-        """
-        primitive = event.assoc.requestor.primitive
-        proposed = primitive.presentation_context_definition_list if primitive else []
-        others = {str(cx.abstract_syntax) for cx in proposed} - {str(Verification)}
-        if not others:
-            event.assoc.acceptor.ae_title = self.settings.aet
-            return ""
-        return f"the box's own AE title names no bucket: Verification only, not {sorted(others)}"
 
     def _on_store(self, event: Event) -> int:
         path = Path(event.dataset_path)

@@ -40,6 +40,7 @@ class Send(Base):
     called_aet: Mapped[str] = mapped_column(String(64), default="")
     which: Mapped[str] = mapped_column(Text, default="")  # JSON of the rule's filter
     error_image: Mapped[bool] = mapped_column(Boolean, default=False)
+    tls: Mapped[str] = mapped_column(Text, default="")  # JSON of the destination's "TLS"
     state: Mapped[str] = mapped_column(String(16), default=SendState.PENDING, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=1)

@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from magickbox.errors import Invalid
+from magickbox.tls import ClientFiles, client_context
+
 REQUIRED = ("IP", "PORT", "AETitleSender", "AETitleTo")
+TLS_KEYS = ("ca", "cert", "key", "check_hostname")
 TAG_RE = re.compile(r"^\(?([0-9A-Fa-f]{4}),\s*([0-9A-Fa-f]{4})\)?$")
 DIR_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 NO_PROC_JSON = "couldNotReadProcJSON"
@@ -63,6 +68,7 @@ class Route:
     called_aet: str
     which: list[dict[str, str]] = field(default_factory=list)
     error_image: bool = False
+    tls: ClientFiles | None = None  # the destination's "TLS"; None: plain DICOM
 
     @property
     def destination(self) -> str:
@@ -89,14 +95,18 @@ def load_table(path: Path) -> dict[str, Any]:
     return table
 
 
-def validate_text(text: str) -> dict[str, Any]:
+def validate_text(text: str, base: Path | None = None) -> dict[str, Any]:
     """Parse and check a table as it is about to be saved; every problem found is reported.
-    Returns the table as written (it is stored as written)."""
+    With ``base`` (the home), destinations' TLS files are loaded too. Returns the table
+    as written (it is stored as written)."""
     try:
         table = json.loads(text)
     except ValueError as exc:
         raise RuleError(f"not valid JSON: {exc}") from exc
     parse_strict(table)
+    problems = check_tls_files(table, base) if base is not None else []
+    if problems:
+        raise RuleError("; ".join(problems))
     return table  # type: ignore[no-any-return]
 
 
@@ -144,6 +154,8 @@ def _check_destination(where: str, dest: object) -> list[str]:
             problems.append(f"{where}.{k}: must be a non-empty string")
     if "PORT" in dest and port_of(dest["PORT"], Placeholders("", 1)) is None:
         problems.append(f"{where}.PORT: must be a port number (1-65535) or $port")
+    if "TLS" in dest:
+        problems += check_tls(f"{where}.TLS", dest["TLS"])
     which = dest.get("which", [])
     if which in ("", None):
         which = []
@@ -158,6 +170,54 @@ def _check_destination(where: str, dest: object) -> list[str]:
                 problems.append(f'{where}.which[{n}]: tag {tag!r} is not written as "0008,103e"')
             problems += _check_regex(f"{where}.which[{n}][{tag!r}]", regex)
     return problems
+
+
+def check_tls(where: str, tls: object) -> list[str]:
+    if not isinstance(tls, dict):
+        return [f'{where}: must be an object {{"ca": file, "cert": file, "key": file}}']
+    problems = [f"{where}: unknown key {k!r}" for k in tls if k not in TLS_KEYS]
+    for k in ("ca", "cert", "key"):
+        if k in tls and not isinstance(tls[k], str):
+            problems.append(f"{where}.{k}: must be a file name (a string)")
+    if bool(tls.get("cert")) != bool(tls.get("key")):
+        problems.append(f'{where}: "cert" and "key" go together')
+    return problems
+
+
+def tls_files(raw: object) -> ClientFiles | None:
+    """A destination's "TLS" object as files (None: plain DICOM); checked by _check_tls."""
+    if not isinstance(raw, dict):
+        return None
+    return ClientFiles(
+        ca=str(raw.get("ca") or ""),
+        cert=str(raw.get("cert") or ""),
+        key=str(raw.get("key") or ""),
+        check_hostname=_flag(raw.get("check_hostname", True)),
+    )
+
+
+def check_tls_files(table: object, base: Path) -> list[str]:
+    """Every destination's TLS files loaded as a send would (missing, unreadable, not PEM,
+    a key not matching its certificate): relative names are in ``base``, the home."""
+    problems = []
+    for where, dest in _destinations(table):
+        files = tls_files(dest.get("TLS"))
+        if files is None:
+            continue
+        try:
+            client_context(files, base)
+        except Invalid as exc:
+            problems.append(f"{where}.TLS: {exc}")
+    return problems
+
+
+def _destinations(table: object) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(place, destination) of every destination object of a checked table."""
+    rules = table.get("routing", []) if isinstance(table, dict) else []
+    for i, rule in enumerate(rules):
+        for j, entry in enumerate(rule.get("send", [])):
+            for key, dest in entry.items():
+                yield f"routing[{i}].send[{j}][{key!r}]", dest
 
 
 def _check_regex(where: str, pattern: object) -> list[str]:
@@ -186,6 +246,7 @@ class Destination:
     called_aet: str = ""
     which: list[dict[str, str]] = field(default_factory=list)
     error_image: bool = False
+    tls: ClientFiles | None = None
     keep_going: bool = False  # ``break: 1``: later keys of the same object are tried too
     problem: str = ""
 
@@ -267,6 +328,7 @@ def _parse_destination(key: str, dest: object) -> Destination:
         called_aet=str(dest["AETitleTo"]),
         which=which if isinstance(which, list) else [],
         error_image=_flag(dest.get("sendErrorAsDcm", 0)),
+        tls=tls_files(dest.get("TLS")),
         keep_going=_flag(dest.get("break", 0)),
     )
 
@@ -335,6 +397,7 @@ def _route(rule: Rule, dest: Destination, ph: Placeholders, notes: list[str]) ->
         called_aet=resolve(dest.called_aet, ph),
         which=dest.which,
         error_image=dest.error_image,
+        tls=dest.tls,
     )
 
 

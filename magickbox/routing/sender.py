@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ class Target:
     calling_aet: str
     called_aet: str
     timeout: float = 30.0
+    tls: ssl.SSLContext | None = None  # None: plain DICOM
 
 
 @dataclass
@@ -126,7 +128,10 @@ def _ae(target: Target) -> AE:
 
 def _associate(ae: AE, target: Target, report: SendReport) -> Association | None:
     try:
-        assoc = ae.associate(target.host, target.port, ae_title=target.called_aet)
+        tls_args = (target.tls, target.host) if target.tls else None
+        assoc = ae.associate(
+            target.host, target.port, ae_title=target.called_aet, tls_args=tls_args
+        )
     except (OSError, ValueError) as exc:
         where = f"{target.called_aet}@{target.host}:{target.port}"
         report.error = f"cannot associate with {where}: {exc}"
@@ -143,8 +148,12 @@ def _associate(ae: AE, target: Target, report: SendReport) -> Association | None
 
 def _reachability(target: Target) -> str:
     try:
-        with socket.create_connection((target.host, target.port), timeout=target.timeout):
+        with socket.create_connection((target.host, target.port), timeout=target.timeout) as s:
+            if target.tls is not None:  # a failed handshake is the likely cause: name it
+                target.tls.wrap_socket(s, server_hostname=target.host).close()
             return "the peer aborted it"
+    except ssl.SSLError as exc:
+        return f"the TLS handshake failed ({exc.reason or exc})"
     except OSError as exc:
         return f"not reachable ({exc.strerror or exc})"
 

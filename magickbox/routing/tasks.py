@@ -10,9 +10,11 @@ timer of the earliest scheduled retry; nothing polls.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import queue
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,11 +25,13 @@ from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from magickbox.config import Settings
+from magickbox.errors import Invalid
 from magickbox.jobs.db import FINISHED, Job
 from magickbox.routing import rules, sender
 from magickbox.routing.errorimage import write_error_image
 from magickbox.routing.models import RoutingLog, Send, SendState
 from magickbox.routing.select import dicom_files, probe
+from magickbox.tls import ClientFiles, client_context
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +126,7 @@ class Router:
 
     def save_table(self, text: str) -> dict[str, Any]:
         """Check ``text`` and store it (atomically); a RuleError leaves the old table."""
-        table = rules.validate_text(text)
+        table = rules.validate_text(text, self.settings.home)
         path = self.settings.routing_file
         with self._table_lock:
             partial = path.with_suffix(".json.partial")
@@ -214,6 +218,7 @@ class Router:
             called_aet=route.called_aet,
             which=json.dumps(route.which) if route.which else "",
             error_image=route.error_image,
+            tls=json.dumps(dataclasses.asdict(route.tls)) if route.tls else "",
             state=SendState.PENDING,
             max_attempts=1 + max(0, self.settings.routing_retries),
             next_at=now,
@@ -360,9 +365,12 @@ class Router:
         self._set(row.id, nfiles=len(files))
         if not todo:
             return sender.SendReport(), len(files)
-        target = sender.Target(
-            row.ip, row.port, row.calling_aet, row.called_aet, self.settings.routing_timeout
-        )
+        try:
+            tls = _tls_context(row.tls, self.settings.home)
+        except Invalid as exc:  # a file gone or changed since the table was saved
+            return sender.SendReport(error=f"TLS: {exc}"), len(files)
+        timeout = self.settings.routing_timeout
+        target = sender.Target(row.ip, row.port, row.calling_aet, row.called_aet, timeout, tls)
         progress = _Progress(self, row.id, done)
         report = self._send(target, todo, progress.accepted)
         progress.flush()
@@ -452,12 +460,21 @@ class _Progress:
         )
 
 
+def _tls_context(stored: str, home: Path) -> ssl.SSLContext | None:
+    """The TLS context of a send row (its JSON "TLS" object), made afresh for each try."""
+    if not stored:
+        return None
+    return client_context(ClientFiles(**json.loads(stored)), home)
+
+
 def _queued_message(route: rules.Route) -> str:
     text = f"key {route.key!r}: {route.directory}"
     if route.error_image:
         text += " with the log image"
     if route.which:
         text += f", which {json.dumps(route.which)}"
+    if route.tls:
+        text += ", over TLS"
     return text
 
 
@@ -490,6 +507,7 @@ def send_view(row: Send) -> dict[str, Any]:
         },
         "which": json.loads(row.which) if row.which else None,
         "sendErrorAsDcm": bool(row.error_image),
+        "TLS": json.loads(row.tls) if row.tls else None,
         "state": row.state,
         "attempts": row.attempts,
         "max_attempts": row.max_attempts,

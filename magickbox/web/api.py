@@ -145,6 +145,18 @@ def receiving(box: BoxDep) -> list[dict[str, Any]]:
     return box.arrivals()
 
 
+@router.get("/rejections")
+def rejections(
+    box: BoxDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Offset = 0,
+) -> dict[str, Any]:
+    """Refused DICOM associations, newest first: time, calling and called AE title, the
+    caller's address, the box's port it came to, and why (unknown called AE title, caller
+    not on the allow-list, the box's own title used for storage, a failed TLS handshake)."""
+    return box.rejections_page(limit, offset)
+
+
 @router.get("/stats/days")
 def jobs_per_day(
     box: BoxDep,

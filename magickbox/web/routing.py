@@ -7,6 +7,7 @@ same and more. A table is checked before it is stored: a broken one is answered 
 
 from __future__ import annotations
 
+import ssl
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Form, Query, Request, Response
@@ -14,7 +15,16 @@ from pydantic import BaseModel, Field
 
 from magickbox.box import Invalid
 from magickbox.routing import sender
-from magickbox.routing.rules import Placeholders, RuleError, load_table, port_of, resolve
+from magickbox.routing.rules import (
+    Placeholders,
+    RuleError,
+    check_tls,
+    load_table,
+    port_of,
+    resolve,
+    tls_files,
+)
+from magickbox.tls import client_context
 from magickbox.web.deps import BoxDep, Offset, RowId, json_bytes
 
 router = APIRouter(tags=["routing"])
@@ -98,6 +108,20 @@ class EchoRequest(BaseModel):
     PORT: int | str
     AETitleSender: str = "MAGICKBOX"
     AETitleTo: str = Field(description="the called AE title of the node")
+    TLS: dict[str, Any] | None = Field(
+        default=None, description='as in the routing table: {"ca", "cert", "key"} files'
+    )
+
+
+def _tls(box: BoxDep, raw: dict[str, Any] | None) -> ssl.SSLContext | None:
+    """The echo's TLS context, checked as a routing table's "TLS" is (Invalid if not)."""
+    if raw is None:
+        return None
+    problems = check_tls("TLS", raw)
+    if problems:
+        raise Invalid("; ".join(problems))
+    files = tls_files(raw)
+    return client_context(files, box.settings.home) if files else None
 
 
 @router.post("/api/v1/destinations/echo")
@@ -109,7 +133,8 @@ def echo_destination(box: BoxDep, dest: Annotated[EchoRequest, Body()]) -> dict[
         raise Invalid("PORT must be a port number (1-65535) or $port")
     timeout = min(box.settings.routing_timeout, 10.0)
     calling, called = resolve(dest.AETitleSender, ph), resolve(dest.AETitleTo, ph)
-    target = sender.Target(resolve(dest.IP, ph), port, calling, called, timeout)
+    tls = _tls(box, dest.TLS)
+    target = sender.Target(resolve(dest.IP, ph), port, calling, called, timeout, tls)
     return {
         "destination": f"{target.called_aet}@{target.host}:{target.port}",
         **sender.echo(target),

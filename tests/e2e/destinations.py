@@ -25,15 +25,22 @@ class StoreSCP:
     """dcmtk ``storescp``; ``+uf`` gives every received file its own name, so a file
     received twice shows up twice."""
 
-    def __init__(self, folder: Path, aet: str = "STORE", port: int | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        aet: str = "STORE",
+        port: int | None = None,
+        args: list[str] | None = None,
+    ) -> None:
         self.folder, self.aet = folder, aet
         self.port = port or free_port()
+        self.args = args or []  # more options, e.g. +tls KEY CERT +cf CA
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> StoreSCP:
         self.folder.mkdir(parents=True, exist_ok=True)
         cmd = [dcmtk("storescp"), "-aet", self.aet, "+xa", "+uf", "-od", str(self.folder),
-               str(self.port)]  # fmt: skip
+               *self.args, str(self.port)]  # fmt: skip
         env = {**os.environ, "TCP_NODELAY": "1"}
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)  # fmt: skip

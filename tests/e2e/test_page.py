@@ -282,6 +282,17 @@ def test_overview_heat_map_hover_and_click(site: Site, page) -> None:  # type: i
     assert "received" in page.locator("#dayfilter").inner_text()
 
 
+def test_overview_lists_refused_associations(site: Site, page) -> None:  # type: ignore[no-untyped-def]
+    refused = site.box.storescu(site.folder / "x1", "NoSuchBucket", "INTRUDER")
+    assert "Called AE Title Not Recognized" in refused.stdout + refused.stderr
+    page.goto(site.box.url + "/#/overview")
+    row = page.locator("#refused tr", has_text="INTRUDER")
+    row.wait_for()
+    text = row.inner_text()
+    assert "NoSuchBucket" in text and "127.0.0.1" in text and "no enabled bucket" in text
+    assert "newest first" in page.locator("#refused-total").inner_text()
+
+
 def test_buckets_show_how_to_send(site: Site, page) -> None:  # type: ignore[no-untyped-def]
     page.goto(site.box.url + "/#/buckets")
     card = page.locator("article.bucket").filter(has_text="Analysis")

@@ -147,6 +147,13 @@ TYPE_CASES: dict[str, tuple[str, str, str, str, Any]] = {
         '["--runtime", "runc"]',
         ["--runtime", "runc"],
     ),
+    "list[dict[str, str]]": (
+        "dicom_allowed_callers",
+        '[{AETitle = "CT.*", IP = "10.0.0.0/8"}]',
+        '[{"AETitle": "CT.*", "IP": "10.0.0.0/8"}]',
+        '[{AETitle = "CT.*", IP = "10.0.0.0/8"}]',
+        [{"AETitle": "CT.*", "IP": "10.0.0.0/8"}],
+    ),
 }
 
 
@@ -257,9 +264,24 @@ def test_set_with_a_bad_name_is_a_usage_error(
     assert "known setting name" in capsys.readouterr().err
 
 
-def test_set_values_are_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("assignment", "named"),
+    [
+        ("dicom_port=many", "dicom_port"),
+        ('dicom_allowed_callers=[{AETitle = "CT[1"}]', "dicom_allowed_callers[0]"),
+        ('dicom_allowed_callers=[{IP = "10.0.0.999/8"}]', "dicom_allowed_callers[0]"),
+        ("dicom_tls_port=70000", "dicom_tls_port"),
+    ],
+)
+def test_set_values_are_validated(
+    assignment: str, named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad value is a message naming the setting and exit status 2, not a traceback."""
+    assert cli.main(["serve", "--home", str(tmp_path), "--set", assignment]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("magickbox: bad settings:") and named in err
     with pytest.raises(ValidationError):
-        serve_settings(monkeypatch, "--home", str(tmp_path), "--set", "dicom_port=many")
+        load_settings(tmp_path, **dict([parse_assignment(assignment)]))
 
 
 def test_named_flags_beat_set_and_set_beats_environment(

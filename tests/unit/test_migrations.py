@@ -13,7 +13,8 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select
 
-import magickbox.routing.models  # noqa: F401  (every table of the schema)
+import magickbox.receive.rejections  # every table of the schema
+import magickbox.routing.models  # noqa: F401
 from magickbox.jobs import db
 from magickbox.jobs.db import Base, Job, State, make_engine, migrate, open_database
 

@@ -168,3 +168,41 @@ def test_saving_names_every_problem_but_reading_from_disk_keeps_what_it_can() ->
     assert "rule #1: RouteDirectory '../x' refused" in notes
     assert any("key 'succ': destination lacks one of" in n for n in notes)
     assert any("key '.*': no usable IP/PORT ('10.1.1.1', 'nope')" in n for n in notes)
+
+
+TLS_DEST = {"IP": "h", "PORT": 104, "AETitleSender": "A", "AETitleTo": "B"}
+
+
+def test_a_destination_tls_object_is_routed_with_its_files() -> None:
+    tls = {"ca": "ca.pem", "cert": "me.crt", "key": "me.key", "check_hostname": "F"}
+    table = rules.parse_strict({"routing": [{"send": [{".*": {**TLS_DEST, "TLS": tls}},
+                                                      {".*": TLS_DEST}]}]})  # fmt: skip
+    routes, _ = rules.evaluate(table, JobFacts("X", "Y", "1.2.3.4", "ok"), Placeholders("m", 1))
+    assert [r.tls for r in routes] == [
+        rules.ClientFiles("ca.pem", "me.crt", "me.key", check_hostname=False),
+        None,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tls", "problem"),
+    [
+        ("on", "TLS: must be an object"),
+        ({"ca": 3}, "TLS.ca: must be a file name"),
+        ({"cert": "me.crt"}, '"cert" and "key" go together'),
+        ({"key": "me.key"}, '"cert" and "key" go together'),
+        ({"CA": "ca.pem"}, "unknown key 'CA'"),
+    ],
+)
+def test_a_bad_tls_object_is_refused_on_save(tls: object, problem: str) -> None:
+    text = json.dumps({"routing": [{"send": [{".*": {**TLS_DEST, "TLS": tls}}]}]})
+    with pytest.raises(RuleError) as err:
+        rules.validate_text(text)
+    assert problem in str(err.value) and "routing[0].send[0]['.*'].TLS" in str(err.value)
+
+
+def test_tls_files_are_loaded_on_save_relative_to_the_home(tmp_path: Path) -> None:
+    text = json.dumps({"routing": [{"send": [{".*": {**TLS_DEST, "TLS": {"ca": "ca.pem"}}}]}]})
+    rules.validate_text(text)  # without a home the files are not looked at
+    with pytest.raises(RuleError, match=r"TLS CA file .*ca\.pem: no such file"):
+        rules.validate_text(text, tmp_path)

@@ -318,16 +318,22 @@ async function viewOverview() {
     <section class="grid2">
       <div class="card"><h2>Queue</h2><div id="queue"></div></div>
       <div class="card"><h2>Disk</h2><div id="disk"></div></div>
-    </section>`;
+    </section>
+    <section class="card"><h2>Refused associations <span class="sub" id="refused-total"></span></h2>
+      <p class="sub">DICOM peers the box turned away: an unknown AE title, a caller not on the allow-list, a failed TLS handshake.</p>
+      <div id="refused"></div><div class="pager" id="refused-pager"></div></section>`;
   const token = viewToken;
+  let refusedOffset = 0;
   const offset = -new Date().getTimezoneOffset();
   const days = await getJSON(`/stats/days?days=365&utc_offset_minutes=${offset}`);
   if (token !== viewToken) return;
   drawHeat(days.counts);
   const queue = async () => {
-    const [rows, disk] = await Promise.all([getJSON("/queue"), getJSON("/disk?scratch_size=true")]);
+    const [rows, disk, refused] = await Promise.all([getJSON("/queue"), getJSON("/disk?scratch_size=true"),
+      getJSON(`/rejections?limit=${REFUSED_PAGE}&offset=${refusedOffset}`)]);
     if (token !== viewToken) return;
     drawDisk(disk);
+    drawRefused(refused, (offset) => { refusedOffset = offset; queue().catch(onError); });
     document.getElementById("queue").innerHTML = rows.length
       ? `<table class="plain"><thead><tr><th>Bucket</th><th class="num">Queued</th><th class="num">Running</th><th class="num">Workers</th></tr></thead><tbody>
         ${rows.map((r) => `<tr><td>${esc(r.bucket)}</td><td class="num">${r.queued}</td><td class="num">${r.running}</td><td class="num">${r.workers}</td></tr>`).join("")}</tbody></table>`
@@ -335,6 +341,26 @@ async function viewOverview() {
   };
   await queue();
   every(queue);
+}
+
+const REFUSED_PAGE = 20;
+
+function drawRefused(data, go) {
+  document.getElementById("refused-total").textContent = data.total ? `${num(data.total)} in all, newest first` : "";
+  document.getElementById("refused").innerHTML = data.rejections.length
+    ? `<table class="plain refused"><thead><tr><th>Time</th><th>Calling AE</th><th>Called AE</th><th>Address</th><th class="num">Port</th><th>Reason</th></tr></thead><tbody>
+      ${data.rejections.map((r) => `<tr data-id="${esc(r.id)}"><td class="nowrap">${esc(r.time)}</td><td class="mono">${esc(r.calling_aet)}</td><td class="mono">${esc(r.called_aet)}</td>
+        <td class="mono">${esc(r.address)}</td><td class="num">${esc(r.port)}</td><td>${esc(r.reason)}</td></tr>`).join("")}</tbody></table>`
+    : `<p class="sub" id="refused-none">None refused.</p>`;
+  const pager = document.getElementById("refused-pager");
+  const to = data.offset + data.rejections.length;
+  pager.innerHTML = data.total > REFUSED_PAGE
+    ? `<button id="refused-prev" ${data.offset ? "" : "disabled"}>‹ Newer</button><button id="refused-next" ${to < data.total ? "" : "disabled"}>Older ›</button>`
+    : "";
+  if (data.total > REFUSED_PAGE) {
+    document.getElementById("refused-prev").onclick = () => go(Math.max(0, data.offset - REFUSED_PAGE));
+    document.getElementById("refused-next").onclick = () => go(to);
+  }
 }
 
 function dayKey(d) { return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`; }
