@@ -27,6 +27,7 @@ from magickbox.jobs.store import JobFilter, JobStore, NewJob
 from magickbox.jobs.unzip import safe_extract
 from magickbox.names import check_study_uid
 from magickbox.receive.grouping import ArrivalKey, Grouper
+from magickbox.receive.native import NativeReceiver
 from magickbox.receive.scp import Receiver, read_study_uid
 from magickbox.routing.tasks import Router
 
@@ -44,7 +45,8 @@ class Box:
         self.store = JobStore(settings, open_database(settings.db_url), self.events)
         self.dispatcher = Dispatcher(self.store, RoutingExecutor(settings, LocalExecutor()))
         self.grouper = Grouper(settings.incoming, settings.quiet_seconds, self._arrival_ready)
-        self.receiver = Receiver(settings, self.grouper, self.accepts)
+        kind = NativeReceiver if settings.receiver == "native" else Receiver
+        self.receiver: NativeReceiver | Receiver = kind(settings, self.grouper, self.accepts)
         self.router = Router(settings, self.store.sessions, self.store.job_dir)
         # Routing evaluates a finished job on its own workers, never on the queue's thread.
         self.events.subscribe(JobFinished, lambda event: self.router.job_ended(event.scratchdir))
