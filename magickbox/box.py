@@ -27,6 +27,7 @@ from magickbox.jobs.store import JobFilter, JobStore, NewJob
 from magickbox.jobs.unzip import safe_extract
 from magickbox.names import check_study_uid
 from magickbox.receive.grouping import ArrivalKey, Grouper
+from magickbox.receive.native import NativeReceiver
 from magickbox.receive.rejections import RejectionLog
 from magickbox.receive.scp import Receiver, read_study_uid
 from magickbox.routing.tasks import Router
@@ -46,7 +47,8 @@ class Box:
         self.dispatcher = Dispatcher(self.store, RoutingExecutor(settings, LocalExecutor()))
         self.grouper = Grouper(settings.incoming, settings.quiet_seconds, self._arrival_ready)
         self.rejections = RejectionLog(self.store.sessions)
-        self.receiver = Receiver(
+        kind = NativeReceiver if settings.receiver == "native" else Receiver
+        self.receiver: NativeReceiver | Receiver = kind(
             settings, self.grouper, self.enabled_bucket, self.rejections.record
         )
         self.router = Router(settings, self.store.sessions, self.store.job_dir)

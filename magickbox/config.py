@@ -17,7 +17,7 @@ import sys
 import textwrap
 import tomllib
 from pathlib import Path
-from typing import Any, get_origin
+from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.fields import FieldInfo
@@ -71,6 +71,11 @@ class Settings(BaseModel):
     )
     max_pdu: int = Field(
         default=0, description="Largest PDU the receiver accepts, in bytes (0: no limit)."
+    )
+    receiver: Literal["native", "pynetdicom"] = Field(
+        default="native",
+        description="The DICOM receiver: the box's own upper layer (a thread per "
+        "association on plain sockets), or pynetdicom's server (the reference).",
     )
     max_upload_bytes: int = Field(
         default=64 << 30, description="Cap for processZip and API uploads, in bytes."
@@ -260,7 +265,7 @@ class Settings(BaseModel):
 # How the generated documents group the settings; every field is in exactly one section.
 SECTIONS: dict[str, tuple[str, ...]] = {
     "Box": ("home", "aet", "host", "dicom_port", "web_port", "announce", "database_url"),
-    "Receiving": ("quiet_seconds", "max_pdu", "max_upload_bytes"),
+    "Receiving": ("quiet_seconds", "max_pdu", "receiver", "max_upload_bytes"),
     "Jobs": ("concurrency", "bucket_timeout", "rerun_interrupted", "max_attempts"),
     "Container buckets": (
         "container_engine",

@@ -28,17 +28,14 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from magickbox.buckets.registry import Bucket
 from magickbox.config import Settings
-from magickbox.names import BadName, check_study_uid, check_uid
 from magickbox.receive.admission import Request, admit
-from magickbox.receive.grouping import ArrivalKey, Grouper
+from magickbox.receive.grouping import Grouper
+from magickbox.receive.intake import STUDY_UID_TAG, Intake, Peer, study_uid_of
 from magickbox.receive.rejections import Rejection
-from magickbox.receive.structure import Malformed, check_stored_file
 from magickbox.receive.tlsserver import start_tls_server
 
 log = logging.getLogger(__name__)
 
-STUDY_UID_TAG = 0x0020000D
-SOP_UID_TAG = 0x00080018
 # Storage SOP classes of PS3.4 table B.5-1 that pynetdicom's unrestricted storage service
 # does not take for storage (it lists them under other services): accepted explicitly, in
 # any transfer syntax pydicom knows, so that "every storage class" holds.
@@ -53,11 +50,6 @@ EXTRA_STORAGE_CLASSES = (
     "1.2.840.10008.5.1.4.44.1",  # Implant Assembly Template Storage
     "1.2.840.10008.5.1.4.45.1",  # Implant Template Group Storage
 )
-# C-STORE failure statuses (PS3.4 B.2.3)
-CANNOT_UNDERSTAND = 0xC000
-OUT_OF_RESOURCES = 0xA700
-
-
 def read_study_uid(path: Path) -> str:
     """The StudyInstanceUID of a stored file, reading no further than that element."""
     with path.open("rb") as fh:
@@ -65,27 +57,6 @@ def read_study_uid(path: Path) -> str:
             fh, stop_when=lambda tag, _vr, _len: tag > STUDY_UID_TAG, specific_tags=[STUDY_UID_TAG]
         )
     return study_uid_of(str(ds.get("StudyInstanceUID", "") or "").encode())
-
-
-def study_uid_of(raw: bytes) -> str:
-    uid = raw.decode("ascii", "replace").strip(" \0")
-    if not uid:
-        raise ValueError("dataset has no StudyInstanceUID")
-    return check_study_uid(uid)  # need not be a proper UID: the archive folder is its key
-
-
-def sop_uid_of(raw: bytes | None, requested: str) -> str:
-    """The SOP Instance UID to name a stored file by: the data set's own, else the request's.
-
-    The data set is what is kept, so its (0008,0018) wins; dcmtk puts garbage such as "31"
-    into the request for files whose elements are all VR UN.
-    """
-    for candidate in (raw.decode("ascii", "replace") if raw else "", requested):
-        try:
-            return check_uid(candidate.strip(" \0"))
-        except BadName:
-            continue
-    raise ValueError(f"no valid SOP Instance UID in the data set or the request ({requested!r})")
 
 
 def association_request(assoc: Association) -> Request:
@@ -112,6 +83,7 @@ class Receiver:
         self.grouper = grouper
         self.bucket_of = bucket_of  # the enabled bucket of a called AE title
         self.rejected = rejected  # records a refused association
+        self.intake = Intake(settings.aet, grouper)
         self.servers: list[ThreadedAssociationServer] = []
 
     def start(self) -> None:
@@ -182,47 +154,15 @@ class Receiver:
         event.assoc.kill()  # waits until the rejection is on the wire, then closes
 
     def _on_store(self, event: Event) -> int:
-        path = Path(event.dataset_path)
         assoc = event.assoc
-        requested = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "").strip()
-        called = str(assoc.acceptor.ae_title).strip()
-        try:
-            found = check_stored_file(
-                path, event.context.transfer_syntax, (STUDY_UID_TAG, SOP_UID_TAG)
-            )
-            study_uid = study_uid_of(found.get(STUDY_UID_TAG, b""))
-            sop_uid = sop_uid_of(found.get(SOP_UID_TAG), requested)
-            if called == self.settings.aet:  # an association to the own title stores nothing
-                raise ValueError("the box's own AE title names no bucket")
-        except (ValueError, BadName, Malformed, OSError, EOFError) as exc:
-            self._refused(assoc, requested, exc, logging.WARNING)
-            path.unlink(missing_ok=True)
-            return CANNOT_UNDERSTAND
-        key = ArrivalKey(
-            caller_aet=str(assoc.requestor.ae_title).strip(),
-            called_aet=called,
-            caller_ip=str(assoc.requestor.address),
-            study_uid=study_uid,
+        peer = Peer(
+            calling=str(assoc.requestor.ae_title).strip(),
+            called=str(assoc.acceptor.ae_title).strip(),
+            address=str(assoc.requestor.address),
         )
-        try:
-            self.grouper.add_file(id(assoc), key, path, f"{sop_uid}.dcm")
-        except OSError as exc:  # disk full or gone: the sender is told and may try again
-            self._refused(assoc, sop_uid, exc, logging.ERROR)
-            path.unlink(missing_ok=True)
-            return OUT_OF_RESOURCES
-        return 0x0000
-
-    @staticmethod
-    def _refused(assoc: Association, sop_uid: str, reason: Exception, level: int) -> None:
-        """One log line per refused C-STORE naming who sent what to whom and why."""
-        log.log(
-            level,
-            "C-STORE refused: calling AE %r at %s, called AE %r, SOP Instance UID %r: %s",
-            str(assoc.requestor.ae_title).strip(),
-            assoc.requestor.address,
-            str(assoc.acceptor.ae_title).strip(),
-            sop_uid,
-            reason,
+        requested = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "").strip()
+        return self.intake.store(
+            Path(event.dataset_path), event.context.transfer_syntax, requested, peer, id(assoc)
         )
 
     def _on_closed(self, event: Event) -> None:

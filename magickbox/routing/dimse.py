@@ -1,9 +1,10 @@
 """The DIMSE wire of a C-STORE, run on the socket of an association pynetdicom negotiated.
 
-Command sets are encoded and decoded here (implicit VR little endian), data sets framed
-into P-DATA-TF PDVs, and pynetdicom's threads of an association parked so the socket is
-ours. This is the ONLY module that touches pynetdicom internals (private attributes of
-Association and DULServiceProvider); tests/unit/test_pynetdicom_internals.py names each.
+Data sets are framed into P-DATA-TF PDVs and responses read back with the codec the
+receiver uses too (magickbox/wire.py), after pynetdicom's threads of the association are
+parked so the socket is ours. This is the ONLY module that touches pynetdicom internals
+(private attributes of Association and DULServiceProvider);
+tests/unit/test_pynetdicom_internals.py names each.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import contextlib
 import socket
 import struct
 import time
-from collections.abc import Iterator
 from typing import BinaryIO
 
 from pynetdicom.association import Association
 
+from magickbox import wire
 from magickbox.routing.select import DicomFile
 
 WARNING_STATUSES = {0x0001, 0xB000, 0xB006, 0xB007}  # stored, with a remark
@@ -59,7 +60,7 @@ class Link:
         context_id = self.contexts.get((item.sop_class, item.syntax))
         if context_id is None:
             return False, f"the peer accepted no context for {item.sop_class} in {item.syntax}"
-        command = store_command(item.sop_class, item.sop_instance, msg_id)
+        command = wire.store_command(item.sop_class, item.sop_instance, msg_id)
         with item.path.open("rb") as fh:
             fh.seek(item.offset)
             self._send(context_id, command, fh)
@@ -69,11 +70,11 @@ class Link:
         return False, f"status 0x{status:04X}" + (f" {comment}" if comment else "")
 
     def _send(self, context_id: int, command: bytes, data: BinaryIO) -> None:
-        out = bytearray(_pdv(context_id, 0x03, command))  # command, last fragment
+        out = bytearray(wire.pdv(context_id, 0x03, command))  # command, last fragment
         chunk = data.read(self.fragment)
         while True:
             following = data.read(self.fragment) if chunk else b""
-            out += _pdv(context_id, 0x00 if following else 0x02, chunk)
+            out += wire.pdv(context_id, 0x00 if following else 0x02, chunk)
             if len(out) >= SEND_BUFFER or not following:
                 self.sock.sendall(out)
                 out.clear()
@@ -89,11 +90,14 @@ class Link:
                 raise LinkError("the peer aborted the association")
             if kind != 0x04:
                 raise LinkError(f"unexpected PDU type 0x{kind:02X} instead of a response")
-            for control, data in _pdvs(body):
-                if control & 0x01:
-                    command += data
-                    if control & 0x02:
-                        return _parse_response(bytes(command), msg_id)
+            try:
+                for _context, control, data in wire.pdvs(body):
+                    if control & wire.COMMAND_BIT:
+                        command += data
+                        if control & wire.LAST_BIT:
+                            return wire.parse_store_response(bytes(command), msg_id)
+            except wire.WireError as exc:
+                raise LinkError(str(exc)) from exc
 
     def _read_pdu(self) -> tuple[int, bytes]:
         kind, _reserved, length = struct.unpack(">BBI", self._recv(6))
@@ -111,7 +115,7 @@ class Link:
     def release(self) -> None:
         """A-RELEASE: ask, wait for the answer (or a timeout), close."""
         try:
-            self.sock.sendall(b"\x05\x00" + struct.pack(">I", 4) + bytes(4))
+            self.sock.sendall(wire.release_rq())
             while self._read_pdu()[0] not in (0x06, 0x07):
                 pass
         except (LinkError, OSError):
@@ -120,7 +124,7 @@ class Link:
 
     def abort(self) -> None:
         with contextlib.suppress(OSError):
-            self.sock.sendall(b"\x07\x00" + struct.pack(">I", 4) + bytes(4))
+            self.sock.sendall(wire.abort())
         self._close(released=False)
 
     def _close(self, released: bool) -> None:
@@ -148,60 +152,3 @@ def _park_threads(assoc: Association) -> None:
             break
     assoc.dul._kill_thread = True
     assoc.dul.join(5)
-
-
-def store_command(sop_class: str, sop_instance: str, msg_id: int) -> bytes:
-    """A C-STORE-RQ command set, implicit VR little endian (PS3.7 9.3.1.1)."""
-    elements = (
-        _element(0x0002, _uid(sop_class)),  # Affected SOP Class UID
-        _element(0x0100, struct.pack("<H", 0x0001)),  # Command Field: C-STORE-RQ
-        _element(0x0110, struct.pack("<H", msg_id)),  # Message ID
-        _element(0x0700, struct.pack("<H", 0x0000)),  # Priority: medium
-        _element(0x0800, struct.pack("<H", 0x0000)),  # a data set follows
-        _element(0x1000, _uid(sop_instance)),  # Affected SOP Instance UID
-    )
-    body = b"".join(elements)
-    return _element(0x0000, struct.pack("<I", len(body))) + body
-
-
-def _element(elem: int, value: bytes) -> bytes:
-    return struct.pack("<HHI", 0x0000, elem, len(value)) + value
-
-
-def _uid(uid: str) -> bytes:
-    raw = uid.encode("ascii")
-    return raw + b"\x00" if len(raw) % 2 else raw
-
-
-def _pdv(context_id: int, control: int, data: bytes) -> bytes:
-    """A P-DATA-TF PDU holding one PDV."""
-    return struct.pack(">BBIIBB", 0x04, 0, len(data) + 6, len(data) + 2, context_id, control) + data
-
-
-def _pdvs(body: bytes) -> Iterator[tuple[int, bytes]]:
-    offset = 0
-    while offset + 6 <= len(body):
-        (length,) = struct.unpack_from(">I", body, offset)
-        yield body[offset + 5], body[offset + 6 : offset + 4 + length]
-        offset += 4 + length
-
-
-def _parse_response(command: bytes, msg_id: int) -> tuple[int, str]:
-    """Status and Error Comment of a C-STORE-RSP (checked to answer ``msg_id``)."""
-    values: dict[int, bytes] = {}
-    offset = 0
-    while offset + 8 <= len(command):
-        _group, elem, length = struct.unpack_from("<HHI", command, offset)
-        values[elem] = command[offset + 8 : offset + 8 + length]
-        offset += 8 + length
-    field_ = values.get(0x0100, b"")
-    if field_ and struct.unpack("<H", field_[:2])[0] != 0x8001:
-        raise LinkError("the peer answered with something other than a C-STORE response")
-    answered = values.get(0x0120, b"")
-    if answered and struct.unpack("<H", answered[:2])[0] != msg_id:
-        raise LinkError("the peer answered another request")
-    if len(values.get(0x0900, b"")) < 2:
-        raise LinkError("a C-STORE response without a status")
-    status = struct.unpack("<H", values[0x0900][:2])[0]
-    comment = values.get(0x0902, b"").decode("latin-1").strip(" \x00")
-    return status, comment

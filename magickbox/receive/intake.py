@@ -1,0 +1,105 @@
+"""What happens to a received data set once it is on disk, whichever receiver wrote it.
+
+It is checked (a walk over its element headers, values untouched), named by its SOP
+Instance UID, and added to its arrival; the answer is the C-STORE status the sender gets.
+Both receivers (the native one and the pynetdicom one) call :meth:`Intake.store`, so the
+rules of what is kept live here once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from magickbox.names import BadName, check_study_uid, check_uid
+from magickbox.receive.grouping import ArrivalKey, Grouper
+from magickbox.receive.structure import Malformed, check_stored_file
+
+log = logging.getLogger(__name__)
+
+STUDY_UID_TAG = 0x0020000D
+SOP_UID_TAG = 0x00080018
+# C-STORE statuses (PS3.4 B.2.3)
+SUCCESS = 0x0000
+CANNOT_UNDERSTAND = 0xC000
+OUT_OF_RESOURCES = 0xA700
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who sent a data set: the association's two titles and the caller's address."""
+
+    calling: str
+    called: str
+    address: str
+
+
+def study_uid_of(raw: bytes) -> str:
+    uid = raw.decode("ascii", "replace").strip(" \0")
+    if not uid:
+        raise ValueError("dataset has no StudyInstanceUID")
+    return check_study_uid(uid)  # need not be a proper UID: the archive folder is its key
+
+
+def sop_uid_of(raw: bytes | None, requested: str) -> str:
+    """The SOP Instance UID to name a stored file by: the data set's own, else the request's.
+
+    The data set is what is kept, so its (0008,0018) wins; dcmtk puts garbage such as "31"
+    into the request for files whose elements are all VR UN.
+    """
+    for candidate in (raw.decode("ascii", "replace") if raw else "", requested):
+        try:
+            return check_uid(candidate.strip(" \0"))
+        except BadName:
+            continue
+    raise ValueError(f"no valid SOP Instance UID in the data set or the request ({requested!r})")
+
+
+class Intake:
+    def __init__(self, own_aet: str, grouper: Grouper) -> None:
+        self.own_aet = own_aet
+        self.grouper = grouper
+
+    def store(self, path: Path, syntax: str, requested: str, peer: Peer, assoc_id: int) -> int:
+        """Check and keep the Part 10 file at ``path``; the status to answer with.
+
+        The file is gone from ``path`` afterwards: moved into its arrival, or removed.
+        """
+        try:
+            found = check_stored_file(path, syntax, (STUDY_UID_TAG, SOP_UID_TAG))
+            study_uid = study_uid_of(found.get(STUDY_UID_TAG, b""))
+            sop_uid = sop_uid_of(found.get(SOP_UID_TAG), requested)
+            if peer.called == self.own_aet:  # an association to the own title stores nothing
+                raise ValueError("the box's own AE title names no bucket")
+        except (ValueError, BadName, Malformed, OSError, EOFError) as exc:
+            refused(peer, requested, exc, logging.WARNING)
+            path.unlink(missing_ok=True)
+            return CANNOT_UNDERSTAND
+        key = ArrivalKey(
+            caller_aet=peer.calling,
+            called_aet=peer.called,
+            caller_ip=peer.address,
+            study_uid=study_uid,
+        )
+        try:
+            self.grouper.add_file(assoc_id, key, path, f"{sop_uid}.dcm")
+        except OSError as exc:  # disk full or gone: the sender is told and may try again
+            refused(peer, sop_uid, exc, logging.ERROR)
+            path.unlink(missing_ok=True)
+            return OUT_OF_RESOURCES
+        return SUCCESS
+
+
+def refused(peer: Peer, sop_uid: str, reason: Exception, level: int) -> None:
+    """One log line per refused C-STORE naming who sent what to whom and why."""
+    log.log(
+        level,
+        "C-STORE refused: calling AE %r at %s, called AE %r, SOP Instance UID %r: %s",
+        peer.calling,
+        peer.address,
+        peer.called,
+        sop_uid,
+        reason,
+    )
+
