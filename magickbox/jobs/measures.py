@@ -153,7 +153,7 @@ class MeasuresStore:
         """{scratchdir: measures JSON text} of every job that has measures (for getScratch)."""
         with self.sessions() as s:
             query = select(JobMeasures.scratchdir, JobMeasures.data)
-            return dict(s.connection().execute(query).tuples().all())
+            return {name: text for name, text in s.connection().execute(query)}
 
     def of_jobs(self, bucket: str | None) -> list[tuple[Job, Any]]:
         """Every job (of ``bucket``), oldest first, with its measures or None."""
@@ -163,7 +163,7 @@ class MeasuresStore:
         if bucket is not None:
             query = query.where(Job.bucket == bucket)
         with self.sessions() as s:
-            rows = s.execute(query.order_by(Job.id)).tuples().all()
+            rows = s.execute(query.order_by(Job.id)).all()
         return [(job, None if text is None else orjson.loads(text)) for job, text in rows]
 
 

@@ -105,6 +105,22 @@ def _job_commands(sub: argparse._SubParsersAction) -> None:
         if part == "OUTPUT":
             p.add_argument("--wait", action="store_true", help="wait until matching jobs finish")
             p.add_argument("--poll", type=float, default=5.0, help="seconds between checks")
+    p = sub.add_parser(
+        "run",
+        help="run a bucket again on studies in the machines' archives",
+        description="One new job per archived study, on the first machine (in the config's "
+        "order) that has the study and offers the bucket.",
+    )
+    p.add_argument("aetitle", help="the bucket (called AE title)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--study", nargs="+", metavar="UID", help="StudyInstanceUIDs")
+    which.add_argument(
+        "--match", metavar="REGEX", help="regular expression searched in each archived study's "
+        "values (PatientID, PatientName, AccessionNumber, StudyDate, StudyDescription, UID)",
+    )
+    p.add_argument("--arguments", default="", help="arguments for the bucket's work.sh")
+    p.add_argument("--description", default="", help="a description stored with each job")
+    p.add_argument("--dry-run", action="store_true", help="show what would run where")
     p = sub.add_parser("remove", aliases=["r"], help="delete matching jobs on their machines (r)")
     p.add_argument("regex", nargs="?", help=REGEX_HELP)
     p.add_argument("-y", "--yes", action="store_true", help="remove all without asking")
@@ -161,6 +177,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         return commands.cmd_pull(ctx, args.regex, part, args.dir, wait, poll)
     if command == "remove":
         return commands.cmd_remove(ctx, args.regex, args.yes)
+    if command == "run":
+        return commands.cmd_run(ctx, args.aetitle, args.study, args.match, args.arguments,
+                                args.description, args.dry_run)  # fmt: skip
     raise MbError(f"unknown command {args.command}", commands.USAGE)
 
 

@@ -432,3 +432,64 @@ def push_one(
 def _pushed(answer: dict[str, Any]) -> dict[str, Any]:
     keep = ("scratchdir", "pid", "files")
     return {k: (str(answer[k]) if k != "files" else answer[k]) for k in keep if k in answer}
+
+
+# -- run again on archived studies ---------------------------------------------------------
+def chosen_studies(
+    studies: list[dict[str, Any]], uids: list[str] | None, regex: re.Pattern[str] | None
+) -> list[str]:
+    """The StudyInstanceUIDs of ``studies`` named in ``uids`` or with a value ``regex``
+    finds (patient ID, name, accession, date, description, UID)."""
+    picked = []
+    for study in studies:
+        uid = str(study.get("StudyInstanceUID", ""))
+        if (uids is not None and uid in uids) or (regex is not None and matches(study, regex)):
+            picked.append(uid)
+    return picked
+
+
+def cmd_run(
+    ctx: Context,
+    aetitle: str,
+    uids: list[str] | None,
+    pattern: str | None,
+    arguments: str,
+    description: str,
+    dry_run: bool,
+) -> int:
+    """Run bucket ``aetitle`` again on archived studies, each on the first machine (in the
+    config's order) that has it and offers the bucket."""
+    regex = compile_regex(pattern) if pattern is not None else None
+    loads, code = offering(ctx, aetitle)
+    answers = ctx.client.ask_all([m for m in ctx.machines if m in loads], ctx.client.archive)
+    code = report(answers.failed) or code
+    plans: dict[Machine, list[str]] = {}
+    seen: set[str] = set()
+    for machine, studies in answers.ok:
+        fresh = [u for u in chosen_studies(studies, uids, regex) if u not in seen]
+        seen.update(fresh)
+        if fresh:
+            plans[machine] = fresh
+    missing = [u for u in uids or [] if u not in seen]
+    for uid in missing:
+        warn(f"study {uid} is in no archive of a machine offering {aetitle}")
+    if not seen and regex is not None:
+        warn(f"no archived study matches {pattern!r}")
+    if dry_run:
+        emit([{"StudyInstanceUID": u, "aetitle": aetitle, **m.as_json()}
+              for m, us in plans.items() for u in us])  # fmt: skip
+        return code or (FAILED if missing else OK)
+    request = {"bucket": aetitle, "arguments": arguments, "description": description,
+               "sender": str(ctx.settings["Sender"])}  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    for machine, chosen in plans.items():
+        try:
+            jobs = ctx.client.run_studies(machine, {**request, "studies": chosen})
+        except MachineError as exc:
+            warn(f"could not run {aetitle} on {machine.label}: {exc.reason}")
+            code = code or FAILED
+            continue
+        rows += [{"scratchdir": j.get("scratchdir"), "pid": j.get("study_uid"),
+                  "aetitle": aetitle, **machine.as_json()} for j in jobs]  # fmt: skip
+    emit(rows)
+    return code or (FAILED if missing else OK)
