@@ -50,3 +50,38 @@ def test_eta_spreads_over_workers_and_a_late_job_ends_now() -> None:
     assert etas["late"].finishes_at == 1000.0  # past its mean: taken to end now
     assert etas["a"].starts_at == 1000.0 and etas["b"].starts_at == 1000.0  # two free workers
     assert etas["c"].starts_at == 1060.0 and etas["c"].finishes_at == 1120.0
+
+
+def test_an_upgraded_home_starts_its_figures_from_the_done_jobs(tmp_path: Path) -> None:
+    """Migration 0006_measures seeds bucket_timing from the jobs a home already has."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from magickbox.jobs import db
+
+    INSERT_JOB = text(
+        "INSERT INTO jobs (scratchdir, bucket, state, received_at, started_at, finished_at) "
+        "VALUES (:n, :b, :s, 0, 100, :f)"
+    )
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(db.__file__).parent / "migrations"))
+    runs = {"A": [3.0, 5.0, 10.0], "B": [7.5]}
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002")  # a home from before measures and timing
+        rows = [(b, d) for b, ds in runs.items() for d in ds] + [("A", 99.0)]
+        for i, (bucket, seconds) in enumerate(rows):
+            state = "failed" if seconds == 99.0 else "done"  # failed runs do not count
+            conn.execute(
+                INSERT_JOB, {"n": f"tmp.{i:08d}", "b": bucket, "s": state, "f": 100 + seconds}
+            )
+    db.migrate(engine)
+    got = Timing(db.sessionmaker(engine)).all()
+    assert set(got) == {"A", "B"}
+    assert (got["A"].n, got["B"].n) == (3, 1)
+    assert got["A"].mean == pytest.approx(statistics.fmean(runs["A"]))
+    assert got["A"].std == pytest.approx(statistics.stdev(runs["A"]))
+    assert (got["B"].mean, got["B"].std) == (7.5, 0.0)
+    engine.dispose()
