@@ -149,12 +149,6 @@ class MeasuresStore:
             text = s.scalar(select(JobMeasures.data).where(JobMeasures.scratchdir == scratchdir))
         return None if text is None else orjson.loads(text)
 
-    def texts(self) -> dict[str, str]:
-        """{scratchdir: measures JSON text} of every job that has measures (for getScratch)."""
-        with self.sessions() as s:
-            query = select(JobMeasures.scratchdir, JobMeasures.data)
-            return {name: text for name, text in s.connection().execute(query)}
-
     def of_jobs(self, bucket: str | None) -> list[tuple[Job, Any]]:
         """Every job (of ``bucket``), oldest first, with its measures or None."""
         query = select(Job, JobMeasures.data).outerjoin(

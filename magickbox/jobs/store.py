@@ -249,7 +249,11 @@ class JobStore:
         that ended well adds its processing time to the bucket's running figures.
         """
         folder = JobFolder(self.settings.scratch / check_scratchdir(scratchdir))
-        note = self.measures.take(scratchdir, folder)
+        try:
+            note = self.measures.take(scratchdir, folder)
+        except Exception as exc:  # e.g. a busy database: the job's end must still be recorded
+            log.exception("job %s: measures not kept", scratchdir)
+            note = f"measures.json could not be kept: {exc}"
         if note:
             folder.log_line(note)
             outcome = {**outcome, "log_size": folder.log_size()}
