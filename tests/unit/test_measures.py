@@ -120,3 +120,44 @@ def test_take_never_raises_for_a_bad_file(store: MeasuresStore, folder: JobFolde
     assert store.get("tmp.abc") is None
     with pytest.raises(BadMeasures):
         store.reread("tmp.abc", folder)
+
+
+# -- the store keeps measures and timing with the job's end -------------------------------
+
+
+def test_a_jobs_end_keeps_its_measures_and_time_and_a_rerun_or_delete_drops_them(
+    tmp_path: Path,
+) -> None:
+    from magickbox.config import Settings
+    from magickbox.jobs.store import JobStore, NewJob
+
+    settings = Settings(home=tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'j.db'}")
+    for folder in (settings.scratch, settings.archive):
+        folder.mkdir(parents=True)
+    store = JobStore(settings, open_database(settings.db_url))
+    src = tmp_path / "send"
+    src.mkdir()
+    (src / "a.dcm").write_bytes(b"x")
+    made = store.create_job(src, NewJob(bucket="B", caller_aet="S", caller_ip="1.2.3.4"))
+    claimed = store.claim_next("B")
+    assert claimed is not None and claimed.started_at is not None
+    folder = JobFolder(store.job_dir(made))
+    folder.measures_json.write_text('{"v": 1.5}')
+    end = claimed.started_at + 12.0
+    store.finish(made.scratchdir, {"state": "done", "finished_at": end, "log_size": 0})
+    assert store.measures.get(made.scratchdir) == {"v": 1.5}
+    assert "measures.json: kept 1 measures in 1 rows" in folder.log.read_text()
+    figures = store.timing.of("B")
+    assert figures is not None and (figures.n, figures.mean) == (1, pytest.approx(12.0))
+    job = store.get(made.scratchdir)
+    assert job is not None and job.log_size == folder.log_size()  # the note is counted
+
+    assert store.requeue(made.scratchdir, "again")  # a re-run: the old measures go
+    assert store.measures.get(made.scratchdir) is None and not folder.measures_json.exists()
+    store.claim_next("B")
+    store.finish(made.scratchdir, {"state": "failed", "finished_at": end + 50, "log_size": 0})
+    assert store.timing.of("B").n == 1  # type: ignore[union-attr]  # failed runs do not count
+    store.measures.put(made.scratchdir, measures.parse(b'{"w": 2}'))
+    store.delete(made.scratchdir)
+    assert store.measures.get(made.scratchdir) is None
+    store.sessions.kw["bind"].dispose()
