@@ -29,6 +29,7 @@ MAX_ROWS = 10_000
 MAX_KEYS = 1_000
 MAX_KEY_CHARS = 200
 MAX_TEXT_CHARS = 10_000
+BIGGEST_INT = 2**63  # what the JSON encoder (and a database column) can hold
 
 Value = int | float | str | None
 Row = dict[str, Value]
@@ -53,6 +54,8 @@ def parse(raw: bytes) -> Measures:
         data = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadMeasures(f"{MEASURES_JSON} is not JSON: {exc}") from None
+    except RecursionError:  # nested deeper than Python's parser goes: not flat, surely
+        raise BadMeasures(f"{MEASURES_JSON} is nested far too deep") from None
     if isinstance(data, dict):
         return Measures(data, [_row(data, "")])
     if isinstance(data, list):
@@ -91,6 +94,8 @@ def _check(key: str, value: object, place: str) -> None:
         )
     if isinstance(value, float) and not math.isfinite(value):
         raise BadMeasures(f"{MEASURES_JSON}{place} is not a finite number")
+    if isinstance(value, int) and not -BIGGEST_INT <= value < BIGGEST_INT:
+        raise BadMeasures(f"{MEASURES_JSON}{place} is a whole number beyond 64 bits")
     if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
         raise BadMeasures(f"{MEASURES_JSON}{place} is longer than {MAX_TEXT_CHARS} characters")
 

@@ -39,6 +39,9 @@ def test_a_list_of_objects_is_one_row_each() -> None:
         (b'{"v": Infinity}', "is not JSON"),
         (b'{"": 1}', "a name must be printable text"),
         (b'{"a\\nb": 1}', "a name must be printable text"),
+        (b'{"v": 1e400}', 'measures.json["v"] is not a finite number'),
+        (b'{"v": 9223372036854775808}', "a whole number beyond 64 bits"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested far too deep"),
     ],
 )
 def test_a_bad_file_is_named_by_place(raw: bytes, says: str) -> None:
