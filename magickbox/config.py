@@ -357,6 +357,8 @@ def live_change(settings: Settings, name: str, value: object) -> object:
     new = getattr(checked, name)
     if isinstance(new, int | float) and (new < 0 or (name in AT_LEAST_ONE and new < 1)):
         raise ValueError(f"{name} must be at least {1 if name in AT_LEAST_ONE else 0}")
+    if name == "routing_port" and not 0 <= int(new) <= 65535:  # type: ignore[call-overload]
+        raise ValueError("routing_port must be a port (0: this box's DICOM port)")
     return new
 
 

@@ -258,3 +258,29 @@ def test_setup_php_refuses_a_bad_change(app: InProcessBox, value: str, says: str
     assert res.status_code == 400 and says in res.json()["detail"], res.text
     assert (app.home / "magickbox.toml").read_text() == before
     assert app.get("/code/php/setup.php", params={"command": "nope"}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kw", "status"),
+    [
+        ("get", "/api/v1/jobs/..%2F..%2Fetc/measures", {}, 404),
+        ("get", "/api/v1/jobs/tmp.nosuchjob/measures", {}, 404),
+        ("get", "/code/php/db.php", {"params": {"query": "/data/scratch/../../etc"}}, 400),
+        ("get", "/code/php/db.php", {"params": {"parse": "tmp.nosuchjob"}}, 404),
+        ("get", "/api/v1/measures", {"params": {"bucket": "x" * 65}}, 422),
+        ("get", "/api/v1/measures", {"params": {"format": "xlsx"}}, 422),
+        ("get", "/code/php/timing.php", {"params": {"aetitle": "x" * 65, "time": "1"}}, 400),
+        ("patch", "/api/v1/setup", {"json": ["concurrency"]}, 422),
+        ("patch", "/api/v1/setup", {"json": {}}, 400),
+        ("patch", "/api/v1/setup", {"json": {"concurrency": [2]}}, 400),
+        ("patch", "/api/v1/setup", {"json": {"routing_port": 70000}}, 400),
+        ("post", "/api/v1/studies/run", {"content": b"not json"}, 422),
+        ("post", "/api/v1/studies/1.2.3/run", {"json": {"bucket": ""}}, 422),
+    ],
+)
+def test_bad_requests_get_a_clear_error(
+    app: InProcessBox, method: str, path: str, kw: dict, status: int
+) -> None:
+    res = app.client.request(method.upper(), path, **kw)
+    assert res.status_code == status, res.text
+    assert "detail" in res.json()
