@@ -166,8 +166,9 @@ def disk(box: BoxDep, scratch_size: bool = False) -> dict[str, Any]:
 
 @router.get("/setup")
 def setup(box: BoxDep) -> dict[str, Any]:
-    """The box's own settings (read-only here: change them in magickbox.toml and restart):
-    each value by name, and every setting with its default and description."""
+    """The box's own settings: each value by name, and every setting with its default,
+    description and whether it is ``live`` (``PATCH /api/v1/setup`` changes those at once;
+    the rest: edit magickbox.toml and restart)."""
     from magickbox.config import setup_view  # here: the rest of this module is edited elsewhere
 
     return setup_view(box.settings)
