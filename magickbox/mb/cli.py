@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from magickbox.mb import commands, config
+from magickbox.mb import commands, config, rerun
 from magickbox.mb.client import Client
 from magickbox.mb.commands import Context, MbError
 from magickbox.mb.progress import wanted as progress_wanted
@@ -178,8 +178,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if command == "remove":
         return commands.cmd_remove(ctx, args.regex, args.yes)
     if command == "run":
-        return commands.cmd_run(ctx, args.aetitle, args.study, args.match, args.arguments,
-                                args.description, args.dry_run)  # fmt: skip
+        return rerun.cmd_run(ctx, args.aetitle, args.study, args.match, args.arguments,
+                             args.description, args.dry_run)  # fmt: skip
     raise MbError(f"unknown command {args.command}", commands.USAGE)
 
 
