@@ -5,13 +5,16 @@ functions that every front (web API, legacy endpoints, CLIs) calls.
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from magickbox import config
 from magickbox.announce import Announcer
 from magickbox.buckets import registry
 from magickbox.buckets.runner import LocalExecutor
@@ -20,12 +23,13 @@ from magickbox.config import Settings
 from magickbox.errors import Conflict, Invalid, NotFound
 from magickbox.events import EventBus, JobDeleted, JobFinished
 from magickbox.home import init_home
-from magickbox.jobs import browse, scratch
+from magickbox.jobfolder import JobFolder
+from magickbox.jobs import browse, measures, scratch, timing
 from magickbox.jobs.db import Job, State, open_database
 from magickbox.jobs.queue import Dispatcher
 from magickbox.jobs.store import JobFilter, JobStore, NewJob
 from magickbox.jobs.unzip import safe_extract
-from magickbox.names import check_study_uid
+from magickbox.names import BadName, check_study_uid, study_key
 from magickbox.receive.grouping import ArrivalKey, Grouper
 from magickbox.receive.native import NativeReceiver
 from magickbox.receive.rejections import RejectionLog
@@ -116,12 +120,8 @@ class Box:
         description: str = "",
     ) -> Job:
         """A zip of DICOM files becomes a job for bucket ``aetitle`` (processZip, mb push)."""
-        if registry.enabled_bucket(self.settings.streams, aetitle) is None:
-            raise NotFound(f"no enabled bucket has the AE title {aetitle!r}")
-        try:
-            args = tuple(shlex.split(arguments or ""))  # split like a shell would; never run one
-        except ValueError as exc:
-            raise Invalid(f"arguments: {exc}") from exc
+        self._need_bucket(aetitle)
+        args = split_arguments(arguments)
         staging = self.settings.scratch / ".uploads" / uuid.uuid4().hex
         staging.mkdir(parents=True)
         try:
@@ -140,6 +140,62 @@ class Box:
             return self.store.create_job(staging, new)
         finally:
             scratch.remove_tree(staging)  # gone already when the job took it
+
+    def _need_bucket(self, aetitle: str) -> None:
+        if registry.enabled_bucket(self.settings.streams, aetitle) is None:
+            raise NotFound(f"no enabled bucket has the AE title {aetitle!r}")
+
+    def run_studies(
+        self,
+        study_uids: Sequence[str],
+        *,
+        bucket: str,
+        arguments: str | Sequence[str] = "",
+        sender: str,
+        caller_ip: str,
+        jobname: str = "",
+        description: str = "",
+    ) -> list[Job]:
+        """A new job of ``bucket`` per archived study (the original offered archived studies
+        to buckets). Every study is checked before any job is made."""
+        self._need_bucket(bucket)
+        args = split_arguments(arguments)
+        if not study_uids:
+            raise Invalid("no study given")
+        jobs = []
+        for uid, folder in self._archived_studies(study_uids).items():
+            new = NewJob(bucket=bucket, caller_aet=sender, caller_ip=caller_ip, study_uid=uid,
+                         source="archive", jobname=jobname, description=description,
+                         arguments=args)  # fmt: skip
+            jobs.append(self._job_from_archive(uid, folder, new))
+        return jobs
+
+    def _archived_studies(self, study_uids: Sequence[str]) -> dict[str, Path]:
+        folders: dict[str, Path] = {}
+        missing: list[str] = []
+        for uid in study_uids:
+            try:
+                folder = self.settings.archive / study_key(check_study_uid(uid))
+            except BadName as exc:
+                raise Invalid(f"study {uid!r}: {exc}") from exc
+            if folder.is_dir() and not folder.is_symlink():
+                folders[uid] = folder
+            else:
+                missing.append(uid)
+        if missing:
+            raise NotFound(f"not in the archive: {', '.join(missing)}")
+        return folders
+
+    def _job_from_archive(self, uid: str, folder: Path, new: NewJob) -> Job:
+        staging = self.settings.scratch / ".uploads" / uuid.uuid4().hex
+        try:
+            if scratch.link_from_archive(folder, staging) == 0:
+                raise NotFound(f"study {uid!r} has no files in the archive")
+            job = self.store.create_job(staging, new)
+        finally:
+            scratch.remove_tree(staging)  # gone already when the job took it
+        log.info("job %s: study %s from the archive for %s", job.scratchdir, uid, new.bucket)
+        return job
 
     # -- asking --------------------------------------------------------------------
     def job(self, scratchdir: str) -> Job:
@@ -191,6 +247,7 @@ class Box:
     def bucket_overview(self, enabled_only: bool) -> list[dict[str, Any]]:
         """The buckets as /api/v1/buckets shows them, with their mean processing time."""
         means = self.store.mean_processing()
+        figures = self.store.timing.all()
         return [
             {
                 "aetitle": b.aetitle,
@@ -198,9 +255,79 @@ class Box:
                 "folder": b.path.name,
                 "info": b.info,
                 "mean_processing_seconds": means.get(b.aetitle),
+                "timing": figures[b.aetitle].as_json() if b.aetitle in figures else None,
             }
             for b in self.buckets(enabled_only=enabled_only)
         ]
+
+    # -- how long things take --------------------------------------------------------
+    def bucket_timing(self, aetitle: str) -> timing.Figures | None:
+        """The bucket's running processing-time figures (timing.php), None before any run."""
+        return self.store.timing.of(aetitle)
+
+    def add_timing(self, aetitle: str, seconds: float) -> timing.Figures:
+        """A processing time reported by hand (timing.php's ``time=``)."""
+        if not aetitle or len(aetitle) > 64:
+            raise Invalid("aetitle must be 1 to 64 characters")
+        if not 0 <= seconds < 10**9:
+            raise Invalid("time must be a number of seconds, at least 0")
+        return self.store.timing.add(aetitle, seconds)
+
+    def job_etas(self, jobs: Sequence[Job]) -> dict[str, timing.Eta]:
+        """ETAs of the queued and running ones of ``jobs``: their buckets' queues played
+        forward with the running mean; a bucket without history gives none."""
+        names = {j.bucket for j in jobs if j.state in (State.QUEUED, State.RUNNING)}
+        figures = self.store.timing.all() if names else {}
+        now, etas = time.time(), {}
+        for name in names & set(figures):
+            bucket = registry.enabled_bucket(self.settings.streams, name)
+            workers = bucket.concurrency(self.settings.concurrency) if bucket else 0
+            running, queued = self.store.bucket_queue(name)
+            etas.update(timing.plan(now, running, queued, figures[name].mean, workers))
+        return etas
+
+    # -- measures --------------------------------------------------------------------
+    def measures_table(self, bucket: str | None) -> measures.Table:
+        """One row per job (of ``bucket``) with every measure: the table after a study."""
+        return measures.table(self.store.measures.of_jobs(bucket))
+
+    def job_measures(self, scratchdir: str) -> Any:
+        """The job's measures as its bucket wrote them, or None."""
+        return self.store.measures.get(self.job(scratchdir).scratchdir)
+
+    def reread_measures(self, scratchdir: str) -> str:
+        """Read a job's measures.json again (db.php's ``parse``); what was found."""
+        job = self.job(scratchdir)
+        note = self.store.measures.reread(job.scratchdir, JobFolder(self.store.job_dir(job)))
+        if note is None:
+            raise NotFound(f"job {scratchdir} has no measures.json")
+        return note
+
+    # -- settings that change while the box runs ---------------------------------------
+    def setup(self) -> dict[str, Any]:
+        return config.setup_view(self.settings)
+
+    def change_settings(self, changes: dict[str, object]) -> dict[str, Any]:
+        """Check every change, then apply them to the running box and keep them in the
+        home's magickbox.toml; a bad one changes nothing."""
+        if not changes:
+            raise Invalid("no setting to change")
+        checked = {}
+        for name, value in changes.items():
+            try:
+                checked[name] = config.live_change(self.settings, name, value)
+            except ValueError as exc:
+                raise Invalid(f"{name}: {_first_line(exc)}") from exc
+        for name, value in checked.items():
+            setattr(self.settings, name, value)
+            config.write_setting(self.settings.home / config.CONFIG_FILE, name, value)
+        self.grouper.quiet = self.settings.quiet_seconds
+        self.dispatcher.wake()  # more workers may be free now
+        log.info("settings changed: %s", checked)
+        overridden = [n for n in checked if config.env_name(n) in os.environ]
+        return {"changed": checked, "overridden_at_start": overridden}
+
+    # -- asking --------------------------------------------------------------------
 
     def job_files(self, scratchdir: str, part: str) -> dict[str, Any]:
         return browse.job_files(self.job_dir(scratchdir), part)
@@ -293,6 +420,22 @@ class Box:
         if not self.store.requeue(job.scratchdir, "retry requested: running again"):
             raise Conflict(f"job {scratchdir} is {job.state}; only finished jobs can be retried")
         return self.job(scratchdir)
+
+
+def split_arguments(arguments: str | Sequence[str]) -> tuple[str, ...]:
+    """Bucket arguments: a list as it is, a text split like a shell would (never run one)."""
+    if not isinstance(arguments, str):
+        return tuple(str(a) for a in arguments)
+    try:
+        return tuple(shlex.split(arguments))
+    except ValueError as exc:
+        raise Invalid(f"arguments: {exc}") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    """pydantic's errors run over lines; the first two say what is wrong."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return " ".join(lines[:3]) if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
 
 
 def _day_text(day: float) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import textwrap
 import tomllib
@@ -306,6 +307,23 @@ SECTIONS: dict[str, tuple[str, ...]] = {
 }
 # The home is where the file is, so the file cannot move it.
 NOT_IN_FILE = frozenset({"home"})
+# What setup.php's "set" may change in a running box: each of these is read where it is
+# used (the grouper's quiet window is handed over by the Box). The rest need a restart.
+LIVE_SETTINGS: tuple[str, ...] = (
+    "quiet_seconds",
+    "max_upload_bytes",
+    "concurrency",
+    "bucket_timeout",
+    "container_cpus",
+    "container_memory",
+    "routing_retries",
+    "routing_retry_delay",
+    "routing_max_delay",
+    "routing_timeout",
+    "routing_me",
+    "routing_port",
+)
+AT_LEAST_ONE = frozenset({"concurrency", "bucket_timeout", "routing_timeout"})
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -383,6 +401,37 @@ def parse_assignment(text: str) -> tuple[str, object]:
     if Settings.model_fields[name].annotation is str and not isinstance(value, str):
         value = raw
     return name, value
+
+
+def live_change(settings: Settings, name: str, value: object) -> object:
+    """``value`` checked as the new value of the live setting ``name`` (ValueError says why)."""
+    if name not in LIVE_SETTINGS:
+        live = ", ".join(LIVE_SETTINGS)
+        raise ValueError(f"{name} cannot change while the box runs (these can: {live})")
+    checked = Settings.model_validate({**settings.model_dump(), name: value})
+    new = getattr(checked, name)
+    if isinstance(new, int | float) and (new < 0 or (name in AT_LEAST_ONE and new < 1)):
+        raise ValueError(f"{name} must be at least {1 if name in AT_LEAST_ONE else 0}")
+    if name == "routing_port" and not 0 <= int(new) <= 65535:  # type: ignore[call-overload]
+        raise ValueError("routing_port must be a port (0: this box's DICOM port)")
+    return new
+
+
+def write_setting(path: Path, name: str, value: object) -> None:
+    """Set ``name = value`` in a magickbox.toml: the line that names it (commented out or
+    not) is replaced, else the line is added; every other line stays as it was."""
+    line = f"{name} = {toml_value(value)}"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    pattern = re.compile(rf"^\s*#?\s*{re.escape(name)}\s*=")
+    for i, old in enumerate(lines):
+        if pattern.match(old):
+            lines[i] = line
+            break
+    else:
+        lines.append(line)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 # --- generated documents ---------------------------------------------------------------
@@ -499,6 +548,7 @@ def setup_view(settings: Settings) -> dict[str, Any]:
             "default": default_of(name),
             "env": env_name(name),
             "description": Settings.model_fields[name].description,
+            "live": name in LIVE_SETTINGS,
         }
         for section, names in SECTIONS.items()
         for name in names
@@ -507,7 +557,8 @@ def setup_view(settings: Settings) -> dict[str, Any]:
         **values,
         "me_host": settings.me_host,  # what $me and $port resolve to on this box
         "me_port": settings.me_port,
-        "editable": False,
+        "editable": False,  # the file is edited by hand; setup.php's set changes "live" ones
+        "live": list(LIVE_SETTINGS),
         "settings": items,
     }
 

@@ -36,3 +36,8 @@ class StorageFull(MagickBoxError, OSError):
     """The disk (or the box's reserve on it) is full: try again later."""
 
     http_status = 507
+
+
+class BadMeasures(Invalid):
+    """A bucket's measures.json that is not a flat object (or a list of them) of numbers
+    and strings; the message names the place. A job's end only logs it."""

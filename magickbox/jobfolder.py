@@ -7,6 +7,7 @@ Layout (the original's)::
     scratch/tmp.XXXXXXXX/info.json       CallerIP, AETitleCalled, AETitleCaller, received
     scratch/tmp.XXXXXXXX/processing.log  the bucket's stdout and stderr, and the box's marked lines
     scratch/tmp.XXXXXXXX/proc.json       the bucket's verdict ({"success": ...})
+    scratch/tmp.XXXXXXXX/measures.json   the bucket's measures ($MB_MEASURES; or in OUTPUT)
     scratch/tmp.XXXXXXXX/.mb-job.json    the facts to rebuild the job's row after a crash
 
 Besides the paths, the folder knows what is done to it: made with a new job, marked log
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 import time
 from collections.abc import Mapping
@@ -32,6 +34,7 @@ OUTPUT = "OUTPUT"
 INFO_JSON = "info.json"
 LOG = "processing.log"
 PROC_JSON = "proc.json"
+MEASURES_JSON = "measures.json"
 FACTS = ".mb-job.json"
 RUN_PID = ".mb-run.pid"  # the running bucket's pid, to stop it after a crash of the box
 PARTS = (OUTPUT, INPUT)  # the folders a user may list and download
@@ -83,6 +86,10 @@ class JobFolder:
     @property
     def proc_json(self) -> Path:
         return self.path / PROC_JSON
+
+    @property
+    def measures_json(self) -> Path:
+        return self.path / MEASURES_JSON
 
     @property
     def facts_file(self) -> Path:
@@ -186,18 +193,42 @@ class JobFolder:
                 return str(first["success"])
         return None
 
+    def read_measures(self, max_bytes: int) -> bytes | None:
+        """The bytes of the bucket's measures.json ($MB_MEASURES first, then OUTPUT's), at
+        most ``max_bytes`` + 1 of them; None when it wrote none. A link is never followed:
+        the box must not serve a file the bucket points it to."""
+        for path in (self.measures_json, self.output / MEASURES_JSON):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:  # a link (ELOOP) or unreadable: say so
+                raise OSError(f"{path.name} is not a regular file ({exc.strerror})") from None
+            with os.fdopen(fd, "rb") as fh:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    raise OSError(f"{path.name} is not a regular file")
+                return fh.read(max_bytes + 1)
+        return None
+
     def fresh_output(self, note: str) -> None:
         """An empty OUTPUT and no verdict, for a job that runs again; ``note`` says why."""
         remove_tree(self.output)
         self.output.mkdir(exist_ok=True)
         self.proc_json.unlink(missing_ok=True)
+        self.measures_json.unlink(missing_ok=True)
         self.log_line(note)
 
     # -- what the bucket sees ------------------------------------------------------
     def environment(
-        self, facts: RunFacts, memory: Path, home: Path, proc_json: Path | None = None
+        self,
+        facts: RunFacts,
+        memory: Path,
+        home: Path,
+        proc_json: Path | None = None,
+        measures_json: Path | None = None,
     ) -> dict[str, str]:  # the one place the MB_* variables are named
-        """The MB_* variables of a run; ``proc_json`` where the verdict goes if not here."""
+        """The MB_* variables of a run; ``proc_json`` and ``measures_json`` where the
+        verdict and the measures go if not into this folder."""
         return {
             "MB_SCRATCHDIR": facts.scratchdir,
             "MB_JOB_DIR": str(self.path),
@@ -208,6 +239,7 @@ class JobFolder:
             "MB_JOBNAME": facts.jobname,
             "MB_MEMORY": str(memory),
             "MB_PROC_JSON": str(proc_json or self.proc_json),
+            "MB_MEASURES": str(measures_json or self.measures_json),
             "MB_HOME": str(home),
             "MB_PYTHON": sys.executable,  # the box's interpreter (pydicom, numpy at hand)
         }

@@ -24,7 +24,7 @@ from magickbox.buckets.container import ContainerError
 from magickbox.buckets.runner import LocalExecutor, RunRequest, RunResult, build_request
 from magickbox.buckets.slurm import SlurmExecutor
 from magickbox.config import Settings
-from magickbox.jobfolder import PROC_JSON, JobFolder, RunFacts
+from magickbox.jobfolder import MEASURES_JSON, PROC_JSON, JobFolder, RunFacts
 
 EXIT_FAILED, EXIT_USAGE, EXIT_CLASH, EXIT_MISSING, EXIT_ENGINE = 1, 2, 3, 4, 5
 AET_PATTERN = re.compile(r"^[\x21-\x5b\x5d-\x7e]([\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$")
@@ -327,7 +327,13 @@ def run_request(
         jobname=args.input.name,
     )
     # The verdict goes next to the results: there is no job folder to keep it in.
-    facts = folder.environment(run, memory, settings.home, proc_json=output / PROC_JSON)
+    facts = folder.environment(
+        run,
+        memory,
+        settings.home,
+        proc_json=output / PROC_JSON,
+        measures_json=output / MEASURES_JSON,
+    )
     folder.log.touch()
     return build_request(
         info,

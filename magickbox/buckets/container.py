@@ -168,7 +168,11 @@ def _text(value: object, key: str) -> str:
 def container_env(facts: dict[str, str]) -> dict[str, str]:
     """The job's facts as a container sees them: its own paths, none of the host's."""
     env = {k: facts[k] for k in CONTAINER_FACTS if k in facts}
-    env.update(MB_MEMORY="/memory", MB_PROC_JSON="/output/proc.json")
+    env.update(
+        MB_MEMORY="/memory",
+        MB_PROC_JSON="/output/proc.json",
+        MB_MEASURES="/output/measures.json",
+    )
     return env
 
 

@@ -59,6 +59,38 @@ class Job(Base):
     log_size: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class JobMeasures(Base):
+    """What a job's bucket measured (its measures.json, checked): one row per job.
+
+    ``data`` is the JSON as the bucket wrote it (a flat object or a list of them), so
+    getScratch can hand it on unchanged; ``nrows`` is how many rows it holds.
+    """
+
+    __tablename__ = "job_measures"
+
+    scratchdir: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[str] = mapped_column(Text, default="{}")
+    nrows: Mapped[int] = mapped_column(Integer, default=1)
+    stored_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class BucketTiming(Base):
+    """The running processing-time figures of a bucket (timing.php): every run that ended
+    well, and every time posted to timing.php, counted once; deleting jobs keeps them.
+
+    Welford's running sums: ``mean`` and ``m2`` (the sum of squared deviations from the
+    mean), so the standard deviation is sqrt(m2 / (n - 1)) without keeping the samples.
+    """
+
+    __tablename__ = "bucket_timing"
+
+    bucket: Mapped[str] = mapped_column(String(64), primary_key=True)
+    n: Mapped[int] = mapped_column(Integer, default=0)
+    mean: Mapped[float] = mapped_column(Float, default=0.0)
+    m2: Mapped[float] = mapped_column(Float, default=0.0)
+    updated_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})

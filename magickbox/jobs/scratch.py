@@ -47,6 +47,8 @@ def link_into_archive(input_dir: Path, archive_study: Path) -> None:
     archive_study.mkdir(parents=True, exist_ok=True)
     for src in _files(input_dir):
         dst = archive_study / src.name
+        if _same_file(src, dst):  # a job made from the archive: already there (and a
+            continue  # rename onto the same file would leave the temporary link behind)
         tmp = archive_study / f".{src.name}.lnk"
         try:
             os.link(src, tmp)
@@ -56,6 +58,29 @@ def link_into_archive(input_dir: Path, archive_study: Path) -> None:
         except OSError:  # another filesystem or no hard links: copy instead
             shutil.copy2(src, tmp)
         os.replace(tmp, dst)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def link_from_archive(archive_study: Path, target: Path) -> int:
+    """Hard-link (or copy) the study's archived files into ``target``; how many. Only
+    regular files are taken: the archive's own temporary names and any link are left."""
+    target.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for entry in os.scandir(archive_study):
+        if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            os.link(entry.path, target / entry.name)
+        except OSError:  # no hard links here: copy
+            shutil.copy2(entry.path, target / entry.name)
+        n += 1
+    return n
 
 
 def _files(root: Path):  # type: ignore[no-untyped-def]

@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from magickbox.config import Settings
 from magickbox.events import EventBus, JobDeleted, JobQueued
 from magickbox.jobfolder import JobFolder
-from magickbox.jobs import scratch
-from magickbox.jobs.db import FINISHED, Job, State
+from magickbox.jobs import scratch, timing
+from magickbox.jobs.db import FINISHED, Job, JobMeasures, State
+from magickbox.jobs.measures import MeasuresStore
 from magickbox.names import (
     SCRATCHDIR_RE,
     BadName,
@@ -68,6 +69,8 @@ class JobStore:
         self.settings = settings
         self.sessions = sessions
         self.events = events or EventBus()  # JobQueued is published here
+        self.measures = MeasuresStore(sessions)
+        self.timing = timing.Timing(sessions)
 
     # -- making jobs ---------------------------------------------------------------
     def create_job(self, input_dir: Path, new: NewJob, received_at: float | None = None) -> Job:
@@ -162,13 +165,17 @@ class JobStore:
         """Every job as plain values, newest first, in one query (getScratch serves 10,000s).
 
         A Core query on a plain connection: ORM rows cost twice as much at that count.
+        ``measures`` is the job's measures JSON text, or None.
         """
         cols = [Job.scratchdir, Job.bucket, Job.caller_aet, Job.caller_ip, Job.received_text,
                 Job.study_uid, Job.state, Job.started_at, Job.finished_at, Job.log_size,
                 Job.jobname, Job.received_at]  # fmt: skip
-        names = [c.key for c in cols]
+        names = [c.key for c in cols] + ["measures"]
+        query = select(*cols, JobMeasures.data).outerjoin(
+            JobMeasures, JobMeasures.scratchdir == Job.scratchdir
+        )
         with self.sessions() as s:
-            result = s.connection().execute(select(*cols).order_by(Job.id.desc()))
+            result = s.connection().execute(query.order_by(Job.id.desc()))
             return [dict(zip(names, row, strict=True)) for row in result]
 
     def queue_counts(self) -> dict[str, dict[str, int]]:
@@ -183,6 +190,24 @@ class JobStore:
             for bucket, state, n in s.execute(query):
                 counts.setdefault(bucket, {})[state] = n
         return counts
+
+    def bucket_queue(self, bucket: str) -> tuple[list[tuple[str, float]], list[str]]:
+        """The bucket's running jobs (scratchdir, started_at) and its queued ones in the
+        order claim_next takes them."""
+        query = (
+            select(Job.scratchdir, Job.state, Job.started_at)
+            .where(Job.bucket == bucket, Job.state.in_([State.QUEUED, State.RUNNING]))
+            .order_by(Job.queued_at, Job.id)
+        )
+        running: list[tuple[str, float]] = []
+        queued: list[str] = []
+        with self.sessions() as s:
+            for scratchdir, state, started in s.connection().execute(query):
+                if state == State.RUNNING:
+                    running.append((scratchdir, started or time.time()))
+                else:
+                    queued.append(scratchdir)
+        return running, queued
 
     def received_times(self, since: float) -> list[float]:
         """When each job since ``since`` was received (the calendar counts them per local day)."""
@@ -218,8 +243,28 @@ class JobStore:
         self.events.publish(JobQueued(job.scratchdir, job.bucket))
 
     def finish(self, scratchdir: str, outcome: dict[str, Any]) -> None:
-        """running -> done or failed, with what the run left (see ``jobs.queue.outcome``)."""
-        self._update(scratchdir, **outcome)
+        """running -> done or failed, with what the run left (see ``jobs.queue.outcome``).
+
+        The bucket's measures.json is kept (a bad one is only a line in the log), and a run
+        that ended well adds its processing time to the bucket's running figures.
+        """
+        folder = JobFolder(self.settings.scratch / check_scratchdir(scratchdir))
+        try:
+            note = self.measures.take(scratchdir, folder)
+        except Exception as exc:  # e.g. a busy database: the job's end must still be recorded
+            log.exception("job %s: measures not kept", scratchdir)
+            note = f"measures.json could not be kept: {exc}"
+        if note:
+            folder.log_line(note)
+            outcome = {**outcome, "log_size": folder.log_size()}
+        with self.sessions.begin() as s:
+            job = s.scalars(select(Job).where(Job.scratchdir == scratchdir)).first()
+            if job is None:
+                return
+            for key, value in outcome.items():
+                setattr(job, key, value)
+            if job.state == State.DONE and job.started_at and job.finished_at:
+                timing.add_sample(s, job.bucket, job.finished_at - job.started_at, job.finished_at)
 
     def fail(self, scratchdir: str, reason: str) -> None:
         """-> failed without a run's outcome (no bucket, could not start, interrupted)."""
@@ -292,7 +337,10 @@ class JobStore:
         return True
 
     def reset_for_run(self, job: Job, note: str) -> None:
+        """A fresh OUTPUT, and the last run's measures gone with it."""
         JobFolder(self.job_dir(job)).fresh_output(note)
+        with self.sessions.begin() as s:
+            self.measures.forget(s, job.scratchdir)
 
     def delete(self, scratchdir: str) -> bool:
         job = self.get(scratchdir)
@@ -300,6 +348,7 @@ class JobStore:
             return False
         with self.sessions.begin() as s:
             s.execute(delete(Job).where(Job.scratchdir == scratchdir))
+            self.measures.forget(s, scratchdir)
         scratch.remove_tree(self.job_dir(job))
         self.events.publish(JobDeleted(scratchdir))
         return True

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from magickbox.mb import commands, config
+from magickbox.mb import commands, config, rerun
 from magickbox.mb.client import Client
 from magickbox.mb.commands import Context, MbError
 from magickbox.mb.progress import wanted as progress_wanted
@@ -134,6 +134,22 @@ def _job_commands(sub: argparse._SubParsersAction) -> None:
     add_selection(p)
     p.add_argument("-y", "--yes", action="store_true", help="remove without asking")
     p.add_argument("--dry-run", action="store_true", help="list what would go, remove nothing")
+    p = sub.add_parser(
+        "run",
+        help="run a bucket again on studies in the machines' archives",
+        description="One new job per archived study, on the first machine (in the config's "
+        "order) that has the study and offers the bucket.",
+    )
+    p.add_argument("aetitle", help="the bucket (called AE title)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--study", nargs="+", metavar="UID", help="StudyInstanceUIDs")
+    which.add_argument(
+        "--match", metavar="REGEX", help="regular expression searched in each archived study's "
+        "values (PatientID, PatientName, AccessionNumber, StudyDate, StudyDescription, UID)",
+    )
+    p.add_argument("--arguments", default="", help="arguments for the bucket's work.sh")
+    p.add_argument("--description", default="", help="a description stored with each job")
+    p.add_argument("--dry-run", action="store_true", help="show what would run where")
 
 
 def _pull_commands(sub: argparse._SubParsersAction) -> None:
@@ -239,6 +255,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         return cmd_pull(ctx, selection_of(args), pull_options(args, command))
     if command == "remove":
         return commands.cmd_remove(ctx, selection_of(args), args.yes, args.dry_run)
+    if command == "run":
+        return rerun.cmd_run(ctx, args.aetitle, args.study, args.match, args.arguments,
+                             args.description, args.dry_run)  # fmt: skip
     raise MbError(f"unknown command {args.command}", commands.USAGE)
 
 

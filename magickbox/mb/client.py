@@ -28,6 +28,7 @@ T = TypeVar("T")
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read it back: there is no other way to learn the process's umask
 PHP = "/code/php"
+ARCHIVE_PAGE = 1000  # the most /api/v1/archive gives at once
 # Transfers of gigabytes: connecting is bounded by the user's Timeout, a stalled transfer
 # by this many seconds between two chunks (a box unzipping a large upload answers late).
 TRANSFER_READ_TIMEOUT = 600.0
@@ -150,6 +151,28 @@ class Client:
             )
             if len(rows) < page:
                 return reasons
+
+    def archive(self, machine: Machine) -> list[dict[str, Any]]:
+        """Every study in the machine's archive (``/api/v1/archive``, a page at a time)."""
+        studies: list[dict[str, Any]] = []
+        while True:
+            page = self._json(machine, "/api/v1/archive",
+                              params={"limit": ARCHIVE_PAGE, "offset": len(studies)})  # fmt: skip
+            rows = page.get("studies") if isinstance(page, dict) else None
+            if not isinstance(rows, list):
+                raise MachineError(machine, "/api/v1/archive did not answer with studies")
+            studies += [row for row in rows if isinstance(row, dict)]
+            if not rows or len(studies) >= int(page.get("total", 0)):
+                return studies
+
+    def run_studies(self, machine: Machine, request: dict[str, Any]) -> list[dict[str, Any]]:
+        """New jobs made of archived studies (``POST /api/v1/studies/run``)."""
+        reply = self._request(machine, "POST", "/api/v1/studies/run", json=request)
+        try:
+            jobs = reply.json()["jobs"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MachineError(machine, "/api/v1/studies/run did not answer with jobs") from exc
+        return [job for job in jobs if isinstance(job, dict)]
 
     def delete(self, machine: Machine, scratchdir: str) -> Any:
         return self._json(machine, f"{PHP}/deleteStudy.php", params={"scratchdir": scratchdir})

@@ -7,12 +7,12 @@ import json
 import time
 from pathlib import Path
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from magickbox.config import load_settings
 from magickbox.home import init_home
 from magickbox.jobfolder import JobFolder
-from magickbox.jobs.db import Job, State, open_database
+from magickbox.jobs.db import Job, JobMeasures, State, open_database
 from magickbox.jobs.scratch import received_stamp
 
 BUCKETS = ("ProcBucket", "GradUnwarp", "FreeSurfer")
@@ -52,6 +52,28 @@ def fill_finished_jobs(home: Path, njobs: int, *, folders: bool = False) -> None
     with sessions() as s, s.begin():
         s.execute(insert(Job), rows)
     sessions.kw["bind"].dispose()
+
+
+def fill_measures(home: Path, nmeasures: int = 20) -> int:
+    """Give every job of the home measures, as a bucket's measures.json would: a subject
+    text and ``nmeasures - 1`` numbers that differ per job. Returns how many jobs."""
+    settings = load_settings(home)
+    sessions = open_database(settings.db_url)
+    with sessions() as s:
+        names = list(s.scalars(select(Job.scratchdir).order_by(Job.id)))
+    rows = []
+    for i, name in enumerate(names):
+        data = {
+            "subject": f"sub-{i:05d}",
+            **{f"m{k:02d}": i * 0.25 + k for k in range(nmeasures - 1)},
+        }
+        rows.append(
+            {"scratchdir": name, "data": json.dumps(data), "nrows": 1, "stored_at": time.time()}
+        )
+    with sessions() as s, s.begin():
+        s.execute(insert(JobMeasures), rows)
+    sessions.kw["bind"].dispose()
+    return len(rows)
 
 
 def _job_folder(job_dir: Path, row: dict) -> None:

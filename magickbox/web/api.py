@@ -47,7 +47,8 @@ def list_jobs(
         initial=initial or None,
     )
     jobs, total = box.find_jobs(flt, limit=limit, offset=offset)
-    views = [job_view(job, size) for job, size in jobs]
+    etas = box.job_etas([job for job, _size in jobs])
+    views = [job_view(job, size, etas.get(job.scratchdir)) for job, size in jobs]
     return json_bytes({"total": total, "limit": limit, "offset": offset, "jobs": views})
 
 
@@ -72,7 +73,8 @@ async def post_job(
 @router.get("/jobs/{scratchdir}")
 def get_job(box: BoxDep, scratchdir: str) -> Response:
     job = box.job(scratchdir)
-    return json_bytes(job_view(job, box.log_size(job)))
+    eta = box.job_etas([job]).get(job.scratchdir)
+    return json_bytes(job_view(job, box.log_size(job), eta))
 
 
 @router.get("/jobs/{scratchdir}/files")
@@ -176,8 +178,9 @@ def disk(box: BoxDep, scratch_size: bool = False) -> dict[str, Any]:
 
 @router.get("/setup")
 def setup(box: BoxDep) -> dict[str, Any]:
-    """The box's own settings (read-only here: change them in magickbox.toml and restart):
-    each value by name, and every setting with its default and description."""
+    """The box's own settings: each value by name, and every setting with its default,
+    description and whether it is ``live`` (``PATCH /api/v1/setup`` changes those at once;
+    the rest: edit magickbox.toml and restart)."""
     from magickbox.config import setup_view  # here: the rest of this module is edited elsewhere
 
     return setup_view(box.settings)

@@ -18,7 +18,8 @@ from typing import Any
 import orjson
 
 from magickbox.jobfolder import JobFolder
-from magickbox.jobs.db import FINISHED, Job
+from magickbox.jobs.db import FINISHED, Job, State
+from magickbox.jobs.timing import Eta
 
 
 def processing_time(
@@ -54,6 +55,7 @@ def scratch_entry(row: dict[str, Any], scratch: Path, now: float) -> dict[str, A
         "status": row["state"],
         # Added for mb: the name an upload gave the job (mb push: the folder's), else "".
         "jobname": row["jobname"] or "",
+        **({"measures": orjson.loads(row["measures"])} if row.get("measures") else {}),
         "processingLast": max(0, int(now - mtime)),  # last: see ScratchRenderer
     }
 
@@ -72,24 +74,25 @@ class ScratchRenderer:
     """
 
     def __init__(self) -> None:
-        self._finished: dict[str, tuple[float, int, bytes]] = {}
+        self._finished: dict[str, tuple[float, int, str | None, bytes]] = {}
 
     def render(self, rows: list[dict[str, Any]], scratch: Path) -> bytes:
         now = time.time()
-        kept: dict[str, tuple[float, int, bytes]] = {}
+        kept: dict[str, tuple[float, int, str | None, bytes]] = {}
         parts: list[bytes] = []
         for row in rows:
             if row["state"] not in FINISHED or row["finished_at"] is None:
                 parts.append(orjson.dumps(scratch_entry(row, scratch, now)))
                 continue
-            name, finished = row["scratchdir"], row["finished_at"]
+            name, finished, measures = row["scratchdir"], row["finished_at"], row.get("measures")
             hit = self._finished.get(name)
-            if hit is None or hit[0] != finished or hit[1] != row["log_size"]:
+            if hit is None or hit[:3] != (finished, row["log_size"], measures):
                 entry = scratch_entry(row, scratch, now)
                 del entry["processingLast"]
-                hit = (finished, row["log_size"], orjson.dumps(entry)[:-1] + b',"processingLast":')
+                prefix = orjson.dumps(entry)[:-1] + b',"processingLast":'
+                hit = (finished, row["log_size"], measures, prefix)
             kept[name] = hit
-            parts.append(b"%s%d}" % (hit[2], max(0, int(now - finished))))
+            parts.append(b"%s%d}" % (hit[3], max(0, int(now - finished))))
         self._finished = kept
         return b"[" + b",".join(parts) + b"]"
 
@@ -100,8 +103,23 @@ def iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
-def job_view(job: Job, log_size: int | None = None) -> dict[str, Any]:
-    """A job in /api/v1: every fact, with times in ISO 8601 (UTC)."""
+def eta_view(eta: Eta | None, now: float | None = None) -> dict[str, Any] | None:
+    """When a queued or running job should start and end, from its bucket's history."""
+    if eta is None:
+        return None
+    now = time.time() if now is None else now
+    return {
+        "starts_at": iso(eta.starts_at),
+        "finishes_at": iso(eta.finishes_at),
+        "seconds_left": round(max(0.0, eta.finishes_at - now), 1),
+        "ahead": eta.ahead,
+        "mean_seconds": round(eta.mean, 3),
+    }
+
+
+def job_view(job: Job, log_size: int | None = None, eta: Eta | None = None) -> dict[str, Any]:
+    """A job in /api/v1: every fact, with times in ISO 8601 (UTC); ``eta`` only while it
+    is queued or running and its bucket has finished a run before."""
     return {
         "scratchdir": job.scratchdir,
         "state": job.state,
@@ -128,6 +146,7 @@ def job_view(job: Job, log_size: int | None = None) -> dict[str, Any]:
         "success": job.success or None,
         "reason": job.reason or None,
         "log_size": job.log_size if log_size is None else log_size,
+        "eta": eta_view(eta) if job.state in (State.QUEUED, State.RUNNING) else None,
         "links": {
             "self": f"/api/v1/jobs/{job.scratchdir}",
             "log": f"/api/v1/jobs/{job.scratchdir}/log",

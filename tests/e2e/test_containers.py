@@ -51,6 +51,7 @@ cp -r "$1/." "$2/"
 id -u > "$2/uid.txt"
 echo "$MB_AETITLE_CALLER" > "$2/caller.txt"
 echo '[{"success": "success", "message": "copied"}]' > "$MB_PROC_JSON"
+printf '{"caller": "%s", "files": %d}' "$MB_AETITLE_CALLER" "$(ls "$1" | wc -l)" > "$MB_MEASURES"
 """
 
 PROBE_SH = """#!/bin/sh
@@ -135,6 +136,7 @@ def test_storescu_to_a_container_bucket_output_arrives(
     assert res.returncode == 0, res.stderr
     (job,) = box.wait_jobs(1)
     assert job["AETitleCalled"] == "Copy" and job["status"] == "done", job
+    assert job["measures"] == {"caller": "ip44", "files": 3}  # $MB_MEASURES inside: /output
     zipped = box.get("/code/php/getOutputZip.php", params={"folder": job["scratchdir"]})
     names = zipfile.ZipFile(io.BytesIO(zipped.content)).namelist()
     sent = {p.name for p in study.paths}

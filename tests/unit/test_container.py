@@ -112,6 +112,7 @@ def test_the_container_sees_its_own_paths_only() -> None:
         "MB_SCRATCHDIR": "tmp.1",
         "MB_MEMORY": "/memory",
         "MB_PROC_JSON": "/output/proc.json",
+        "MB_MEASURES": "/output/measures.json",
     }
 
 

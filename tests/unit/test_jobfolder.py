@@ -88,11 +88,33 @@ def test_the_mb_environment_is_named_once(folder: JobFolder, tmp_path: Path) -> 
         "MB_JOBNAME": "sub-001",
         "MB_MEMORY": str(tmp_path / "memory"),
         "MB_PROC_JSON": str(folder.proc_json),
+        "MB_MEASURES": str(folder.measures_json),
         "MB_HOME": str(tmp_path),
         "MB_PYTHON": sys.executable,
     }
-    elsewhere = folder.environment(facts, tmp_path, tmp_path, proc_json=tmp_path / "p.json")
+    elsewhere = folder.environment(facts, tmp_path, tmp_path, proc_json=tmp_path / "p.json",
+                                   measures_json=tmp_path / "m.json")  # fmt: skip
     assert elsewhere["MB_PROC_JSON"] == str(tmp_path / "p.json")
+    assert elsewhere["MB_MEASURES"] == str(tmp_path / "m.json")
+
+
+def test_measures_come_from_mb_measures_first_then_output(folder: JobFolder) -> None:
+    assert folder.read_measures(100) is None
+    (folder.output / "measures.json").write_bytes(b'{"a": 1}')
+    assert folder.read_measures(100) == b'{"a": 1}'
+    folder.measures_json.write_bytes(b'{"b": 2}')
+    assert folder.read_measures(100) == b'{"b": 2}'
+    assert folder.read_measures(3) == b'{"b"'  # at most max_bytes + 1: the caller sees "too big"
+    folder.fresh_output("again")
+    assert not folder.measures_json.exists()
+
+
+def test_a_measures_link_is_never_followed(folder: JobFolder, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"password": "x"}')
+    (folder.output / "measures.json").symlink_to(secret)
+    with pytest.raises(OSError, match="not a regular file"):
+        folder.read_measures(100)
 
 
 def test_only_output_and_input_are_parts(folder: JobFolder) -> None:

@@ -98,3 +98,17 @@ def test_write_json_atomic_leaves_no_temp_file(tmp_path: Path) -> None:
     scratch.write_json_atomic(target, {"a": 2})
     assert target.read_text().replace(" ", "").replace("\n", "") == '{"a":2}'
     assert [p.name for p in tmp_path.iterdir()] == ["info.json"]
+
+
+def test_a_job_made_from_the_archive_goes_back_without_leftovers(tmp_path: Path) -> None:
+    archive = tmp_path / "archive" / "1.2.3"
+    archive.mkdir(parents=True)
+    (archive / "a.dcm").write_bytes(b"A")
+    (archive / ".b.dcm.lnk").write_bytes(b"half")  # a temporary name: not a study file
+    (archive / "link.dcm").symlink_to(tmp_path)  # never taken
+    staged = tmp_path / "staging"
+    assert scratch.link_from_archive(archive, staged) == 1
+    assert [p.name for p in staged.iterdir()] == ["a.dcm"]
+    assert (staged / "a.dcm").stat().st_ino == (archive / "a.dcm").stat().st_ino
+    link_into_archive(staged, archive)  # the new job's INPUT is archived again
+    assert sorted(p.name for p in archive.iterdir()) == [".b.dcm.lnk", "a.dcm", "link.dcm"]

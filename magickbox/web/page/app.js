@@ -273,6 +273,7 @@ async function viewJob(name) {
       ["Received", localTime(job.received_at)], ["Started", localTime(job.started_at)], ["Finished", localTime(job.finished_at)],
       ["Duration", duration(jobSeconds(job))], ["Attempts", job.attempts], ["Exit code", job.exit_code],
       ["Result", job.success], ["Reason", job.reason],
+      ["Expected end", job.eta ? `${localTime(job.eta.finishes_at)} (in ${duration(job.eta.seconds_left)}; ${job.eta.ahead} ahead)` : null],
     ].filter(([, v]) => v !== null && v !== undefined && v !== "");
     document.getElementById("info").innerHTML = facts.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
   }
@@ -433,6 +434,7 @@ async function viewBuckets() {
         <dl class="facts"><dt>AE title</dt><dd class="mono">${esc(b.aetitle)}</dd>
           <dt>Version</dt><dd>${esc(i.version ?? "")}</dd>
           <dt>Mean time</dt><dd>${b.mean_processing_seconds != null ? esc(duration(b.mean_processing_seconds)) : "no finished jobs yet"}</dd>
+          ${b.timing ? `<dt>All runs</dt><dd>${esc(duration(b.timing.mean_seconds))} ± ${esc(duration(b.timing.std_seconds))} over ${esc(num(b.timing.n))}</dd>` : ""}
           <dt>Folder</dt><dd class="mono">${esc(b.folder)}</dd></dl>
         <div class="cmd"><code>${esc(line)}</code><button class="btn small copy" data-line="${esc(line)}">Copy</button></div>
       </article>`;
