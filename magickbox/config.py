@@ -18,7 +18,7 @@ import sys
 import textwrap
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.fields import FieldInfo
@@ -446,6 +446,8 @@ def default_of(name: str) -> Any:
 
 def type_name(field: FieldInfo) -> str:
     annotation = field.annotation
+    if get_origin(annotation) is Literal:  # a choice: its values, as the file writes them
+        return " | ".join(f'"{value}"' for value in get_args(annotation))
     return annotation.__name__ if isinstance(annotation, type) else str(annotation)
 
 
@@ -498,7 +500,7 @@ def settings_markdown() -> str:
             field = Settings.model_fields[name]
             cells = (
                 f"`{name}`",
-                type_name(field),
+                type_name(field).replace("|", "\\|"),
                 f"`{toml_value(default_of(name))}`",
                 f"`{env_name(name)}`",
                 (field.description or "").replace("|", "\\|"),

@@ -154,6 +154,13 @@ TYPE_CASES: dict[str, tuple[str, str, str, str, Any]] = {
         '[{AETitle = "CT.*", IP = "10.0.0.0/8"}]',
         [{"AETitle": "CT.*", "IP": "10.0.0.0/8"}],
     ),
+    '"native" | "pynetdicom"': (
+        "receiver",
+        '"pynetdicom"',
+        "pynetdicom",
+        "pynetdicom",
+        "pynetdicom",
+    ),
 }
 
 
