@@ -18,8 +18,9 @@ import textwrap
 import tomllib
 from pathlib import Path
 from typing import Any, get_origin
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.fields import FieldInfo
 
 CONFIG_FILE = "magickbox.toml"
@@ -27,6 +28,10 @@ ENV_PREFIX = "MAGICKBOX_"
 DEFAULT_HOME = "~/magickbox"
 README_START = "<!-- settings:start -->"
 README_END = "<!-- settings:end -->"
+
+
+# What a webhook can be told about (the notify_events setting).
+NOTIFY_EVENTS = ("job_failed", "job_done", "send_failed", "disk_low")
 
 
 def default_home() -> Path:
@@ -140,6 +145,64 @@ class Settings(BaseModel):
         "0: this box's DICOM port.",
     )
 
+    # -- Monitoring and notifications --
+    heartbeat_seconds: float = Field(
+        default=60.0,
+        description="Seconds between the heartbeat's rounds: a C-ECHO to the box itself and "
+        "a look at the queue and the send workers; a part found down or hung is restarted "
+        "and logged (0: no heartbeat).",
+    )
+    heartbeat_timeout: float = Field(
+        default=10.0,
+        description="Seconds a part may take to answer the heartbeat (the C-ECHO, the "
+        "queue's round) before it counts as down.",
+    )
+    disk_warn_percent: float = Field(
+        default=10.0,
+        description="Free space of the scratch filesystem, in percent, below which health "
+        'says the disk is "low" and a disk_low notification goes out (0: never).',
+    )
+    notify: list[str] = Field(
+        default_factory=list,
+        description="Webhook URLs (http or https): each notification is POSTed to each as JSON.",
+    )
+    notify_events: list[str] = Field(
+        default_factory=lambda: list(NOTIFY_EVENTS),
+        description="Which events are notified: job_failed, job_done, send_failed, disk_low.",
+    )
+    notify_phi: bool = Field(
+        default=False,
+        description="Put patient and study data (patient ID and name, study UID, accession, "
+        "job name, description) into notifications; off: only the box's own facts.",
+    )
+    notify_retries: int = Field(
+        default=5, description="Tries of a failed notification after the first."
+    )
+    notify_retry_delay: float = Field(
+        default=10.0,
+        description="Seconds before the first retry of a notification; doubled each time.",
+    )
+    notify_timeout: float = Field(
+        default=10.0, description="Seconds to wait for a webhook's answer."
+    )
+
+    @field_validator("notify")
+    @classmethod
+    def _webhook_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"notify: {url!r} is not an http:// or https:// URL")
+        return urls
+
+    @field_validator("notify_events")
+    @classmethod
+    def _known_events(cls, events: list[str]) -> list[str]:
+        unknown = sorted(set(events) - set(NOTIFY_EVENTS))
+        if unknown:
+            raise ValueError(f"notify_events: unknown {unknown}; known: {', '.join(NOTIFY_EVENTS)}")
+        return events
+
     # -- Slurm executor (docs/slurm.md) --
     executor: str = Field(
         default="local", description='Default executor of buckets: "local" or "slurm".'
@@ -234,6 +297,17 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "routing_workers",
         "routing_me",
         "routing_port",
+    ),
+    "Monitoring and notifications": (
+        "heartbeat_seconds",
+        "heartbeat_timeout",
+        "disk_warn_percent",
+        "notify",
+        "notify_events",
+        "notify_phi",
+        "notify_retries",
+        "notify_retry_delay",
+        "notify_timeout",
     ),
     "Slurm executor": (
         "executor",

@@ -25,9 +25,10 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from magickbox.config import Settings
+from magickbox.events import AssociationRejected, EventBus, ImageReceived
 from magickbox.names import BadName, check_study_uid, check_uid
 from magickbox.receive.grouping import ArrivalKey, Grouper
-from magickbox.receive.structure import Malformed, check_stored_file
+from magickbox.receive.structure import Malformed, check_stored_file, dataset_bytes
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ EXTRA_STORAGE_CLASSES = (
 # C-STORE failure statuses (PS3.4 B.2.3)
 CANNOT_UNDERSTAND = 0xC000
 OUT_OF_RESOURCES = 0xA700
+# Labels of refused associations (metrics count them by these; keep them few and fixed).
+UNKNOWN_CALLED = "called_aet_unknown"
+OWN_TITLE = "own_aet_storage"
 
 
 def read_study_uid(path: Path) -> str:
@@ -84,11 +88,16 @@ def sop_uid_of(raw: bytes | None, requested: str) -> str:
 
 class Receiver:
     def __init__(
-        self, settings: Settings, grouper: Grouper, accepts: Callable[[str], bool]
+        self,
+        settings: Settings,
+        grouper: Grouper,
+        accepts: Callable[[str], bool],
+        events: EventBus | None = None,
     ) -> None:
         self.settings = settings
         self.grouper = grouper
         self.accepts = accepts
+        self.events = events or EventBus()  # ImageReceived, AssociationRejected
         self.server: ThreadedAssociationServer | None = None
 
     def start(self) -> None:
@@ -124,20 +133,42 @@ class Receiver:
 
     def stop(self) -> None:
         if self.server:
-            self.server.shutdown()
+            self.server.shutdown()  # also closes its socket
+            self.server = None
+
+    def restart(self) -> None:
+        """Stop what is left of the listener and listen again (the heartbeat's repair)."""
+        if self.server is not None:
+            try:
+                self.stop()
+            except Exception:  # a broken server is what is being repaired
+                log.exception("receiver: stopping the old listener failed")
+                self.server = None
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.server is not None
+
+    def open_associations(self) -> int:
+        server = self.server
+        return len(server.active_associations) if server is not None else 0
 
     def _on_requested(self, event: Event) -> None:
         rq = event.assoc.requestor
         called = str(getattr(rq.primitive, "called_ae_title", "")).strip()
+        label = ""
         if called == self.settings.aet:
             reason = self._own_title_refusal(event)
+            label = OWN_TITLE
         elif self.accepts(called):
             reason = ""
         else:
-            reason = "the called AE title is no enabled bucket"
+            reason, label = "the called AE title is no enabled bucket", UNKNOWN_CALLED
         if not reason:
             event.assoc.acceptor.ae_title = called
             return
+        self.events.publish(AssociationRejected(label))
         log.warning(
             "rejected association from %s@%s calling %r: %s",
             str(getattr(rq.primitive, "calling_ae_title", "")).strip(),
@@ -172,6 +203,7 @@ class Receiver:
             found = check_stored_file(
                 path, event.context.transfer_syntax, (STUDY_UID_TAG, SOP_UID_TAG)
             )
+            found_bytes = dataset_bytes(path)  # before the file moves into its arrival
             study_uid = study_uid_of(found.get(STUDY_UID_TAG, b""))
             sop_uid = sop_uid_of(found.get(SOP_UID_TAG), requested)
             if called == self.settings.aet:  # an association to the own title stores nothing
@@ -192,6 +224,7 @@ class Receiver:
             self._refused(assoc, sop_uid, exc, logging.ERROR)
             path.unlink(missing_ok=True)
             return OUT_OF_RESOURCES
+        self.events.publish(ImageReceived(key.caller_aet, called, found_bytes))
         return 0x0000
 
     @staticmethod
