@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import IO
 
+from pydantic import ValidationError
+
 from magickbox.buckets import cli as buckets_cli
 from magickbox.config import Settings, load_settings, parse_assignment
 
@@ -43,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    settings = load_settings(args.home, **command_line_settings(args))
+    try:
+        settings = load_settings(args.home, **command_line_settings(args))
+    except ValidationError as exc:  # a bad value in magickbox.toml, the environment or --set
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"magickbox: bad settings: {problems}", file=sys.stderr)
+        return 2
     if args.command == "init":
         from magickbox.home import init_home
 

@@ -135,7 +135,8 @@ class Dispatcher:
 
     # -- scheduling ----------------------------------------------------------------
     def _loop(self, generation: int) -> None:
-        while not self._stop.is_set():
+        # A loop replaced while it hung ends as soon as it comes back, before it waits.
+        while not self._stop.is_set() and generation == self._generation:
             self.pulse.sleeping()
             self._wake.wait(SAFETY_NET_SECONDS)
             self._wake.clear()
