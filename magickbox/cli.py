@@ -91,7 +91,9 @@ def setup_logging(settings: Settings, level: str) -> None:
     settings.logs.mkdir(parents=True, exist_ok=True)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     to_file = logging.handlers.RotatingFileHandler(
-        settings.logs / "magickbox.log", maxBytes=20 << 20, backupCount=5
+        settings.logs / "magickbox.log",
+        maxBytes=settings.log_max_bytes,
+        backupCount=settings.log_backups,
     )
     to_err = logging.StreamHandler(sys.stderr)
     root = logging.getLogger()

@@ -203,6 +203,14 @@ class Settings(BaseModel):
             raise ValueError(f"notify_events: unknown {unknown}; known: {', '.join(NOTIFY_EVENTS)}")
         return events
 
+    log_max_bytes: int = Field(
+        default=20 << 20,
+        description="logs/magickbox.log is rotated when it reaches this size, in bytes.",
+    )
+    log_backups: int = Field(
+        default=5, description="Rotated logs kept (magickbox.log.1 ... .N); older ones go."
+    )
+
     # -- Slurm executor (docs/slurm.md) --
     executor: str = Field(
         default="local", description='Default executor of buckets: "local" or "slurm".'
@@ -298,7 +306,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "routing_me",
         "routing_port",
     ),
-    "Monitoring and notifications": (
+    "Monitoring, notifications and logs": (
         "heartbeat_seconds",
         "heartbeat_timeout",
         "disk_warn_percent",
@@ -308,6 +316,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "notify_retries",
         "notify_retry_delay",
         "notify_timeout",
+        "log_max_bytes",
+        "log_backups",
     ),
     "Slurm executor": (
         "executor",

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from magickbox.testing.dicomgen import write_study
 from tests.conftest import InProcessBox, copy_bucket, dcmtk, in_process_box
-from tests.e2e.peers import dataset_part, wait_for
+from tests.e2e.peers import associate, dataset_part, wait_for
 
 QUICK = "#!/bin/sh\necho fine\n"
 BAD = "#!/bin/sh\necho broken >&2\nexit 3\n"
@@ -166,6 +166,17 @@ def test_metrics_count_what_storescu_and_the_router_sent(scene: Scene) -> None:
     # storescu's association to "Nope" and the router's: refused, by reason.
     assert value(m, "magickbox_associations_rejected_total", reason="called_aet_unknown") == 2
     assert value(m, "magickbox_associations_open") == 0
+
+
+def test_metrics_count_open_associations(scene: Scene) -> None:
+    held = [associate(scene.app.dicom_port, "Quick", echo=True) for _ in range(2)]
+    try:
+        assert value(samples(scene.app), "magickbox_associations_open") == 2
+    finally:
+        for assoc in held:
+            assoc.release()
+    wait_for("the associations to close",
+             lambda: value(samples(scene.app), "magickbox_associations_open") == 0)  # fmt: skip
 
 
 def test_metrics_jobs_by_state_histograms_and_sends(scene: Scene) -> None:

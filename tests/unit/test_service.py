@@ -105,3 +105,26 @@ def test_service_install_to_an_unwritable_place_says_so(
     code = cli.main(["service", "install", "--home", str(tmp_path), "--output",
                      str(blocker / "magickbox.service")])  # fmt: skip
     assert code == 1 and "cannot write" in capsys.readouterr().err
+
+
+def test_the_log_rotates_at_its_size_and_keeps_its_backups(tmp_path: Path) -> None:
+    import logging
+
+    settings = Settings(home=tmp_path, log_max_bytes=2000, log_backups=2)
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    try:
+        cli.setup_logging(settings, "INFO")
+        added = [h for h in root.handlers if h not in before]
+        for i in range(200):
+            logging.getLogger("magickbox.test").info("line %d of the box's log", i)
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(level)
+    assert len(added) == 2
+    logs = sorted(p.name for p in settings.logs.iterdir())
+    assert logs == ["magickbox.log", "magickbox.log.1", "magickbox.log.2"]
+    assert all(p.stat().st_size <= 2000 for p in settings.logs.iterdir())
+    assert "line 199 of" in (settings.logs / "magickbox.log").read_text()
