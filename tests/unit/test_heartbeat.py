@@ -121,3 +121,16 @@ def test_each_box_has_its_own_registry() -> None:
         return 0.0
 
     assert (images(m1), images(m2)) == (1.0, 0.0)
+
+
+def test_alive_while_rounds_go_on() -> None:
+    rounds: list[int] = []
+    beat = Heartbeat({"x": lambda: rounds.append(1) or PartState(OK)}, {}, EventBus(), 0.02)
+    assert beat.alive()  # not started (no heartbeat configured): nothing to vouch against
+    beat.start()
+    deadline = time.monotonic() + 10
+    while len(rounds) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(rounds) >= 2 and beat.alive()
+    beat.stop()
+    assert not beat.alive()  # its thread ended: the systemd watchdog is no longer fed
