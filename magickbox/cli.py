@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from pydantic import ValidationError
-
 from magickbox import service
 from magickbox.buckets import cli as buckets_cli
 from magickbox.config import Settings, load_settings, parse_assignment
@@ -54,12 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    try:
-        settings = load_settings(args.home, **command_line_settings(args))
-    except ValidationError as exc:  # a bad value in magickbox.toml, the environment or --set
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        print(f"magickbox: bad settings: {problems}", file=sys.stderr)
-        return 2
+    settings = load_settings(args.home, **command_line_settings(args))
     if args.command == "init":
         from magickbox.home import init_home
 

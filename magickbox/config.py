@@ -145,7 +145,32 @@ class Settings(BaseModel):
         "0: this box's DICOM port.",
     )
 
-    # -- Monitoring and notifications --
+    # -- Slurm executor (docs/slurm.md) --
+    executor: str = Field(
+        default="local", description='Default executor of buckets: "local" or "slurm".'
+    )
+    slurm_bin: str = Field(
+        default="", description="Folder of sbatch/squeue/scancel; empty: on PATH."
+    )
+    slurm_max_submitted: int = Field(
+        default=50,
+        description="Most jobs handed to Slurm at once (box-wide); more wait in the box.",
+    )
+    slurm_partition: str = Field(default="", description="sbatch --partition; empty: the default.")
+    slurm_account: str = Field(default="", description="sbatch --account.")
+    slurm_qos: str = Field(default="", description="sbatch --qos.")
+    slurm_cpus: int = Field(default=0, description="sbatch --cpus-per-task; 0: Slurm's default.")
+    slurm_mem: str = Field(default="", description='sbatch --mem, e.g. "4G".')
+    slurm_gres: str = Field(default="", description='sbatch --gres, e.g. "gpu:1".')
+    slurm_extra: list[str] = Field(
+        default_factory=list, description="More sbatch options, one per item."
+    )
+    slurm_path_map: list[str] = Field(
+        default_factory=list,
+        description='"BOXPATH=NODEPATH": where the nodes mount folders of the box.',
+    )
+
+    # -- Monitoring, notifications and logs --
     heartbeat_seconds: float = Field(
         default=60.0,
         description="Seconds between the heartbeat's rounds: a C-ECHO to the box itself and "
@@ -209,31 +234,6 @@ class Settings(BaseModel):
     )
     log_backups: int = Field(
         default=5, description="Rotated logs kept (magickbox.log.1 ... .N); older ones go."
-    )
-
-    # -- Slurm executor (docs/slurm.md) --
-    executor: str = Field(
-        default="local", description='Default executor of buckets: "local" or "slurm".'
-    )
-    slurm_bin: str = Field(
-        default="", description="Folder of sbatch/squeue/scancel; empty: on PATH."
-    )
-    slurm_max_submitted: int = Field(
-        default=50,
-        description="Most jobs handed to Slurm at once (box-wide); more wait in the box.",
-    )
-    slurm_partition: str = Field(default="", description="sbatch --partition; empty: the default.")
-    slurm_account: str = Field(default="", description="sbatch --account.")
-    slurm_qos: str = Field(default="", description="sbatch --qos.")
-    slurm_cpus: int = Field(default=0, description="sbatch --cpus-per-task; 0: Slurm's default.")
-    slurm_mem: str = Field(default="", description='sbatch --mem, e.g. "4G".')
-    slurm_gres: str = Field(default="", description='sbatch --gres, e.g. "gpu:1".')
-    slurm_extra: list[str] = Field(
-        default_factory=list, description="More sbatch options, one per item."
-    )
-    slurm_path_map: list[str] = Field(
-        default_factory=list,
-        description='"BOXPATH=NODEPATH": where the nodes mount folders of the box.',
     )
 
     @property
@@ -306,19 +306,6 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "routing_me",
         "routing_port",
     ),
-    "Monitoring, notifications and logs": (
-        "heartbeat_seconds",
-        "heartbeat_timeout",
-        "disk_warn_percent",
-        "notify",
-        "notify_events",
-        "notify_phi",
-        "notify_retries",
-        "notify_retry_delay",
-        "notify_timeout",
-        "log_max_bytes",
-        "log_backups",
-    ),
     "Slurm executor": (
         "executor",
         "slurm_bin",
@@ -331,6 +318,19 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "slurm_gres",
         "slurm_extra",
         "slurm_path_map",
+    ),
+    "Monitoring, notifications and logs": (
+        "heartbeat_seconds",
+        "heartbeat_timeout",
+        "disk_warn_percent",
+        "notify",
+        "notify_events",
+        "notify_phi",
+        "notify_retries",
+        "notify_retry_delay",
+        "notify_timeout",
+        "log_max_bytes",
+        "log_backups",
     ),
 }
 # The home is where the file is, so the file cannot move it.
