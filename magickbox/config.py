@@ -18,7 +18,6 @@ import textwrap
 import tomllib
 from pathlib import Path
 from typing import Any, get_origin
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.fields import FieldInfo
@@ -214,6 +213,8 @@ class Settings(BaseModel):
     @field_validator("notify")
     @classmethod
     def _webhook_urls(cls, urls: list[str]) -> list[str]:
+        from urllib.parse import urlsplit
+
         for url in urls:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
