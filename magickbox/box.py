@@ -7,10 +7,11 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import shutil
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,11 @@ from magickbox.buckets.runner import LocalExecutor
 from magickbox.buckets.slurm import RoutingExecutor
 from magickbox.config import Settings
 from magickbox.errors import Conflict, Invalid, NotFound
-from magickbox.events import EventBus, JobDeleted, JobFinished
+from magickbox.events import AssociationRejected, EventBus, JobDeleted, JobFinished
+from magickbox.heartbeat import DOWN, OFF, Heartbeat, PartState
+from magickbox.heartbeat import database as database_state
+from magickbox.heartbeat import disk as disk_state
+from magickbox.heartbeat import echo as echo_state
 from magickbox.home import init_home
 from magickbox.jobfolder import JobFolder
 from magickbox.jobs import browse, measures, scratch, timing
@@ -29,10 +34,12 @@ from magickbox.jobs.db import Job, State, open_database
 from magickbox.jobs.queue import Dispatcher
 from magickbox.jobs.store import JobFilter, JobStore, NewJob
 from magickbox.jobs.unzip import safe_extract
+from magickbox.metrics import Metrics
 from magickbox.names import BadName, check_study_uid, study_key
+from magickbox.notify import Notifier
 from magickbox.receive.grouping import ArrivalKey, Grouper
 from magickbox.receive.native import NativeReceiver
-from magickbox.receive.rejections import RejectionLog
+from magickbox.receive.rejections import Rejection, RejectionLog, rejection_label
 from magickbox.receive.scp import Receiver, read_study_uid
 from magickbox.routing.tasks import Router
 
@@ -53,48 +60,141 @@ class Box:
         self.rejections = RejectionLog(self.store.sessions)
         kind = NativeReceiver if settings.receiver == "native" else Receiver
         self.receiver: NativeReceiver | Receiver = kind(
-            settings, self.grouper, self.enabled_bucket, self.rejections.record
+            settings, self.grouper, self.enabled_bucket, self.record_rejection, self.events
         )
-        self.router = Router(settings, self.store.sessions, self.store.job_dir)
+        self.router = Router(settings, self.store.sessions, self.store.job_dir, events=self.events)
         # Routing evaluates a finished job on its own workers, never on the queue's thread.
         self.events.subscribe(JobFinished, lambda event: self.router.job_ended(event.scratchdir))
         self.events.subscribe(JobDeleted, self._job_deleted)
+        self.metrics = Metrics(self.events, self)  # counts from the bus; gauges ask the box
+        self.notifier = Notifier(settings, self.events, self._job_facts, self._study_facts)
+        self.heartbeat = Heartbeat(
+            self._checks(), self._repairs(), self.events, settings.heartbeat_seconds
+        )
         self.archive_index = browse.ArchiveIndex(settings.archive)
         self.scratch_size = browse.ScratchSize(settings.scratch)
         self.announcer: Announcer | None = None
         self._started = False
+        self._dicom = False
 
     def start(self, dicom: bool = True) -> None:
         """Recover what a crash left, then run every stage (the web app's lifespan calls it)."""
         self._started = True
+        self.notifier.start()  # first: failures found by the recovery are told too
         adopted = self.store.adopt_orphans()
         if adopted:
             log.info("adopted %d job folders left by a crash", adopted)
         self.router.start()  # sends pending at a restart go on
         self.dispatcher.start()
         self.grouper.start()
+        self._dicom = dicom
         if dicom:
             self.receiver.start()
         if self.settings.announce:
             self.announcer = Announcer(self.settings)
             self.announcer.start()
+        self.heartbeat.start()
 
     def stop(self) -> None:
         """Stop every stage; a second call (or one before start) does nothing."""
         if not self._started:
             return
         self._started = False
+        self.heartbeat.stop()  # first: it must not restart what is being stopped
         if self.announcer is not None:
             self.announcer.stop()
         self.receiver.stop()
         self.grouper.stop()
         self.dispatcher.stop()
         self.router.stop()
+        self.notifier.stop()
 
     def _job_deleted(self, event: JobDeleted) -> None:
         self.router.job_deleted(event.scratchdir)  # its sends to come fail at once
 
+    # -- health: the heartbeat's parts, their checks and repairs -------------------
+    def _checks(self) -> dict[str, Callable[[], PartState]]:
+        s = self.settings
+        return {
+            "receiver": self._receiver_state,
+            "dispatcher": lambda: _problem_state(self.dispatcher.problem(s.heartbeat_timeout)),
+            "router": lambda: _problem_state(self.router.problem(self._router_hang_after())),
+            "database": lambda: database_state(self.store.sessions),
+            "disk": lambda: disk_state(s.scratch, s.disk_warn_percent),
+        }
+
+    def _repairs(self) -> dict[str, Callable[[], None]]:
+        return {
+            "receiver": self.receiver.restart,
+            "dispatcher": self.dispatcher.restart,
+            "router": lambda: self.router.restart(self._router_hang_after()),
+        }
+
+    def _router_hang_after(self) -> float:
+        # A send waits at most routing_timeout per answer, and each accepted file is progress.
+        return 4 * self.settings.routing_timeout + self.settings.heartbeat_timeout
+
+    def _receiver_state(self) -> PartState:
+        s = self.settings
+        if not self._dicom:
+            return PartState(OFF, "DICOM is not served by this box")
+        if not self.receiver.running:
+            return PartState(DOWN, "the DICOM listener is stopped")
+        host = "127.0.0.1" if s.host in ("", "0.0.0.0", "::") else s.host
+        return echo_state(host, s.dicom_port, s.aet, s.heartbeat_timeout)
+
+    def health(self) -> dict[str, Any]:
+        """Each part's state now (ok, low, down, off) and whether all are up."""
+        parts = self.heartbeat.check()
+        return {
+            "ok": not any(p.down for p in parts.values()),
+            "aet": self.settings.aet,
+            "dicom_port": self.settings.dicom_port,
+            "pending_sends": self.pending_arrivals(),
+            "parts": {name: {"state": p.state, "detail": p.detail} for name, p in parts.items()},
+        }
+
+    def heartbeat_round(self) -> dict[str, Any]:
+        """One heartbeat round now (checks and restarts), as the timer would run it."""
+        parts = self.heartbeat.run_once()
+        return {name: {"state": p.state, "detail": p.detail} for name, p in parts.items()}
+
+    # -- what metrics and notifications read ---------------------------------------
+    def job_counts(self) -> dict[str, dict[str, int]]:
+        return self.store.state_counts()
+
+    def open_associations(self) -> int:
+        return self.receiver.open_associations()
+
+    def disk_space(self) -> tuple[int, int]:
+        usage = shutil.disk_usage(self.settings.scratch)
+        return usage.free, usage.total
+
+    def metrics_text(self) -> bytes:
+        return self.metrics.text()
+
+    def _job_facts(self, scratchdir: str) -> dict[str, Any] | None:
+        job = self.store.get(scratchdir)
+        if job is None:
+            return None
+        names = ("scratchdir", "bucket", "state", "reason", "caller_aet", "caller_ip",
+                 "study_uid", "jobname", "description", "received_at", "started_at",
+                 "finished_at", "attempts", "exit_code", "success")  # fmt: skip
+        return {name: getattr(job, name) for name in names}
+
+    def _study_facts(self, scratchdir: str) -> dict[str, Any]:
+        job = self.store.get(scratchdir)
+        folder = self.store.job_dir(job) / "INPUT" if job is not None else None
+        if folder is None or not folder.is_dir():
+            return {}
+        return browse.study_facts(folder)
+
     # -- receiving -----------------------------------------------------------------
+    def record_rejection(self, rejection: Rejection) -> None:
+        """A refused association: kept for the API and the page, counted for the metrics."""
+        self.rejections.record(rejection)
+        self.events.publish(AssociationRejected(rejection_label(rejection.reason)))
+
     def enabled_bucket(self, aetitle: str) -> registry.Bucket | None:
         """The enabled bucket a called AE title names (the receiver asks per association)."""
         return registry.enabled_bucket(self.settings.streams, aetitle)
@@ -436,6 +536,10 @@ def _first_line(exc: Exception) -> str:
     """pydantic's errors run over lines; the first two say what is wrong."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return " ".join(lines[:3]) if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+
+
+def _problem_state(problem: str) -> PartState:
+    return PartState(DOWN, problem) if problem else PartState("ok")
 
 
 def _day_text(day: float) -> str:

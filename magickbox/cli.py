@@ -8,11 +8,19 @@ import logging.handlers
 import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
+from magickbox import service
 from magickbox.buckets import cli as buckets_cli
 from magickbox.config import Settings, load_settings, parse_assignment
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from magickbox.box import Box
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in (serve, init):
         add_home_option(p)
     buckets_cli.add_parser(sub, add_home_option)
+    service.add_parser(sub, add_home_option)
     serve.add_argument("--dicom-port", type=int, help="DICOM port (default 11113)")
     serve.add_argument("--web-port", type=int, help="HTTP port (default 2813)")
     serve.add_argument("--aet", help="the box's own AE title (default MAGICKBOX)")
@@ -55,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "buckets":
         return buckets_cli.main(args, settings)
+    if args.command == "service":
+        return service.main(args, settings)
     return serve_forever(settings, args.log_level)
 
 
@@ -77,7 +88,9 @@ def setup_logging(settings: Settings, level: str) -> None:
     settings.logs.mkdir(parents=True, exist_ok=True)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     to_file = logging.handlers.RotatingFileHandler(
-        settings.logs / "magickbox.log", maxBytes=20 << 20, backupCount=5
+        settings.logs / "magickbox.log",
+        maxBytes=settings.log_max_bytes,
+        backupCount=settings.log_backups,
     )
     to_err = logging.StreamHandler(sys.stderr)
     root = logging.getLogger()
@@ -175,18 +188,38 @@ def serve_forever(settings: Settings, log_level: str = "INFO") -> int:
     # uvicorn restores this handler and re-raises SIGTERM after its own shutdown: make that an
     # exit through the finally below (Box.stop()) instead of the default instant death.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    config = uvicorn.Config(
+        create_app(box),
+        host=settings.host,
+        port=settings.web_port,
+        log_level="warning",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    threading.Thread(
+        target=_tell_systemd, args=(server, box), name="sd-ready", daemon=True
+    ).start()
     try:
-        uvicorn.run(
-            create_app(box),
-            host=settings.host,
-            port=settings.web_port,
-            log_level="warning",
-            access_log=False,
-        )
+        server.run()
     finally:
+        service.sd_notify("STOPPING=1")
         box.stop()  # already stopped by the lifespan, unless uvicorn failed before it ran
         logging.getLogger("magickbox").info("MagickBox home %s: stopped", settings.home)
-    return 0
+    return 0 if server.started else 3  # 3: uvicorn's "startup failed"
+
+
+def _tell_systemd(server: uvicorn.Server, box: Box) -> None:
+    """READY=1 once the web port listens (the lifespan started the Box before), then feed
+    systemd's watchdog while the heartbeat goes round. Nothing is sent outside systemd."""
+    while not server.started:
+        if server.should_exit:
+            return
+        time.sleep(0.05)
+    s = box.settings
+    service.sd_notify(f"READY=1\nSTATUS=DICOM on {s.dicom_port} (AE {s.aet}), web on {s.web_port}")
+    interval = service.watchdog_seconds()
+    if interval:
+        service.Watchdog(interval, box.heartbeat.alive).start()
 
 
 if __name__ == "__main__":

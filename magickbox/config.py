@@ -30,6 +30,10 @@ README_START = "<!-- settings:start -->"
 README_END = "<!-- settings:end -->"
 
 
+# What a webhook can be told about (the notify_events setting).
+NOTIFY_EVENTS = ("job_failed", "job_done", "send_failed", "disk_low")
+
+
 def default_home() -> Path:
     return Path(os.environ.get(f"{ENV_PREFIX}HOME", DEFAULT_HOME)).expanduser()
 
@@ -210,6 +214,74 @@ class Settings(BaseModel):
         description='"BOXPATH=NODEPATH": where the nodes mount folders of the box.',
     )
 
+    # -- Monitoring, notifications and logs --
+    heartbeat_seconds: float = Field(
+        default=60.0,
+        description="Seconds between the heartbeat's rounds: a C-ECHO to the box itself and "
+        "a look at the queue and the send workers; a part found down or hung is restarted "
+        "and logged (0: no heartbeat).",
+    )
+    heartbeat_timeout: float = Field(
+        default=10.0,
+        description="Seconds a part may take to answer the heartbeat (the C-ECHO, the "
+        "queue's round) before it counts as down.",
+    )
+    disk_warn_percent: float = Field(
+        default=10.0,
+        description="Free space of the scratch filesystem, in percent, below which health "
+        'says the disk is "low" and a disk_low notification goes out (0: never).',
+    )
+    notify: list[str] = Field(
+        default_factory=list,
+        description="Webhook URLs (http or https): each notification is POSTed to each as JSON.",
+    )
+    notify_events: list[str] = Field(
+        default_factory=lambda: list(NOTIFY_EVENTS),
+        description="Which events are notified: job_failed, job_done, send_failed, disk_low.",
+    )
+    notify_phi: bool = Field(
+        default=False,
+        description="Put patient and study data (patient ID and name, study UID, accession, "
+        "job name, description) into notifications; off: only the box's own facts.",
+    )
+    notify_retries: int = Field(
+        default=5, description="Tries of a failed notification after the first."
+    )
+    notify_retry_delay: float = Field(
+        default=10.0,
+        description="Seconds before the first retry of a notification; doubled each time.",
+    )
+    notify_timeout: float = Field(
+        default=10.0, description="Seconds to wait for a webhook's answer."
+    )
+
+    @field_validator("notify")
+    @classmethod
+    def _webhook_urls(cls, urls: list[str]) -> list[str]:
+        from urllib.parse import urlsplit
+
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"notify: {url!r} is not an http:// or https:// URL")
+        return urls
+
+    @field_validator("notify_events")
+    @classmethod
+    def _known_events(cls, events: list[str]) -> list[str]:
+        unknown = sorted(set(events) - set(NOTIFY_EVENTS))
+        if unknown:
+            raise ValueError(f"notify_events: unknown {unknown}; known: {', '.join(NOTIFY_EVENTS)}")
+        return events
+
+    log_max_bytes: int = Field(
+        default=20 << 20,
+        description="logs/magickbox.log is rotated when it reaches this size, in bytes.",
+    )
+    log_backups: int = Field(
+        default=5, description="Rotated logs kept (magickbox.log.1 ... .N); older ones go."
+    )
+
     @property
     def streams(self) -> Path:
         return self.home / "streams"
@@ -303,6 +375,19 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "slurm_gres",
         "slurm_extra",
         "slurm_path_map",
+    ),
+    "Monitoring, notifications and logs": (
+        "heartbeat_seconds",
+        "heartbeat_timeout",
+        "disk_warn_percent",
+        "notify",
+        "notify_events",
+        "notify_phi",
+        "notify_retries",
+        "notify_retry_delay",
+        "notify_timeout",
+        "log_max_bytes",
+        "log_backups",
     ),
 }
 # The home is where the file is, so the file cannot move it.

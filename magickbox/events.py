@@ -33,12 +33,25 @@ class JobQueued(Event):
 
 
 @dataclass(frozen=True)
+class JobStarted(Event):
+    """A queued job was handed to the executor; ``waited``: seconds it spent queued."""
+
+    scratchdir: str
+    bucket: str
+    waited: float
+
+
+@dataclass(frozen=True)
 class JobFinished(Event):
-    """A job's end (done or failed) is recorded in the database."""
+    """A job's end (done or failed) is recorded in the database.
+
+    ``run_seconds``: from its start to its end, when this process started it (None when
+    it never ran here: failed before a start, or by a restart)."""
 
     scratchdir: str
     bucket: str
     state: str
+    run_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,57 @@ class JobDeleted(Event):
     """A job and its folder are gone."""
 
     scratchdir: str
+
+
+@dataclass(frozen=True)
+class ImageReceived(Event):
+    """A C-STORE was accepted (the file is kept): ``nbytes`` of its data set."""
+
+    caller_aet: str
+    called_aet: str
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class AssociationRejected(Event):
+    """The receiver refused an association; ``reason`` is a short fixed label."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class SendEnded(Event):
+    """One try of a routing send ended; ``outcome`` is done, retrying or failed."""
+
+    send_id: int
+    scratchdir: str
+    destination: str
+    outcome: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class DiskLow(Event):
+    """The scratch filesystem's free space fell below the warning level (once per fall)."""
+
+    free_bytes: int
+    total_bytes: int
+
+
+@dataclass(frozen=True)
+class Scrubbed(Event):
+    """Space was freed by removing ``what`` (a job, an archived study, a stale file)."""
+
+    what: str
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class PartRestarted(Event):
+    """The heartbeat found a part of the box down or hung and restarted it."""
+
+    part: str
+    reason: str
 
 
 E = TypeVar("E", bound=Event)

@@ -162,23 +162,28 @@ class ArchiveIndex:
 
     @staticmethod
     def _read(folder: Path) -> dict[str, Any]:
-        files = 0
-        facts: dict[str, Any] = dict.fromkeys(STUDY_TAGS, "")
-        read = False
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            if not entry.is_file(follow_symlinks=False) or entry.name.startswith("."):
-                continue
-            files += 1
-            if read:
-                continue
-            try:
-                ds = pydicom.dcmread(
-                    entry.path, stop_before_pixels=True, specific_tags=[*STUDY_TAGS, STUDY_UID]
-                )
-            except (InvalidDicomError, OSError, ValueError, EOFError):
-                continue  # not DICOM; another file of the study will tell
-            facts = {tag: str(ds.get(tag, "") or "") for tag in STUDY_TAGS}
-            if not is_uid(folder.name) and ds.get(STUDY_UID):
-                facts[STUDY_UID] = str(ds.get(STUDY_UID))  # a hashed key: show the real UID
-            read = True
-        return {**facts, "files": files}
+        return study_facts(folder)
+
+
+def study_facts(folder: Path) -> dict[str, Any]:
+    """Patient and study tags of the first DICOM file in ``folder``, and its file count."""
+    files = 0
+    facts: dict[str, Any] = dict.fromkeys(STUDY_TAGS, "")
+    read = False
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if not entry.is_file(follow_symlinks=False) or entry.name.startswith("."):
+            continue
+        files += 1
+        if read:
+            continue
+        try:
+            ds = pydicom.dcmread(
+                entry.path, stop_before_pixels=True, specific_tags=[*STUDY_TAGS, STUDY_UID]
+            )
+        except (InvalidDicomError, OSError, ValueError, EOFError):
+            continue  # not DICOM; another file of the study will tell
+        facts = {tag: str(ds.get(tag, "") or "") for tag in STUDY_TAGS}
+        if not is_uid(folder.name) and ds.get(STUDY_UID):
+            facts[STUDY_UID] = str(ds.get(STUDY_UID))  # a hashed key: show the real UID
+        read = True
+    return {**facts, "files": files}

@@ -21,10 +21,11 @@ from magickbox.buckets.runner import (
     build_request,
     kill_leftover,
 )
-from magickbox.events import JobFinished, JobQueued
+from magickbox.events import JobFinished, JobQueued, JobStarted
 from magickbox.jobfolder import JobFolder, RunFacts
 from magickbox.jobs.db import Job, State
 from magickbox.jobs.store import JobStore
+from magickbox.pulse import Pulse
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,13 @@ class Dispatcher:
         self.settings = store.settings
         self.executor = executor
         self._running: dict[str, str] = {}  # scratchdir -> bucket, for jobs this process started
+        self._started: dict[str, float] = {}  # scratchdir -> when it started (monotonic)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+        self.pulse = Pulse()  # the heartbeat watches the loop through it
+        self._generation = 0  # a restart in place abandons a hung loop: it ends when it wakes
+        self._thread = self._new_thread()
         self.events = store.events  # JobFinished is published here
         self.events.subscribe(JobQueued, lambda _event: self.wake())
 
@@ -61,6 +65,31 @@ class Dispatcher:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _new_thread(self) -> threading.Thread:
+        gen = self._generation
+        return threading.Thread(target=self._loop, args=(gen,), name="dispatcher", daemon=True)
+
+    def problem(self, timeout: float) -> str:
+        """Why the queue's loop is not working ("" when it is): dead, or it did not come
+        round within ``timeout`` s of a wake-up (hung in a scheduling pass)."""
+        if self._stop.is_set():
+            return "stopped"
+        if not self._thread.is_alive():
+            return "its thread has ended"
+        asked = time.monotonic()
+        self.wake()
+        if not self.pulse.came_round_since(asked, timeout):
+            return f"busy for {self.pulse.busy_for():.0f} s without coming round (hung)"
+        return ""
+
+    def restart(self) -> None:
+        """Run the loop on a new thread; a hung old one ends when it comes back."""
+        self._generation += 1
+        self._stop.clear()
+        self._thread = self._new_thread()
+        self._thread.start()
+        self.wake()
 
     def recover(self) -> None:
         """Jobs that were running when the box died: re-run them or mark them failed."""
@@ -105,12 +134,15 @@ class Dispatcher:
             log.info("removed %d containers left by a crash: %s", len(removed), removed)
 
     # -- scheduling ----------------------------------------------------------------
-    def _loop(self) -> None:
-        while not self._stop.is_set():
+    def _loop(self, generation: int) -> None:
+        # A loop replaced while it hung ends as soon as it comes back, before it waits.
+        while not self._stop.is_set() and generation == self._generation:
+            self.pulse.sleeping()
             self._wake.wait(SAFETY_NET_SECONDS)
             self._wake.clear()
-            if self._stop.is_set():
+            if self._stop.is_set() or generation != self._generation:
                 return
+            self.pulse.working()
             try:
                 self._schedule()
             except Exception:  # a bad moment (database busy, disk full) must not stop the queue
@@ -137,6 +169,7 @@ class Dispatcher:
                     log.exception("job %s: could not be started", job.scratchdir)
                     with self._lock:
                         self._running.pop(job.scratchdir, None)
+                        self._started.pop(job.scratchdir, None)
                     self._fail(job, f"could not be started: {exc}")
 
     def _running_count(self, bucket: str) -> int:
@@ -171,7 +204,10 @@ class Dispatcher:
         )
         with self._lock:
             self._running[job.scratchdir] = job.bucket
+            self._started[job.scratchdir] = time.monotonic()
         log.info("job %s: running bucket %s", job.scratchdir, bucket.aetitle)
+        waited = max(0.0, (job.started_at or 0.0) - (job.queued_at or job.received_at))
+        self.events.publish(JobStarted(job.scratchdir, job.bucket, waited))
         self.executor.start(request, self._finished)
 
     def _fail(self, job: Job, reason: str) -> None:
@@ -180,9 +216,12 @@ class Dispatcher:
         self._publish_finished(job.scratchdir, job.bucket)
 
     def _finished(self, req: RunRequest, result: RunResult) -> None:
+        with self._lock:
+            started = self._started.pop(req.scratchdir, None)
         if result.stopped:
             self._put_back(req)
             return
+        seconds = time.monotonic() - started if started is not None else None
         try:
             values = outcome(req.job_dir, result)
             self.store.finish(req.scratchdir, values)
@@ -190,7 +229,7 @@ class Dispatcher:
             log.exception("job %s: could not record its end", req.scratchdir)
         else:
             self._publish_finished(req.scratchdir, req.env.get("MB_AETITLE_CALLED", ""),
-                                   str(values["state"]))  # fmt: skip
+                                   str(values["state"]), seconds)  # fmt: skip
         finally:
             with self._lock:
                 self._running.pop(req.scratchdir, None)
@@ -209,8 +248,10 @@ class Dispatcher:
             with self._lock:
                 self._running.pop(req.scratchdir, None)
 
-    def _publish_finished(self, scratchdir: str, bucket: str, state: str = State.FAILED) -> None:
-        self.events.publish(JobFinished(scratchdir, bucket, state))
+    def _publish_finished(
+        self, scratchdir: str, bucket: str, state: str = State.FAILED, seconds: float | None = None
+    ) -> None:
+        self.events.publish(JobFinished(scratchdir, bucket, state, seconds))
 
     def cancel(self, scratchdir: str) -> bool:
         return self.executor.cancel(scratchdir)

@@ -209,6 +209,15 @@ class JobStore:
                     queued.append(scratchdir)
         return running, queued
 
+    def state_counts(self) -> dict[str, dict[str, int]]:
+        """{bucket: {state: count}} over every job (the metrics' jobs by state)."""
+        query = select(Job.bucket, Job.state, func.count()).group_by(Job.bucket, Job.state)
+        counts: dict[str, dict[str, int]] = {}
+        with self.sessions() as s:
+            for bucket, state, n in s.execute(query):
+                counts.setdefault(bucket, {})[state] = n
+        return counts
+
     def received_times(self, since: float) -> list[float]:
         """When each job since ``since`` was received (the calendar counts them per local day)."""
         with self.sessions() as s:

@@ -12,9 +12,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from magickbox.events import EventBus, ImageReceived
 from magickbox.names import BadName, check_study_uid, check_uid
 from magickbox.receive.grouping import ArrivalKey, Grouper
-from magickbox.receive.structure import Malformed, check_stored_file
+from magickbox.receive.structure import Malformed, check_stored_file, dataset_bytes
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,10 @@ def sop_uid_of(raw: bytes | None, requested: str) -> str:
 
 
 class Intake:
-    def __init__(self, own_aet: str, grouper: Grouper) -> None:
+    def __init__(self, own_aet: str, grouper: Grouper, events: EventBus) -> None:
         self.own_aet = own_aet
         self.grouper = grouper
+        self.events = events  # ImageReceived, for the metrics
 
     def store(self, path: Path, syntax: str, requested: str, peer: Peer, assoc_id: int) -> int:
         """Check and keep the Part 10 file at ``path``; the status to answer with.
@@ -70,6 +72,7 @@ class Intake:
             found = check_stored_file(path, syntax, (STUDY_UID_TAG, SOP_UID_TAG))
             study_uid = study_uid_of(found.get(STUDY_UID_TAG, b""))
             sop_uid = sop_uid_of(found.get(SOP_UID_TAG), requested)
+            size = dataset_bytes(path)  # before the file moves into its arrival
             if peer.called == self.own_aet:  # an association to the own title stores nothing
                 raise ValueError("the box's own AE title names no bucket")
         except (ValueError, BadName, Malformed, OSError, EOFError) as exc:
@@ -88,6 +91,7 @@ class Intake:
             refused(peer, sop_uid, exc, logging.ERROR)
             path.unlink(missing_ok=True)
             return OUT_OF_RESOURCES
+        self.events.publish(ImageReceived(peer.calling, peer.called, size))
         return SUCCESS
 
 

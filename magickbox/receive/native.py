@@ -36,6 +36,7 @@ from pydicom.uid import AllTransferSyntaxes
 from magickbox import wire
 from magickbox.buckets.registry import Bucket
 from magickbox.config import Settings
+from magickbox.events import EventBus
 from magickbox.receive import acse
 from magickbox.receive.admission import VERIFICATION, Request, admit
 from magickbox.receive.grouping import Grouper
@@ -125,19 +126,22 @@ class NativeReceiver:
         grouper: Grouper,
         bucket_of: Callable[[str], Bucket | None],
         rejected: Callable[[Rejection], None],
+        events: EventBus | None = None,
     ) -> None:
         self.settings = settings
         self.grouper = grouper
         self.bucket_of = bucket_of  # the enabled bucket of a called AE title
         self.rejected = rejected  # records a refused association
-        self.intake = Intake(settings.aet, grouper)
+        self.intake = Intake(settings.aet, grouper, events or EventBus())
         self.listeners: list[socket.socket] = []
+        self.threads: list[threading.Thread] = []  # one accept loop per listener
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.connections: set[socket.socket] = set()
         self.associated = 0
 
     def start(self) -> None:
+        self.stopping.clear()
         partial = self.settings.partial
         partial.mkdir(parents=True, exist_ok=True)
         for leftover in partial.iterdir():  # never acknowledged: not accepted
@@ -157,6 +161,7 @@ class NativeReceiver:
             target=self._accept_loop, args=(sock, tls), name=f"dicom-accept-{port}", daemon=True
         )
         loop.start()
+        self.threads.append(loop)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -168,6 +173,21 @@ class NativeReceiver:
         for conn in open_now:  # their threads see the error, clean up and end
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
+        self.listeners.clear()
+        self.threads.clear()
+
+    def restart(self) -> None:
+        """Stop what is left of the listeners and listen again (the heartbeat's repair)."""
+        self.stop()
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return bool(self.threads) and all(t.is_alive() for t in self.threads)
+
+    def open_associations(self) -> int:
+        with self.lock:
+            return self.associated
 
     def _accept_loop(self, listener: socket.socket, tls: ssl.SSLContext | None) -> None:
         port = int(listener.getsockname()[1])

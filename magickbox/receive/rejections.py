@@ -94,3 +94,19 @@ def view(row: RejectionRow) -> dict[str, Any]:
         "port": row.port,
         "reason": row.reason,
     }
+
+
+# Fixed labels of refusals, by what the reason says (the metrics count by these: few and
+# stable, where reasons name titles and addresses).
+LABELS = (
+    ("no enabled bucket", "called_aet_unknown"),
+    ("own AE title", "own_aet_storage"),
+    ("allow-list", "caller_not_allowed"),
+    ("TLS handshake", "tls_handshake"),
+    ("associations are open", "too_many_associations"),
+    ("disk", "disk_reserve"),
+)
+
+
+def rejection_label(reason: str) -> str:
+    return next((label for text, label in LABELS if text in reason), "other")

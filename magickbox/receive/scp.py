@@ -28,6 +28,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from magickbox.buckets.registry import Bucket
 from magickbox.config import Settings
+from magickbox.events import EventBus
 from magickbox.receive.admission import Request, admit
 from magickbox.receive.grouping import Grouper
 from magickbox.receive.intake import STUDY_UID_TAG, Intake, Peer, study_uid_of
@@ -78,12 +79,13 @@ class Receiver:
         grouper: Grouper,
         bucket_of: Callable[[str], Bucket | None],
         rejected: Callable[[Rejection], None],
+        events: EventBus | None = None,
     ) -> None:
         self.settings = settings
         self.grouper = grouper
         self.bucket_of = bucket_of  # the enabled bucket of a called AE title
         self.rejected = rejected  # records a refused association
-        self.intake = Intake(settings.aet, grouper)
+        self.intake = Intake(settings.aet, grouper, events or EventBus())
         self.servers: list[ThreadedAssociationServer] = []
 
     def start(self) -> None:
@@ -124,6 +126,22 @@ class Receiver:
         for server in self.servers:
             server.shutdown()
         self.servers.clear()
+
+    def restart(self) -> None:
+        """Stop what is left of the listeners and listen again (the heartbeat's repair)."""
+        try:
+            self.stop()
+        except Exception:  # a broken server is what is being repaired
+            log.exception("receiver: stopping the old listener failed")
+            self.servers.clear()
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return bool(self.servers)
+
+    def open_associations(self) -> int:
+        return sum(len(server.active_associations) for server in self.servers)
 
     def _on_requested(self, event: Event) -> None:
         request = association_request(event.assoc)

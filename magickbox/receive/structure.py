@@ -54,6 +54,17 @@ def check_stored_file(path: Path, syntax: str, capture: tuple[int, ...] = ()) ->
         return check_dataset(fh, UID(syntax), capture)
 
 
+def dataset_bytes(path: Path) -> int:
+    """Bytes of the data set of a Part 10 file (what came on the wire: no preamble or meta)."""
+    with path.open("rb") as fh:
+        head = fh.read(144)
+        size = os.fstat(fh.fileno()).st_size
+    if len(head) < 144:
+        return size
+    (meta_length,) = struct.unpack_from("<L", head, 140)
+    return max(0, size - 144 - meta_length)
+
+
 def check_dataset(fh: BinaryIO, syntax: UID, capture: tuple[int, ...] = ()) -> dict[int, bytes]:
     """Walk the data set from ``fh``'s position to its end; raise Malformed when broken."""
     reader = _Inflating(fh) if syntax.is_deflated else _Plain(fh)

@@ -18,6 +18,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from magickbox.config import Settings
 from magickbox.errors import Invalid
+from magickbox.events import EventBus, SendEnded
 from magickbox.jobs.db import FINISHED, Job
+from magickbox.pulse import Pulse
 from magickbox.routing import rules, sender
 from magickbox.routing.errorimage import write_error_image
 from magickbox.routing.models import RoutingLog, Send, SendState
@@ -57,14 +60,17 @@ class Router:
         sessions: sessionmaker[Session],
         job_dir: Callable[[Job], Path],
         send: SendFunc = sender.send,
+        events: EventBus | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.job_dir = job_dir
         self._send = send
+        self.events = events or EventBus()  # SendEnded is published here
         self._wake = threading.Condition()
         self._stop = False
-        self._threads: list[threading.Thread] = []
+        self._workers: list[_Worker] = []
+        self._local = threading.local()  # the current worker's pulse (progress beats it)
         self._table_lock = threading.Lock()
         self._ended: queue.SimpleQueue[str] = queue.SimpleQueue()  # jobs to evaluate
 
@@ -72,15 +78,44 @@ class Router:
     def start(self) -> None:
         self.recover()
         self.route_missed()
-        for i in range(max(1, self.settings.routing_workers)):
-            thread = threading.Thread(target=self._loop, name=f"routing-{i}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        slots = range(max(1, self.settings.routing_workers))
+        self._workers = [self._new_worker(i, 0) for i in slots]
+        for worker in self._workers:
+            worker.thread.start()  # in its slot first: the loop checks it is still its own
+
+    def _new_worker(self, slot: int, generation: int) -> _Worker:
+        worker = _Worker(slot, generation, Pulse())
+        worker.thread = threading.Thread(
+            target=self._loop, args=(worker,), name=f"routing-{slot}", daemon=True
+        )
+        return worker
 
     def stop(self) -> None:
         with self._wake:
             self._stop = True
             self._wake.notify_all()
+
+    def problem(self, hang_after: float) -> str:
+        """Why the send workers are not working ("" when they are): stopped, a worker's
+        thread ended, or one busy for ``hang_after`` s without any progress (hung)."""
+        if self._stop:
+            return "stopped"
+        for worker in self._workers:
+            if not worker.thread.is_alive():
+                return f"worker {worker.slot}: its thread has ended"
+            if worker.pulse.busy_for() > hang_after:
+                return f"worker {worker.slot}: busy for {worker.pulse.busy_for():.0f} s (hung)"
+        return ""
+
+    def restart(self, hang_after: float) -> None:
+        """Workers that ended or hang are replaced (a hung one ends when it comes back)."""
+        with self._wake:
+            self._stop = False
+        for i, worker in enumerate(self._workers):
+            if not worker.thread.is_alive() or worker.pulse.busy_for() > hang_after:
+                self._workers[i] = self._new_worker(worker.slot, worker.generation + 1)
+                self._workers[i].thread.start()
+        self.wake()
 
     def wake(self) -> None:
         with self._wake:
@@ -272,11 +307,13 @@ class Router:
             s.add(RoutingLog(at=time.time(), scratchdir=scratchdir, **values))
 
     # -- the workers ---------------------------------------------------------------
-    def _loop(self) -> None:
+    def _loop(self, worker: _Worker) -> None:
+        self._local.pulse = worker.pulse
         while True:
             with self._wake:
-                if self._stop:
-                    return
+                if self._stop or self._workers[worker.slot] is not worker:
+                    return  # stopped, or replaced by a restart while it hung
+            worker.pulse.working()
             try:
                 if self.run_once():
                     continue
@@ -285,6 +322,7 @@ class Router:
                 time.sleep(1)
                 continue
             with self._wake:
+                worker.pulse.sleeping()
                 if not self._stop and self._ended.empty():
                     self._wake.wait(self._seconds_to_next())
 
@@ -427,6 +465,8 @@ class Router:
             message=message,
         )
         log.info("send %d (%s) to %s: %s", row.id, row.scratchdir, _destination(row), message)
+        reason = str(values.get("reason", ""))
+        self.events.publish(SendEnded(row.id, row.scratchdir, _destination(row), outcome, reason))
 
     def _delay(self, attempts: int) -> float:
         s = self.settings
@@ -441,6 +481,16 @@ class Router:
             s.execute(update(Send).where(Send.id == send_id).values(**values))
 
 
+@dataclass
+class _Worker:
+    """A send worker's slot: a restart replaces a hung worker by a newer generation."""
+
+    slot: int
+    generation: int
+    pulse: Pulse
+    thread: threading.Thread = field(default_factory=threading.Thread)
+
+
 class _Progress:
     """Records accepted files while a send runs, so a crash mid-send does not resend them."""
 
@@ -450,6 +500,9 @@ class _Progress:
 
     def accepted(self, name: str) -> None:
         self.done.add(name)
+        pulse = getattr(self.router._local, "pulse", None)
+        if pulse is not None:  # a long send is progress, not a hang
+            pulse.working()
         if time.monotonic() - self.last >= PROGRESS_EVERY:
             self.flush()
 

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Query, Request, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
-from magickbox.box import Invalid
 from magickbox.jobfolder import JobFolder
 from magickbox.jobs.db import State
 from magickbox.jobs.store import JobFilter
@@ -194,15 +193,3 @@ def archive(
 ) -> dict[str, Any]:
     """Archived studies, most recently changed first, with their patient and study tags."""
     return box.archived_studies(limit, offset)
-
-
-@router.get("/health")
-def health(box: BoxDep) -> dict[str, Any]:
-    if not box.settings.scratch.is_dir():
-        raise Invalid("scratch folder is missing")
-    return {
-        "ok": True,
-        "aet": box.settings.aet,
-        "dicom_port": box.settings.dicom_port,
-        "pending_sends": box.pending_arrivals(),
-    }

@@ -21,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 
 from magickbox.box import Box
 from magickbox.errors import MagickBoxError
-from magickbox.web import api, legacy, results, routing, setup, studies
+from magickbox.web import api, legacy, monitor, results, routing, setup, studies
 from magickbox.web.views import ScratchRenderer
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ def create_app(box: Box, dicom: bool = True) -> FastAPI:
     app.include_router(results.router)
     app.include_router(setup.router)
     app.include_router(studies.router)
+    app.include_router(monitor.router)
 
     # The page: static files, no build step; everything it shows comes from /api/v1.
     app.mount("/page", StaticFiles(directory=PAGE_DIR), name="page")

@@ -12,11 +12,20 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from magickbox.testing.dicomgen import write_study
-from magickbox.testing.server import BoxServer
-from tests.e2e.peers import api_job, api_jobs, install_buckets, send_files, wait_for, wait_state
+from magickbox.testing.server import BoxServer, listening
+from tests.e2e.peers import (
+    api_job,
+    api_jobs,
+    install_buckets,
+    pid_alive,
+    send_files,
+    wait_for,
+    wait_state,
+)
 from tests.e2e.test_containers import containers, image, install, start  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,13 +52,24 @@ def serve(home: Path, dicom: int, web: int) -> subprocess.Popen[str]:
         str(dicom),
         "--web-port",
         str(web),
+        "--quiet-seconds",  # a send is a job soon: the tests wait less
+        "0.3",
     ]
     return subprocess.Popen(cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+# Runs until $MB_MEMORY/go exists: a job that is running while a second box tries the home.
+HOLD = """#!/bin/sh
+echo "$$" >> "$MB_MEMORY/runs.txt"
+while [ ! -e "$MB_MEMORY/go" ]; do sleep 0.1; done
+echo ok > "$2/done.txt"
+"""
 
 
 @pytest.fixture
 def first(tmp_path: Path) -> Iterator[tuple[Path, int, int]]:
     home, dicom, web = tmp_path / "home", free_port(), free_port()
+    install_buckets(home, Hold=HOLD)
     proc = serve(home, dicom, web)
     deadline = time.monotonic() + 30
     while not (home / "magickbox.lock").is_file() or not (home / "magickbox.lock").read_text():
@@ -66,12 +86,40 @@ def second(home: Path, dicom: int, web: int) -> tuple[int, str]:
     return proc.returncode, err
 
 
-def test_second_box_on_one_home_refused(first: tuple[Path, int, int]) -> None:
-    home, _dicom, _web = first
-    code, err = second(home, free_port(), free_port())
-    pid = (home / "magickbox.lock").read_text().strip()
-    assert code != 0 and f"home {home} is already served by pid {pid}" in err
-    assert "Traceback" not in err
+def job_of(web: int, scratchdir: str) -> dict:
+    return httpx.get(f"http://127.0.0.1:{web}/api/v1/jobs/{scratchdir}", timeout=30).json()
+
+
+def test_second_box_on_one_home_refused_and_the_first_ones_job_runs_on_untouched(
+    first: tuple[Path, int, int], tmp_path: Path
+) -> None:
+    home, dicom, web = first
+    runs, go = home / "memory" / "Hold" / "runs.txt", home / "memory" / "Hold" / "go"
+    wait_for("the first box to serve", lambda: listening(web) and listening(dicom))
+    study = write_study(tmp_path / "study", n_images=1, rows=16, cols=16)
+    assert len(send_files(dicom, "Hold", study.paths).ok) == 1
+    bucket_pid = int(wait_for("the job to run", lambda: runs.is_file() and runs.read_text()))
+    jobs = httpx.get(f"http://127.0.0.1:{web}/api/v1/jobs", timeout=30).json()["jobs"]
+    (scratchdir,) = [j["scratchdir"] for j in jobs]
+
+    # On other ports, then on the first box's own: both refused before touching the home.
+    for ports in ((free_port(), free_port()), (dicom, web)):
+        code, err = second(home, *ports)
+        pid = (home / "magickbox.lock").read_text().strip()
+        assert code != 0 and f"home {home} is already served by pid {pid}" in err
+        assert "Traceback" not in err
+        assert pid_alive(bucket_pid), "the second box killed the first one's running bucket"
+        job = job_of(web, scratchdir)
+        assert (job["state"], job["attempts"]) == ("running", 1), job
+
+    go.touch()
+    done = wait_for("the job to end", lambda: (j := job_of(web, scratchdir))["state"]
+                    in ("done", "failed") and j)  # fmt: skip
+    assert (done["state"], done["attempts"]) == ("done", 1), done
+    assert runs.read_text().split() == [str(bucket_pid)]  # ran once, never re-run
+    log = (home / "scratch" / scratchdir / "processing.log").read_text()
+    assert "restarted" not in log and "interrupted" not in log, log
+    assert (home / "scratch" / scratchdir / "OUTPUT" / "done.txt").is_file()
 
 
 @pytest.mark.parametrize("which", ["DICOM", "web"])
