@@ -166,6 +166,10 @@ class NativeReceiver:
     def stop(self) -> None:
         self.stopping.set()
         for sock in self.listeners:
+            # shutdown first: on Linux it wakes the thread blocked in accept(), where a
+            # bare close() would leave the port listening until that call returns
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 sock.close()
         with self.lock:
