@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from magickbox.announce import Announcer
-from magickbox.buckets import registry
+from magickbox.buckets import health, registry
 from magickbox.buckets.runner import LocalExecutor
 from magickbox.buckets.slurm import RoutingExecutor
 from magickbox.config import Settings
 from magickbox.errors import Conflict, Invalid, NotFound
 from magickbox.events import EventBus, JobDeleted, JobFinished
 from magickbox.home import init_home
+from magickbox.jobfolder import JobFolder
 from magickbox.jobs import browse, scratch
 from magickbox.jobs.db import Job, State, open_database
 from magickbox.jobs.queue import Dispatcher
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # NotFound and Invalid stay importable from here (older callers); they are errors.py's.
 __all__ = ["Box", "Conflict", "Invalid", "NotFound"]
+
+STATS_WINDOW = 24 * 3600.0  # the Overview's throughput: jobs finished in the last day
 
 
 class Box:
@@ -182,21 +185,38 @@ class Box:
         return {_day_text(day): n for day, n in sorted(counts.items())}
 
     def bucket_overview(self, enabled_only: bool) -> list[dict[str, Any]]:
-        """The buckets as /api/v1/buckets shows them, with their mean processing time."""
-        means = self.store.mean_processing()
-        return [
-            {
-                "aetitle": b.aetitle,
-                "enabled": b.enabled,
-                "folder": b.path.name,
-                "info": b.info,
-                "mean_processing_seconds": means.get(b.aetitle),
-            }
-            for b in self.buckets(enabled_only=enabled_only)
-        ]
+        """The buckets as /api/v1/buckets shows them: every folder (``enabled_only``: the
+        enabled buckets) with its problems, its mean processing time and its job figures."""
+        stats = self.bucket_stats()
+        rows = []
+        for found in health.survey(self.settings):
+            if enabled_only and not found.enabled:
+                continue
+            row = health.view(found)
+            figures = stats.get(row["aetitle"], {})
+            row["mean_processing_seconds"] = figures.get("mean_done_seconds")
+            row["stats"] = figures or None
+            rows.append(row)
+        return rows
+
+    def bucket_stats(self, window: float = STATS_WINDOW) -> dict[str, dict[str, Any]]:
+        """Per bucket: success rate, mean run and wait, and jobs an hour over ``window``."""
+        stats = self.store.bucket_stats(time.time() - window)
+        for figures in stats.values():
+            figures["per_hour"] = round(figures["finished_recently"] * 3600 / window, 2)
+            figures["window_seconds"] = window
+        return stats
 
     def job_files(self, scratchdir: str, part: str) -> dict[str, Any]:
         return browse.job_files(self.job_dir(scratchdir), part)
+
+    def job_file(self, scratchdir: str, part: str, name: str) -> Path:
+        """One regular file of a job's OUTPUT or INPUT (never through a link)."""
+        return browse.job_file(self.job_dir(scratchdir), part, name)
+
+    def job_verdict(self, job: Job) -> dict[str, Any] | None:
+        """The bucket's proc.json (success, message), None when there is none."""
+        return JobFolder(self.store.job_dir(job)).read_verdict()
 
     def disk(self, with_scratch_size: bool) -> dict[str, Any]:
         return browse.disk_usage(
@@ -240,6 +260,9 @@ class Box:
 
     def sends(self, scratchdir: str | None = None) -> list[dict[str, Any]]:
         return self.router.sends(scratchdir)
+
+    def failing_sends(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self.router.failing_sends(limit)
 
     def send(self, send_id: int) -> dict[str, Any]:
         row = self.router.send(send_id)

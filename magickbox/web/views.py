@@ -98,6 +98,12 @@ def iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
+def job_detail_view(job: Job, log_size: int, verdict: dict[str, Any] | None) -> dict[str, Any]:
+    """One job (its own page): the list's facts and its proc.json ``verdict``, which costs
+    a read of the folder and so is not in lists."""
+    return {**job_view(job, log_size), "verdict": verdict}
+
+
 def job_view(job: Job, log_size: int | None = None) -> dict[str, Any]:
     """A job in /api/v1: every fact, with times in ISO 8601 (UTC)."""
     return {
@@ -131,5 +137,6 @@ def job_view(job: Job, log_size: int | None = None) -> dict[str, Any]:
             "log": f"/api/v1/jobs/{job.scratchdir}/log",
             "output": f"/api/v1/jobs/{job.scratchdir}/output.zip",
             "input": f"/api/v1/jobs/{job.scratchdir}/input.zip",
+            "files": f"/api/v1/jobs/{job.scratchdir}/files",
         },
     }
