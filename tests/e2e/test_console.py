@@ -33,9 +33,16 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 CRASH = "#!/bin/sh\necho 'about to crash'\nexit 7\n"  # no proc.json: couldNotReadProcJSON
 WIDE, NARROW = {"width": 1400, "height": 900}, {"width": 390, "height": 844}
-PAGES = {"jobs": "#/jobs", "overview": "#/overview", "buckets": "#/buckets",
-         "setup": "#/admin/setup", "routing": "#/admin/routing",
-         "routing-log": "#/admin/routing-log", "archive": "#/admin/archive"}  # fmt: skip
+# Each page by its address, and what shows it has drawn its answers.
+PAGES = {"jobs": ("#/jobs", "#rows tr[data-job]"),
+         "overview": ("#/overview", "#bucket-stats"),
+         "buckets": ("#/buckets", "article.bucket"),
+         "setup": ("#/admin/setup", "#admin dd"),
+         "routing": ("#/admin/routing", "#dests tr[data-dest]"),
+         "routing-log": ("#/admin/routing-log", "#admin table.sends"),
+         "archive": ("#/admin/archive", "#admin tr[data-uid]")}  # fmt: skip
+IMAGES_DRAWN = ("() => [...document.querySelectorAll('#images img')]"
+                ".every(i => i.complete && i.naturalWidth > 0)")  # fmt: skip
 
 
 @dataclass
@@ -86,7 +93,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     _broken_buckets(home)  # ProcBucket is the home's example bucket, as shipped
     dead_port = free_port()
     (home / "routing.json").write_text(json.dumps(_routing(dead_port)))
-    box = BoxServer(home, quiet=0.3, env={"MAGICKBOX_ROUTING_RETRIES": "0"}).start()
+    env = {"MAGICKBOX_ROUTING_RETRIES": "0", "MAGICKBOX_ANNOUNCE": "0"}
+    box = BoxServer(home, quiet=0.3, env=env).start()
     try:
         for name, bucket in (("proc", "ProcBucket"), ("crash", "Crash")):
             write_study(folder / name, n_images=2, rows=32, cols=32, patient_id=f"P-{name}")
@@ -226,10 +234,7 @@ def test_job_page_shows_verdict_images_files_and_sends(site: Site, page) -> None
     images.nth(1).wait_for()
     kinds = images.evaluate_all("imgs => imgs.map(i => i.dataset.kind)")
     assert "image" in kinds and "dicom" in kinds  # preview.png and the derived series
-    page.wait_for_function(  # every one drawn: PNG as is, DICOM rendered by the box
-        "() => [...document.querySelectorAll('#images img')]"
-        ".every(i => i.complete && i.naturalWidth > 0)"
-    )
+    page.wait_for_function(IMAGES_DRAWN)  # every one drawn: PNG as is, DICOM by the box
     (send,) = [s for s in site.sends() if s["scratchdir"] == job["scratchdir"]]
     row = page.locator(f'#sends tr[data-send="{send["id"]}"]')
     assert row.locator(".badge").inner_text().upper() == "DONE"
@@ -319,7 +324,11 @@ def test_overview_bucket_figures_and_failing_sends(site: Site, page) -> None:  #
     assert page.locator('#bucket-stats tr[data-bucket="ProcBucket"] [data-stat="success"]'
                         ).inner_text() == "100 %"  # fmt: skip
     assert crash.locator('[data-stat="run"]').inner_text().endswith("(failed)")
-    assert page.locator('#bucket-stats [data-stat="rate"]').first.inner_text() != ""
+    for bucket, figures in stats.items():
+        rate = page.locator(f'#bucket-stats tr[data-bucket="{bucket}"] [data-stat="rate"]')
+        assert rate.inner_text().split()[0] == str(figures["finished_recently"])
+        assert figures["finished_recently"] == figures["done"] + figures["failed"]  # all today
+        assert figures["mean_wait_seconds"] is not None
     failing = [s for s in site.sends() if s["state"] == "failed"]
     for s in failing:
         page.locator(f'#failing li[data-send="{s["id"]}"]').wait_for()
@@ -360,13 +369,14 @@ def test_setup_fits_a_phone(site: Site, browser) -> None:  # type: ignore[no-unt
 
 def test_screenshots_of_every_page(site: Site, browser) -> None:  # type: ignore[no-untyped-def]
     job = site.job_of(bucket="ProcBucket")["scratchdir"]
-    pages = {**PAGES, "job": f"#/job/{job}"}
+    pages = {**PAGES, "job": (f"#/job/{job}", "#images img")}
     for size, viewport in (("wide", WIDE), ("narrow", NARROW)):
         for pg in _page(browser, viewport):
-            for name, hash_ in pages.items():
+            for name, (hash_, drawn) in pages.items():
                 pg.goto(f"{site.box.url}/{hash_}")
-                pg.locator("#main > *").first.wait_for()
-                pg.wait_for_load_state("networkidle")
+                pg.locator(drawn).first.wait_for()
+                if name == "job":
+                    pg.wait_for_function(IMAGES_DRAWN)
                 wide = pg.evaluate("document.documentElement.scrollWidth")
                 assert wide <= viewport["width"], f"{name} scrolls sideways at {size}"
                 shot(pg, f"{name}-{size}")

@@ -502,13 +502,13 @@ function drawBucketStats(stats) {
   const names = Object.keys(stats).sort();
   document.getElementById("bstats").innerHTML = names.length
     ? `<table class="plain" id="bucket-stats"><thead><tr><th>Bucket</th><th class="num">Done</th><th class="num">Failed</th><th class="num">Success</th>
-        <th class="num">Mean run</th><th class="num">Mean wait</th><th class="num">Per hour</th></tr></thead><tbody>
+        <th class="num">Mean run</th><th class="num">Mean wait</th><th class="num">Last 24 h</th></tr></thead><tbody>
         ${names.map((n) => { const b = stats[n]; return `<tr data-bucket="${esc(n)}"><td>${esc(n)}</td><td class="num">${num(b.done)}</td><td class="num">${num(b.failed)}</td>
           <td class="num ${b.success_rate < 1 ? "bad" : ""}" data-stat="success">${percent(b.success_rate)}</td>
           <td class="num" data-stat="run">${esc(duration(b.mean_done_seconds ?? b.mean_failed_seconds))}${b.mean_done_seconds == null ? ' <span class="sub">(failed)</span>' : ""}</td>
           <td class="num" data-stat="wait">${esc(duration(b.mean_wait_seconds))}</td>
-          <td class="num" data-stat="rate" title="jobs finished in the last 24 h, an hour">${b.per_hour}</td></tr>`; }).join("")}</tbody></table>
-      <p class="sub">Mean run: start to end of done jobs (of failed ones when none is done). Mean wait: queued to started. Per hour: over the last 24 h.</p>`
+          <td class="num" data-stat="rate">${num(b.finished_recently)} <span class="sub">${b.per_hour}/h</span></td></tr>`; }).join("")}</tbody></table>
+      <p class="sub">Mean run: start to end of done jobs (of failed ones when none is done). Mean wait: queued to started. Last 24 h: jobs finished, and per hour.</p>`
     : `<p class="sub">No finished jobs yet.</p>`;
 }
 
@@ -549,7 +549,7 @@ async function viewBuckets() {
       const line = `storescu +sd +r -nh -aet ME -aec ${b.aetitle} ${host} ${setup.dicom_port} <dir>`;
       return `<article class="card bucket ${b.ready ? "" : b.enabled || !i.AETitle ? "broken" : "disabled"}" data-bucket="${esc(b.aetitle)}">
         <header><h2>${esc(i.name || b.aetitle)}</h2>${bucketBadge(b)}</header>
-        ${b.problems.length ? `<ul class="problems">${b.problems.map((t) => `<li>${esc(t)}</li>`).join("")}</ul>` : ""}
+        ${b.problems.length ? `<ul class="problems">${b.problems.map((t) => `<li class="${t.startsWith("disabled") ? "off" : ""}">${esc(t)}</li>`).join("")}</ul>` : ""}
         <p>${esc(i.description || "")}</p>
         <dl class="facts"><dt>AE title</dt><dd class="mono">${esc(b.aetitle)}</dd>
           <dt>Version</dt><dd>${esc(i.version ?? "")}</dd>
