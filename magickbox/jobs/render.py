@@ -14,7 +14,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
 from magickbox.errors import Invalid
 
@@ -22,19 +22,22 @@ MAX_SIDE = 1024  # pixels of the longest side of the picture sent to the page
 
 
 def dicom_png(path: Path, frame: int = 0) -> bytes:
-    """PNG bytes of ``frame`` of the DICOM image in ``path``; Invalid says why not."""
+    """PNG bytes of ``frame`` of the DICOM image in ``path``; Invalid says why not.
+
+    Only that frame is decoded (a multi-frame file can be gigabytes of pixels)."""
     try:
-        ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, AttributeError, KeyError, ValueError, EOFError) as exc:
-        raise Invalid(f"{path.name} has no image this box can draw: {exc}") from exc
-    except (NotImplementedError, RuntimeError) as exc:  # a compression without a decoder
-        raise Invalid(f"{path.name}: its pixel data cannot be decoded here: {exc}") from exc
+        raise Invalid(f"{path.name} is not a DICOM file this box can read: {exc}") from exc
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if not 0 <= frame < frames:
         raise Invalid(f"{path.name} has {frames} frame(s); frame {frame} does not exist")
-    if frames > 1:
-        pixels = pixels[frame]
+    try:
+        pixels = pixel_array(path, index=frame if frames > 1 else None)
+    except (AttributeError, KeyError, ValueError, EOFError) as exc:
+        raise Invalid(f"{path.name} has no image this box can draw: {exc}") from exc
+    except (NotImplementedError, RuntimeError) as exc:  # a compression without a decoder
+        raise Invalid(f"{path.name}: its pixel data cannot be decoded here: {exc}") from exc
     picture = _picture(ds, pixels)
     picture.thumbnail((MAX_SIDE, MAX_SIDE))
     out = io.BytesIO()

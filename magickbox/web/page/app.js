@@ -618,6 +618,7 @@ async function adminRouting(el) {
     try {
       await api("/routing", { method: "PUT", headers: { "Content-Type": "application/json" }, body: text });
       msg("Saved.");
+      drawDestinations(JSON.parse(text)); // the box took it, so it is JSON
     } catch (e) { msg(e.message, true); }
   };
 }
