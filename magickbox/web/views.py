@@ -137,6 +137,5 @@ def job_view(job: Job, log_size: int | None = None) -> dict[str, Any]:
             "log": f"/api/v1/jobs/{job.scratchdir}/log",
             "output": f"/api/v1/jobs/{job.scratchdir}/output.zip",
             "input": f"/api/v1/jobs/{job.scratchdir}/input.zip",
-            "files": f"/api/v1/jobs/{job.scratchdir}/files",
         },
     }
