@@ -382,12 +382,12 @@ function sendsTable(sends, withJob, history = {}) {
       return `<tr data-send="${s.id}" data-state="${esc(s.state)}">
         <td data-label="Created" class="nowrap">${esc(epochTime(s.created_at))}</td>
         ${withJob ? `<td data-label="Job"><a class="mono" href="#/job/${encodeURIComponent(s.scratchdir)}">${esc(s.scratchdir)}</a></td>` : ""}
-        <td data-label="Rule">#${esc(s.rule)} ${esc(s.rule_name)} <span class="sub">key ${esc(s.key)}</span></td>
+        <td data-label="Rule"><div class="cell">#${esc(s.rule)} ${esc(s.rule_name)} <span class="sub">key ${esc(s.key)}</span></div></td>
         <td data-label="Destination" class="mono">${esc(`${d.AETitleTo}@${d.IP}:${d.PORT}`)}</td>
         <td data-label="State">${badge(s.state)}</td>
         <td data-label="Files" class="num">${num(s.accepted)} of ${num(s.files)}</td>
         <td data-label="Tries" class="num">${num(s.attempts)}/${num(s.max_attempts)}</td>
-        <td data-label="Last word" class="reason">${esc(last)}${more}</td>
+        <td data-label="Last word" class="reason"><div class="cell">${esc(last)}${more}</div></td>
         <td class="actions">${SEND_RETRYABLE.includes(s.state) ? `<button class="btn small" data-retry-send="${s.id}">Retry send</button>` : ""}</td></tr>`;
     }).join("")}</tbody></table>`;
 }
