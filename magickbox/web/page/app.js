@@ -500,14 +500,19 @@ const percent = (x) => (x == null ? "" : `${(100 * x).toFixed(x === 1 || x === 0
 
 function drawBucketStats(stats) {
   const names = Object.keys(stats).sort();
+  const cell = (label, stat, text, cls = "") => `<td data-label="${label}" class="num ${cls}" data-stat="${stat}">${text}</td>`;
   document.getElementById("bstats").innerHTML = names.length
-    ? `<table class="plain" id="bucket-stats"><thead><tr><th>Bucket</th><th class="num">Done</th><th class="num">Failed</th><th class="num">Success</th>
+    ? `<table class="jobs stats" id="bucket-stats"><thead><tr><th>Bucket</th><th class="num">Done</th><th class="num">Failed</th><th class="num">Success</th>
         <th class="num">Mean run</th><th class="num">Mean wait</th><th class="num">Last 24 h</th></tr></thead><tbody>
-        ${names.map((n) => { const b = stats[n]; return `<tr data-bucket="${esc(n)}"><td>${esc(n)}</td><td class="num">${num(b.done)}</td><td class="num">${num(b.failed)}</td>
-          <td class="num ${b.success_rate < 1 ? "bad" : ""}" data-stat="success">${percent(b.success_rate)}</td>
-          <td class="num" data-stat="run">${esc(duration(b.mean_done_seconds ?? b.mean_failed_seconds))}${b.mean_done_seconds == null ? ' <span class="sub">(failed)</span>' : ""}</td>
-          <td class="num" data-stat="wait">${esc(duration(b.mean_wait_seconds))}</td>
-          <td class="num" data-stat="rate">${num(b.finished_recently)} <span class="sub">${b.per_hour}/h</span></td></tr>`; }).join("")}</tbody></table>
+        ${names.map((n) => {
+          const b = stats[n];
+          const run = esc(duration(b.mean_done_seconds ?? b.mean_failed_seconds)) + (b.mean_done_seconds == null ? ' <span class="sub">(failed)</span>' : "");
+          return `<tr data-bucket="${esc(n)}"><td data-label="Bucket">${esc(n)}</td>
+            ${cell("Done", "done", num(b.done))}${cell("Failed", "failed", num(b.failed))}
+            ${cell("Success", "success", percent(b.success_rate), b.success_rate < 1 ? "bad" : "")}
+            ${cell("Mean run", "run", run)}${cell("Mean wait", "wait", esc(duration(b.mean_wait_seconds)))}
+            ${cell("Last 24 h", "rate", `${num(b.finished_recently)} <span class="sub">${b.per_hour}/h</span>`)}</tr>`;
+        }).join("")}</tbody></table>
       <p class="sub">Mean run: start to end of done jobs (of failed ones when none is done). Mean wait: queued to started. Last 24 h: jobs finished, and per hour.</p>`
     : `<p class="sub">No finished jobs yet.</p>`;
 }
@@ -644,9 +649,9 @@ function drawDestinations(table) {
   const el = document.getElementById("dests");
   const list = destinations(table);
   el.innerHTML = list.length
-    ? `<table class="plain"><thead><tr><th>Destination</th><th>Used by</th><th></th><th>Answer</th></tr></thead><tbody>
-      ${list.map(({ dest, uses }, i) => `<tr data-dest="${i}"><td class="mono">${esc(`${dest.AETitleTo}@${dest.IP}:${dest.PORT}`)} <span class="sub">as ${esc(dest.AETitleSender)}</span></td>
-        <td class="sub">${esc(uses.join("; "))}</td><td><button class="btn small" data-echo="${i}">C-ECHO</button></td><td class="echo-answer" id="echo-${i}"></td></tr>`).join("")}</tbody></table>`
+    ? `<table class="jobs stats"><thead><tr><th>Destination</th><th>Used by</th><th></th><th>Answer</th></tr></thead><tbody>
+      ${list.map(({ dest, uses }, i) => `<tr data-dest="${i}"><td data-label="Destination"><div class="cell"><span class="mono">${esc(`${dest.AETitleTo}@${dest.IP}:${dest.PORT}`)}</span> <span class="sub">as ${esc(dest.AETitleSender)}</span></div></td>
+        <td data-label="Used by" class="sub">${esc(uses.join("; "))}</td><td class="actions"><button class="btn small" data-echo="${i}">C-ECHO</button></td><td data-label="Answer" class="echo-answer" id="echo-${i}"></td></tr>`).join("")}</tbody></table>`
     : `<p class="sub">The table names no destination.</p>`;
   for (const b of el.querySelectorAll("button[data-echo]")) {
     b.onclick = async () => {
