@@ -41,6 +41,9 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessBox]:
     copy_bucket(home, "Results", RESULTS.format(png=png))
     copy_bucket(home, "NoVerdict", NO_VERDICT)
     copy_bucket(home, "Fails", FAILS)
+    copy_bucket(home, "NoBang", "echo 'no #! line'\n")
+    no_exec = copy_bucket(home, "NoX", NO_VERDICT)
+    (no_exec / "work.sh").chmod(0o644)
     with in_process_box(home) as app:
         yield app
 
@@ -179,6 +182,20 @@ def test_buckets_carry_problems_and_figures(
             for path in sorted((streams / name).iterdir()):
                 path.unlink()
             (streams / name).rmdir()
+
+
+@pytest.mark.parametrize(
+    ("bucket", "reason"),
+    [("NoBang", "cannot start work.sh: Exec format error: "
+                "work.sh has no #! line (e.g. #!/bin/sh): it cannot start"),
+     ("NoX", "cannot start work.sh: Permission denied: "
+             "work.sh is not executable (chmod +x work.sh)")],
+)  # fmt: skip
+def test_a_bucket_that_cannot_start_says_why(
+    app: InProcessBox, study: bytes, bucket: str, reason: str
+) -> None:
+    job = run_job(app, bucket, study)
+    assert (job["state"], job["reason"]) == ("failed", reason)
 
 
 def test_disk_figures_add_up_as_df_counts_them(app: InProcessBox) -> None:
