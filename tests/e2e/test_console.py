@@ -171,7 +171,11 @@ def test_buckets_show_their_problems(site: Site, page) -> None:  # type: ignore[
         "cards => cards.map(c => c.dataset.bucket)"
     )
     assert set(green) == {b for b, row in api.items() if row["ready"]}  # never a broken one
-    assert "3 buckets need fixing" in page.locator("#buckets-broken").inner_text()
+    broken = [
+        b for b, row in api.items() if any(not p.startswith("disabled") for p in row["problems"])
+    ]
+    assert sorted(broken) == ["BadInfo", "NoBang", "NoExec"]
+    assert f"{len(broken)} buckets need fixing" in page.locator("#buckets-broken").inner_text()
 
 
 def test_mean_time_of_a_bucket_with_only_failed_jobs(site: Site, page) -> None:  # type: ignore[no-untyped-def]
