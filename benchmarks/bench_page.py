@@ -89,6 +89,8 @@ API_CALLS = {
     "letter O": "/api/v1/jobs?limit=50&initial=O",
     "jobs per day (year)": "/api/v1/stats/days?days=365",
     "buckets with means": "/api/v1/buckets?all=true",
+    "bucket figures": "/api/v1/stats/buckets",
+    "failing sends": "/api/v1/sends/failing?limit=5",
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from magickbox import config
 from magickbox.announce import Announcer
-from magickbox.buckets import registry
+from magickbox.buckets import health, registry
 from magickbox.buckets.runner import LocalExecutor
 from magickbox.buckets.slurm import RoutingExecutor
 from magickbox.config import Settings
@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 # NotFound and Invalid stay importable from here (older callers); they are errors.py's.
 __all__ = ["Box", "Conflict", "Invalid", "NotFound"]
+
+STATS_WINDOW = 24 * 3600.0  # the Overview's throughput: jobs finished in the last day
 
 
 class Box:
@@ -345,20 +347,30 @@ class Box:
         return {_day_text(day): n for day, n in sorted(counts.items())}
 
     def bucket_overview(self, enabled_only: bool) -> list[dict[str, Any]]:
-        """The buckets as /api/v1/buckets shows them, with their mean processing time."""
-        means = self.store.mean_processing()
-        figures = self.store.timing.all()
-        return [
-            {
-                "aetitle": b.aetitle,
-                "enabled": b.enabled,
-                "folder": b.path.name,
-                "info": b.info,
-                "mean_processing_seconds": means.get(b.aetitle),
-                "timing": figures[b.aetitle].as_json() if b.aetitle in figures else None,
-            }
-            for b in self.buckets(enabled_only=enabled_only)
-        ]
+        """The buckets as /api/v1/buckets shows them: every folder (``enabled_only``: the
+        enabled buckets) with its problems, its mean processing time and its job figures."""
+        stats = self.bucket_stats()
+        timings = self.store.timing.all()
+        rows = []
+        for found in health.survey(self.settings):
+            if enabled_only and not found.enabled:
+                continue
+            row = health.view(found)
+            figures = stats.get(row["aetitle"], {})
+            row["mean_processing_seconds"] = figures.get("mean_done_seconds")
+            row["stats"] = figures or None
+            timed = timings.get(row["aetitle"])
+            row["timing"] = timed.as_json() if timed is not None else None
+            rows.append(row)
+        return rows
+
+    def bucket_stats(self, window: float = STATS_WINDOW) -> dict[str, dict[str, Any]]:
+        """Per bucket: success rate, mean run and wait, and jobs an hour over ``window``."""
+        stats = self.store.bucket_stats(time.time() - window)
+        for figures in stats.values():
+            figures["per_hour"] = round(figures["finished_recently"] * 3600 / window, 2)
+            figures["window_seconds"] = window
+        return stats
 
     # -- how long things take --------------------------------------------------------
     def bucket_timing(self, aetitle: str) -> timing.Figures | None:
@@ -432,6 +444,14 @@ class Box:
     def job_files(self, scratchdir: str, part: str) -> dict[str, Any]:
         return browse.job_files(self.job_dir(scratchdir), part)
 
+    def job_file(self, scratchdir: str, part: str, name: str) -> Path:
+        """One regular file of a job's OUTPUT or INPUT (never through a link)."""
+        return browse.job_file(self.job_dir(scratchdir), part, name)
+
+    def job_verdict(self, job: Job) -> dict[str, Any] | None:
+        """The bucket's proc.json (success, message), None when there is none."""
+        return JobFolder(self.store.job_dir(job)).read_verdict()
+
     def disk(self, with_scratch_size: bool) -> dict[str, Any]:
         return browse.disk_usage(
             self.settings.scratch, self.scratch_size if with_scratch_size else None
@@ -478,6 +498,9 @@ class Box:
 
     def sends(self, scratchdir: str | None = None) -> list[dict[str, Any]]:
         return self.router.sends(scratchdir)
+
+    def failing_sends(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self.router.failing_sends(limit)
 
     def send(self, send_id: int) -> dict[str, Any]:
         row = self.router.send(send_id)

@@ -210,6 +210,24 @@ class JobFolder:
                 return fh.read(max_bytes + 1)
         return None
 
+    def read_verdict(self) -> dict[str, Any] | None:
+        """proc.json's first object as ``{"success", "message"}`` (strings), read only;
+        None when there is no usable proc.json (the original's couldNotReadProcJSON)."""
+        for path in (self.proc_json, self.output / PROC_JSON):
+            try:
+                if path.is_symlink():
+                    continue  # a bucket's link is never followed
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            first = data[0] if isinstance(data, list) and data else data
+            if isinstance(first, dict):
+                return {
+                    "success": str(first.get("success", "")),
+                    "message": str(first.get("message", "")),
+                }
+        return None
+
     def fresh_output(self, note: str) -> None:
         """An empty OUTPUT and no verdict, for a job that runs again; ``note`` says why."""
         remove_tree(self.output)

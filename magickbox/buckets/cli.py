@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from magickbox.buckets import container, registry
+from magickbox.buckets import container, health, registry
 from magickbox.buckets.container import ContainerError
 from magickbox.buckets.runner import LocalExecutor, RunRequest, RunResult, build_request
 from magickbox.buckets.slurm import SlurmExecutor
@@ -233,10 +233,23 @@ def cmd_install(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
-    bucket = find(settings, args.name)
-    shutil.rmtree(bucket.path)
-    print(f"removed {bucket.path} (kept its memory, {settings.memory / bucket.aetitle})")
+    """Remove by AE title, or by folder (``X`` or ``bucketX``) when info.json is broken."""
+    folder = removable_folder(settings, args.name)
+    shutil.rmtree(folder)
+    aetitle = folder.name[len(health.FOLDER_PREFIX) :]
+    print(f"removed {folder} (kept its memory, {settings.memory / aetitle})")
     return 0
+
+
+def removable_folder(settings: Settings, name: str) -> Path:
+    bucket = registry.all_buckets(settings.streams).get(name)
+    if bucket is not None:
+        return bucket.path
+    # A broken bucket has no AE title to find it by: its folder name stands in.
+    for h in health.survey(settings):
+        if h.bucket is None and name in (h.aetitle, h.folder.name):
+            return h.folder
+    raise CliError(f"no bucket {name!r} in {settings.streams}", EXIT_MISSING)
 
 
 def cmd_enable(args: argparse.Namespace, settings: Settings) -> int:
@@ -247,35 +260,17 @@ def cmd_enable(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def describe(bucket: registry.Bucket, settings: Settings) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "aetitle": bucket.aetitle,
-        "enabled": bucket.enabled,
-        "folder": str(bucket.path),
-        "image": "",
-        "problem": "",
-    }
-    try:
-        row["image"] = container.image_of(bucket.info)
-        if row["image"]:
-            container.make_spec(bucket.info, settings, "check", settings.memory)
-    except ContainerError as exc:
-        row["problem"] = str(exc)
-    if not row["image"] and not os.access(bucket.work_sh, os.X_OK):
-        row["problem"] = row["problem"] or "work.sh is missing or not executable"
-    return row
-
-
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    rows = [describe(b, settings) for b in registry.all_buckets(settings.streams).values()]
+    """Every bucket folder, broken ones too, each with what is wrong with it."""
+    rows = [health.view(h) for h in health.survey(settings)]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
         runs = row["image"] or "work.sh"
         state = "enabled " if row["enabled"] else "disabled"
-        problem = f"  ! {row['problem']}" if row["problem"] else ""
-        print(f"{row['aetitle']:<16} {state} {runs}{problem}")
+        problems = "".join(f"  ! {p}" for p in row["problems"] if not p.startswith("disabled"))
+        print(f"{row['aetitle']:<16} {state} {runs}{problems}")
     return 0
 
 

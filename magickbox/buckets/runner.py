@@ -24,6 +24,7 @@ from typing import Protocol
 
 from magickbox.buckets import container
 from magickbox.buckets.container import ContainerSpec
+from magickbox.buckets.health import work_sh_problems
 from magickbox.config import Settings
 from magickbox.jobfolder import JobFolder
 
@@ -145,7 +146,7 @@ class LocalExecutor:
                     start_new_session=True,
                 )
             except OSError as exc:
-                return RunResult(exit_code=None, reason=f"cannot start {what}: {exc}")
+                return RunResult(exit_code=None, reason=_start_failure(req, what, exc))
         JobFolder(req.job_dir).pid_file.write_text(str(proc.pid))
         with self._lock:
             self._procs[req.scratchdir] = proc
@@ -364,3 +365,12 @@ def bucket_env(base: dict[str, str], facts: dict[str, str]) -> dict[str, str]:
     env = dict(base)
     env.update(facts)
     return env
+
+
+def _start_failure(req: RunRequest, what: str, exc: OSError) -> str:
+    """Why a run could not start, in words a bucket's author can act on ("not executable",
+    "no #! line") rather than errno 13 or 8, when work.sh is the cause."""
+    problems = [] if req.container is not None else work_sh_problems(req.work_sh)
+    if not problems:
+        return f"cannot start {what}: {exc}"
+    return f"cannot start {what}: {exc.strerror}: {'; '.join(problems)}"

@@ -6,8 +6,9 @@ must never show (or size) what lies outside the job.
 
 from __future__ import annotations
 
+import math
 import os
-import shutil
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -17,9 +18,12 @@ from typing import Any
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from magickbox.errors import NotFound
 from magickbox.names import BadName, is_study_key, is_uid
 
 PARTS = ("OUTPUT", "INPUT")
+IMAGE_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+DICOM_MAGIC_AT = 128  # Part 10: a 128-byte preamble, then "DICM"
 
 # The study facts the archive list shows, read from one file of each study.
 STUDY_TAGS = ("PatientID", "PatientName", "AccessionNumber", "StudyDate", "StudyDescription")
@@ -44,8 +48,48 @@ def job_files(job_dir: Path, part: str, limit: int = 1000) -> dict[str, Any]:
                 total += 1
                 if len(files) < limit:
                     rel = path.relative_to(root).as_posix()
-                    files.append({"name": rel, "size": st.st_size, "mtime": st.st_mtime})
+                    kind = file_kind(path)
+                    files.append(
+                        {"name": rel, "size": st.st_size, "mtime": st.st_mtime, "kind": kind}
+                    )
     return {"part": part, "total": total, "files": files}
+
+
+def file_kind(path: Path) -> str:
+    """``image`` (PNG/JPEG, by name), ``dicom`` (a Part 10 file, by its first bytes) or empty."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return "image"
+    try:
+        with path.open("rb") as fh:
+            fh.seek(DICOM_MAGIC_AT)
+            return "dicom" if fh.read(4) == b"DICM" else ""
+    except OSError:
+        return ""
+
+
+def job_file(job_dir: Path, part: str, name: str) -> Path:
+    """The regular file ``name`` (relative, ``/``-separated) under ``job_dir/part``.
+
+    Every component is checked with lstat: a name with ``..``, an absolute name or a
+    link anywhere on the way is refused, so nothing outside the job is ever served.
+    """
+    if part not in PARTS:
+        raise BadName(f"part must be one of {', '.join(PARTS)}")
+    pieces = name.split("/")
+    if not name or any(p in ("", ".", "..") or "\0" in p for p in pieces):
+        raise BadName(f"not a file name inside {part}: {name!r}")
+    path = job_dir
+    for piece in [part, *pieces]:
+        path = path / piece
+        try:
+            mode = path.lstat().st_mode
+        except OSError:
+            raise NotFound(f"no file {name!r} in {part}") from None
+        if stat.S_ISLNK(mode):
+            raise NotFound(f"{name!r} in {part} goes through a link: not served")
+    if not stat.S_ISREG(mode):
+        raise NotFound(f"{name!r} in {part} is not a regular file")
+    return path
 
 
 def tree_size(root: Path) -> int:
@@ -100,13 +144,25 @@ class ScratchSize:
 
 
 def disk_usage(scratch_dir: Path, sizer: ScratchSize | None) -> dict[str, Any]:
-    usage = shutil.disk_usage(scratch_dir)
+    """The scratch folder's file system in ``df``'s terms (``df -B1 <scratch>``).
+
+    ``total`` is df's Size, ``used`` its Used, ``free`` its Avail (what the box may still
+    write: blocks reserved for root are not in it, so used + free can be less than total),
+    ``reserved`` the difference, and ``use_percent`` df's Use%: used / (used + free),
+    rounded up, as df does.
+    """
+    st = os.statvfs(scratch_dir)
+    total = st.f_blocks * st.f_frsize
+    used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    free = st.f_bavail * st.f_frsize
     size, measured = sizer.get() if sizer else (None, None)
     return {
         "path": str(scratch_dir),
-        "total": usage.total,
-        "used": usage.used,
-        "free": usage.free,
+        "total": total,
+        "used": used,
+        "free": free,
+        "reserved": max(0, total - used - free),
+        "use_percent": math.ceil(100 * used / (used + free)) if used + free else 0,
         "scratch_bytes": size,
         "scratch_measured_at": measured,
     }

@@ -211,7 +211,7 @@ class Dispatcher:
         self.executor.start(request, self._finished)
 
     def _fail(self, job: Job, reason: str) -> None:
-        log.warning("job %s: %s", job.scratchdir, reason)
+        log.warning("job %s failed: %s", job.scratchdir, reason)
         self.store.fail(job.scratchdir, reason)
         self._publish_finished(job.scratchdir, job.bucket)
 
@@ -225,6 +225,7 @@ class Dispatcher:
         try:
             values = outcome(req.job_dir, result)
             self.store.finish(req.scratchdir, values)
+            self._log_end(req.scratchdir, values)
         except Exception:
             log.exception("job %s: could not record its end", req.scratchdir)
         else:
@@ -234,6 +235,19 @@ class Dispatcher:
             with self._lock:
                 self._running.pop(req.scratchdir, None)
             self.wake()
+
+    def _log_end(self, scratchdir: str, values: dict[str, object]) -> None:
+        """One line per job in the server's log: people watching it see jobs end."""
+        job = self.store.get(scratchdir)
+        took = ""
+        if job is not None and job.started_at is not None and job.finished_at is not None:
+            took = f" in {job.finished_at - job.started_at:.1f} s"
+        if values["state"] == State.DONE:
+            log.info("job %s (%s) done%s", scratchdir, job.bucket if job else "?", took)
+        else:
+            reason = values["reason"] or "no reason given"
+            log.warning("job %s (%s) failed%s: %s", scratchdir, job.bucket if job else "?",
+                        took, reason)  # fmt: skip
 
     def _put_back(self, req: RunRequest) -> None:
         """A run the box's stop cut short: queued again, the attempt not spent, not routed."""

@@ -234,6 +234,28 @@ class JobStore:
         with self.sessions() as s:
             return {bucket: float(avg) for bucket, avg in s.execute(query) if avg is not None}
 
+    def bucket_stats(self, since: float) -> dict[str, dict[str, Any]]:
+        """Per bucket: done and failed jobs, mean run of each, mean wait in the queue, and
+        the jobs that finished since ``since`` (for a rate). One query, grouped in SQL."""
+        run = Job.finished_at - Job.started_at
+        finished = Job.state.in_([State.DONE, State.FAILED])
+        query = (
+            select(
+                Job.bucket,
+                func.count().filter(Job.state == State.DONE),
+                func.count().filter(Job.state == State.FAILED),
+                func.avg(run).filter(Job.state == State.DONE),
+                func.avg(run).filter(Job.state == State.FAILED),
+                func.avg(Job.started_at - func.coalesce(Job.queued_at, Job.received_at)),
+                func.count().filter(finished, Job.finished_at >= since),
+            )
+            .where(finished)
+            .group_by(Job.bucket)
+        )
+        with self.sessions() as s:
+            rows = s.execute(query).all()
+        return {row[0]: _stats(*row[1:]) for row in rows}
+
     def log_size(self, job: Job) -> int:
         """Bytes of the job's processing log: the row's once finished, else the file's now."""
         if job.state in FINISHED and job.finished_at is not None:
@@ -412,3 +434,20 @@ def _info_json(new: NewJob, received_at: float) -> dict[str, str]:
         "AETitleCaller": new.caller_aet,
         "received": scratch.received_stamp(received_at),
     }
+
+
+def _stats(
+    done: int, failed: int, run_done: Any, run_failed: Any, wait: Any, recent: int
+) -> dict[str, Any]:
+    finished = done + failed
+    number = lambda v: None if v is None else round(float(v), 3)  # noqa: E731
+    return {
+        "done": done,
+        "failed": failed,
+        "success_rate": round(done / finished, 4) if finished else None,
+        "mean_done_seconds": number(run_done),
+        "mean_failed_seconds": number(run_failed),
+        "mean_wait_seconds": number(wait),
+        "finished_recently": recent,
+    }
+

@@ -38,6 +38,14 @@ from magickbox.tls import ClientFiles, client_context
 
 log = logging.getLogger(__name__)
 
+# A bucket that crashed wrote no proc.json: as in the original, its success value is then
+# couldNotReadProcJSON, which the usual "fail" key does not match. Said where people look.
+NO_VERDICT_NOTE = (
+    f"no readable proc.json, so success is {rules.NO_PROC_JSON!r}: a key 'fail' does not "
+    f"match it (as in the original); to route crashes, name it in a key, e.g. "
+    f"'fail|{rules.NO_PROC_JSON}'"
+)
+
 ERROR_IMAGE = Path(".mb-routing") / "processing-log.dcm"  # inside the job folder
 IDLE_SECONDS = 300.0  # nothing scheduled: wake now and then anyway (a safety net)
 PROGRESS_EVERY = 1.0  # seconds between records of accepted files during a send
@@ -194,6 +202,9 @@ class Router:
         routes, notes = rules.evaluate(table, facts, ph)
         if not table.rules:
             notes = ["no routing table"]  # still recorded: it marks the job as routed
+        elif success == rules.NO_PROC_JSON:
+            notes.append(NO_VERDICT_NOTE)
+            log.info("job %s: %s", job.scratchdir, NO_VERDICT_NOTE)
         if any(r.error_image for r in routes):
             self._make_error_image(job)
         ids = self._add_sends(job, success, routes, notes)
@@ -265,6 +276,18 @@ class Router:
         query = select(Send).order_by(Send.id)
         if scratchdir is not None:
             query = query.where(Send.scratchdir == scratchdir)
+        with self.sessions() as s:
+            return [send_view(row) for row in s.scalars(query)]
+
+    def failing_sends(self, limit: int) -> list[dict[str, Any]]:
+        """Sends that gave up, or failed at least once and wait to try again; newest first."""
+        retrying = (Send.state == SendState.PENDING) & (Send.attempts > 0)
+        query = (
+            select(Send)
+            .where((Send.state == SendState.FAILED) | retrying)
+            .order_by(Send.id.desc())
+            .limit(limit)
+        )
         with self.sessions() as s:
             return [send_view(row) for row in s.scalars(query)]
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request, Response, UploadFile
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 
 from magickbox.jobfolder import JobFolder
+from magickbox.jobs.browse import IMAGE_SUFFIXES
 from magickbox.jobs.db import State
+from magickbox.jobs.render import dicom_png
 from magickbox.jobs.store import JobFilter
 from magickbox.web.deps import BIGGEST, BoxDep, Offset, json_bytes, upload_job, zip_response
-from magickbox.web.views import job_view
+from magickbox.web.views import job_detail_view, job_view
 
 router = APIRouter(prefix="/api/v1", tags=["api v1"])
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}  # a file is what its type says, nothing else
 
 
 @router.get("/jobs")
@@ -71,9 +74,10 @@ async def post_job(
 
 @router.get("/jobs/{scratchdir}")
 def get_job(box: BoxDep, scratchdir: str) -> Response:
+    """A job; ``verdict`` is its proc.json (success, message), null when it has none."""
     job = box.job(scratchdir)
     eta = box.job_etas([job]).get(job.scratchdir)
-    return json_bytes(job_view(job, box.log_size(job), eta))
+    return json_bytes(job_detail_view(job, box.log_size(job), box.job_verdict(job), eta))
 
 
 @router.get("/jobs/{scratchdir}/files")
@@ -82,6 +86,35 @@ def job_files(
 ) -> Response:
     """Regular files of the job's OUTPUT or INPUT (links are neither listed nor followed)."""
     return json_bytes(box.job_files(scratchdir, part))
+
+
+@router.get("/jobs/{scratchdir}/files/{name:path}")
+def job_file(
+    box: BoxDep,
+    scratchdir: str,
+    name: str,
+    part: Annotated[str, Query(pattern="^(OUTPUT|INPUT)$")] = "OUTPUT",
+    render: Annotated[str | None, Query(pattern="^png$", description="png: draw DICOM")] = None,
+    frame: Annotated[int, Query(ge=0, le=100_000)] = 0,
+    download: bool = False,
+) -> Response:
+    """One file of OUTPUT or INPUT; ``render=png`` draws a DICOM image as PNG (for the page).
+
+    Only PNG and JPEG are shown inline: anything else is sent as a download, never as a
+    page the browser would run."""
+    path = box.job_file(scratchdir, part, name)
+    if render:
+        return Response(dicom_png(path, frame), media_type="image/png", headers=NOSNIFF)
+    media = IMAGE_SUFFIXES.get(path.suffix.lower())
+    inline = media is not None and not download
+    kind = "inline" if inline else "attachment"
+    return FileResponse(
+        path,
+        media_type=media or "application/octet-stream",
+        filename=path.name,
+        content_disposition_type=kind,
+        headers=NOSNIFF,
+    )
 
 
 @router.get("/jobs/{scratchdir}/log")
@@ -166,6 +199,13 @@ def jobs_per_day(
 ) -> dict[str, Any]:
     """Jobs received per day over the last ``days`` days (days in the caller's time zone)."""
     return {"days": days, "counts": box.jobs_per_day(days, utc_offset_minutes)}
+
+
+@router.get("/stats/buckets")
+def bucket_stats(box: BoxDep) -> dict[str, Any]:
+    """Per bucket: done and failed jobs, success rate, mean run (done and failed apart), mean
+    wait in the queue, and jobs finished an hour over the last day."""
+    return box.bucket_stats()
 
 
 @router.get("/disk")

@@ -92,6 +92,12 @@ def all_sends(box: BoxDep, state: str | None = None) -> Response:
     return json_bytes([r for r in rows if state is None or r["state"] == state])
 
 
+@router.get("/api/v1/sends/failing")
+def failing_sends(box: BoxDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Response:
+    """Sends that gave up (failed) or are waiting to try again after a failure."""
+    return json_bytes(box.failing_sends(limit))
+
+
 @router.get("/api/v1/sends/{send_id}")
 def one_send(box: BoxDep, send_id: RowId) -> Response:
     return json_bytes(box.send(send_id))

@@ -117,6 +117,14 @@ def eta_view(eta: Eta | None, now: float | None = None) -> dict[str, Any] | None
     }
 
 
+def job_detail_view(
+    job: Job, log_size: int, verdict: dict[str, Any] | None, eta: Eta | None = None
+) -> dict[str, Any]:
+    """One job (its own page): the list's facts and its proc.json ``verdict``, which costs
+    a read of the folder and so is not in lists."""
+    return {**job_view(job, log_size, eta), "verdict": verdict}
+
+
 def job_view(job: Job, log_size: int | None = None, eta: Eta | None = None) -> dict[str, Any]:
     """A job in /api/v1: every fact, with times in ISO 8601 (UTC); ``eta`` only while it
     is queued or running and its bucket has finished a run before."""

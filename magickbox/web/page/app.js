@@ -30,10 +30,13 @@ async function api(path, opts = {}) {
 }
 const getJSON = async (path) => (await api(path)).json();
 
+// The dot in the header is easy to miss: when the box does not answer, a banner across
+// the page says so until an answer comes again.
 function setStatus(ok) {
   const el = document.getElementById("status");
   el.className = "status " + (ok ? "ok" : "down");
   el.textContent = ok ? "live" : "offline";
+  document.getElementById("offline").hidden = ok;
 }
 
 const pad = (n) => String(n).padStart(2, "0");
@@ -42,6 +45,7 @@ function localTime(iso) {
   const d = new Date(iso);
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
+const epochTime = (sec) => (sec == null ? "" : localTime(new Date(sec * 1000).toISOString()));
 function duration(sec) {
   if (sec == null || isNaN(sec)) return "";
   sec = Math.max(0, sec);
@@ -209,6 +213,15 @@ function drawReceiving(sends) {
 
 // -- one job -------------------------------------------------------------------------------
 
+const IMAGES_SHOWN = 12; // OUTPUT images drawn inline on a job's page; the rest are listed
+const SEND_RETRYABLE = ["failed", "pending"];
+
+// The URL of one file of a job; ``how``: {render: "png"} or {download: 1}.
+function fileURL(base, part, name, how = {}) {
+  const q = new URLSearchParams({ part, ...how });
+  return `${API}${base}/files/${name.split("/").map(encodeURIComponent).join("/")}?${q}`;
+}
+
 async function viewJob(name) {
   const token = viewToken;
   const base = `/jobs/${encodeURIComponent(name)}`;
@@ -230,6 +243,7 @@ async function viewJob(name) {
         <button class="btn danger" id="delete">Delete</button>
       </div>
     </section>
+    <div id="jbanner" class="banner" role="status" hidden></div>
     <p id="jmsg" class="msg" role="status"></p>
     <section class="grid2">
       <div class="card"><h2>Info</h2><dl id="info" class="facts"></dl></div>
@@ -237,9 +251,13 @@ async function viewJob(name) {
         <div class="seg"><button data-part="OUTPUT" class="on">OUTPUT</button><button data-part="INPUT">INPUT</button></div>
         <div id="files"></div></div>
     </section>
+    <section class="card" id="images-card" hidden><h2>Images in OUTPUT <span class="sub" id="images-count"></span></h2><div id="images" class="images"></div></section>
+    <section class="card"><h2>Sends <span class="sub">where routing sent the results</span></h2><div id="sends"></div></section>
     <section class="card"><h2>Processing log <span class="sub" id="logsize"></span></h2><pre id="log" class="log" tabindex="0"></pre></section>`;
   const msg = (text, bad) => { const m = document.getElementById("jmsg"); m.textContent = text; m.className = "msg " + (bad ? "bad" : "good"); };
   document.getElementById("retry").onclick = async () => {
+    // A done job was routed already: running it again sends its results again.
+    if (job.state === "done" && !confirm(`Run job ${name} again? Its OUTPUT is replaced and its results are routed (sent) again.`)) return;
     try { await api(base + "/retry", { method: "POST" }); msg("Queued again."); await drawInfo(); } catch (e) { msg(e.message, true); }
   };
   document.getElementById("delete").onclick = async () => {
@@ -255,17 +273,48 @@ async function viewJob(name) {
     };
   }
   async function drawFiles() {
-    const list = await getJSON(`${base}/files?part=${part}`);
+    const shown = part;
+    const list = await getJSON(`${base}/files?part=${shown}`);
     if (token !== viewToken) return;
     const more = list.total > list.files.length ? `<p class="sub">${num(list.total - list.files.length)} more not shown</p>` : "";
     document.getElementById("files").innerHTML = list.files.length
-      ? `<table class="files"><tbody>${list.files.map((f) => `<tr><td class="mono">${esc(f.name)}</td><td class="num">${esc(bytes(f.size))}</td></tr>`).join("")}</tbody></table>${more}`
-      : `<p class="sub">${part} is empty.</p>`;
+      ? `<table class="files"><tbody>${list.files.map((f) => `<tr data-file="${esc(f.name)}">
+          <td class="mono"><a href="${esc(fileURL(base, shown, f.name, { download: 1 }))}" download title="Download ${esc(f.name)}">${esc(f.name)}</a></td>
+          <td class="sub">${esc(f.kind === "dicom" ? "DICOM" : f.kind)}</td><td class="num">${esc(bytes(f.size))}</td></tr>`).join("")}</tbody></table>${more}`
+      : `<p class="sub">${shown} is empty.</p>`;
+    if (shown === "OUTPUT") drawImages(list);
+  }
+  function drawImages(list) {
+    const pics = list.files.filter((f) => f.kind === "image" || f.kind === "dicom");
+    const card = document.getElementById("images-card");
+    card.hidden = !pics.length;
+    if (!pics.length) return;
+    // PNG and JPEG as they are; DICOM drawn to PNG by the box, one request per image.
+    document.getElementById("images").innerHTML = pics.slice(0, IMAGES_SHOWN).map((f) => {
+      const src = fileURL(base, "OUTPUT", f.name, f.kind === "dicom" ? { render: "png" } : {});
+      return `<figure><a href="${esc(src)}" target="_blank" rel="noopener"><img src="${esc(src)}" alt="${esc(f.name)}" loading="lazy" data-kind="${esc(f.kind)}"></a><figcaption class="mono">${esc(f.name)}</figcaption></figure>`;
+    }).join("");
+    document.getElementById("images-count").textContent =
+      pics.length > IMAGES_SHOWN ? `${IMAGES_SHOWN} of ${num(pics.length)} shown` : `${num(pics.length)}`;
+  }
+  function drawBanner() {
+    const el = document.getElementById("jbanner");
+    const v = job.verdict;
+    const said = v && (v.message || v.success) ? `The bucket says (proc.json): ${v.success || "no success value"}${v.message ? " — " + v.message : ""}` : "";
+    if (job.state === "failed") {
+      el.className = "banner bad";
+      el.innerHTML = `<b>Failed:</b> <span id="jreason">${esc(job.reason || "no reason recorded")}</span>${said ? `<div id="jverdict">${esc(said)}</div>` : ""}`;
+    } else if (said) {
+      el.className = "banner " + (job.state === "done" ? "good" : "");
+      el.innerHTML = `<div id="jverdict">${esc(said)}</div>`;
+    }
+    el.hidden = !(job.state === "failed" || said);
   }
   async function drawInfo(j) {
     job = j || (await getJSON(base));
     if (token !== viewToken) return;
     document.getElementById("jstate").innerHTML = badge(job.state);
+    drawBanner();
     const facts = [
       ["Bucket", job.bucket], ["Sender AE", job.caller_aet], ["Peer IP", job.caller_ip],
       ["StudyInstanceUID", job.study_uid], ["Source", job.source], ["Job name", job.jobname],
@@ -276,6 +325,17 @@ async function viewJob(name) {
       ["Expected end", job.eta ? `${localTime(job.eta.finishes_at)} (in ${duration(job.eta.seconds_left)}; ${job.eta.ahead} ahead)` : null],
     ].filter(([, v]) => v !== null && v !== undefined && v !== "");
     document.getElementById("info").innerHTML = facts.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
+  }
+  async function drawSends() {
+    const sends = await getJSON(`${base}/sends`);
+    if (token !== viewToken) return;
+    const el = document.getElementById("sends");
+    if (!sends.length) {
+      el.innerHTML = `<p class="sub" id="no-sends">${["done", "failed"].includes(job.state) ? "No routing rule sent this job's results anywhere." : "Sends are made when the job has finished."}</p>`;
+      return;
+    }
+    el.innerHTML = sendsTable(sends, false);
+    bindSendRetry(el, drawSends, msg);
   }
   // The log grows while the job runs: ask only for the bytes after the ones we have.
   let logOffset = 0;
@@ -295,8 +355,9 @@ async function viewJob(name) {
     if (atEnd) pre.scrollTop = pre.scrollHeight; // follow the tail unless the reader scrolled up
   }
   // A finished job changes no more, unless retried: then drawInfo sees it queued again.
+  // Its sends do change (tries, retries), so they are asked for on every poll.
   async function poll() {
-    await tailLog();
+    await Promise.all([tailLog(), drawSends()]);
     if (!["done", "failed"].includes(job.state)) {
       const before = job.state;
       await drawInfo();
@@ -304,10 +365,41 @@ async function viewJob(name) {
     }
   }
   await drawInfo(job);
-  await Promise.all([tailLog(), drawFiles()]);
+  await Promise.all([tailLog(), drawFiles(), drawSends()]);
   every(async () => {
     try { await poll(); } catch (e) { if (e.status === 404) { msg("This job no longer exists.", true); clearInterval(timer); } else throw e; }
   });
+}
+
+// Sends as a table: one row per send with its latest state; ``withJob`` adds the job column.
+function sendsTable(sends, withJob, history = {}) {
+  const head = ["Created", ...(withJob ? ["Job"] : []), "Rule", "Destination", "State", "Files", "Tries", "Last word", ""];
+  return `<table class="jobs sends"><thead><tr>${head.map((h) => `<th>${h}</th>`).join("")}</tr></thead><tbody>
+    ${sends.map((s) => {
+      const d = s.destination;
+      const steps = history[s.id] || [];
+      const last = s.reason || (steps[0] && steps[0].message) || "";
+      const more = steps.length ? `<details><summary>${steps.length} step${steps.length === 1 ? "" : "s"}</summary><ol class="steps">${steps.map((r) => `<li><span class="nowrap">${esc(r.time)}</span> <b>${esc(r.outcome)}</b> ${esc(r.message)}</li>`).join("")}</ol></details>` : "";
+      return `<tr data-send="${s.id}" data-state="${esc(s.state)}">
+        <td data-label="Created" class="nowrap">${esc(epochTime(s.created_at))}</td>
+        ${withJob ? `<td data-label="Job"><a class="mono" href="#/job/${encodeURIComponent(s.scratchdir)}">${esc(s.scratchdir)}</a></td>` : ""}
+        <td data-label="Rule"><div class="cell">#${esc(s.rule)} ${esc(s.rule_name)} <span class="sub">key ${esc(s.key)}</span></div></td>
+        <td data-label="Destination" class="mono">${esc(`${d.AETitleTo}@${d.IP}:${d.PORT}`)}</td>
+        <td data-label="State">${badge(s.state)}</td>
+        <td data-label="Files" class="num">${num(s.accepted)} of ${num(s.files)}</td>
+        <td data-label="Tries" class="num">${num(s.attempts)}/${num(s.max_attempts)}</td>
+        <td data-label="Last word" class="reason"><div class="cell">${esc(last)}${more}</div></td>
+        <td class="actions">${SEND_RETRYABLE.includes(s.state) ? `<button class="btn small" data-retry-send="${s.id}">Retry send</button>` : ""}</td></tr>`;
+    }).join("")}</tbody></table>`;
+}
+
+function bindSendRetry(el, redraw, msg) {
+  for (const b of el.querySelectorAll("button[data-retry-send]")) {
+    b.onclick = async () => {
+      b.disabled = true;
+      try { await api(`/sends/${b.dataset.retrySend}/retry`, { method: "POST" }); await redraw(); msg(`Send ${b.dataset.retrySend} is tried again now.`); } catch (e) { msg(e.message, true); b.disabled = false; }
+    };
+  }
 }
 
 // -- overview ------------------------------------------------------------------------------
@@ -318,7 +410,11 @@ async function viewOverview() {
       <p class="sub">Hover a day for its count; click it to list its jobs.</p></section>
     <section class="grid2">
       <div class="card"><h2>Queue</h2><div id="queue"></div></div>
-      <div class="card"><h2>Disk</h2><div id="disk"></div></div>
+      <div class="card"><h2>Disk <span class="sub">the scratch folder's file system, as df shows it</span></h2><div id="disk"></div></div>
+    </section>
+    <section class="grid2">
+      <div class="card"><h2>Buckets <span class="sub">finished jobs</span></h2><div id="bstats"></div></div>
+      <div class="card"><h2>Failing sends</h2><div id="failing"></div></div>
     </section>
     <section class="card"><h2>Refused associations <span class="sub" id="refused-total"></span></h2>
       <p class="sub">DICOM peers the box turned away: an unknown AE title, a caller not on the allow-list, a failed TLS handshake.</p>
@@ -330,10 +426,13 @@ async function viewOverview() {
   if (token !== viewToken) return;
   drawHeat(days.counts);
   const queue = async () => {
-    const [rows, disk, refused] = await Promise.all([getJSON("/queue"), getJSON("/disk?scratch_size=true"),
+    const [rows, disk, stats, failing, refused] = await Promise.all([getJSON("/queue"), getJSON("/disk?scratch_size=true"),
+      getJSON("/stats/buckets"), getJSON("/sends/failing?limit=5"),
       getJSON(`/rejections?limit=${REFUSED_PAGE}&offset=${refusedOffset}`)]);
     if (token !== viewToken) return;
     drawDisk(disk);
+    drawBucketStats(stats);
+    drawFailing(failing);
     drawRefused(refused, (offset) => { refusedOffset = offset; queue().catch(onError); });
     document.getElementById("queue").innerHTML = rows.length
       ? `<table class="plain"><thead><tr><th>Bucket</th><th class="num">Queued</th><th class="num">Running</th><th class="num">Workers</th></tr></thead><tbody>
@@ -407,33 +506,86 @@ function drawHeat(counts) {
   });
 }
 
+// The figures df prints for the scratch folder (Size, Used, Avail, Use%): Use% is
+// used / (used + available), so blocks kept for root do not make a full disk look roomy.
 function drawDisk(d) {
-  const pct = d.total ? (100 * d.used) / d.total : 0;
+  const pct = d.use_percent;
   document.getElementById("disk").innerHTML = `
-    <div class="bar" title="${pct.toFixed(1)} % used"><span style="width:${pct.toFixed(1)}%" class="${pct > 90 ? "full" : ""}"></span></div>
-    <dl class="facts">
-      <dt>Free</dt><dd>${esc(bytes(d.free))} of ${esc(bytes(d.total))}</dd>
-      <dt>Used</dt><dd>${pct.toFixed(1)} %</dd>
-      <dt>Scratch folder</dt><dd>${d.scratch_bytes != null ? esc(bytes(d.scratch_bytes)) : "measuring…"}</dd>
+    <div class="bar" title="${pct} % used"><span style="width:${pct}%" class="${pct > 90 ? "full" : ""}"></span></div>
+    <dl class="facts" id="diskfacts">
+      <dt>Size</dt><dd data-disk="total">${esc(bytes(d.total))}</dd>
+      <dt>Used</dt><dd data-disk="used">${esc(bytes(d.used))}</dd>
+      <dt>Available</dt><dd data-disk="free">${esc(bytes(d.free))} <span class="sub">to the box</span></dd>
+      <dt>Use%</dt><dd data-disk="use_percent">${pct} % <span class="sub">used of used + available, as df</span></dd>
+      ${d.reserved ? `<dt>Not available</dt><dd data-disk="reserved">${esc(bytes(d.reserved))} <span class="sub">reserved for root or held by the file system</span></dd>` : ""}
+      <dt>Scratch folder</dt><dd>${d.scratch_bytes != null ? esc(bytes(d.scratch_bytes)) : "measuring…"} <span class="sub">the jobs and the archive</span></dd>
       <dt>Path</dt><dd class="mono">${esc(d.path)}</dd>
     </dl>`;
 }
 
+const percent = (x) => (x == null ? "" : `${(100 * x).toFixed(x === 1 || x === 0 ? 0 : 1)} %`);
+
+function drawBucketStats(stats) {
+  const names = Object.keys(stats).sort();
+  const cell = (label, stat, text, cls = "") => `<td data-label="${label}" class="num ${cls}" data-stat="${stat}">${text}</td>`;
+  document.getElementById("bstats").innerHTML = names.length
+    ? `<table class="jobs stats" id="bucket-stats"><thead><tr><th>Bucket</th><th class="num">Done</th><th class="num">Failed</th><th class="num">Success</th>
+        <th class="num">Mean run</th><th class="num">Mean wait</th><th class="num">Last 24 h</th></tr></thead><tbody>
+        ${names.map((n) => {
+          const b = stats[n];
+          const run = esc(duration(b.mean_done_seconds ?? b.mean_failed_seconds)) + (b.mean_done_seconds == null ? ' <span class="sub">(failed)</span>' : "");
+          return `<tr data-bucket="${esc(n)}"><td data-label="Bucket">${esc(n)}</td>
+            ${cell("Done", "done", num(b.done))}${cell("Failed", "failed", num(b.failed))}
+            ${cell("Success", "success", percent(b.success_rate), b.success_rate < 1 ? "bad" : "")}
+            ${cell("Mean run", "run", run)}${cell("Mean wait", "wait", esc(duration(b.mean_wait_seconds)))}
+            ${cell("Last 24 h", "rate", `${num(b.finished_recently)} <span class="sub">${b.per_hour}/h</span>`)}</tr>`;
+        }).join("")}</tbody></table>
+      <p class="sub">Mean run: start to end of done jobs (of failed ones when none is done). Mean wait: queued to started. Last 24 h: jobs finished, and per hour.</p>`
+    : `<p class="sub">No finished jobs yet.</p>`;
+}
+
+function drawFailing(sends) {
+  const el = document.getElementById("failing");
+  el.innerHTML = sends.length
+    ? `<ul class="failing">${sends.map((s) => `<li data-send="${s.id}">${badge(s.state === "pending" ? "retrying" : s.state)}
+        <span class="mono">${esc(`${s.destination.AETitleTo}@${s.destination.IP}:${s.destination.PORT}`)}</span>
+        <a class="mono" href="#/job/${encodeURIComponent(s.scratchdir)}">${esc(s.scratchdir)}</a>
+        <div class="sub">${esc(s.reason)}</div></li>`).join("")}</ul><p><a href="#/admin/routing-log">All sends</a></p>`
+    : `<p class="sub" id="no-failing">No failing sends.</p>`;
+}
+
 // -- buckets -------------------------------------------------------------------------------
+
+// A bucket's badge: green only when it is enabled and nothing is wrong with it.
+function bucketBadge(b) {
+  if (b.ready) return `<span class="badge s-done">enabled</span>`;
+  if (b.enabled || !b.info.AETitle) return `<span class="badge s-failed">broken</span>`;
+  return `<span class="badge s-off">disabled</span>`;
+}
+
+function meanTime(b) {
+  const s = b.stats;
+  if (!s) return "no finished jobs yet";
+  if (s.mean_done_seconds != null) return duration(s.mean_done_seconds);
+  return `no job done yet; ${num(s.failed)} failed (mean ${duration(s.mean_failed_seconds) || "not started"})`;
+}
 
 async function viewBuckets() {
   const [buckets, setup] = await Promise.all([getJSON("/buckets?all=true"), getJSON("/setup")]);
   const host = location.hostname;
+  const broken = buckets.filter((b) => b.problems.some((t) => !t.startsWith("disabled"))).length;
   main.innerHTML = `<h1>Buckets</h1><p class="sub">Send a study to a bucket's AE title on this box (${esc(host)}, DICOM port ${esc(setup.dicom_port)}).</p>
+    ${broken ? `<p class="notice bad" id="buckets-broken">${broken} bucket${broken === 1 ? " needs" : "s need"} fixing: see the problems below.</p>` : ""}
     <div class="buckets">${buckets.map((b) => {
       const i = b.info || {};
       const line = `storescu +sd +r -nh -aet ME -aec ${b.aetitle} ${host} ${setup.dicom_port} <dir>`;
-      return `<article class="card bucket ${b.enabled ? "" : "disabled"}">
-        <header><h2>${esc(i.name || b.aetitle)}</h2><span class="badge ${b.enabled ? "s-done" : "s-off"}">${b.enabled ? "enabled" : "disabled"}</span></header>
+      return `<article class="card bucket ${b.ready ? "" : b.enabled || !i.AETitle ? "broken" : "disabled"}" data-bucket="${esc(b.aetitle)}">
+        <header><h2>${esc(i.name || b.aetitle)}</h2>${bucketBadge(b)}</header>
+        ${b.problems.length ? `<ul class="problems">${b.problems.map((t) => `<li class="${t.startsWith("disabled") ? "off" : ""}">${esc(t)}</li>`).join("")}</ul>` : ""}
         <p>${esc(i.description || "")}</p>
         <dl class="facts"><dt>AE title</dt><dd class="mono">${esc(b.aetitle)}</dd>
           <dt>Version</dt><dd>${esc(i.version ?? "")}</dd>
-          <dt>Mean time</dt><dd>${b.mean_processing_seconds != null ? esc(duration(b.mean_processing_seconds)) : "no finished jobs yet"}</dd>
+          <dt>Mean time</dt><dd data-stat="mean">${esc(meanTime(b))}</dd>
           ${b.timing ? `<dt>All runs</dt><dd>${esc(duration(b.timing.mean_seconds))} ± ${esc(duration(b.timing.std_seconds))} over ${esc(num(b.timing.n))}</dd>` : ""}
           <dt>Folder</dt><dd class="mono">${esc(b.folder)}</dd></dl>
         <div class="cmd"><code>${esc(line)}</code><button class="btn small copy" data-line="${esc(line)}">Copy</button></div>
@@ -488,7 +640,9 @@ async function adminRouting(el) {
     <p class="sub">JSON. The box checks it before saving: a table with a mistake is refused and the stored one stays.</p>
     <textarea id="routing-text" class="editor" spellcheck="false" aria-label="Routing table">${esc(JSON.stringify(table, null, 2))}</textarea>
     <div class="buttons"><button class="btn primary" id="routing-save">Save</button><button class="btn" id="routing-reload">Reload</button></div>
-    <pre id="routing-msg" class="msg" role="status"></pre></section>`;
+    <pre id="routing-msg" class="msg" role="status"></pre></section>
+    <section class="card"><h2>Destinations <span class="sub">of the stored table; test one with a C-ECHO</span></h2><div id="dests"></div></section>`;
+  drawDestinations(table);
   const msg = (t, bad) => { const m = document.getElementById("routing-msg"); m.textContent = t; m.className = "msg " + (bad ? "bad" : "good"); };
   document.getElementById("routing-reload").onclick = () => adminRouting(el);
   document.getElementById("routing-save").onclick = async () => {
@@ -497,22 +651,76 @@ async function adminRouting(el) {
     try {
       await api("/routing", { method: "PUT", headers: { "Content-Type": "application/json" }, body: text });
       msg("Saved.");
+      drawDestinations(JSON.parse(text)); // the box took it, so it is JSON
     } catch (e) { msg(e.message, true); }
   };
 }
 
+// Every distinct destination of a routing table, with where it is used.
+function destinations(table) {
+  const found = new Map();
+  (table.routing || []).forEach((rule, i) => {
+    for (const group of Array.isArray(rule.send) ? rule.send : []) {
+      for (const [key, d] of Object.entries(group || {})) {
+        if (!d || typeof d !== "object") continue;
+        const dest = { IP: d.IP, PORT: d.PORT, AETitleSender: d.AETitleSender || "MAGICKBOX", AETitleTo: d.AETitleTo };
+        const id = JSON.stringify(dest);
+        if (!found.has(id)) found.set(id, { dest, uses: [] });
+        found.get(id).uses.push(`#${i} ${rule.name || ""} key ${key}`.replace(/\s+/g, " "));
+      }
+    }
+  });
+  return [...found.values()];
+}
+
+function drawDestinations(table) {
+  const el = document.getElementById("dests");
+  const list = destinations(table);
+  el.innerHTML = list.length
+    ? `<table class="jobs stats"><thead><tr><th>Destination</th><th>Used by</th><th></th><th>Answer</th></tr></thead><tbody>
+      ${list.map(({ dest, uses }, i) => `<tr data-dest="${i}"><td data-label="Destination"><div class="cell"><span class="mono">${esc(`${dest.AETitleTo}@${dest.IP}:${dest.PORT}`)}</span> <span class="sub">as ${esc(dest.AETitleSender)}</span></div></td>
+        <td data-label="Used by" class="sub">${esc(uses.join("; "))}</td><td class="actions"><button class="btn small" data-echo="${i}">C-ECHO</button></td><td data-label="Answer" class="echo-answer" id="echo-${i}"></td></tr>`).join("")}</tbody></table>`
+    : `<p class="sub">The table names no destination.</p>`;
+  for (const b of el.querySelectorAll("button[data-echo]")) {
+    b.onclick = async () => {
+      const out = document.getElementById(`echo-${b.dataset.echo}`);
+      out.className = "echo-answer";
+      out.textContent = "asking…";
+      b.disabled = true;
+      try {
+        const res = await api("/destinations/echo", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(list[b.dataset.echo].dest) });
+        const answer = await res.json();
+        out.className = "echo-answer " + (answer.ok ? "good" : "bad");
+        out.textContent = `${answer.ok ? "answered" : "no"}: ${answer.message || answer.status || ""}`;
+      } catch (e) { out.className = "echo-answer bad"; out.textContent = e.message; }
+      b.disabled = false;
+    };
+  }
+}
+
+// The routing log, grouped: one row per send with its latest state (its steps folded in),
+// then what routing noted without a send (evaluations, saved tables, errors).
 async function adminRoutingLog(el) {
-  const res = await routingOr404("/routing/log", el);
+  const res = await routingOr404("/routing/log?limit=1000", el);
   if (!res) return;
   const entries = await res.json();
   const rows = Array.isArray(entries) ? entries : entries.entries || [];
-  const cols = ["time", "scratchdir", "rule", "destination", "files", "outcome", "message"];
-  el.innerHTML = `<section class="card"><h2>Routing log <span class="sub">newest first</span></h2>
-    ${rows.length ? `<table class="jobs"><thead><tr>${cols.map((c) => `<th>${esc(c)}</th>`).join("")}</tr></thead><tbody>
-      ${rows.map((r) => `<tr>${cols.map((c) => c === "scratchdir" && r[c]
+  const sends = (await getJSON("/sends")).reverse().slice(0, 200); // newest first
+  const history = {};
+  for (const r of rows) if (r.send != null) (history[r.send] = history[r.send] || []).push(r);
+  const other = rows.filter((r) => r.send == null);
+  const cols = ["time", "scratchdir", "outcome", "message"];
+  el.innerHTML = `<section class="card"><h2>Sends <span class="sub">newest first, each with its latest state</span></h2>
+      <p id="rmsg" class="msg" role="status"></p>
+      ${sends.length ? sendsTable(sends, true, history) : `<p class="sub" id="no-sends">No sends yet.</p>`}</section>
+    <section class="card"><h2>Routing log <span class="sub">evaluations and notes, newest first</span></h2>
+    ${other.length ? `<table class="jobs" id="routing-notes"><thead><tr>${cols.map((c) => `<th>${esc(c)}</th>`).join("")}</tr></thead><tbody>
+      ${other.map((r) => `<tr>${cols.map((c) => c === "scratchdir" && r[c]
         ? `<td data-label="job"><a class="mono" href="#/job/${encodeURIComponent(r[c])}">${esc(r[c])}</a></td>`
-        : `<td data-label="${esc(c)}" class="${c === "outcome" ? "nowrap" : ""}">${esc(r[c])}</td>`).join("")}</tr>`).join("")}
+        : `<td data-label="${esc(c)}" class="${c === "outcome" || c === "time" ? "nowrap" : ""}">${esc(r[c])}</td>`).join("")}</tr>`).join("")}
       </tbody></table>` : `<p class="sub" id="routing-log-empty">Nothing routed yet.</p>`}</section>`;
+  const msg = (t, bad) => { const m = document.getElementById("rmsg"); m.textContent = t; m.className = "msg " + (bad ? "bad" : "good"); };
+  bindSendRetry(el, () => adminRoutingLog(el), msg);
 }
 
 // DICOM's YYYYMMDD and Family^Given^Middle, as people write them.
