@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
+from magickbox.auth import cli as auth_cli
 from magickbox.buckets import cli as buckets_cli
 from magickbox.config import Settings, load_settings, parse_assignment
 
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in (serve, init):
         add_home_option(p)
     buckets_cli.add_parser(sub, add_home_option)
+    auth_cli.add_parsers(sub, add_home_option)
     serve.add_argument("--dicom-port", type=int, help="DICOM port (default 11113)")
     serve.add_argument("--web-port", type=int, help="HTTP port (default 2813)")
     serve.add_argument("--aet", help="the box's own AE title (default MAGICKBOX)")
@@ -51,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "buckets":
         return buckets_cli.main(args, settings)
+    if args.command in ("users", "tokens"):
+        return auth_cli.main(args, settings)
     return serve_forever(settings, args.log_level)
 
 
@@ -122,6 +126,18 @@ def _busy_port(settings: Settings) -> str | None:
     return None
 
 
+def _print_first_admin(box: object) -> None:
+    """A new home's admin password: shown once on the console, never in the log file."""
+    from magickbox.auth.store import FIRST_ADMIN, PASSWORD_FILE
+
+    password = box.first_admin()  # type: ignore[attr-defined]
+    if password:
+        home = box.settings.home  # type: ignore[attr-defined]
+        print(f"magickbox: first start: user {FIRST_ADMIN!r}, password {password} "
+              f"(also in {home / PASSWORD_FILE}, mode 0600; change it with "
+              f"'magickbox users passwd {FIRST_ADMIN}')", file=sys.stderr, flush=True)  # fmt: skip
+
+
 def _exit_on_sigterm(_signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
@@ -143,11 +159,14 @@ def serve_forever(settings: Settings, log_level: str = "INFO") -> int:
         return 1
     setup_logging(settings, log_level)
     box = Box(settings)  # the app's lifespan starts it once uvicorn runs
+    _print_first_admin(box)
+    tls = bool(settings.tls_cert and settings.tls_key)
     logging.getLogger("magickbox").info(
-        "MagickBox home %s: DICOM on %d (AE %s), web on http://%s:%d/",
+        "MagickBox home %s: DICOM on %d (AE %s), web on %s://%s:%d/",
         settings.home,
         settings.dicom_port,
         settings.aet,
+        "https" if tls else "http",
         settings.host,
         settings.web_port,
     )
@@ -160,7 +179,9 @@ def serve_forever(settings: Settings, log_level: str = "INFO") -> int:
             host=settings.host,
             port=settings.web_port,
             log_level="warning",
-            access_log=False,
+            access_log=False,  # never a log of URLs (nor of what they carry)
+            ssl_certfile=settings.tls_cert or None,
+            ssl_keyfile=settings.tls_key or None,
         )
     finally:
         box.stop()  # already stopped by the lifespan, unless uvicorn failed before it ran

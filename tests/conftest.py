@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from magickbox.auth.roles import Role
 from magickbox.box import Box
 from magickbox.config import load_settings
 from magickbox.testing.server import BoxServer, dcmtk_tool, free_port
@@ -36,6 +37,7 @@ class InProcessBox:
     client: TestClient
     home: Path
     box: Box
+    token: str = ""  # the admin token the client sends
 
     @property
     def dicom_port(self) -> int:
@@ -61,9 +63,13 @@ def in_process_box(home: Path, dicom: bool = False, **overrides: object) -> Iter
     ports = {"dicom_port": free_port(), "web_port": free_port()}
     settings = load_settings(home, **{**defaults, **ports, **overrides})
     box = Box(settings)
-    # The peer address the sockets would give: jobs record it (CallerIP).
-    with TestClient(create_app(box, dicom=dicom), client=("127.0.0.1", 50000)) as client:
-        yield InProcessBox(client, home, box)
+    token = box.auth.store.create_token("tests", Role.admin)[0]
+    # The peer address the sockets would give: jobs record it (CallerIP); a Host the box
+    # answers to; the admin's token on every request (tests of roles make their own clients).
+    app = create_app(box, dicom=dicom)
+    with TestClient(app, base_url="http://127.0.0.1", client=("127.0.0.1", 50000),
+                    headers={"Authorization": f"Bearer {token}"}) as client:  # fmt: skip
+        yield InProcessBox(client, home, box, token)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ The tests' fixtures and the benchmarks start servers through this one class.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -15,6 +16,9 @@ import time
 from pathlib import Path
 
 import httpx
+
+from magickbox.auth.roles import Role
+from magickbox.config import Settings, parse_assignment, read_config_file, read_environment
 
 # pip's pynetdicom installs its own "storescu"/"storescp" scripts, which may come first on
 # PATH: the real dcmtk tools are looked up in the system folders only.
@@ -59,8 +63,32 @@ def wait_listening(port: int, proc: subprocess.Popen | None = None, timeout: flo
     raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
 
 
+def settings_of(home: Path, env: dict[str, str], args: list[str]) -> Settings:
+    """The settings a ``magickbox serve --home home *args`` with ``env`` added would have."""
+    values = read_config_file(home / "magickbox.toml")
+    values.update(read_environment({**os.environ, **env}))
+    values.update(parse_assignment(a) for flag, a in itertools.pairwise(args)
+                  if flag == "--set")  # fmt: skip
+    return Settings.model_validate({**values, "home": home})
+
+
+def make_token(settings: Settings, role: Role = Role.admin, name: str = "tests") -> str:
+    """A new API token in the home's database (created, with its schema, when missing)."""
+    from magickbox.auth.store import AuthStore
+    from magickbox.home import init_home
+    from magickbox.jobs.db import open_database
+
+    init_home(settings)
+    db = open_database(settings.db_url)
+    try:
+        return AuthStore(db).create_token(name, role)[0]
+    finally:
+        db.kw["bind"].dispose()
+
+
 class BoxServer:
-    """A ``magickbox serve`` process with its own home and ports."""
+    """A ``magickbox serve`` process with its own home and ports. It gets an admin token at
+    each start, which :meth:`get` (and ``headers`` for other clients) sends."""
 
     def __init__(
         self,
@@ -81,13 +109,23 @@ class BoxServer:
         self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = home.parent / f"{home.name}-server.log"
+        self.token = ""
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """The admin's Authorization header, for clients other than :meth:`get`."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def make_token(self, role: Role = Role.admin, name: str = "tests") -> str:
+        return make_token(settings_of(self.home, self.extra_env, self.extra_args), role, name)
+
     def start(self, timeout: float = 30.0) -> BoxServer:
         env = {**os.environ, "TCP_NODELAY": "1", **self.extra_env}
+        self.token = self.make_token()
         cmd = [
             sys.executable,
             *self.program,
@@ -133,7 +171,8 @@ class BoxServer:
 
     # -- conveniences for tests ------------------------------------------------------
     def get(self, path: str, **kw: object) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", timeout=30, **kw)  # type: ignore[arg-type]
+        headers = {**self.headers, **kw.pop("headers", {})}  # type: ignore[dict-item]
+        return httpx.get(f"{self.url}{path}", timeout=30, headers=headers, **kw)  # type: ignore[arg-type]
 
     def jobs(self) -> list[dict]:
         return self.get("/code/php/getScratch.php").json()

@@ -13,6 +13,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select
 
+import magickbox.auth.models
 import magickbox.routing.models  # noqa: F401  (every table of the schema)
 from magickbox.jobs import db
 from magickbox.jobs.db import Base, Job, State, make_engine, migrate, open_database

@@ -13,9 +13,16 @@ let viewToken = 0; // bumps on every navigation, so late answers of a left view 
 const esc = (v) =>
   String(v ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 
+let csrf = ""; // the session's CSRF token (from /me): sent back on every change
+
 async function api(path, opts = {}) {
+  const method = (opts.method || "GET").toUpperCase();
+  if (method !== "GET" && csrf) opts = { ...opts, headers: { ...(opts.headers || {}), "X-CSRF-Token": csrf } };
   const res = await fetch(API + path, opts);
   setStatus(true);
+  if (res.status === 401 && path !== "/logout") {
+    location.href = "/login"; // not logged in (or the session ended): to the form
+  }
   if (!res.ok) {
     let detail = res.statusText;
     try {
@@ -546,4 +553,20 @@ async function route() {
 }
 
 window.addEventListener("hashchange", route);
+
+// Who is logged in, and the way out.
+(async () => {
+  try {
+    const me = await getJSON("/me");
+    csrf = me.csrf || "";
+    const el = document.getElementById("who");
+    el.hidden = false;
+    el.querySelector(".user").textContent = `${me.name} (${me.role})`;
+    el.querySelector("button").hidden = me.kind !== "user";
+    el.querySelector("button").addEventListener("click", async () => {
+      try { await api("/logout", { method: "POST" }); } catch (_) { /* gone already */ }
+      location.href = "/login";
+    });
+  } catch (_) { /* 401 sends the browser to the login form */ }
+})();
 route();
