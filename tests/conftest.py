@@ -19,7 +19,15 @@ from magickbox.config import load_settings
 from magickbox.testing.server import BoxServer, dcmtk_tool, free_port
 from magickbox.web.app import create_app
 
-__all__ = ["BoxServer", "InProcessBox", "copy_bucket", "dcmtk", "free_port", "in_process_box"]
+__all__ = [
+    "BoxServer",
+    "InProcessBox",
+    "admin_client",
+    "copy_bucket",
+    "dcmtk",
+    "free_port",
+    "in_process_box",
+]
 
 
 def dcmtk(tool: str) -> str:
@@ -53,6 +61,15 @@ class InProcessBox:
     def jobs(self) -> list[dict]:
         """The original's job listing (getScratch.php), newest first."""
         return self.get("/code/php/getScratch.php").json()
+
+
+def admin_client(box: Box, dicom: bool = False, **kw: object) -> TestClient:
+    """A TestClient of the app over ``box`` sending a new admin token, with a Host the box
+    answers to (use it as a context manager, which runs the app's lifespan)."""
+    token = box.auth.store.create_token("tests", Role.admin)[0]
+    headers = {"Authorization": f"Bearer {token}"}
+    return TestClient(create_app(box, dicom=dicom), base_url="http://127.0.0.1",
+                      headers=headers, **kw)  # type: ignore[arg-type]  # fmt: skip
 
 
 @contextlib.contextmanager

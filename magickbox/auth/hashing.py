@@ -6,6 +6,7 @@ its way through 2**256; a password is chosen by a person and needs the slow hash
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -15,8 +16,13 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 TOKEN_PREFIX = "mbt_"
 _hasher = PasswordHasher()
-# Verified when the user does not exist, so a wrong name costs as long as a wrong password.
-_DUMMY = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy() -> str:
+    """Verified when the user does not exist, so a wrong name costs as long as a wrong
+    password (made at the first need: a hash takes a good part of a second)."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 def hash_password(password: str) -> str:
@@ -26,7 +32,7 @@ def hash_password(password: str) -> str:
 def verify_password(stored: str | None, password: str) -> bool:
     """Whether ``password`` matches ``stored`` (None: an unknown user, never matches)."""
     try:
-        return _hasher.verify(stored or _DUMMY, password) and stored is not None
+        return _hasher.verify(stored or _dummy(), password) and stored is not None
     except (VerificationError, InvalidHashError):
         return False
 

@@ -104,11 +104,14 @@ class AuthStore:
         return Role[user.role]
 
     def ensure_first_admin(self, home: Path) -> str | None:
-        """A home without users gets ``admin`` with a random password, written to a 0600
-        file in the home and returned (to be printed once); None when users exist."""
+        """A home nobody can administer (no user, no active admin token) gets ``admin`` with a
+        random password, written to a 0600 file in the home and returned (to be printed
+        once); None when someone can log in already."""
         with self.sessions() as s:
             if s.scalar(select(User.id).limit(1)) is not None:
                 return None
+            if any(t.role == Role.admin.name and t.status == "active" for t in self.tokens()):
+                return None  # provisioned with an admin token (magickbox tokens create)
         password = hashing.new_password()
         self.add_user(FIRST_ADMIN, Role.admin, password)
         path = home / PASSWORD_FILE

@@ -99,6 +99,7 @@ class BoxServer:
         dicom_port: int | None = None,
         program: list[str] | None = None,
         extra_args: list[str] | None = None,
+        admin_token: bool = True,
     ) -> None:
         self.home = home
         self.program = program or ["-m", "magickbox.cli"]  # or a patched variant's argv
@@ -110,6 +111,7 @@ class BoxServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = home.parent / f"{home.name}-server.log"
         self.token = ""
+        self.admin_token = admin_token  # False: a home with no credentials (first start)
 
     @property
     def url(self) -> str:
@@ -118,14 +120,15 @@ class BoxServer:
     @property
     def headers(self) -> dict[str, str]:
         """The admin's Authorization header, for clients other than :meth:`get`."""
-        return {"Authorization": f"Bearer {self.token}"}
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def make_token(self, role: Role = Role.admin, name: str = "tests") -> str:
         return make_token(settings_of(self.home, self.extra_env, self.extra_args), role, name)
 
     def start(self, timeout: float = 30.0) -> BoxServer:
         env = {**os.environ, "TCP_NODELAY": "1", **self.extra_env}
-        self.token = self.make_token()
+        if self.admin_token:
+            self.token = self.make_token()
         cmd = [
             sys.executable,
             *self.program,
@@ -149,7 +152,7 @@ class BoxServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"magickbox exited: {self.log_path.read_text()[-3000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:  # public
                     wait_listening(self.dicom_port, self.proc)
                     return self
             time.sleep(0.1)
@@ -170,9 +173,23 @@ class BoxServer:
         self.proc.wait()
 
     # -- conveniences for tests ------------------------------------------------------
-    def get(self, path: str, **kw: object) -> httpx.Response:
+    def request(self, method: str, path: str, **kw: object) -> httpx.Response:
+        """``method`` on ``path`` with the admin's token (``headers=`` add to it)."""
         headers = {**self.headers, **kw.pop("headers", {})}  # type: ignore[dict-item]
-        return httpx.get(f"{self.url}{path}", timeout=30, headers=headers, **kw)  # type: ignore[arg-type]
+        kw.setdefault("timeout", 30)
+        return httpx.request(method, f"{self.url}{path}", headers=headers, **kw)  # type: ignore[arg-type]
+
+    def get(self, path: str, **kw: object) -> httpx.Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw: object) -> httpx.Response:
+        return self.request("POST", path, **kw)
+
+    def put(self, path: str, **kw: object) -> httpx.Response:
+        return self.request("PUT", path, **kw)
+
+    def delete(self, path: str, **kw: object) -> httpx.Response:
+        return self.request("DELETE", path, **kw)
 
     def jobs(self) -> list[dict]:
         return self.get("/code/php/getScratch.php").json()

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import Depends, Request
-from fastapi.routing import APIRoute
+from fastapi import Depends, FastAPI, Request
+from fastapi.routing import iter_route_contexts
 from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from magickbox.auth.hashing import same
@@ -48,9 +49,30 @@ def require(role: Role, *, legacy: bool = False, get_changes_state: bool = False
     return Depends(check)
 
 
-def requirement_of(route: APIRoute) -> list[Requirement]:
+@dataclass(frozen=True)
+class Endpoint:
+    """A route as the app serves it: its full path (router prefixes included)."""
+
+    path: str
+    methods: frozenset[str]
+    route: BaseRoute  # the route as declared (an APIRoute, or a Mount of static files)
+
+
+def endpoints(app: FastAPI) -> list[Endpoint]:
+    """Every route of ``app``, included routers flattened (FastAPI >= 0.16x keeps them as
+    included-router entries in ``app.routes``)."""
+    found = []
+    for ctx in iter_route_contexts(app.routes):
+        route = ctx.original_route
+        methods = frozenset(getattr(route, "methods", None) or ())
+        found.append(Endpoint(str(ctx.path), methods, route))
+    return found
+
+
+def requirement_of(route: BaseRoute) -> list[Requirement]:
     """Every requirement a route declares (exactly one, says the route-walking test)."""
-    found, todo = [], list(route.dependant.dependencies)
+    dependant = getattr(route, "dependant", None)
+    found, todo = [], list(dependant.dependencies if dependant else ())
     while todo:
         dep = todo.pop()
         needed = getattr(dep.call, "__requirement__", None)

@@ -50,11 +50,11 @@ def save_table(box: BoxServer, rules: list[dict]) -> None:
 
 
 def post(box: BoxServer, path: str, **kw: object) -> httpx.Response:
-    return httpx.post(f"{box.url}{path}", timeout=30, **kw)  # type: ignore[arg-type]
+    return box.post(path, **kw)
 
 
 def put(box: BoxServer, path: str, **kw: object) -> httpx.Response:
-    return httpx.put(f"{box.url}{path}", timeout=30, **kw)  # type: ignore[arg-type]
+    return box.put(path, **kw)
 
 
 def sends_of(box: BoxServer, scratchdir: str) -> list[dict]:

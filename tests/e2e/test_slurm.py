@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from magickbox.testing.dicomgen import write_study
@@ -143,7 +142,7 @@ def test_delete_of_a_running_job_cancels_it_in_slurm(
     box = box_factory(home=home)
     send(box, tmp_path, "Long", "del")
     scratchdir = running_in_slurm(home, "Long", cluster)
-    res = httpx.delete(f"{box.url}/api/v1/jobs/{scratchdir}", timeout=60)
+    res = box.delete(f"/api/v1/jobs/{scratchdir}", timeout=60)
     assert res.status_code in (200, 204), res.text
     wait_for("Slurm to forget the running job", lambda: cluster.squeue_count() == 0, 60)
 
