@@ -61,8 +61,10 @@ def _password_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
+    from magickbox.home import init_home
     from magickbox.jobs.db import open_database
 
+    init_home(settings)  # a first "users add" may come before the first serve
     db = open_database(settings.db_url)
     store, audit = AuthStore(db), AuditLog(db)
     me = Principal("cli", getpass.getuser(), Role.admin, "local")

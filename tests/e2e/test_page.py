@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from magickbox.testing.dicomgen import write_study
@@ -103,7 +102,9 @@ def browser() -> Iterator:
 
 @pytest.fixture
 def page(browser, site: Site) -> Iterator:  # type: ignore[no-untyped-def]
-    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    # The admin's token on every request the page makes (the login form has its own test).
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True,
+                              extra_http_headers=site.box.headers)  # fmt: skip
     pg = ctx.new_page()
     pg.set_default_timeout(WAIT_MS)
     errors: list[str] = []
@@ -307,7 +308,7 @@ def test_routing_editor_shows_the_boxs_own_refusal(site: Site, page) -> None:  #
     before = site.box.get("/api/v1/routing").json()
     for broken in ('{"routing": [', '{"routing": "not a list"}'):
         # What the box says of this text (it refuses it, so nothing is stored).
-        answer = httpx.put(f"{site.box.url}/api/v1/routing", content=broken, timeout=30)
+        answer = site.box.put("/api/v1/routing", content=broken)
         assert answer.status_code == 400, answer.text
         detail = answer.json()["detail"]
         page.fill("#routing-text", broken)
@@ -346,7 +347,8 @@ def test_archive_lists_and_deletes_studies(site: Site, page) -> None:  # type: i
 
 
 def test_narrow_screen(site: Site, browser) -> None:  # type: ignore[no-untyped-def]
-    ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
+                              extra_http_headers=site.box.headers)  # fmt: skip
     pg = ctx.new_page()
     pg.set_default_timeout(WAIT_MS)
     pg.goto(site.box.url + "/")
@@ -373,7 +375,7 @@ def test_page_survives_a_restart_of_the_box(box_factory, browser, tmp_path: Path
     write_study(tmp_path / "s", n_images=1, rows=16, cols=16)
     assert box.storescu(tmp_path / "s", "ProcBucket", "XRAY").returncode == 0
     wait_for("the job", lambda: api_jobs(box))
-    ctx = browser.new_context()
+    ctx = browser.new_context(extra_http_headers=box.headers)
     pg = ctx.new_page()
     pg.set_default_timeout(WAIT_MS)
     pg.goto(box.url + "/")
