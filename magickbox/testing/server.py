@@ -10,6 +10,7 @@ import itertools
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -100,7 +101,10 @@ class BoxServer:
         program: list[str] | None = None,
         extra_args: list[str] | None = None,
         admin_token: bool = True,
+        ca_file: Path | None = None,
     ) -> None:
+        """``ca_file``: the box serves HTTPS (tls_cert/tls_key in ``extra_args``) with a
+        certificate this CA signed; the conveniences below verify it."""
         self.home = home
         self.program = program or ["-m", "magickbox.cli"]  # or a patched variant's argv
         self.extra_args = extra_args or []
@@ -112,15 +116,20 @@ class BoxServer:
         self.log_path = home.parent / f"{home.name}-server.log"
         self.token = ""
         self.admin_token = admin_token  # False: a home with no credentials (first start)
+        self.ca_file = ca_file
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.web_port}"
+        return f"{'https' if self.ca_file else 'http'}://127.0.0.1:{self.web_port}"
 
     @property
     def headers(self) -> dict[str, str]:
         """The admin's Authorization header, for clients other than :meth:`get`."""
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
 
     def make_token(self, role: Role = Role.admin, name: str = "tests") -> str:
         return make_token(settings_of(self.home, self.extra_env, self.extra_args), role, name)
@@ -152,7 +161,8 @@ class BoxServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"magickbox exited: {self.log_path.read_text()[-3000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:  # public
+                health = httpx.get(f"{self.url}/api/v1/health", timeout=1, verify=self.verify)
+                if health.status_code == 200:  # public: no token needed
                     wait_listening(self.dicom_port, self.proc)
                     return self
             time.sleep(0.1)
@@ -177,6 +187,7 @@ class BoxServer:
         """``method`` on ``path`` with the admin's token (``headers=`` add to it)."""
         headers = {**self.headers, **kw.pop("headers", {})}  # type: ignore[dict-item]
         kw.setdefault("timeout", 30)
+        kw.setdefault("verify", self.verify)
         return httpx.request(method, f"{self.url}{path}", headers=headers, **kw)  # type: ignore[arg-type]
 
     def get(self, path: str, **kw: object) -> httpx.Response:

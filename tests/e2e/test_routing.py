@@ -297,6 +297,9 @@ def test_saving_a_broken_table_is_refused_and_echo_tells_reachability(box_factor
     assert json.loads((box.home / "routing.json").read_text()) == good
 
     echo = {"IP": "127.0.0.1", "PORT": scp.port, "AETitleSender": "MB", "AETitleTo": "ECHOME"}
+    res = post(box, "/api/v1/destinations/echo", json=echo)  # not in the table: no probing
+    assert res.status_code == 403 and "any_destination" in res.json()["detail"], res.text
+    echo["any_destination"] = True  # an admin asking explicitly
     res = post(box, "/api/v1/destinations/echo", json=echo)
     assert res.status_code == 200 and res.json()["ok"] is True, res.text
     res = post(box, "/api/v1/destinations/echo", json={**echo, "PORT": free_port()})
