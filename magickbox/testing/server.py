@@ -134,6 +134,25 @@ class BoxServer:
     def make_token(self, role: Role = Role.admin, name: str = "tests") -> str:
         return make_token(settings_of(self.home, self.extra_env, self.extra_args), role, name)
 
+    def add_user(self, name: str, role: Role, password: str) -> None:
+        from magickbox.auth.store import AuthStore
+        from magickbox.jobs.db import open_database
+
+        db = open_database(settings_of(self.home, self.extra_env, self.extra_args).db_url)
+        try:
+            AuthStore(db).add_user(name, role, password)
+        finally:
+            db.kw["bind"].dispose()
+
+    def login_cookie(self, name: str, password: str) -> dict[str, str]:
+        """Log in as the page does; the session cookie as Playwright's add_cookies takes it."""
+        from magickbox.auth.sessions import COOKIE
+
+        res = httpx.post(f"{self.url}/api/v1/login", data={"name": name, "password": password},
+                         timeout=30, verify=self.verify)  # fmt: skip
+        res.raise_for_status()
+        return {"name": COOKIE, "value": res.cookies[COOKIE], "url": self.url}
+
     def start(self, timeout: float = 30.0) -> BoxServer:
         env = {**os.environ, "TCP_NODELAY": "1", **self.extra_env}
         if self.admin_token:

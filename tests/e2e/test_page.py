@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from magickbox.auth.roles import Role
 from magickbox.testing.dicomgen import write_study
 from tests.conftest import BoxServer, copy_bucket
 from tests.e2e.peers import QUICK, api_jobs, wait_for
@@ -58,6 +59,7 @@ class Site:
     box: BoxServer
     folder: Path
     gate: Path
+    cookie: dict  # a page login's session cookie
 
     def job_of(self, **match: str) -> dict:
         jobs = [j for j in api_jobs(self.box) if all(j[k] == v for k, v in match.items())]
@@ -81,7 +83,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             res = box.storescu(folder / name, bucket, calling)
             assert res.returncode == 0, res.stderr
         wait_for("the jobs to finish", lambda: _finished(box) == len(SENDS), timeout=90)
-        yield Site(box, folder, gate)
+        box.add_user("pagetest", Role.admin, "page test password")
+        yield Site(box, folder, gate, box.login_cookie("pagetest", "page test password"))
     finally:
         box.stop()
 
@@ -102,9 +105,8 @@ def browser() -> Iterator:
 
 @pytest.fixture
 def page(browser, site: Site) -> Iterator:  # type: ignore[no-untyped-def]
-    # The admin's token on every request the page makes (the login form has its own test).
-    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True,
-                              extra_http_headers=site.box.headers)  # fmt: skip
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    ctx.add_cookies([site.cookie])  # logged in as an admin (the login form: test_security.py)
     pg = ctx.new_page()
     pg.set_default_timeout(WAIT_MS)
     errors: list[str] = []

@@ -19,10 +19,8 @@ import httpx
 import pytest
 
 from magickbox.auth.roles import Role
-from magickbox.auth.store import PASSWORD_FILE, AuthStore
-from magickbox.jobs.db import open_database
+from magickbox.auth.store import PASSWORD_FILE
 from magickbox.testing.dicomgen import write_study
-from magickbox.testing.server import settings_of
 from tests.conftest import BoxServer, copy_bucket, dcmtk, free_port
 from tests.e2e.peers import QUICK, wait_for
 from tests.e2e.test_seed import DELETE, SEND, bash, fill
@@ -34,12 +32,6 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 UNTRUSTED = ["--set", 'trusted_networks=["10.0.0.0/8=operator"]']  # 127.0.0.1 is not in it
-
-
-def add_user(box: BoxServer, name: str, role: Role, password: str) -> None:
-    db = open_database(settings_of(box.home, box.extra_env, box.extra_args).db_url)
-    AuthStore(db).add_user(name, role, password)
-    db.kw["bind"].dispose()
 
 
 def one_job(box: BoxServer, folder: Path, calling: str = "ip44") -> str:
@@ -195,7 +187,7 @@ def test_a_cross_site_page_changes_nothing(local: BoxServer, browser, tmp_path: 
 
 
 def test_login_logout_csrf_and_session_expiry_in_the_browser(local: BoxServer, browser) -> None:  # type: ignore[no-untyped-def]
-    add_user(local, "olga", Role.operator, "olga's password")
+    local.add_user("olga", Role.operator, "olga's password")
     ctx = browser.new_context()
     page = ctx.new_page()
     page.set_default_timeout(60_000)
@@ -309,7 +301,7 @@ def test_https_with_a_throwaway_ca(tmp_path: Path) -> None:
         assert curl_status(f"{url}/api/v1/jobs", "--cacert", str(ca), *auth) == "200"
         assert curl_status(f"http://127.0.0.1:{box.web_port}/api/v1/health") != "200"
         # A page login under HTTPS: the cookie is Secure.
-        add_user(box, "sam", Role.viewer, "sam's password")
+        box.add_user("sam", Role.viewer, "sam's password")
         res = box.post("/api/v1/login", data={"name": "sam", "password": "sam's password"},
                        headers={"Authorization": ""})  # fmt: skip
         assert res.status_code == 200 and "secure" in res.headers["set-cookie"].lower()
