@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import swagger_ui_bundle
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
@@ -31,6 +31,34 @@ log = logging.getLogger(__name__)
 PAGE_DIR = Path(__file__).parent / "page"
 # Mounts serve static files only (the page's code, the API page's code), no data: no login.
 PUBLIC_MOUNTS = frozenset({"/page", "/static/swagger"})
+
+
+pages = APIRouter()
+
+
+@pages.get("/", include_in_schema=False, dependencies=[require(Role.viewer)])
+def index() -> FileResponse:
+    return FileResponse(PAGE_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+@pages.get("/openapi.json", include_in_schema=False, dependencies=[require(Role.public)])
+def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.openapi())
+
+
+@pages.get("/docs", include_in_schema=False, dependencies=[require(Role.viewer)])
+def docs() -> HTMLResponse:
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="MagickBox API",
+        swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+        swagger_css_url="/static/swagger/swagger-ui.css",
+        swagger_favicon_url="/static/swagger/favicon-32x32.png",
+    )
+
+
+# Every route of the app (the README's table of roles is made from these).
+ROUTERS = (pages, legacy.router, api.router, routing.router, auth.router)
 
 
 def create_app(box: Box, dicom: bool = True) -> FastAPI:
@@ -66,31 +94,10 @@ def create_app(box: Box, dicom: bool = True) -> FastAPI:
     swagger = StaticFiles(directory=swagger_ui_bundle.swagger_ui_path)
     app.mount("/static/swagger", swagger, name="swagger")
 
-    @app.get("/openapi.json", include_in_schema=False, dependencies=[require(Role.public)])
-    def openapi() -> JSONResponse:
-        return JSONResponse(app.openapi())
-
-    @app.get("/docs", include_in_schema=False, dependencies=[require(Role.viewer)])
-    def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url="/openapi.json",
-            title="MagickBox API",
-            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
-            swagger_css_url="/static/swagger/swagger-ui.css",
-            swagger_favicon_url="/static/swagger/favicon-32x32.png",
-        )
-
-    app.include_router(legacy.router)
-    app.include_router(api.router)
-    app.include_router(routing.router)
-    app.include_router(auth.router)
-
+    for router in ROUTERS:
+        app.include_router(router)
     # The page: static files, no build step; everything it shows comes from /api/v1.
     app.mount("/page", StaticFiles(directory=PAGE_DIR), name="page")
-
-    @app.get("/", include_in_schema=False, dependencies=[require(Role.viewer)])
-    def index() -> FileResponse:
-        return FileResponse(PAGE_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     # The one mapping of the box's errors to HTTP: each error class carries its status.
     async def box_error(request: Request, exc: Exception) -> JSONResponse | RedirectResponse:

@@ -402,7 +402,8 @@ function drawDisk(d) {
 // -- buckets -------------------------------------------------------------------------------
 
 async function viewBuckets() {
-  const [buckets, setup] = await Promise.all([getJSON("/buckets?all=true"), getJSON("/setup")]);
+  // /health (anyone) has the DICOM port; /setup is for admins.
+  const [buckets, setup] = await Promise.all([getJSON("/buckets?all=true"), getJSON("/health")]);
   const host = location.hostname;
   main.innerHTML = `<h1>Buckets</h1><p class="sub">Send a study to a bucket's AE title on this box (${esc(host)}, DICOM port ${esc(setup.dicom_port)}).</p>
     <div class="buckets">${buckets.map((b) => {
@@ -429,10 +430,10 @@ async function viewBuckets() {
 
 async function viewAdmin(section) {
   section = section || "setup";
-  const tabs = [["setup", "Setup"], ["routing", "Routing"], ["routing-log", "Routing log"], ["archive", "Archived studies"]];
+  const tabs = [["setup", "Setup"], ["routing", "Routing"], ["routing-log", "Routing log"], ["archive", "Archived studies"], ["audit", "Audit"]];
   main.innerHTML = `<nav class="subtabs">${tabs.map(([k, t]) => `<a href="#/admin/${k}" class="${k === section ? "on" : ""}">${t}</a>`).join("")}</nav><div id="admin"></div>`;
   const el = document.getElementById("admin");
-  const views = { setup: adminSetup, routing: adminRouting, "routing-log": adminRoutingLog, archive: adminArchive };
+  const views = { setup: adminSetup, routing: adminRouting, "routing-log": adminRoutingLog, archive: adminArchive, audit: adminAudit };
   await (views[section] || adminSetup)(el);
 }
 
@@ -524,6 +525,28 @@ async function adminArchive(el, offset = 0) {
       }
     };
   }
+}
+
+// The audit trail (admins): who did what to which job, study or setting, newest first.
+async function adminAudit(el, offset = 0, action = "") {
+  const q = `limit=100&offset=${offset}` + (action ? `&action=${encodeURIComponent(action)}` : "");
+  let data;
+  try { data = await getJSON(`/audit?${q}`); } catch (e) {
+    el.innerHTML = `<section class="card"><h2>Audit</h2><p class="msg bad">${esc(e.message)}</p></section>`;
+    return;
+  }
+  const actions = ["", "login", "login_failed", "logout", "download", "upload", "delete", "retry", "send_retry", "routing_change", "user_add", "user_remove", "user_password", "token_create", "token_revoke"];
+  el.innerHTML = `<section class="card"><h2>Audit <span class="sub">${num(data.total)}</span></h2>
+    <p><label>Action <select id="audit-action">${actions.map((a) => `<option value="${a}" ${a === action ? "selected" : ""}>${a || "all"}</option>`).join("")}</select></label>
+      <a class="btn small" href="${API}/audit.jsonl" download id="audit-export">Export (JSON lines)</a></p>
+    <table class="jobs" id="audit-rows"><thead><tr><th>Time</th><th>Who</th><th>Address</th><th>Action</th><th>Target</th><th>Detail</th></tr></thead>
+    <tbody>${data.events.map((e) => `<tr><td class="nowrap">${esc(localTime(new Date(e.at * 1000).toISOString()))}</td><td>${esc(e.actor)}</td>
+      <td class="mono">${esc(e.address)}</td><td>${esc(e.action)}</td><td class="mono">${esc(e.target)}</td>
+      <td class="mono sub">${esc(JSON.stringify(e.detail)).slice(0, 300)}</td></tr>`).join("") || `<tr><td colspan="6" class="empty">Nothing recorded yet.</td></tr>`}</tbody></table>
+    <div class="pager"><button id="uprev" ${offset ? "" : "disabled"}>‹ Newer</button><button id="unext" ${offset + data.events.length < data.total ? "" : "disabled"}>Older ›</button></div></section>`;
+  document.getElementById("audit-action").onchange = (ev) => adminAudit(el, 0, ev.target.value);
+  document.getElementById("uprev").onclick = () => adminAudit(el, Math.max(0, offset - 100), action);
+  document.getElementById("unext").onclick = () => adminAudit(el, offset + 100, action);
 }
 
 // -- navigation ------------------------------------------------------------------------------
