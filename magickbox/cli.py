@@ -146,6 +146,7 @@ def serve_forever(settings: Settings, log_level: str = "INFO") -> int:
     import uvicorn
 
     from magickbox.box import Box
+    from magickbox.errors import MagickBoxError
     from magickbox.web.app import create_app
 
     # Before anything touches the home (crash recovery kills "orphaned" buckets): one box per home,
@@ -158,7 +159,11 @@ def serve_forever(settings: Settings, log_level: str = "INFO") -> int:
         print(f"magickbox: {busy}", file=sys.stderr)
         return 1
     setup_logging(settings, log_level)
-    box = Box(settings)  # the app's lifespan starts it once uvicorn runs
+    try:
+        box = Box(settings)  # the app's lifespan starts it once uvicorn runs
+    except MagickBoxError as exc:  # e.g. a trusted_networks entry that is no network
+        print(f"magickbox: {exc}", file=sys.stderr)
+        return 2
     _print_first_admin(box)
     tls = bool(settings.tls_cert and settings.tls_key)
     logging.getLogger("magickbox").info(

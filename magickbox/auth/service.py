@@ -61,7 +61,11 @@ class Authority:
         session = self.sessions.get(sid)
         if session is None:
             return None
-        return Principal("user", session.user, session.role, address, sid), session
+        role = self.store.current_role(session.user, session.started_at)
+        if role is None:
+            self.sessions.end(sid)
+            return None
+        return Principal("user", session.user, role, address, sid), session
 
     def by_network(self, address: str) -> Principal | None:
         """The best role a trusted network gives ``address`` (None: not trusted)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from magickbox.auth.roles import Role
 
@@ -19,6 +19,7 @@ class Session:
     role: Role
     csrf: str  # sent back by the page in X-CSRF-Token on every state change
     expires_at: float
+    started_at: float = field(default_factory=time.time)
 
 
 class Sessions:

@@ -103,6 +103,16 @@ class AuthStore:
         assert user is not None
         return Role[user.role]
 
+    def current_role(self, name: str, since: float) -> Role | None:
+        """The user's role now, if the user still exists and its password is unchanged
+        since ``since`` (a session's start): a removal or a new password ends sessions,
+        also when made by the CLI in another process."""
+        with self.sessions() as s:
+            user = s.scalar(select(User).where(User.name == name))
+        if user is None or user.password_changed_at > since:
+            return None
+        return Role[user.role]
+
     def ensure_first_admin(self, home: Path) -> str | None:
         """A home nobody can administer (no user, no active admin token) gets ``admin`` with a
         random password, written to a 0600 file in the home and returned (to be printed

@@ -390,3 +390,14 @@ def test_page_survives_a_restart_of_the_box(box_factory, browser, tmp_path: Path
     pg.wait_for_selector("#rows tr[data-job]")
     assert pg.evaluate("window.__sameDocument") is True
     ctx.close()
+
+
+def test_admin_audit_page(site: Site, page) -> None:  # type: ignore[no-untyped-def]
+    page.goto(site.box.url + "/#/admin/audit")
+    # The fixture's login of this session, newest first among the logins.
+    row = page.locator("#audit-rows tbody tr", has_text="user:pagetest").filter(has_text="login")
+    row.first.wait_for()
+    page.select_option("#audit-action", "delete")
+    page.locator("#audit-rows tbody tr").first.wait_for()
+    assert "login" not in page.locator("#audit-rows tbody").inner_text()
+    shot(page, "audit")

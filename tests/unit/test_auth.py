@@ -183,3 +183,19 @@ def test_host_of() -> None:
     assert host_of("Box.Example:2813") == "box.example"
     assert host_of("[::1]:2813") == "::1"
     assert host_of("127.0.0.1") == "127.0.0.1"
+
+
+def test_a_removed_user_or_a_new_password_ends_its_sessions(
+    db: sessionmaker, tmp_path: Path
+) -> None:
+    auth = Authority(Settings(home=tmp_path), db)
+    auth.store.add_user("ann", Role.operator, "long enough")
+    auth.store.add_user("bob", Role.admin, "long enough")
+    ann, _ = auth.login("ann", "long enough", "10.1.1.1")
+    bob, _ = auth.login("bob", "long enough", "10.1.1.1")
+    auth.store.set_password("ann", "another long one")
+    assert auth.by_session(ann, "10.1.1.1") is None
+    assert auth.by_session(bob, "10.1.1.1") is not None
+    auth.store.add_user("cid", Role.admin, "long enough")
+    auth.store.remove_user("bob")
+    assert auth.by_session(bob, "10.1.1.1") is None
