@@ -16,6 +16,7 @@ from typing import Any
 from magickbox.announce import Announcer
 from magickbox.auth.audit import AuditFilter
 from magickbox.auth.principal import Principal
+from magickbox.auth.roles import Role
 from magickbox.auth.service import Authority
 from magickbox.auth.sessions import Session
 from magickbox.buckets import registry
@@ -297,6 +298,33 @@ class Box:
 
     def logout(self, who: Principal) -> None:
         self.auth.logout(who)
+
+    def users(self) -> list[dict[str, Any]]:
+        return self.auth.store.users()
+
+    def add_user(self, name: str, role: Role, password: str) -> None:
+        self.auth.store.add_user(name, role, password)
+
+    def remove_user(self, name: str) -> None:
+        self.auth.store.remove_user(name)
+        self.auth.sessions.end_user(name)
+
+    def set_password(self, name: str, password: str) -> None:
+        self.auth.store.set_password(name, password)
+        self.auth.sessions.end_user(name)
+
+    def tokens(self) -> list[dict[str, Any]]:
+        return [t.as_dict() for t in self.auth.store.tokens()]
+
+    def create_token(
+        self, name: str, role: Role, expires_at: float | None, created_by: str
+    ) -> tuple[str, dict[str, Any]]:
+        """A new API token: its secret (shown once) and how it is listed."""
+        secret, info = self.auth.store.create_token(name, role, expires_at, created_by)
+        return secret, info.as_dict()
+
+    def revoke_token(self, which: str) -> list[dict[str, Any]]:
+        return [t.as_dict() for t in self.auth.store.revoke_token(which)]
 
     def audit(self, who: Principal | None, action: str, target: str = "", **detail: Any) -> None:
         """Record in the audit trail that ``who`` did ``action`` to ``target``."""

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Query, Request, Response
+from fastapi import APIRouter, Body, Form, Query, Request, Response
+from fastapi import Path as FastAPIPath
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
+from pydantic import BaseModel, Field
 
 from magickbox.auth.audit import ACTIONS, AuditFilter
 from magickbox.auth.principal import Principal
 from magickbox.auth.roles import Role
 from magickbox.auth.sessions import COOKIE
-from magickbox.web.deps import BoxDep, Offset
+from magickbox.web.deps import BoxDep, Offset, json_bytes
 from magickbox.web.security import require
 
 router = APIRouter(tags=["security"])
@@ -123,3 +126,81 @@ def audit_export(
     lines = box.audit_lines(_filter(actor, action, target, since, until))
     disposition = {"Content-Disposition": "attachment; filename=audit.jsonl"}
     return StreamingResponse(lines, media_type="application/x-ndjson", headers=disposition)
+
+
+# -- users and tokens (admins; the same as `magickbox users` / `magickbox tokens`) ---------
+
+RoleName = Annotated[str, Field(pattern="^(viewer|operator|admin)$")]
+UserName = Annotated[str, FastAPIPath(max_length=64)]
+
+
+class NewUser(BaseModel):
+    name: str = Field(max_length=64)
+    role: RoleName = "viewer"
+    password: str = Field(min_length=8, max_length=1024)
+
+
+class NewPassword(BaseModel):
+    password: str = Field(min_length=8, max_length=1024)
+
+
+class NewToken(BaseModel):
+    name: str = Field(max_length=64)
+    role: RoleName = "viewer"
+    expires_days: float | None = Field(default=None, gt=0, le=36600)
+
+
+@router.get("/api/v1/users")
+def users(box: BoxDep, _who: Admin) -> list[dict[str, Any]]:
+    return box.users()
+
+
+@router.post("/api/v1/users", status_code=201)
+def add_user(box: BoxDep, who: Admin, user: Annotated[NewUser, Body()]) -> Response:
+    box.add_user(user.name, Role[user.role], user.password)
+    box.audit(who, "user_add", user.name, role=user.role)
+    return json_bytes({"name": user.name, "role": user.role}, status_code=201)
+
+
+@router.delete("/api/v1/users/{name}")
+def remove_user(box: BoxDep, who: Admin, name: UserName) -> Response:
+    """Remove a user (never the last admin); their page logins end."""
+    box.remove_user(name)
+    box.audit(who, "user_remove", name)
+    return json_bytes({"removed": name})
+
+
+@router.put("/api/v1/users/{name}/password")
+def set_password(
+    box: BoxDep, who: Admin, name: UserName, new: Annotated[NewPassword, Body()]
+) -> Response:
+    """Set a user's password; their page logins end."""
+    box.set_password(name, new.password)
+    box.audit(who, "user_password", name)
+    return json_bytes({"name": name})
+
+
+@router.get("/api/v1/tokens")
+def tokens(box: BoxDep, _who: Admin) -> list[dict[str, Any]]:
+    """Every token with its state (active, expired, revoked); never a secret."""
+    return box.tokens()
+
+
+@router.post("/api/v1/tokens", status_code=201)
+def create_token(box: BoxDep, who: Admin, new: Annotated[NewToken, Body()]) -> Response:
+    """A new token; ``token`` in the answer is its secret, shown this once."""
+    expires = time.time() + new.expires_days * 86400 if new.expires_days else None
+    secret, info = box.create_token(new.name, Role[new.role], expires, who.label)
+    box.audit(who, "token_create", new.name, id=info["id"], role=new.role)
+    return json_bytes({"token": secret, **info}, status_code=201)
+
+
+@router.delete("/api/v1/tokens/{token}")
+def revoke_token(
+    box: BoxDep, who: Admin, token: Annotated[str, FastAPIPath(max_length=64)]
+) -> Response:
+    """Revoke the token with this id, or every active token with this name."""
+    revoked = box.revoke_token(token)
+    for info in revoked:
+        box.audit(who, "token_revoke", info["name"], id=info["id"])
+    return json_bytes({"revoked": revoked})

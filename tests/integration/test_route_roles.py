@@ -20,7 +20,8 @@ from magickbox.web.app import PUBLIC_MOUNTS
 from magickbox.web.security import Requirement, endpoints, requirement_of
 from tests.conftest import InProcessBox, in_process_box
 
-SAMPLE = {"scratchdir": "tmp.nothere0", "send_id": "1", "study_uid": "1.2.3.4"}
+SAMPLE = {"scratchdir": "tmp.nothere0", "send_id": "1", "study_uid": "1.2.3.4",
+          "name": "nobody", "token": "nothing"}  # fmt: skip
 
 
 def calls(app) -> list[tuple[str, str, Requirement]]:  # type: ignore[no-untyped-def]
@@ -190,3 +191,46 @@ def test_failed_logins_are_throttled_and_audited(untrusted: InProcessBox, tokens
     audit = call(untrusted.client, "GET", "/api/v1/audit?action=login_failed&target=pat",
                  tokens["admin"]).json()  # fmt: skip
     assert audit["total"] == 3 and "guess" not in str(audit)
+
+
+def test_admins_manage_users_and_tokens_over_http(untrusted: InProcessBox, tokens: dict) -> None:
+    client, admin = untrusted.client, tokens["admin"]
+    res = call(client, "POST", "/api/v1/users", admin,
+               json={"name": "vic", "role": "viewer", "password": "vic's password"})  # fmt: skip
+    assert res.status_code == 201
+    assert (
+        call(
+            client, "POST", "/api/v1/users", admin, json={"name": "vic", "password": "x" * 8}
+        ).status_code
+        == 409
+    )
+    assert (
+        call(
+            client, "POST", "/api/v1/users", admin, json={"name": "w", "password": "short"}
+        ).status_code
+        == 422
+    )
+    assert {"name": "vic", "role": "viewer"}.items() <= next(
+        u for u in call(client, "GET", "/api/v1/users", admin).json() if u["name"] == "vic"
+    ).items()
+    res = call(client, "POST", "/api/v1/tokens", admin, json={"name": "ci", "role": "operator"})
+    assert res.status_code == 201
+    secret = res.json()["token"]
+    assert call(client, "GET", "/api/v1/jobs", secret).status_code == 200
+    assert secret not in call(client, "GET", "/api/v1/tokens", admin).text
+    assert call(client, "DELETE", "/api/v1/tokens/ci", admin).status_code == 200
+    assert call(client, "GET", "/api/v1/jobs", secret).status_code == 401
+    assert call(client, "PUT", "/api/v1/users/vic/password", admin,
+                json={"password": "a new password"}).status_code == 200  # fmt: skip
+    assert call(client, "DELETE", "/api/v1/users/vic", admin).status_code == 200
+    actions = [
+        e["action"]
+        for e in call(client, "GET", "/api/v1/audit?actor=token:admin", admin).json()["events"]
+    ]
+    assert actions[:5] == [
+        "user_remove",
+        "user_password",
+        "token_revoke",
+        "token_create",
+        "user_add",
+    ]
