@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Form, Query, Request, Response
 from fastapi import Path as FastAPIPath
-from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from magickbox.auth.audit import ACTIONS, AuditFilter
@@ -74,15 +74,7 @@ def me(request: Request, box: BoxDep, who: Viewer) -> Response:
 
 
 def _me(name: str, role: Role, kind: str, csrf: str) -> Response:
-    from magickbox.web.deps import json_bytes
-
     return json_bytes({"name": name, "role": role.name, "kind": kind, "csrf": csrf})
-
-
-@router.get("/logout", include_in_schema=False, dependencies=[require(Role.public)])
-def logout_page() -> RedirectResponse:
-    """Where the page's "log out" lands after its POST: the login form again."""
-    return RedirectResponse("/login", status_code=303)
 
 
 def _filter(

@@ -226,6 +226,9 @@ def test_login_logout_csrf_and_session_expiry_in_the_browser(local: BoxServer, b
     page.goto(local.url + "/")
     page.wait_for_url("**/login")
     ctx.close()
+    # Secrets never in the logs (the box's own and its console).
+    logs = (local.home / "logs" / "magickbox.log").read_text() + local.log_path.read_text()
+    assert "olga's password" not in logs and local.token not in logs
 
 
 # -- mb ----------------------------------------------------------------------------------------

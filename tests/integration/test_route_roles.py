@@ -234,3 +234,9 @@ def test_admins_manage_users_and_tokens_over_http(untrusted: InProcessBox, token
         "token_create",
         "user_add",
     ]
+
+
+def test_auth_off_lets_everyone_do_everything(tmp_path: Path) -> None:
+    with in_process_box(tmp_path / "home", auth=False, trusted_networks=[]) as ibox:
+        assert call(ibox.client, "GET", "/api/v1/setup", None).status_code == 200
+        assert call(ibox.client, "GET", "/api/v1/audit", None).status_code == 200
