@@ -143,8 +143,11 @@ def cmd_active_machines(
         assert host is not None
         machine = Machine(host, config.parse_port(port or config.DEFAULT_PORT), **(reach or {}))
         machine.token()  # a token file that is missing or readable by others: say so now
-        if not config.add_machine(machine):
-            warn(f"{machine.label} is already active")
+        outcome = config.add_machine(machine)
+        if outcome != "added":
+            warn(
+                f"{machine.label} is already active" + ("; updated" if outcome == "updated" else "")
+            )
     elif action == "remove":
         assert host is not None
         gone = config.remove_machines(host, config.parse_port(port) if port else None)

@@ -119,15 +119,19 @@ def save_machines(machines: list[Machine], folder: Path | None = None) -> None:
     _write_json(_path(folder, MACHINES_FILE), [m.as_stored() for m in machines])
 
 
-def add_machine(machine: Machine, folder: Path | None = None) -> bool:
-    """Add ``machine`` (or update how to reach it); False when it was already there as is."""
+def add_machine(machine: Machine, folder: Path | None = None) -> str:
+    """Add ``machine``: "added", "updated" (it was there; its token or CA file are new) or
+    "unchanged". A machine given bare (``queryMachines --add``) keeps how it is reached."""
     machines = load_machines(folder)
-    same = [m for m in machines if m == machine]
-    if same and same[0].as_stored() == machine.as_stored():
-        return False
-    save_machines([machine if m == machine else m for m in machines] if same
-                  else [*machines, machine], folder)  # fmt: skip
-    return not same
+    old = next((m for m in machines if m == machine), None)
+    if old is None:
+        save_machines([*machines, machine], folder)
+        return "added"
+    bare = machine.as_stored() == machine.as_json()
+    if bare or old.as_stored() == machine.as_stored():
+        return "unchanged"
+    save_machines([machine if m == machine else m for m in machines], folder)
+    return "updated"
 
 
 def remove_machines(host: str, port: int | None, folder: Path | None = None) -> list[Machine]:
