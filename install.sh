@@ -10,7 +10,7 @@ export DEBIAN_FRONTEND=noninteractive
 "${as_root[@]}" apt-get update -qq
 "${as_root[@]}" apt-get install -y -qq --no-install-recommends \
   python3 python3-venv dcmtk jq curl postgresql chromium orthanc podman runc busybox-static \
-  slurm-wlm munge \
+  slurm-wlm munge openssl \
   >/dev/null
 
 [[ -x .venv/bin/python ]] || python3 -m venv .venv

@@ -49,14 +49,15 @@ PAYLOAD = """() => {
 }"""
 
 
-def measure(url: str, runs: int) -> dict:
+def measure(url: str, runs: int, headers: dict[str, str]) -> dict:
     from playwright.sync_api import sync_playwright
 
     times, payloads = [], []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         for run in range(runs + 1):
-            ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+            ctx = browser.new_context(viewport={"width": 1280, "height": 800},
+                                      extra_http_headers=headers)  # fmt: skip
             page = ctx.new_page()
             page.add_init_script(FIRST_ROW)
             page.goto(url)
@@ -94,11 +95,11 @@ API_CALLS = {
 }
 
 
-def measure_api(url: str) -> dict:
+def measure_api(url: str, headers: dict[str, str]) -> dict:
     import httpx
 
     out = {}
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx.Client(base_url=url, timeout=30, headers=headers) as client:
         for name, path in API_CALLS.items():
             client.get(path)
             times = []
@@ -122,8 +123,8 @@ def main() -> None:
         print(f"{args.jobs} jobs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         box = BoxServer(home).start()
         try:
-            result = {"jobs": args.jobs, **measure(box.url + "/", args.runs)}
-            result["api_median_ms"] = measure_api(box.url)
+            result = {"jobs": args.jobs, **measure(box.url + "/", args.runs, box.headers)}
+            result["api_median_ms"] = measure_api(box.url, box.headers)
         finally:
             box.stop()
     print(json.dumps(result, indent=2))

@@ -192,7 +192,6 @@ class Box(BoxServer):
         super().__init__(home, quiet, env={**tool_env(True), **(env or {})}, program=wrapper,
                          extra_args=["--log-level", "WARNING"])  # fmt: skip
         self.http = httpx.Client(base_url=self.url, timeout=60)
-
     def init(self) -> Box:
         subprocess.run(
             [sys.executable, "-m", "magickbox.cli", "init", "--home", str(self.home)],
@@ -208,6 +207,7 @@ class Box(BoxServer):
         if not (self.home / "magickbox.toml").exists():
             self.init()
         super().start(timeout)
+        self.http.headers.update(self.headers)  # the admin token made at this start
         return self
 
     def stop(self) -> None:

@@ -11,12 +11,17 @@ import shutil
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from magickbox import config
 from magickbox.announce import Announcer
+from magickbox.auth.audit import AuditFilter
+from magickbox.auth.principal import Principal
+from magickbox.auth.roles import Role
+from magickbox.auth.service import Authority
+from magickbox.auth.sessions import Session
 from magickbox.buckets import health, registry
 from magickbox.buckets.runner import LocalExecutor
 from magickbox.buckets.slurm import RoutingExecutor
@@ -41,6 +46,7 @@ from magickbox.receive.grouping import ArrivalKey, Grouper
 from magickbox.receive.native import NativeReceiver
 from magickbox.receive.rejections import Rejection, RejectionLog, rejection_label
 from magickbox.receive.scp import Receiver, read_study_uid
+from magickbox.routing import rules
 from magickbox.routing.tasks import Router
 
 log = logging.getLogger(__name__)
@@ -68,6 +74,7 @@ class Box:
         # Routing evaluates a finished job on its own workers, never on the queue's thread.
         self.events.subscribe(JobFinished, lambda event: self.router.job_ended(event.scratchdir))
         self.events.subscribe(JobDeleted, self._job_deleted)
+        self.auth = Authority(settings, self.store.sessions)  # users, tokens, sessions, audit
         self.metrics = Metrics(self.events, self)  # counts from the bus; gauges ask the box
         self.notifier = Notifier(settings, self.events, self._job_facts, self._study_facts)
         self.heartbeat = Heartbeat(
@@ -493,6 +500,20 @@ class Box:
     def routing_text(self) -> str:
         return self.router.table_text()
 
+    def is_destination(self, host: str, port: int) -> bool:
+        """Whether the routing table sends to ``host``:``port`` (placeholders resolved)."""
+        ph = rules.Placeholders(self.settings.me_host, self.settings.me_port)
+        try:
+            table = rules.read_table(self.settings.routing_file)
+        except rules.RuleError:
+            return False
+        return any(
+            rules.resolve(dest.ip, ph) == host and rules.port_of(dest.port, ph) == port
+            for rule in table.rules
+            for entry in rule.sends
+            for dest in entry
+        )
+
     def routing_log(self, limit: int, offset: int) -> list[dict[str, Any]]:
         return self.router.routing_log(limit, offset)
 
@@ -517,6 +538,63 @@ class Box:
         if row is None:
             raise NotFound(f"no send {send_id}")
         return row
+
+    # -- who may: the fronts authenticate through these (magickbox/auth) --------------
+    def first_admin(self) -> str | None:
+        """A new home's admin: its one-time password (also in a 0600 file), else None."""
+        return self.auth.store.ensure_first_admin(self.settings.home)
+
+    def who_by_token(self, secret: str, address: str) -> Principal | None:
+        return self.auth.by_token(secret, address)
+
+    def who_by_session(self, sid: str, address: str) -> tuple[Principal, Session] | None:
+        return self.auth.by_session(sid, address)
+
+    def who_by_network(self, address: str) -> Principal | None:
+        return self.auth.by_network(address)
+
+    def login(self, name: str, password: str, address: str) -> tuple[str, Session]:
+        return self.auth.login(name, password, address)
+
+    def logout(self, who: Principal) -> None:
+        self.auth.logout(who)
+
+    def users(self) -> list[dict[str, Any]]:
+        return self.auth.store.users()
+
+    def add_user(self, name: str, role: Role, password: str) -> None:
+        self.auth.store.add_user(name, role, password)
+
+    def remove_user(self, name: str) -> None:
+        self.auth.store.remove_user(name)
+        self.auth.sessions.end_user(name)
+
+    def set_password(self, name: str, password: str) -> None:
+        self.auth.store.set_password(name, password)
+        self.auth.sessions.end_user(name)
+
+    def tokens(self) -> list[dict[str, Any]]:
+        return [t.as_dict() for t in self.auth.store.tokens()]
+
+    def create_token(
+        self, name: str, role: Role, expires_at: float | None, created_by: str
+    ) -> tuple[str, dict[str, Any]]:
+        """A new API token: its secret (shown once) and how it is listed."""
+        secret, info = self.auth.store.create_token(name, role, expires_at, created_by)
+        return secret, info.as_dict()
+
+    def revoke_token(self, which: str) -> list[dict[str, Any]]:
+        return [t.as_dict() for t in self.auth.store.revoke_token(which)]
+
+    def audit(self, who: Principal | None, action: str, target: str = "", **detail: Any) -> None:
+        """Record in the audit trail that ``who`` did ``action`` to ``target``."""
+        self.auth.audit(who, action, target, **detail)
+
+    def audit_page(self, flt: AuditFilter, limit: int, offset: int) -> dict[str, Any]:
+        return self.auth.audit_page(flt, limit, offset)
+
+    def audit_lines(self, flt: AuditFilter) -> Iterator[bytes]:
+        return self.auth.audit_lines(flt)
 
     # -- changing ------------------------------------------------------------------
     def delete_job(self, scratchdir: str) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from magickbox import service
+from magickbox.auth import cli as auth_cli
 from magickbox.buckets import cli as buckets_cli
 from magickbox.config import Settings, load_settings, parse_assignment
 
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         add_home_option(p)
     buckets_cli.add_parser(sub, add_home_option)
     service.add_parser(sub, add_home_option)
+    auth_cli.add_parsers(sub, add_home_option)
     serve.add_argument("--dicom-port", type=int, help="DICOM port (default 11113)")
     serve.add_argument("--web-port", type=int, help="HTTP port (default 2813)")
     serve.add_argument("--aet", help="the box's own AE title (default MAGICKBOX)")
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return buckets_cli.main(args, settings)
     if args.command == "service":
         return service.main(args, settings)
+    if args.command in ("users", "tokens"):
+        return auth_cli.main(args, settings)
     return serve_forever(settings, args.log_level)
 
 
@@ -156,6 +160,18 @@ def _tls_problem(settings: Settings) -> str | None:
     return None
 
 
+def _print_first_admin(box: object) -> None:
+    """A new home's admin password: shown once on the console, never in the log file."""
+    from magickbox.auth.store import FIRST_ADMIN, PASSWORD_FILE
+
+    password = box.first_admin()  # type: ignore[attr-defined]
+    if password:
+        home = box.settings.home  # type: ignore[attr-defined]
+        print(f"magickbox: first start: user {FIRST_ADMIN!r}, password {password} "
+              f"(also in {home / PASSWORD_FILE}, mode 0600; change it with "
+              f"'magickbox users passwd {FIRST_ADMIN}')", file=sys.stderr, flush=True)  # fmt: skip
+
+
 def _exit_on_sigterm(_signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
@@ -164,6 +180,7 @@ def serve_forever(settings: Settings, log_level: str = "INFO") -> int:
     import uvicorn
 
     from magickbox.box import Box
+    from magickbox.errors import MagickBoxError
     from magickbox.web.app import create_app
 
     # Before anything touches the home (crash recovery kills "orphaned" buckets): one box per home,
@@ -176,12 +193,19 @@ def serve_forever(settings: Settings, log_level: str = "INFO") -> int:
         print(f"magickbox: {busy}", file=sys.stderr)
         return 1
     setup_logging(settings, log_level)
-    box = Box(settings)  # the app's lifespan starts it once uvicorn runs
+    try:
+        box = Box(settings)  # the app's lifespan starts it once uvicorn runs
+    except MagickBoxError as exc:  # e.g. a trusted_networks entry that is no network
+        print(f"magickbox: {exc}", file=sys.stderr)
+        return 2
+    _print_first_admin(box)
+    tls = bool(settings.tls_cert and settings.tls_key)
     logging.getLogger("magickbox").info(
-        "MagickBox home %s: DICOM on %d (AE %s), web on http://%s:%d/",
+        "MagickBox home %s: DICOM on %d (AE %s), web on %s://%s:%d/",
         settings.home,
         settings.dicom_port,
         settings.aet,
+        "https" if tls else "http",
         settings.host,
         settings.web_port,
     )
@@ -193,7 +217,9 @@ def serve_forever(settings: Settings, log_level: str = "INFO") -> int:
         host=settings.host,
         port=settings.web_port,
         log_level="warning",
-        access_log=False,
+        access_log=False,  # never a log of URLs (nor of what they carry)
+        ssl_certfile=settings.tls_cert or None,
+        ssl_keyfile=settings.tls_key or None,
     )
     server = uvicorn.Server(config)
     threading.Thread(

@@ -188,6 +188,36 @@ class Settings(BaseModel):
         if not 0 <= value < 65536:
             raise ValueError("must be a port number (1-65535), or 0 for no TLS port")
         return value
+    # -- Security (README "Security") --
+    auth: bool = Field(
+        default=True,
+        description="Ask HTTP clients who they are (tokens, logins, trusted networks); false: "
+        "anyone who reaches the web port may do everything (only on a closed network).",
+    )
+    trusted_networks: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8=operator"],
+        description='"CIDR=role" (viewer or operator): requests from there may use the '
+        "original /code/php endpoints and processing.log without credentials.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description='Host header values the web answers to (against DNS rebinding); empty: '
+        'the machine\'s names and addresses and localhost; "*": any.',
+    )
+    session_minutes: float = Field(
+        default=480.0, description="A page login ends after this many minutes without use."
+    )
+    login_max_failures: int = Field(
+        default=5,
+        description="Failed logins (per address, and per user name) before logins wait.",
+    )
+    login_window_seconds: float = Field(
+        default=300.0, description="The window failed logins are counted in, in seconds."
+    )
+    tls_cert: str = Field(
+        default="", description="PEM certificate (chain) of the web port; with tls_key: HTTPS."
+    )
+    tls_key: str = Field(default="", description="PEM private key of tls_cert.")
 
     # -- Slurm executor (docs/slurm.md) --
     executor: str = Field(
@@ -362,6 +392,16 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "dicom_tls_cert",
         "dicom_tls_key",
         "dicom_tls_ca",
+    ),
+    "Security": (
+        "auth",
+        "trusted_networks",
+        "allowed_hosts",
+        "session_minutes",
+        "login_max_failures",
+        "login_window_seconds",
+        "tls_cert",
+        "tls_key",
     ),
     "Slurm executor": (
         "executor",

@@ -7,6 +7,8 @@ message and an exit code. Anything else that escapes is a bug (a 500).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class MagickBoxError(Exception):
     """Base of every error a front may show to its user as it is."""
@@ -41,3 +43,26 @@ class StorageFull(MagickBoxError, OSError):
 class BadMeasures(Invalid):
     """A bucket's measures.json that is not a flat object (or a list of them) of numbers
     and strings; the message names the place. A job's end only logs it."""
+
+
+class Unauthorized(MagickBoxError):
+    """No credentials, or credentials that are wrong, revoked or expired: log in first."""
+
+    http_status = 401
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="magickbox"'}
+
+
+class Forbidden(MagickBoxError):
+    """Known credentials whose role may not do this (or a request a browser marked cross-site)."""
+
+    http_status = 403
+
+
+class TooManyRequests(MagickBoxError):
+    """Too many failed logins from this address or for this user: wait and try again."""
+
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(max(1, retry_after))}

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from magickbox.auth.roles import Role
 from magickbox.box import Box
 from magickbox.config import load_settings
 from magickbox.testing.server import BoxServer, dcmtk_tool, free_port
@@ -33,7 +34,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=weight)
 
 
-__all__ = ["BoxServer", "InProcessBox", "copy_bucket", "dcmtk", "free_port", "in_process_box"]
+__all__ = [
+    "BoxServer",
+    "InProcessBox",
+    "admin_client",
+    "copy_bucket",
+    "dcmtk",
+    "free_port",
+    "in_process_box",
+]
 
 
 def dcmtk(tool: str) -> str:
@@ -51,6 +60,7 @@ class InProcessBox:
     client: TestClient
     home: Path
     box: Box
+    token: str = ""  # the admin token the client sends
 
     @property
     def dicom_port(self) -> int:
@@ -68,6 +78,15 @@ class InProcessBox:
         return self.get("/code/php/getScratch.php").json()
 
 
+def admin_client(box: Box, dicom: bool = False, **kw: object) -> TestClient:
+    """A TestClient of the app over ``box`` sending a new admin token, with a Host the box
+    answers to (use it as a context manager, which runs the app's lifespan)."""
+    token = box.auth.store.create_token("tests", Role.admin)[0]
+    headers = {"Authorization": f"Bearer {token}"}
+    return TestClient(create_app(box, dicom=dicom), base_url="http://127.0.0.1",
+                      headers=headers, **kw)  # type: ignore[arg-type]  # fmt: skip
+
+
 @contextlib.contextmanager
 def in_process_box(home: Path, dicom: bool = False, **overrides: object) -> Iterator[InProcessBox]:
     """The app's lifespan starts and stops the Box, as under ``magickbox serve``; install
@@ -76,9 +95,13 @@ def in_process_box(home: Path, dicom: bool = False, **overrides: object) -> Iter
     ports = {"dicom_port": free_port(), "web_port": free_port()}
     settings = load_settings(home, **{**defaults, **ports, **overrides})
     box = Box(settings)
-    # The peer address the sockets would give: jobs record it (CallerIP).
-    with TestClient(create_app(box, dicom=dicom), client=("127.0.0.1", 50000)) as client:
-        yield InProcessBox(client, home, box)
+    token = box.auth.store.create_token("tests", Role.admin)[0]
+    # The peer address the sockets would give: jobs record it (CallerIP); a Host the box
+    # answers to; the admin's token on every request (tests of roles make their own clients).
+    app = create_app(box, dicom=dicom)
+    with TestClient(app, base_url="http://127.0.0.1", client=("127.0.0.1", 50000),
+                    headers={"Authorization": f"Bearer {token}"}) as client:  # fmt: skip
+        yield InProcessBox(client, home, box, token)
 
 
 @pytest.fixture

@@ -88,6 +88,9 @@ def _machine_commands(sub: argparse._SubParsersAction) -> None:
     add = actions.add_parser("add", help="add a machine")
     add.add_argument("host")
     add.add_argument("port", nargs="?", help=f"web port (default {config.DEFAULT_PORT})")
+    add.add_argument("--token-file", default="", help="file (mode 0600) holding an API token")
+    add.add_argument("--ca-file", default="", help="CA of the box's certificate (then HTTPS)")
+    add.add_argument("--https", action="store_true", help="HTTPS with the system's CAs")
     rm = actions.add_parser("remove", help="remove a machine (all its ports unless given)")
     rm.add_argument("host")
     rm.add_argument("port", nargs="?")
@@ -235,8 +238,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         return commands.cmd_set_setting(ctx, args.name, args.value)
     if command == "activeMachines":
         action = args.action
+        reach = machine_reach(args)
         return commands.cmd_active_machines(
-            ctx, action, getattr(args, "host", None), getattr(args, "port", None)
+            ctx, action, getattr(args, "host", None), getattr(args, "port", None), reach
         )
     if command == "queryMachines":
         return commands.cmd_query_machines(ctx, args.seconds, args.interface, args.add)
@@ -261,12 +265,21 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     raise MbError(f"unknown command {args.command}", commands.USAGE)
 
 
+def machine_reach(args: argparse.Namespace) -> dict[str, object]:
+    """--token-file, --ca-file (as absolute paths: mb may run from anywhere) and --https."""
+    reach: dict[str, object] = {"https": bool(getattr(args, "https", False))}
+    for name in ("token_file", "ca_file"):
+        value = getattr(args, name, "")
+        reach[name] = str(Path(value).expanduser().resolve()) if value else ""
+    return reach
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = config.load_settings()
         machines = config.load_machines()
-        with Client(float(settings["Timeout"])) as client:
+        with Client(float(settings["Timeout"]), machines=machines) as client:
             ctx = Context(settings, machines, client, progress_wanted(args.no_progress))
             return run(args, ctx)
     except config.ConfigError as exc:

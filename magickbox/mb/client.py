@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import ssl
 import tempfile
 import urllib.parse
 import zipfile
@@ -20,7 +21,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from magickbox.mb.config import Machine
+from magickbox.mb.config import ConfigError, Machine
 from magickbox.mb.multipart import FolderScan, MultipartZip
 
 T = TypeVar("T")
@@ -56,12 +57,44 @@ class Answers(Generic[T]):
 
 
 class Client:
-    def __init__(self, timeout: float, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        transport: httpx.BaseTransport | None = None,
+        machines: list[Machine] | None = None,
+    ) -> None:
+        """``machines``: the configured ones, whose token and CA apply to any request to
+        the same host and port (a job names only those)."""
         self.timeout = timeout
-        self.http = httpx.Client(timeout=timeout, follow_redirects=False, transport=transport)
+        self.transport = transport
+        self.known = {(m.host, m.port): m for m in machines or []}
+        self._clients: dict[str, httpx.Client] = {}
+        self.http = self._client("")
+
+    def _client(self, ca_file: str) -> httpx.Client:
+        """One connection pool per CA file ("" : the system's CAs)."""
+        if ca_file not in self._clients:
+            verify: Any = ssl.create_default_context(cafile=ca_file) if ca_file else True
+            self._clients[ca_file] = httpx.Client(
+                timeout=self.timeout,
+                follow_redirects=False,
+                transport=self.transport,
+                verify=verify,
+            )
+        return self._clients[ca_file]
+
+    def _reach(self, machine: Machine) -> tuple[Machine, dict[str, str]]:
+        """The configured machine (its URL, CA) and the headers that carry its token."""
+        full = self.known.get((machine.host, machine.port), machine)
+        try:
+            token = full.token()
+        except ConfigError as exc:
+            raise MachineError(machine, str(exc).removeprefix(f"{machine.label}: ")) from exc
+        return full, {"Authorization": f"Bearer {token}"} if token else {}
 
     def close(self) -> None:
-        self.http.close()
+        for client in self._clients.values():
+            client.close()
 
     def __enter__(self) -> Client:
         return self
@@ -71,14 +104,16 @@ class Client:
 
     # -- plumbing ------------------------------------------------------------------
     def _request(self, machine: Machine, method: str, path: str, **kw: Any) -> httpx.Response:
+        full, auth = self._reach(machine)
+        kw["headers"] = {**auth, **kw.get("headers", {})}
         try:
-            reply = self.http.request(method, machine.url + path, **kw)
+            reply = self._client(full.ca_file).request(method, full.url + path, **kw)
         except httpx.ConnectError as exc:
             raise MachineError(machine, f"no answer ({_why(exc)})", True, True) from exc
         except (httpx.TransportError, OSError) as exc:
             raise MachineError(machine, f"no answer ({_why(exc)})", down=True) from exc
         if reply.status_code >= 400:
-            raise MachineError(machine, f"HTTP {reply.status_code}: {_detail(reply)}")
+            raise MachineError(machine, _refusal(machine, reply.status_code, _detail(reply)))
         return reply
 
     def _json(self, machine: Machine, path: str, **kw: Any) -> Any:
@@ -239,14 +274,16 @@ class Client:
     ) -> int:
         """The zip's bytes into ``out``. The stdlib's http.client, not httpx: it reads the
         box's 1 MiB chunks in C and pulled 1.5x as fast here (httpx parses in Python)."""
-        conn = http.client.HTTPConnection(machine.host, machine.port, timeout=self.timeout)
+        full, auth = self._reach(machine)
+        conn = _connection(full, self.timeout)
         try:
             conn.connect()
             conn.sock.settimeout(max(self.timeout, TRANSFER_READ_TIMEOUT))
-            conn.request("GET", f"{PHP}/getOutputZip.php?{urllib.parse.urlencode(params)}")
+            query = urllib.parse.urlencode(params)
+            conn.request("GET", f"{PHP}/getOutputZip.php?{query}", headers=auth)
             reply = conn.getresponse()
             if reply.status >= 400:
-                raise MachineError(machine, f"HTTP {reply.status}: {_text_detail(reply)}")
+                raise MachineError(machine, _refusal(machine, reply.status, _text_detail(reply)))
             return _copy(reply, out, on_bytes)
         except ConnectionRefusedError as exc:
             raise MachineError(machine, f"no answer ({_why(exc)})", True, True) from exc
@@ -254,6 +291,25 @@ class Client:
             raise MachineError(machine, f"download broke off ({_why(exc)})", down=True) from exc
         finally:
             conn.close()
+
+
+def _connection(machine: Machine, timeout: float) -> http.client.HTTPConnection:
+    if machine.scheme == "http":
+        return http.client.HTTPConnection(machine.host, machine.port, timeout=timeout)
+    context = ssl.create_default_context(cafile=machine.ca_file or None)
+    return http.client.HTTPSConnection(machine.host, machine.port, timeout=timeout,
+                                       context=context)  # fmt: skip
+
+
+def _refusal(machine: Machine, status: int, detail: str) -> str:
+    """An error reply in words; 401 and 403 say what to do about them."""
+    text = f"HTTP {status}: {detail}"
+    if status == 401:
+        how = f"mb activeMachines add {machine.host} {machine.port} --token-file FILE"
+        return f"{text} (this box wants an API token: {how})"
+    if status == 403:
+        return f"{text} (the token's role may not do this: ask the box's admin)"
+    return text
 
 
 def _copy(reply: http.client.HTTPResponse, out: Any, on_bytes: Callable[[int], None] | None) -> int:

@@ -140,13 +140,22 @@ def cmd_set_setting(ctx: Context, name: str | None, value: str | None) -> int:
 
 
 def cmd_active_machines(
-    ctx: Context, action: str | None, host: str | None, port: str | None
+    ctx: Context,
+    action: str | None,
+    host: str | None,
+    port: str | None,
+    reach: dict[str, Any] | None = None,
 ) -> int:
+    """``reach``: token_file, ca_file, https of a machine being added."""
     if action == "add":
         assert host is not None
-        machine = Machine(host, config.parse_port(port or config.DEFAULT_PORT))
-        if not config.add_machine(machine):
-            warn(f"{machine.label} is already active")
+        machine = Machine(host, config.parse_port(port or config.DEFAULT_PORT), **(reach or {}))
+        machine.token()  # a token file that is missing or readable by others: say so now
+        outcome = config.add_machine(machine)
+        if outcome != "added":
+            warn(
+                f"{machine.label} is already active" + ("; updated" if outcome == "updated" else "")
+            )
     elif action == "remove":
         assert host is not None
         gone = config.remove_machines(host, config.parse_port(port) if port else None)

@@ -4,6 +4,10 @@ The original kept the machines in ``~/.magickbox`` and its settings in ``~/.mb``
 in the user's config folder (``$MB_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/magickbox``, else
 ``~/.config/magickbox``) as ``machines.json`` (``[{"Machine": ..., "Port": ...}]``, the
 original's shape) and ``settings.json`` (``{"Sender": ..., "Timeout": ...}``).
+
+A machine may name a ``TokenFile`` (an API token of the box, in a file only its owner may
+read: mode 0600) and a ``CaFile`` (the CA that signed the box's HTTPS certificate; then
+``mb`` talks HTTPS and verifies it), so no secret is in ``machines.json`` itself.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import stat
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +34,34 @@ class ConfigError(ValueError):
 class Machine:
     host: str
     port: int = DEFAULT_PORT
+    # How to reach it; not part of which machine it is (a job names only host and port).
+    token_file: str = field(default="", compare=False)
+    ca_file: str = field(default="", compare=False)
+    https: bool = field(default=False, compare=False)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.https or self.ca_file else "http"
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6 literal
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def token(self) -> str:
+        """The token in ``token_file`` ("" without one); refused when others may read it."""
+        if not self.token_file:
+            return ""
+        path = Path(self.token_file).expanduser()
+        try:
+            mode = path.stat().st_mode
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{self.label}: cannot read its token file: {exc}") from exc
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(f"{self.label}: token file {path} may be read by others: "
+                              f"chmod 600 {path}")  # fmt: skip
+        return text
 
     @property
     def label(self) -> str:
@@ -42,6 +70,12 @@ class Machine:
     def as_json(self) -> dict[str, str]:
         # Strings, as in the original's file: its users' jq filters compare them as such.
         return {"Machine": self.host, "Port": str(self.port)}
+
+    def as_stored(self) -> dict[str, str]:
+        """The entry of machines.json: the original's keys, plus how to reach it if set."""
+        extra = {"TokenFile": self.token_file, "CaFile": self.ca_file,
+                 "Https": "1" if self.https else ""}  # fmt: skip
+        return {**self.as_json(), **{k: v for k, v in extra.items() if v}}
 
 
 def config_dir() -> Path:
@@ -69,23 +103,35 @@ def load_machines(folder: Path | None = None) -> list[Machine]:
     for row in data:
         if not isinstance(row, dict) or not row.get("Machine"):
             raise ConfigError(f"{_path(folder, MACHINES_FILE)}: bad entry {row!r}")
-        machine = Machine(str(row["Machine"]), parse_port(row.get("Port", DEFAULT_PORT)))
+        machine = Machine(
+            str(row["Machine"]),
+            parse_port(row.get("Port", DEFAULT_PORT)),
+            token_file=str(row.get("TokenFile", "")),
+            ca_file=str(row.get("CaFile", "")),
+            https=str(row.get("Https", "")) not in ("", "0"),
+        )
         if machine not in machines:
             machines.append(machine)
     return machines
 
 
 def save_machines(machines: list[Machine], folder: Path | None = None) -> None:
-    _write_json(_path(folder, MACHINES_FILE), [m.as_json() for m in machines])
+    _write_json(_path(folder, MACHINES_FILE), [m.as_stored() for m in machines])
 
 
-def add_machine(machine: Machine, folder: Path | None = None) -> bool:
-    """Add ``machine``; False when it was already there."""
+def add_machine(machine: Machine, folder: Path | None = None) -> str:
+    """Add ``machine``: "added", "updated" (it was there; its token or CA file are new) or
+    "unchanged". A machine given bare (``queryMachines --add``) keeps how it is reached."""
     machines = load_machines(folder)
-    if machine in machines:
-        return False
-    save_machines([*machines, machine], folder)
-    return True
+    old = next((m for m in machines if m == machine), None)
+    if old is None:
+        save_machines([*machines, machine], folder)
+        return "added"
+    bare = machine.as_stored() == machine.as_json()
+    if bare or old.as_stored() == machine.as_stored():
+        return "unchanged"
+    save_machines([machine if m == machine else m for m in machines], folder)
+    return "updated"
 
 
 def remove_machines(host: str, port: int | None, folder: Path | None = None) -> list[Machine]:

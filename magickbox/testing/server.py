@@ -6,15 +6,20 @@ The tests' fixtures and the benchmarks start servers through this one class.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+
+from magickbox.auth.roles import Role
+from magickbox.config import Settings, parse_assignment, read_config_file, read_environment
 
 # pip's pynetdicom installs its own "storescu"/"storescp" scripts, which may come first on
 # PATH: the real dcmtk tools are looked up in the system folders only.
@@ -59,8 +64,32 @@ def wait_listening(port: int, proc: subprocess.Popen | None = None, timeout: flo
     raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
 
 
+def settings_of(home: Path, env: dict[str, str], args: list[str]) -> Settings:
+    """The settings a ``magickbox serve --home home *args`` with ``env`` added would have."""
+    values = read_config_file(home / "magickbox.toml")
+    values.update(read_environment({**os.environ, **env}))
+    values.update(parse_assignment(a) for flag, a in itertools.pairwise(args)
+                  if flag == "--set")  # fmt: skip
+    return Settings.model_validate({**values, "home": home})
+
+
+def make_token(settings: Settings, role: Role = Role.admin, name: str = "tests") -> str:
+    """A new API token in the home's database (created, with its schema, when missing)."""
+    from magickbox.auth.store import AuthStore
+    from magickbox.home import init_home
+    from magickbox.jobs.db import open_database
+
+    init_home(settings)
+    db = open_database(settings.db_url)
+    try:
+        return AuthStore(db).create_token(name, role)[0]
+    finally:
+        db.kw["bind"].dispose()
+
+
 class BoxServer:
-    """A ``magickbox serve`` process with its own home and ports."""
+    """A ``magickbox serve`` process with its own home and ports. It gets an admin token at
+    each start, which :meth:`get` (and ``headers`` for other clients) sends."""
 
     def __init__(
         self,
@@ -71,7 +100,11 @@ class BoxServer:
         dicom_port: int | None = None,
         program: list[str] | None = None,
         extra_args: list[str] | None = None,
+        admin_token: bool = True,
+        ca_file: Path | None = None,
     ) -> None:
+        """``ca_file``: the box serves HTTPS (tls_cert/tls_key in ``extra_args``) with a
+        certificate this CA signed; the conveniences below verify it."""
         self.home = home
         self.program = program or ["-m", "magickbox.cli"]  # or a patched variant's argv
         self.extra_args = extra_args or []
@@ -81,13 +114,49 @@ class BoxServer:
         self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = home.parent / f"{home.name}-server.log"
+        self.token = ""
+        self.admin_token = admin_token  # False: a home with no credentials (first start)
+        self.ca_file = ca_file
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.web_port}"
+        return f"{'https' if self.ca_file else 'http'}://127.0.0.1:{self.web_port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The admin's Authorization header, for clients other than :meth:`get`."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
+
+    def make_token(self, role: Role = Role.admin, name: str = "tests") -> str:
+        return make_token(settings_of(self.home, self.extra_env, self.extra_args), role, name)
+
+    def add_user(self, name: str, role: Role, password: str) -> None:
+        from magickbox.auth.store import AuthStore
+        from magickbox.jobs.db import open_database
+
+        db = open_database(settings_of(self.home, self.extra_env, self.extra_args).db_url)
+        try:
+            AuthStore(db).add_user(name, role, password)
+        finally:
+            db.kw["bind"].dispose()
+
+    def login_cookie(self, name: str, password: str) -> dict[str, str]:
+        """Log in as the page does; the session cookie as Playwright's add_cookies takes it."""
+        from magickbox.auth.sessions import COOKIE
+
+        res = httpx.post(f"{self.url}/api/v1/login", data={"name": name, "password": password},
+                         timeout=30, verify=self.verify)  # fmt: skip
+        res.raise_for_status()
+        return {"name": COOKIE, "value": res.cookies[COOKIE], "url": self.url}
 
     def start(self, timeout: float = 90.0) -> BoxServer:  # generous: CI machines are shared
         env = {**os.environ, "TCP_NODELAY": "1", **self.extra_env}
+        if self.admin_token:
+            self.token = self.make_token()
         cmd = [
             sys.executable,
             *self.program,
@@ -111,7 +180,8 @@ class BoxServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"magickbox exited: {self.log_path.read_text()[-3000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
+                health = httpx.get(f"{self.url}/api/v1/health", timeout=1, verify=self.verify)
+                if health.status_code == 200:  # public: no token needed
                     wait_listening(self.dicom_port, self.proc)
                     return self
             time.sleep(0.1)
@@ -132,8 +202,24 @@ class BoxServer:
         self.proc.wait()
 
     # -- conveniences for tests ------------------------------------------------------
+    def request(self, method: str, path: str, **kw: object) -> httpx.Response:
+        """``method`` on ``path`` with the admin's token (``headers=`` add to it)."""
+        headers = {**self.headers, **kw.pop("headers", {})}  # type: ignore[dict-item]
+        kw.setdefault("timeout", 30)
+        kw.setdefault("verify", self.verify)
+        return httpx.request(method, f"{self.url}{path}", headers=headers, **kw)  # type: ignore[arg-type]
+
     def get(self, path: str, **kw: object) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", timeout=30, **kw)  # type: ignore[arg-type]
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw: object) -> httpx.Response:
+        return self.request("POST", path, **kw)
+
+    def put(self, path: str, **kw: object) -> httpx.Response:
+        return self.request("PUT", path, **kw)
+
+    def delete(self, path: str, **kw: object) -> httpx.Response:
+        return self.request("DELETE", path, **kw)
 
     def jobs(self) -> list[dict]:
         return self.get("/code/php/getScratch.php").json()

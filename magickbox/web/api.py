@@ -7,19 +7,26 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 
+from magickbox.auth.principal import Principal
+from magickbox.auth.roles import Role
 from magickbox.jobfolder import JobFolder
 from magickbox.jobs.browse import IMAGE_SUFFIXES
 from magickbox.jobs.db import State
 from magickbox.jobs.render import dicom_png
 from magickbox.jobs.store import JobFilter
 from magickbox.web.deps import BIGGEST, BoxDep, Offset, json_bytes, upload_job, zip_response
+from magickbox.web.security import require
 from magickbox.web.views import job_detail_view, job_view
 
 router = APIRouter(prefix="/api/v1", tags=["api v1"])
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}  # a file is what its type says, nothing else
 
+VIEW, OPERATE, ADMIN = [require(Role.viewer)], [require(Role.operator)], [require(Role.admin)]
+Viewer = Annotated[Principal, require(Role.viewer)]
+Operator = Annotated[Principal, require(Role.operator)]
 
-@router.get("/jobs")
+
+@router.get("/jobs", dependencies=VIEW)
 def list_jobs(
     box: BoxDep,
     bucket: str | None = None,
@@ -58,6 +65,7 @@ def list_jobs(
 async def post_job(
     request: Request,
     box: BoxDep,
+    who: Operator,
     file: UploadFile,
     bucket: Annotated[str, Form()],
     sender: Annotated[str, Form()] = "api",
@@ -69,10 +77,11 @@ async def post_job(
     job = await upload_job(request, box, file, aetitle=bucket, sender=sender,
                            jobname=jobname or (file.filename or ""), arguments=arguments,
                            description=description)  # fmt: skip
+    box.audit(who, "upload", job.scratchdir, bucket=bucket, study=job.study_uid)
     return json_bytes(job_view(job), status_code=201)
 
 
-@router.get("/jobs/{scratchdir}")
+@router.get("/jobs/{scratchdir}", dependencies=VIEW)
 def get_job(box: BoxDep, scratchdir: str) -> Response:
     """A job; ``verdict`` is its proc.json (success, message), null when it has none."""
     job = box.job(scratchdir)
@@ -80,7 +89,7 @@ def get_job(box: BoxDep, scratchdir: str) -> Response:
     return json_bytes(job_detail_view(job, box.log_size(job), box.job_verdict(job), eta))
 
 
-@router.get("/jobs/{scratchdir}/files")
+@router.get("/jobs/{scratchdir}/files", dependencies=VIEW)
 def job_files(
     box: BoxDep, scratchdir: str, part: Annotated[str, Query(pattern="^(OUTPUT|INPUT)$")] = "OUTPUT"
 ) -> Response:
@@ -88,7 +97,7 @@ def job_files(
     return json_bytes(box.job_files(scratchdir, part))
 
 
-@router.get("/jobs/{scratchdir}/files/{name:path}")
+@router.get("/jobs/{scratchdir}/files/{name:path}", dependencies=VIEW)
 def job_file(
     box: BoxDep,
     scratchdir: str,
@@ -117,7 +126,7 @@ def job_file(
     )
 
 
-@router.get("/jobs/{scratchdir}/log")
+@router.get("/jobs/{scratchdir}/log", dependencies=VIEW)
 def get_log(
     box: BoxDep,
     scratchdir: str,
@@ -133,53 +142,62 @@ def get_log(
 
 
 @router.get("/jobs/{scratchdir}/output.zip")
-def output_zip(box: BoxDep, scratchdir: str) -> StreamingResponse:
-    return zip_response(box, scratchdir, "OUTPUT")
+def output_zip(box: BoxDep, who: Viewer, scratchdir: str) -> StreamingResponse:
+    response = zip_response(box, scratchdir, "OUTPUT")
+    box.audit(who, "download", scratchdir, part="OUTPUT")
+    return response
 
 
 @router.get("/jobs/{scratchdir}/input.zip")
-def input_zip(box: BoxDep, scratchdir: str) -> StreamingResponse:
-    return zip_response(box, scratchdir, "INPUT")
+def input_zip(box: BoxDep, who: Viewer, scratchdir: str) -> StreamingResponse:
+    response = zip_response(box, scratchdir, "INPUT")
+    box.audit(who, "download", scratchdir, part="INPUT")
+    return response
 
 
 @router.delete("/jobs/{scratchdir}")
-def delete_job(box: BoxDep, scratchdir: str) -> Response:
+def delete_job(box: BoxDep, who: Operator, scratchdir: str) -> Response:
     """Delete a job; a running job is stopped first."""
     box.delete_job(scratchdir)
+    box.audit(who, "delete", scratchdir)
     return json_bytes({"deleted": scratchdir})
 
 
 @router.post("/jobs/{scratchdir}/retry")
-def retry_job(box: BoxDep, scratchdir: str) -> Response:
+def retry_job(box: BoxDep, who: Operator, scratchdir: str) -> Response:
     """Run a finished job again, with an empty OUTPUT."""
-    return json_bytes(job_view(box.retry_job(scratchdir)))
+    job = box.retry_job(scratchdir)
+    box.audit(who, "retry", scratchdir)
+    return json_bytes(job_view(job))
 
 
 @router.delete("/studies/{study_uid}")
-def delete_study(box: BoxDep, study_uid: str) -> Response:
+def delete_study(box: BoxDep, who: Operator, study_uid: str) -> Response:
     """Delete a study from the archive and every job made of it."""
-    return json_bytes(box.delete_study(study_uid))
+    deleted = box.delete_study(study_uid)
+    box.audit(who, "delete", study_uid, jobs=deleted["deleted_jobs"])
+    return json_bytes(deleted)
 
 
-@router.get("/buckets")
+@router.get("/buckets", dependencies=VIEW)
 def buckets(box: BoxDep, all: bool = False) -> list[dict[str, Any]]:
     """Installed buckets (only the enabled ones unless ``all=true``)."""
     return box.bucket_overview(enabled_only=not all)
 
 
-@router.get("/queue")
+@router.get("/queue", dependencies=VIEW)
 def queue(box: BoxDep) -> list[dict[str, Any]]:
     """Per bucket: jobs queued, running, and how many may run at once."""
     return box.queue_status()
 
 
-@router.get("/receiving")
+@router.get("/receiving", dependencies=VIEW)
 def receiving(box: BoxDep) -> list[dict[str, Any]]:
     """Sends still arriving: not jobs yet (a send becomes one when it has been quiet)."""
     return box.arrivals()
 
 
-@router.get("/rejections")
+@router.get("/rejections", dependencies=OPERATE)
 def rejections(
     box: BoxDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -191,7 +209,7 @@ def rejections(
     return box.rejections_page(limit, offset)
 
 
-@router.get("/stats/days")
+@router.get("/stats/days", dependencies=VIEW)
 def jobs_per_day(
     box: BoxDep,
     days: Annotated[int, Query(ge=1, le=3660)] = 365,
@@ -201,21 +219,21 @@ def jobs_per_day(
     return {"days": days, "counts": box.jobs_per_day(days, utc_offset_minutes)}
 
 
-@router.get("/stats/buckets")
+@router.get("/stats/buckets", dependencies=VIEW)
 def bucket_stats(box: BoxDep) -> dict[str, Any]:
     """Per bucket: done and failed jobs, success rate, mean run (done and failed apart), mean
     wait in the queue, and jobs finished an hour over the last day."""
     return box.bucket_stats()
 
 
-@router.get("/disk")
+@router.get("/disk", dependencies=VIEW)
 def disk(box: BoxDep, scratch_size: bool = False) -> dict[str, Any]:
     """Space on the scratch folder's disk. ``scratch_size``: also the folder's own size, summed
     in the background (at most every 5 minutes; null until the first sum is done)."""
     return box.disk(scratch_size)
 
 
-@router.get("/setup")
+@router.get("/setup", dependencies=ADMIN)
 def setup(box: BoxDep) -> dict[str, Any]:
     """The box's own settings: each value by name, and every setting with its default,
     description and whether it is ``live`` (``PATCH /api/v1/setup`` changes those at once;
@@ -225,7 +243,7 @@ def setup(box: BoxDep) -> dict[str, Any]:
     return setup_view(box.settings)
 
 
-@router.get("/archive")
+@router.get("/archive", dependencies=VIEW)
 def archive(
     box: BoxDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,

@@ -13,20 +13,62 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import swagger_ui_bundle
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
+from magickbox.auth.roles import Role
 from magickbox.box import Box
 from magickbox.errors import MagickBoxError
-from magickbox.web import api, legacy, monitor, results, routing, setup, studies
+from magickbox.web import api, auth, legacy, monitor, results, routing, setup, studies
+from magickbox.web.security import Guard, require
 from magickbox.web.views import ScratchRenderer
 
 log = logging.getLogger(__name__)
 
 PAGE_DIR = Path(__file__).parent / "page"
+# Mounts serve static files only (the page's code, the API page's code), no data: no login.
+PUBLIC_MOUNTS = frozenset({"/page", "/static/swagger"})
+
+
+pages = APIRouter()
+
+
+@pages.get("/", include_in_schema=False, dependencies=[require(Role.viewer)])
+def index() -> FileResponse:
+    return FileResponse(PAGE_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+@pages.get("/openapi.json", include_in_schema=False, dependencies=[require(Role.public)])
+def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.openapi())
+
+
+@pages.get("/docs", include_in_schema=False, dependencies=[require(Role.viewer)])
+def docs() -> HTMLResponse:
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="MagickBox API",
+        swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+        swagger_css_url="/static/swagger/swagger-ui.css",
+        swagger_favicon_url="/static/swagger/favicon-32x32.png",
+    )
+
+
+# Every route of the app (the README's table of roles is made from these).
+ROUTERS = (
+    pages,
+    legacy.router,
+    api.router,
+    routing.router,
+    results.router,
+    setup.router,
+    studies.router,
+    monitor.router,
+    auth.router,
+)
 
 
 def create_app(box: Box, dicom: bool = True) -> FastAPI:
@@ -50,7 +92,9 @@ def create_app(box: Box, dicom: bool = True) -> FastAPI:
         "`/code/php/*.php` endpoints are kept for existing scripts.",
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,  # served below, with its role declared like every route's
     )
+    app.add_middleware(Guard, settings=box.settings)
     app.state.box = box
     app.state.scratch_renderer = renderer = ScratchRenderer()
     # Fill getScratch's cache before the first request asks (~0.2 s for 10,000 jobs).
@@ -60,35 +104,18 @@ def create_app(box: Box, dicom: bool = True) -> FastAPI:
     swagger = StaticFiles(directory=swagger_ui_bundle.swagger_ui_path)
     app.mount("/static/swagger", swagger, name="swagger")
 
-    @app.get("/docs", include_in_schema=False)
-    def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url="/openapi.json",
-            title="MagickBox API",
-            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
-            swagger_css_url="/static/swagger/swagger-ui.css",
-            swagger_favicon_url="/static/swagger/favicon-32x32.png",
-        )
-
-    app.include_router(legacy.router)
-    app.include_router(api.router)
-    app.include_router(routing.router)
-    app.include_router(results.router)
-    app.include_router(setup.router)
-    app.include_router(studies.router)
-    app.include_router(monitor.router)
-
+    for router in ROUTERS:
+        app.include_router(router)
     # The page: static files, no build step; everything it shows comes from /api/v1.
     app.mount("/page", StaticFiles(directory=PAGE_DIR), name="page")
 
-    @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
-        return FileResponse(PAGE_DIR / "index.html", headers={"Cache-Control": "no-cache"})
-
     # The one mapping of the box's errors to HTTP: each error class carries its status.
-    async def box_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def box_error(request: Request, exc: Exception) -> JSONResponse | RedirectResponse:
         status = exc.http_status if isinstance(exc, MagickBoxError) else 500
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+        if status == 401 and request.method == "GET" and _wants_html(request):
+            return RedirectResponse("/login", status_code=303)  # a browser: to the login form
+        headers = getattr(exc, "headers", None)
+        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
     async def disk_error(_request: Request, exc: Exception) -> JSONResponse:
         # A full or failing disk; the box carries on.
@@ -97,3 +124,7 @@ def create_app(box: Box, dicom: bool = True) -> FastAPI:
     app.add_exception_handler(MagickBoxError, box_error)
     app.add_exception_handler(OSError, disk_error)
     return app
+
+
+def _wants_html(request: Request) -> bool:
+    return "text/html" in request.headers.get("accept", "")

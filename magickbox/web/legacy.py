@@ -7,40 +7,59 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 
+from magickbox.auth.principal import Principal
+from magickbox.auth.roles import Role
 from magickbox.box import Invalid
 from magickbox.jobfolder import JobFolder
 from magickbox.web.deps import BoxDep, json_bytes, upload_job, zip_response
+from magickbox.web.security import require
 
 router = APIRouter(tags=["original endpoints"])
 
+# Trusted networks (setting trusted_networks) may use these without credentials.
+VIEW = [require(Role.viewer, legacy=True)]
+Operator = Annotated[Principal, require(Role.operator, legacy=True)]
 
-@router.get("/code/php/getScratch.php")
+
+@router.get("/code/php/getScratch.php", dependencies=VIEW)
 def get_scratch(request: Request, box: BoxDep) -> Response:
     """All jobs, newest first, as the original listed them."""
-    rendered = request.app.state.scratch_renderer.render(
-        box.scratch_rows(), box.settings.scratch
-    )
+    rendered = request.app.state.scratch_renderer.render(box.scratch_rows(), box.settings.scratch)
     return Response(rendered, media_type="application/json")
 
 
 @router.get("/code/php/getOutputZip.php")
-def get_output_zip(box: BoxDep, folder: str, type: str = "output") -> StreamingResponse:
+def get_output_zip(
+    box: BoxDep,
+    who: Annotated[Principal, require(Role.viewer, legacy=True)],
+    folder: str,
+    type: str = "output",
+) -> StreamingResponse:
     """The job's OUTPUT (or INPUT with ``type=input``) as a zip streamed while it is made."""
     if type.lower() not in ("output", "input"):
         raise Invalid("type must be output or input")
-    return zip_response(box, folder, type.upper())
+    response = zip_response(box, folder, type.upper())
+    box.audit(who, "download", folder, part=type.upper())
+    return response
 
 
 @router.get("/code/php/deleteStudy.php")
 def delete_study(
-    box: BoxDep, scratchdir: str | None = None, SIUID: Annotated[str | None, Query()] = None
+    box: BoxDep,
+    who: Annotated[Principal, require(Role.operator, legacy=True, get_changes_state=True)],
+    scratchdir: str | None = None,
+    SIUID: Annotated[str | None, Query()] = None,
 ) -> Response:
-    """Delete one job (``scratchdir``) or a study and every job made of it (``SIUID``)."""
+    """Delete one job (``scratchdir``) or a study and every job made of it (``SIUID``).
+    A GET that changes state, kept for the seed's scripts: never from a cross-site page."""
     if scratchdir:
         box.delete_job(scratchdir)
+        box.audit(who, "delete", scratchdir)
         return json_bytes({"ok": True, "deleted": scratchdir})
     if SIUID:
-        return json_bytes({"ok": True, **box.delete_study(SIUID)})
+        deleted = box.delete_study(SIUID)
+        box.audit(who, "delete", SIUID, jobs=deleted["deleted_jobs"])
+        return json_bytes({"ok": True, **deleted})
     raise Invalid("give scratchdir or SIUID")
 
 
@@ -48,6 +67,7 @@ def delete_study(
 async def process_zip(
     request: Request,
     box: BoxDep,
+    who: Operator,
     theFile: UploadFile,
     aetitle: Annotated[str, Form()],
     sender: Annotated[str, Form()] = "",
@@ -60,17 +80,18 @@ async def process_zip(
     job = await upload_job(request, box, theFile, aetitle=aetitle, sender=sender or "upload",
                            jobname=jobname or filename, arguments=arguments,
                            description=description)  # fmt: skip
+    box.audit(who, "upload", job.scratchdir, bucket=aetitle, study=job.study_uid)
     return json_bytes(
         {"ok": True, "scratchdir": job.scratchdir, "pid": job.study_uid, "files": job.nfiles}
     )
 
 
-@router.get("/code/php/getInstalledBuckets.php")
+@router.get("/code/php/getInstalledBuckets.php", dependencies=VIEW)
 def installed_buckets(box: BoxDep) -> Response:
     return json_bytes([b.info for b in box.buckets()])
 
 
-@router.get("/code/php/getStatus.php")
+@router.get("/code/php/getStatus.php", dependencies=VIEW)
 def status(box: BoxDep) -> Response:
     """Rows of [bucket, queued, running, workers], as gearman's status was shown."""
     return json_bytes(
@@ -78,7 +99,7 @@ def status(box: BoxDep) -> Response:
     )
 
 
-@router.get("/scratch/{scratchdir}/processing.log")
+@router.get("/scratch/{scratchdir}/processing.log", dependencies=VIEW)
 def processing_log(box: BoxDep, scratchdir: str) -> FileResponse:
     folder = JobFolder(box.job_dir(scratchdir))
     if not folder.has_log():

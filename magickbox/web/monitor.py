@@ -6,8 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
+from magickbox.auth.roles import Role
 from magickbox.metrics import CONTENT_TYPE
 from magickbox.web.deps import BoxDep, json_bytes
+from magickbox.web.security import require
 
 router = APIRouter(tags=["monitoring"])
 
@@ -28,6 +30,7 @@ HEALTH_EXAMPLE: dict[str, Any] = {
 
 @router.get(
     "/api/v1/health",
+    dependencies=[require(Role.public)],  # load balancers and mb ask without credentials
     responses={
         200: {"description": "every part is up (ok, low or off)"},
         503: {
@@ -46,6 +49,7 @@ def health(box: BoxDep) -> Response:
 
 @router.get(
     "/metrics",
+    dependencies=[require(Role.viewer)],  # AE titles and buckets: Prometheus sends a token
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}},
 )

@@ -10,14 +10,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
+from magickbox.auth.roles import Role
 from magickbox.errors import Invalid
 from magickbox.jobs.measures import Table
 from magickbox.web.deps import BoxDep, json_bytes
+from magickbox.web.security import require
 
 router = APIRouter(tags=["measures and timing"])
+VIEW = [require(Role.viewer)]
+LEGACY_VIEW = [require(Role.viewer, legacy=True)]  # original endpoints: trusted networks too
 
 
-@router.get("/api/v1/measures")
+@router.get("/api/v1/measures", dependencies=VIEW)
 def measures(
     box: BoxDep,
     bucket: Annotated[str | None, Query(max_length=64, description="this bucket's jobs")] = None,
@@ -46,13 +50,13 @@ def table_csv(result: Table) -> str:
     return out.getvalue()
 
 
-@router.get("/api/v1/jobs/{scratchdir}/measures")
+@router.get("/api/v1/jobs/{scratchdir}/measures", dependencies=VIEW)
 def job_measures(box: BoxDep, scratchdir: str) -> Response:
     """The job's measures as its bucket wrote them (null when it wrote none)."""
     return json_bytes(box.job_measures(scratchdir))
 
 
-@router.get("/code/php/db.php")
+@router.get("/code/php/db.php", dependencies=LEGACY_VIEW)
 def db_php(
     box: BoxDep,
     query: Annotated[str | None, Query(description="a job's scratchdir (or a path to it)")] = None,
@@ -76,7 +80,7 @@ def _job_key(value: str) -> str:
     return PurePosixPath(value.rstrip("/")).name or value
 
 
-@router.get("/code/php/timing.php")
+@router.get("/code/php/timing.php", dependencies=LEGACY_VIEW)
 def timing_php(
     box: BoxDep,
     aetitle: Annotated[str | None, Query(description="the bucket")] = None,

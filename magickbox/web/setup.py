@@ -8,16 +8,21 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response
 
+from magickbox.auth.roles import Role
 from magickbox.config import parse_assignment
 from magickbox.errors import Invalid
 from magickbox.web.deps import BoxDep, json_bytes
+from magickbox.web.security import require
 
 router = APIRouter(tags=["setup"])
+# Settings are an admin's; set by GET (the original's form) is refused cross-site.
+ADMIN_GET_SET = [require(Role.admin, get_changes_state=True)]
+ADMIN = [require(Role.admin)]
 
 SET_HELP = "NAME=VALUE, one per line (or separated by ';'): the live settings to change"
 
 
-@router.get("/code/php/setup.php")
+@router.get("/code/php/setup.php", dependencies=ADMIN_GET_SET)
 def setup_php(
     box: BoxDep,
     command: Annotated[str | None, Query(description="get or set")] = None,
@@ -47,7 +52,7 @@ def assignments(text: str) -> dict[str, object]:
     return changes
 
 
-@router.patch("/api/v1/setup")
+@router.patch("/api/v1/setup", dependencies=ADMIN)
 def patch_setup(
     box: BoxDep,
     changes: Annotated[dict[str, Any], Body(description="{name: new value} of live settings")],

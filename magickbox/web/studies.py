@@ -7,10 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
+from magickbox.auth.roles import Role
 from magickbox.web.deps import BoxDep, json_bytes
+from magickbox.web.security import require
 from magickbox.web.views import job_view
 
 router = APIRouter(prefix="/api/v1", tags=["api v1"])
+OPERATE = [require(Role.operator)]
 
 
 class RunOn(BaseModel):
@@ -44,13 +47,13 @@ def _run(request: Request, box: BoxDep, uids: list[str], how: RunOn) -> Response
     return json_bytes({"jobs": [job_view(job) for job in jobs]}, status_code=201)
 
 
-@router.post("/studies/{study_uid}/run", status_code=201)
+@router.post("/studies/{study_uid}/run", status_code=201, dependencies=OPERATE)
 def run_study(request: Request, box: BoxDep, study_uid: str, how: RunOn) -> Response:
     """A new job of ``bucket`` made of the archived study (its files as they are now)."""
     return _run(request, box, [study_uid], how)
 
 
-@router.post("/studies/run", status_code=201)
+@router.post("/studies/run", status_code=201, dependencies=OPERATE)
 def run_studies(request: Request, box: BoxDep, how: RunOnStudies) -> Response:
     """A new job of ``bucket`` per study; every study must be in the archive, else no job
     is made (404 names the missing ones)."""

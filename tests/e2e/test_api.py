@@ -226,10 +226,10 @@ def test_delete_and_retry(box_factory, tmp_path: Path) -> None:  # type: ignore[
     jobs = {j["caller_aet"]: j for j in wait_jobs(box, 2)}
 
     sd = jobs["GONE"]["scratchdir"]
-    res = httpx.delete(f"{box.url}/api/v1/jobs/{sd}")
+    res = box.delete(f"/api/v1/jobs/{sd}")
     assert res.status_code == 200 and res.json() == {"deleted": sd}
     assert box.get(f"/api/v1/jobs/{sd}").status_code == 404
-    assert httpx.delete(f"{box.url}/api/v1/jobs/{sd}").status_code == 404
+    assert box.delete(f"/api/v1/jobs/{sd}").status_code == 404
     assert not (box.home / "scratch" / sd).exists()
     assert scratchdirs(api_jobs(box)) == [jobs["KEEP"]["scratchdir"]]
     assert gone.study_uid not in {j["pid"] for j in box.jobs()}
@@ -237,7 +237,7 @@ def test_delete_and_retry(box_factory, tmp_path: Path) -> None:  # type: ignore[
     sd = jobs["KEEP"]["scratchdir"]
     output = box.home / "scratch" / sd / "OUTPUT"
     (output / "stale.txt").write_text("from the first run")
-    res = httpx.post(f"{box.url}/api/v1/jobs/{sd}/retry")
+    res = box.post(f"/api/v1/jobs/{sd}/retry")
     assert res.status_code == 200, res.text
     assert res.json()["state"] in ("queued", "running", "done")
     job = wait_state(box, sd, "done", "failed")
@@ -246,7 +246,7 @@ def test_delete_and_retry(box_factory, tmp_path: Path) -> None:  # type: ignore[
     assert runs.count(f"run {sd}") == 2  # the bucket really ran again
     assert not (output / "stale.txt").exists() and (output / "files.txt").is_file()
     assert sorted((output / "files.txt").read_text().split()) == sorted(p.name for p in kept.paths)
-    assert httpx.post(f"{box.url}/api/v1/jobs/tmp.zzzzzzzz/retry").status_code == 404
+    assert box.post("/api/v1/jobs/tmp.zzzzzzzz/retry").status_code == 404
 
 
 # Jobs of one bucket: one at a time, in the order they came. Held at the start while

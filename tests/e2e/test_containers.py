@@ -16,7 +16,6 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from magickbox.buckets.container import Engine
@@ -332,7 +331,7 @@ def test_deleting_a_running_container_job_removes_its_container(
     started = home / "memory" / "Hold" / "started"
     scratchdir = wait_for("the run", lambda: started.is_file() and started.read_text()).strip()
     wait_for("its container", lambda: containers(home, scratchdir))
-    res = httpx.delete(f"{box.url}/api/v1/jobs/{scratchdir}", timeout=60)
+    res = box.delete(f"/api/v1/jobs/{scratchdir}", timeout=60)
     assert res.status_code in (200, 204), res.text
     assert containers(home) == []
     assert api_jobs(box) == []

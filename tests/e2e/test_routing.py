@@ -50,11 +50,11 @@ def save_table(box: BoxServer, rules: list[dict]) -> None:
 
 
 def post(box: BoxServer, path: str, **kw: object) -> httpx.Response:
-    return httpx.post(f"{box.url}{path}", timeout=30, **kw)  # type: ignore[arg-type]
+    return box.post(path, **kw)
 
 
 def put(box: BoxServer, path: str, **kw: object) -> httpx.Response:
-    return httpx.put(f"{box.url}{path}", timeout=30, **kw)  # type: ignore[arg-type]
+    return box.put(path, **kw)
 
 
 def sends_of(box: BoxServer, scratchdir: str) -> list[dict]:
@@ -297,6 +297,9 @@ def test_saving_a_broken_table_is_refused_and_echo_tells_reachability(box_factor
     assert json.loads((box.home / "routing.json").read_text()) == good
 
     echo = {"IP": "127.0.0.1", "PORT": scp.port, "AETitleSender": "MB", "AETitleTo": "ECHOME"}
+    res = post(box, "/api/v1/destinations/echo", json=echo)  # not in the table: no probing
+    assert res.status_code == 403 and "any_destination" in res.json()["detail"], res.text
+    echo["any_destination"] = True  # an admin asking explicitly
     res = post(box, "/api/v1/destinations/echo", json=echo)
     assert res.status_code == 200 and res.json()["ok"] is True, res.text
     res = post(box, "/api/v1/destinations/echo", json={**echo, "PORT": free_port()})

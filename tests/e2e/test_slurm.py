@@ -10,7 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from magickbox.testing.dicomgen import write_study
@@ -99,7 +98,7 @@ def test_delete_of_a_running_job_cancels_it_in_slurm(
     box = box_factory(home=home)
     send(box, tmp_path, "Long", "del")
     scratchdir = running_in_slurm(home, "Long", cluster)
-    res = httpx.delete(f"{box.url}/api/v1/jobs/{scratchdir}", timeout=60)
+    res = box.delete(f"/api/v1/jobs/{scratchdir}", timeout=60)
     assert res.status_code in (200, 204), res.text
     wait_for("Slurm to forget the running job", lambda: cluster.squeue_count() == 0, 60)
 

@@ -12,7 +12,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import httpx
 import pytest
 from pydicom import dcmread
 
@@ -88,7 +87,7 @@ def test_deleting_a_hex_study_by_its_real_uid(box: BoxServer, tmp_path: Path) ->
     assert send_files(box.dicom_port, "Recv", study.paths).ok
     (job,) = wait_jobs(box, 1)
 
-    res = httpx.delete(f"{box.url}/api/v1/studies/{HEX_UID}", timeout=60)
+    res = box.delete(f"/api/v1/studies/{HEX_UID}", timeout=60)
     assert res.status_code == 200, res.text
     assert res.json()["deleted_jobs"] == [job["scratchdir"]] and res.json()["archive_deleted"]
     assert not (archive_of(box) / study_key(HEX_UID)).exists()

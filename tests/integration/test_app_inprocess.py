@@ -20,8 +20,7 @@ from magickbox.box import Box
 from magickbox.config import load_settings
 from magickbox.testing.dicomgen import write_study
 from magickbox.testing.server import free_port
-from magickbox.web.app import create_app
-from tests.conftest import InProcessBox, copy_bucket
+from tests.conftest import InProcessBox, admin_client, copy_bucket
 
 
 @pytest.fixture
@@ -95,7 +94,7 @@ def test_errors_come_from_one_hierarchy(client: TestClient, tmp_path: Path) -> N
 def test_the_lifespan_stops_the_box(tmp_path: Path) -> None:
     settings = load_settings(tmp_path / "h", announce=False, dicom_port=free_port())
     box = Box(settings)
-    with TestClient(create_app(box, dicom=False)) as client:
+    with admin_client(box) as client:
         assert client.get("/api/v1/buckets").status_code == 200
         assert box.dispatcher._thread.is_alive()
     box.dispatcher._thread.join(5)

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from magickbox.box import Box
 from magickbox.config import load_settings
 from magickbox.testing.server import free_port
-from magickbox.web.app import create_app
+from tests.conftest import admin_client
 
 TOO_BIG = "99999999999999999999"  # past SQLite's 64-bit integers
 
@@ -20,7 +20,7 @@ TOO_BIG = "99999999999999999999"  # past SQLite's 64-bit integers
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     home = Path(tmp_path_factory.mktemp("oor")) / "home"
     box = Box(load_settings(home, announce=False, dicom_port=free_port()))
-    with TestClient(create_app(box, dicom=False), raise_server_exceptions=False) as client:
+    with admin_client(box, raise_server_exceptions=False) as client:
         yield client
 
 

@@ -441,3 +441,11 @@ def test_setup_view_hides_the_database_password(tmp_path: Path) -> None:
     view = setup_view(s)
     assert "secret" not in repr(view)
     assert view["database_url"] == "postgresql+psycopg://mb:***@db/mb"
+
+
+def test_readme_roles_block_is_generated() -> None:
+    from magickbox.web.rolesdoc import current_block, roles_markdown
+
+    assert current_block(README.read_text(encoding="utf-8")) == roles_markdown(), (
+        "run: python -m magickbox.web.rolesdoc --readme README.md"
+    )

@@ -45,8 +45,8 @@ def test_config_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_machines_are_stored_as_the_original_did(cfg: Path) -> None:
     assert config.load_machines() == []
-    assert config.add_machine(Machine("10.0.0.5", 2813))
-    assert not config.add_machine(Machine("10.0.0.5", 2813))  # no duplicates
+    assert config.add_machine(Machine("10.0.0.5", 2813)) == "added"
+    assert config.add_machine(Machine("10.0.0.5", 2813)) == "unchanged"  # no duplicates
     config.add_machine(Machine("10.0.0.5", 8080))
     config.add_machine(Machine("box2", 2813))
     text = (cfg / "machines.json").read_text()
@@ -55,6 +55,31 @@ def test_machines_are_stored_as_the_original_did(cfg: Path) -> None:
     assert config.remove_machines("10.0.0.5", 8080) == [Machine("10.0.0.5", 8080)]
     assert config.remove_machines("10.0.0.5", None) == [Machine("10.0.0.5", 2813)]
     assert config.load_machines() == [Machine("box2", 2813)]
+
+
+def test_a_machine_may_name_a_token_file_and_a_ca(cfg: Path, tmp_path: Path) -> None:
+    token = tmp_path / "box.token"
+    token.write_text("mbt_secret\n")
+    token.chmod(0o600)
+    box = Machine("box", 2813, token_file=str(token), ca_file="/etc/ca.pem")
+    assert box.url == "https://box:2813" and box.token() == "mbt_secret"
+    assert config.add_machine(box) == "added"
+    stored = json.loads((cfg / "machines.json").read_text())
+    assert stored == [{"Machine": "box", "Port": "2813", "TokenFile": str(token),
+                       "CaFile": "/etc/ca.pem"}]  # fmt: skip
+    assert "mbt_secret" not in (cfg / "machines.json").read_text()
+    [loaded] = config.load_machines()
+    assert loaded.token() == "mbt_secret" and loaded.scheme == "https"
+    assert box.as_json() == {"Machine": "box", "Port": "2813"}  # what jobs and lists show
+    assert config.add_machine(box) == "unchanged"
+    assert config.add_machine(Machine("box", 2813)) == "unchanged"  # bare: keeps its token
+    assert config.load_machines()[0].token_file == str(token)
+    assert config.add_machine(Machine("box", 2813, https=True)) == "updated"
+    assert config.load_machines()[0].token_file == ""
+    token.chmod(0o644)
+    with pytest.raises(config.ConfigError, match="chmod 600"):
+        box.token()
+    assert Machine("plain").url == "http://plain:2813" and Machine("plain").token() == ""
 
 
 def test_a_hand_written_machines_file_with_numbers_is_read(cfg: Path) -> None:

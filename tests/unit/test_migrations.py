@@ -13,6 +13,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select
 
+import magickbox.auth.models
 import magickbox.receive.rejections  # every table of the schema
 import magickbox.routing.models  # noqa: F401
 from magickbox.jobs import db

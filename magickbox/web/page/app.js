@@ -13,9 +13,16 @@ let viewToken = 0; // bumps on every navigation, so late answers of a left view 
 const esc = (v) =>
   String(v ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 
+let csrf = ""; // the session's CSRF token (from /me): sent back on every change
+
 async function api(path, opts = {}) {
+  const method = (opts.method || "GET").toUpperCase();
+  if (method !== "GET" && csrf) opts = { ...opts, headers: { ...(opts.headers || {}), "X-CSRF-Token": csrf } };
   const res = await fetch(API + path, opts);
   setStatus(true);
+  if (res.status === 401 && path !== "/logout") {
+    location.href = "/login"; // not logged in (or the session ended): to the form
+  }
   if (!res.ok) {
     let detail = res.statusText;
     try {
@@ -571,7 +578,8 @@ function meanTime(b) {
 }
 
 async function viewBuckets() {
-  const [buckets, setup] = await Promise.all([getJSON("/buckets?all=true"), getJSON("/setup")]);
+  // /health (anyone) has the DICOM port; /setup is for admins.
+  const [buckets, setup] = await Promise.all([getJSON("/buckets?all=true"), getJSON("/health")]);
   const host = location.hostname;
   const broken = buckets.filter((b) => b.problems.some((t) => !t.startsWith("disabled"))).length;
   main.innerHTML = `<h1>Buckets</h1><p class="sub">Send a study to a bucket's AE title on this box (${esc(host)}, DICOM port ${esc(setup.dicom_port)}).</p>
@@ -602,10 +610,10 @@ async function viewBuckets() {
 
 async function viewAdmin(section) {
   section = section || "setup";
-  const tabs = [["setup", "Setup"], ["routing", "Routing"], ["routing-log", "Routing log"], ["archive", "Archived studies"]];
+  const tabs = [["setup", "Setup"], ["routing", "Routing"], ["routing-log", "Routing log"], ["archive", "Archived studies"], ["audit", "Audit"]];
   main.innerHTML = `<nav class="subtabs">${tabs.map(([k, t]) => `<a href="#/admin/${k}" class="${k === section ? "on" : ""}">${t}</a>`).join("")}</nav><div id="admin"></div>`;
   const el = document.getElementById("admin");
-  const views = { setup: adminSetup, routing: adminRouting, "routing-log": adminRoutingLog, archive: adminArchive };
+  const views = { setup: adminSetup, routing: adminRouting, "routing-log": adminRoutingLog, archive: adminArchive, audit: adminAudit };
   await (views[section] || adminSetup)(el);
 }
 
@@ -755,6 +763,28 @@ async function adminArchive(el, offset = 0) {
   }
 }
 
+// The audit trail (admins): who did what to which job, study or setting, newest first.
+async function adminAudit(el, offset = 0, action = "") {
+  const q = `limit=100&offset=${offset}` + (action ? `&action=${encodeURIComponent(action)}` : "");
+  let data;
+  try { data = await getJSON(`/audit?${q}`); } catch (e) {
+    el.innerHTML = `<section class="card"><h2>Audit</h2><p class="msg bad">${esc(e.message)}</p></section>`;
+    return;
+  }
+  const actions = ["", "login", "login_failed", "logout", "download", "upload", "delete", "retry", "send_retry", "routing_change", "user_add", "user_remove", "user_password", "token_create", "token_revoke"];
+  el.innerHTML = `<section class="card"><h2>Audit <span class="sub">${num(data.total)}</span></h2>
+    <p><label>Action <select id="audit-action">${actions.map((a) => `<option value="${a}" ${a === action ? "selected" : ""}>${a || "all"}</option>`).join("")}</select></label>
+      <a class="btn small" href="${API}/audit.jsonl" download id="audit-export">Export (JSON lines)</a></p>
+    <table class="jobs" id="audit-rows"><thead><tr><th>Time</th><th>Who</th><th>Address</th><th>Action</th><th>Target</th><th>Detail</th></tr></thead>
+    <tbody>${data.events.map((e) => `<tr><td class="nowrap">${esc(localTime(new Date(e.at * 1000).toISOString()))}</td><td>${esc(e.actor)}</td>
+      <td class="mono">${esc(e.address)}</td><td>${esc(e.action)}</td><td class="mono">${esc(e.target)}</td>
+      <td class="mono sub">${esc(JSON.stringify(e.detail)).slice(0, 300)}</td></tr>`).join("") || `<tr><td colspan="6" class="empty">Nothing recorded yet.</td></tr>`}</tbody></table>
+    <div class="pager"><button id="uprev" ${offset ? "" : "disabled"}>‹ Newer</button><button id="unext" ${offset + data.events.length < data.total ? "" : "disabled"}>Older ›</button></div></section>`;
+  document.getElementById("audit-action").onchange = (ev) => adminAudit(el, 0, ev.target.value);
+  document.getElementById("uprev").onclick = () => adminAudit(el, Math.max(0, offset - 100), action);
+  document.getElementById("unext").onclick = () => adminAudit(el, offset + 100, action);
+}
+
 // -- navigation ------------------------------------------------------------------------------
 
 async function route() {
@@ -782,4 +812,20 @@ async function route() {
 }
 
 window.addEventListener("hashchange", route);
+
+// Who is logged in, and the way out.
+(async () => {
+  try {
+    const me = await getJSON("/me");
+    csrf = me.csrf || "";
+    const el = document.getElementById("who");
+    el.hidden = false;
+    el.querySelector(".user").textContent = `${me.name} (${me.role})`;
+    el.querySelector("button").hidden = me.kind !== "user";
+    el.querySelector("button").addEventListener("click", async () => {
+      try { await api("/logout", { method: "POST" }); } catch (_) { /* gone already */ }
+      location.href = "/login";
+    });
+  } catch (_) { /* 401 sends the browser to the login form */ }
+})();
 route();

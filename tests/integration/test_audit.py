@@ -1,0 +1,77 @@
+"""The audit trail: a row for each action, who did it from where, filters, paging, export."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from magickbox.auth.roles import Role
+from tests.conftest import InProcessBox, copy_bucket
+from tests.integration.test_app_inprocess import study_zip, wait_state
+
+QUICK = '#!/bin/sh\necho ok > "$2/out.txt"\n'
+
+
+def audit(ibox: InProcessBox, **params: object) -> dict:
+    res = ibox.client.get("/api/v1/audit", params=params)
+    assert res.status_code == 200, res.text
+    return res.json()
+
+
+def test_each_action_leaves_a_row(app_factory: Callable[..., InProcessBox], tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    copy_bucket(home, "Quick", QUICK)
+    ibox = app_factory(home=home)
+    client = ibox.client
+    upload = {"theFile": ("s.zip", study_zip(tmp_path), "application/zip")}
+    made = client.post("/code/php/processZip.php", data={"aetitle": "Quick"}, files=upload)
+    sd = made.json()["scratchdir"]
+    wait_state(client, sd, {"done", "failed"})
+    assert client.get(f"/api/v1/jobs/{sd}/input.zip").status_code == 200
+    assert client.get(f"/code/php/getOutputZip.php?folder={sd}").status_code == 200
+    assert client.post(f"/api/v1/jobs/{sd}/retry").status_code == 200
+    wait_state(client, sd, {"done", "failed"})
+    old = '{"routing": []}'
+    new = json.dumps({"routing": [{"name": "r", "send": [{"success": {
+        "IP": "127.0.0.1", "PORT": 104, "AETitleSender": "MB", "AETitleTo": "X"}}]}]})  # fmt: skip
+    assert client.post("/code/php/saveRouting.php", data={"text": old}).status_code == 200
+    assert client.put("/api/v1/routing", content=new).status_code == 200
+    assert client.delete(f"/api/v1/jobs/{sd}").status_code == 200
+
+    events = audit(ibox)["events"]
+    actions = [e["action"] for e in reversed(events)]
+    assert actions == ["upload", "download", "download", "retry", "routing_change",
+                       "routing_change", "delete"]  # fmt: skip
+    assert all(e["actor"] == "token:tests" and e["address"] == "127.0.0.1" for e in events)
+    assert {e["detail"].get("part") for e in events if e["action"] == "download"} == {
+        "INPUT", "OUTPUT"}  # fmt: skip
+    assert all(e["target"] == sd for e in events if e["action"] != "routing_change")
+    change = events[1]
+    assert change["detail"]["old"] == old and change["detail"]["new"] == new
+    # Filters and paging.
+    assert [e["action"] for e in audit(ibox, action="download")["events"]] == ["download"] * 2
+    page = audit(ibox, limit=2, offset=1)
+    assert page["total"] == 7 and [e["id"] for e in page["events"]] == [
+        events[1]["id"],
+        events[2]["id"],
+    ]
+    assert audit(ibox, actor="token:nobody")["total"] == 0
+    assert audit(ibox, since=events[0]["at"] + 1)["total"] == 0
+    # The export: every row, oldest first, one JSON object a line.
+    lines = client.get("/api/v1/audit.jsonl").text.splitlines()
+    assert [json.loads(line)["action"] for line in lines] == actions
+    # Deleting the job (and its study) never removes its rows.
+    assert audit(ibox, target=sd)["total"] == 5
+
+
+def test_a_trusted_network_is_named_in_the_trail(app_factory: Callable[..., InProcessBox]) -> None:
+    ibox = app_factory()
+    del ibox.client.headers["Authorization"]  # the seed's curl: no credentials, from 127.0.0.1
+    assert ibox.client.get("/code/php/deleteStudy.php?scratchdir=tmp.nothere0").status_code == 404
+    assert ibox.client.get("/code/php/getOutputZip.php?folder=tmp.nothere0").status_code == 404
+    ibox.client.headers["Authorization"] = f"Bearer {ibox.token}"
+    assert audit(ibox)["total"] == 0  # nothing happened: nothing recorded
+    viewer = ibox.box.auth.store.create_token("v", Role.viewer)[0]
+    res = ibox.client.get("/api/v1/audit", headers={"Authorization": f"Bearer {viewer}"})
+    assert res.status_code == 403  # the trail is for admins
