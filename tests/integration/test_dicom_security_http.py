@@ -98,7 +98,7 @@ def test_echo_over_tls_to_a_plain_port_names_the_handshake(
     app: InProcessBox, ca: ThrowawayCA
 ) -> None:
     body = {"IP": "127.0.0.1", "PORT": app.dicom_port, "AETitleTo": "Open",
-            "TLS": {"ca": str(ca.ca)}}  # fmt: skip
+            "TLS": {"ca": str(ca.ca)}, "any_destination": True}  # fmt: skip
     res = app.client.post("/api/v1/destinations/echo", json=body)
     assert res.status_code == 200 and not res.json()["ok"]
     assert "TLS handshake failed" in res.json()["message"]
