@@ -192,6 +192,7 @@ class Box(BoxServer):
         super().__init__(home, quiet, env={**tool_env(True), **(env or {})}, program=wrapper,
                          extra_args=["--log-level", "WARNING"])  # fmt: skip
         self.http = httpx.Client(base_url=self.url, timeout=60)
+
     def init(self) -> Box:
         subprocess.run(
             [sys.executable, "-m", "magickbox.cli", "init", "--home", str(self.home)],
@@ -326,6 +327,13 @@ class StorescpTarget(ProcessTarget):
         return [STORESCP, "-od", str(out), "+xa", str(port)]
 
 
+class ForkStorescpTarget(ProcessTarget):
+    """storescp as sites run it for several senders: a process per association."""
+
+    def command(self, port: int, out: Path) -> list[str]:
+        return [STORESCP, "--fork", "-uf", "-od", str(out), "+xa", str(port)]
+
+
 class BarePynetdicomTarget(ProcessTarget):
     def command(self, port: int, out: Path) -> list[str]:
         return [sys.executable, str(Path(__file__).resolve()), "--bare-scp", str(port), str(out)]
@@ -422,6 +430,72 @@ def measure_throughput(
                     f"({corpus.files / seconds:6.0f} images/s; CPU s: receiver {server:.2f}, "
                     f"storescu {client:.2f})"
                 )
+
+
+def send_concurrently(port: int, folder: Path, n: int, timeout: float = 600) -> float:
+    """``n`` storescu sends of ``folder`` at once, each its own calling AE; wall seconds."""
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [
+                STORESCU,
+                "+sd",
+                "+r",
+                "-nh",
+                "-aet",
+                f"BENCH{i}",
+                "-aec",
+                BUCKET,
+                "127.0.0.1",
+                str(port),
+                str(folder),
+            ],
+            env=tool_env(True),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(n)
+    ]
+    codes = [proc.wait(timeout=timeout) for proc in procs]
+    elapsed = time.perf_counter() - t0
+    if any(codes):
+        raise RuntimeError(f"concurrent storescu exit codes {codes}")
+    return elapsed
+
+
+def measure_concurrent(ours: Box, work: Path, corpus: Corpus, n: int, reps: int) -> dict:
+    """Aggregate images/s of ``n`` associations at once: ours vs storescp --fork."""
+    times: dict[str, list[float]] = {"ours": [], "storescp --fork": []}
+    fork = ForkStorescpTarget("storescp-fork", "dcmtk storescp --fork", work)
+    for rep in range(reps):
+        seconds = send_concurrently(ours.dicom_port, corpus.path, n)
+        got = sum(j["files"] for j in ours.settle(n * corpus.files))
+        ours.clear()
+        if got != n * corpus.files:
+            raise RuntimeError(f"ours: {got} of {n * corpus.files} files became jobs")
+        times["ours"].append(seconds)
+        out = Path(tempfile.mkdtemp(prefix="fork-", dir=work))
+        port = free_port()
+        proc = subprocess.Popen(fork.command(port, out), env=tool_env(True),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            wait_listening(port, proc)
+            times["storescp --fork"].append(send_concurrently(port, corpus.path, n))
+            if count_files(out) != n * corpus.files:
+                raise RuntimeError(f"storescp --fork: {count_files(out)} of {n * corpus.files}")
+        finally:
+            stop_process(proc)
+            shutil.rmtree(out, ignore_errors=True)
+        log(f"rep {rep + 1}/{reps} {n} associations x {corpus.name}: "
+            + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))  # fmt: skip
+    rates = {k: n * corpus.files / (median(v) or 1) for k, v in times.items()}
+    return {
+        "corpus": corpus.name,
+        "associations": n,
+        "images": n * corpus.files,
+        "images_per_s": {k: round(v, 1) for k, v in rates.items()},
+        "ours/storescp --fork": round(rates["ours"] / rates["storescp --fork"], 3),
+    }
 
 
 def throughput_rows(result: Throughput, corpora: list[Corpus], targets: list[Target]) -> list[dict]:
@@ -790,13 +864,27 @@ def report(data: dict) -> str:
         )
     )
     ratio_rows = [
-        [c, fmt(v.get("ours/storescp"), 2), fmt(v.get("ours/pynetdicom"), 2)]
+        [
+            c,
+            fmt(v.get("ours/storescp"), 2),
+            fmt(v.get("ours/pynetdicom"), 2),
+            fmt(v.get("native/pynetdicom receiver"), 2),
+        ]
         for c, v in data["throughput"]["ratios"].items()
+    ]
+    ratio_rows += [
+        [
+            f"{r['corpus']}, {r['associations']} associations at once (ours / storescp --fork)",
+            fmt(r["ours/storescp --fork"], 2),
+            "-",
+            "-",
+        ]
+        for r in data.get("concurrent", [])
     ]
     parts.append(
         print_table(
             "   Ratios of throughput (images/s)",
-            ["corpus", "ours/storescp", "ours/bare pynetdicom"],
+            ["corpus", "ours/storescp", "ours/bare pynetdicom", "native/pynetdicom receiver"],
             ratio_rows,
         )
     )
@@ -954,8 +1042,13 @@ def main() -> int:
         # 1. throughput
         ours_box = Box(work / "home-ours").start()
         boxes.append(ours_box)
+        # The same box on pynetdicom's server (receiver = "pynetdicom"): the native
+        # receiver's gain, measured in the same run.
+        pyn_box = Box(work / "home-pyn", env={"MAGICKBOX_RECEIVER": "pynetdicom"}).start()
+        boxes.append(pyn_box)
         targets: list[Target] = [
             OursTarget(ours_box),
+            OursTarget(pyn_box, "ours-pynetdicom", "MagickBox, receiver = pynetdicom"),
             StorescpTarget("storescp", "dcmtk storescp", work),
             BarePynetdicomTarget("pynetdicom", "bare pynetdicom SCP (writes raw bytes)", work),
         ]
@@ -969,8 +1062,14 @@ def main() -> int:
             ratios[c.name] = {
                 "ours/storescp": round(ours / by[(c.name, "storescp")]["images_per_s"], 3),
                 "ours/pynetdicom": round(ours / by[(c.name, "pynetdicom")]["images_per_s"], 3),
+                "native/pynetdicom receiver": round(
+                    ours / by[(c.name, "ours-pynetdicom")]["images_per_s"], 3
+                ),
             }
         data["throughput"] = {"rows": rows, "ratios": ratios, "nagle": []}
+        pyn_box.stop()
+        boxes.remove(pyn_box)
+        data["concurrent"] = [measure_concurrent(ours_box, work, c, 4, reps) for c in corpora]
         if not quick:
             for c in corpora:
                 entry: dict = {"corpus": c.name, "timeout_s": args.nagle_timeout}

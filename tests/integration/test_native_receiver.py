@@ -1,0 +1,257 @@
+"""The native receiver's protocol edges, spoken byte by byte over a real socket to a real box.
+
+PDVs split across PDUs and command + data set in one PDU, a context that was never
+accepted, an abort in the middle of a data set, idle and trickling peers, absurd declared
+lengths and random bytes: each ends in a clear answer (or a closed connection), and the
+receiver goes on serving C-ECHO and C-STORE afterwards.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from magickbox import wire
+from magickbox.receive import acse, native
+from magickbox.testing.dicomgen import write_study
+from tests.conftest import InProcessBox, copy_bucket, dcmtk
+
+MR = "1.2.840.10008.5.1.4.1.1.4"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+WORK_SH = '#!/bin/sh\ncp -r "$1/." "$2/"\n'
+
+
+def item(kind: int, value: bytes) -> bytes:
+    return struct.pack(">BBH", kind, 0, len(value)) + value
+
+
+def associate_rq(called: str, contexts: list[tuple[int, str, str]], max_pdu: int = 0) -> bytes:
+    """An A-ASSOCIATE-RQ, as a peer would write it (PS3.8 9.3.2)."""
+    body = struct.pack(">HH", 1, 0) + called.ljust(16).encode() + b"EDGE".ljust(16) + bytes(32)
+    body += item(0x10, acse.APPLICATION_CONTEXT.encode())
+    for cid, abstract, syntax in contexts:
+        sub = item(0x30, abstract.encode()) + item(0x40, syntax.encode())
+        body += item(0x20, bytes([cid, 0, 0, 0]) + sub)
+    body += item(0x50, item(0x51, struct.pack(">I", max_pdu)) + item(0x52, b"1.2.3.4"))
+    return wire.pdu(wire.ASSOCIATE_RQ, body)
+
+
+class Peer:
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+
+    def recv_pdu(self) -> tuple[int, bytes]:
+        kind, _r, length = wire.PDU_HEADER.unpack(self._exact(6))
+        return kind, self._exact(length)
+
+    def _exact(self, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            got = self.sock.recv(n - len(buf))
+            if not got:
+                raise ConnectionError("closed")
+            buf += got
+        return buf
+
+    def associate(self, called: str = "Edge", contexts: list | None = None) -> bytes:
+        self.sock.sendall(associate_rq(called, contexts or [(1, MR, EXPLICIT_LE)]))
+        kind, body = self.recv_pdu()
+        assert kind == wire.ASSOCIATE_AC, (kind, body)
+        return body
+
+    def response(self) -> dict[int, bytes]:
+        kind, body = self.recv_pdu()
+        assert kind == wire.P_DATA, (kind, body)
+        [(_cid, control, data)] = list(wire.pdvs(body))
+        assert control == wire.COMMAND_BIT | wire.LAST_BIT
+        return wire.decode_command(data)
+
+    def closed(self, within: float) -> bool:
+        """The box closed the connection (after maybe one PDU, e.g. an A-ABORT)."""
+        self.sock.settimeout(within)
+        try:
+            while self.sock.recv(4096):
+                pass
+        except TimeoutError:
+            return False
+        except OSError:
+            pass
+        return True
+
+
+def status(answer: dict[int, bytes]) -> int:
+    return int(struct.unpack("<H", answer[wire.STATUS])[0])
+
+
+def dataset_of(path: Path) -> bytes:
+    """A Part 10 file's data set (after its file meta), explicit VR little endian."""
+    raw = path.read_bytes()
+    (meta_len,) = struct.unpack_from("<I", raw, 140)
+    return raw[144 + meta_len :]
+
+
+@pytest.fixture
+def edge(app_factory: Callable[..., InProcessBox], tmp_path: Path) -> InProcessBox:
+    home = tmp_path / "home"
+    copy_bucket(home, "Edge", WORK_SH)
+    return app_factory(home=home, dicom=True, quiet_seconds=0.2)
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> tuple[str, bytes]:
+    study = write_study(tmp_path / "s", n_images=1, rows=16, cols=16, transfer_syntax=EXPLICIT_LE)
+    import pydicom
+
+    sop = str(pydicom.dcmread(study.paths[0], stop_before_pixels=True).SOPInstanceUID)
+    return sop, dataset_of(study.paths[0])
+
+
+def wait_files(box: InProcessBox, n: int, timeout: float = 20) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = box.get("/api/v1/jobs").json()["jobs"]
+        if sum(j["files"] for j in jobs) >= n:
+            return jobs
+        time.sleep(0.1)
+    raise AssertionError(f"{n} files did not become jobs")
+
+
+def still_serves(box: InProcessBox) -> None:
+    echo = dcmtk("echoscu")
+    import subprocess
+
+    res = subprocess.run([echo, "-aec", "Edge", "127.0.0.1", str(box.dicom_port)],
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+
+
+def test_split_pdvs_and_command_with_data_in_one_pdu_are_stored(
+    edge: InProcessBox, image: tuple[str, bytes]
+) -> None:
+    sop, data = image
+    peer = Peer(edge.dicom_port)
+    peer.associate()
+    command = wire.store_command(MR, sop, 7)
+    half = len(data) // 2
+    # One PDU with the command and the first half of the data set, then the rest split
+    # over two PDUs of one PDV each.
+    first = wire.PDV_HEADER.pack(len(command) + 2, 1, 0x03) + command
+    first += wire.PDV_HEADER.pack(half + 2, 1, 0x00) + data[:half]
+    peer.sock.sendall(wire.pdu(wire.P_DATA, first))
+    peer.sock.sendall(wire.pdv(1, 0x00, data[half : half + 10]))
+    peer.sock.sendall(wire.pdv(1, 0x02, data[half + 10 :]))
+    answer = peer.response()
+    assert status(answer) == 0x0000
+    assert struct.unpack("<H", answer[wire.MESSAGE_ID_RESPONDED])[0] == 7
+    peer.sock.sendall(wire.release_rq())
+    assert peer.recv_pdu()[0] == wire.RELEASE_RP
+    [job] = wait_files(edge, 1)
+    stored = next((edge.home / "scratch" / job["scratchdir"] / "INPUT").iterdir())
+    assert dataset_of(stored) == data  # byte for byte
+
+
+def test_contexts_answered_one_by_one(edge: InProcessBox) -> None:
+    peer = Peer(edge.dicom_port)
+    ac = peer.associate(contexts=[
+        (1, MR, EXPLICIT_LE),
+        (3, "1.2.840.10008.5.1.4.1.2.2.1", EXPLICIT_LE),  # Study Root Q/R FIND: no storage
+        (5, MR, "1.2.3.4.5.6"),  # no transfer syntax this box knows
+        (7, "1.2.840.10008.1.1", "1.2.840.10008.1.2"),
+    ])  # fmt: skip
+    results = {}
+    offset = 68
+    while offset < len(ac):
+        kind, _r, length = struct.unpack_from(">BBH", ac, offset)
+        if kind == 0x21:
+            results[ac[offset + 4]] = ac[offset + 6]
+        offset += 4 + length
+    assert results == {1: acse.ACCEPTED, 3: acse.ABSTRACT_NOT_SUPPORTED,
+                       5: acse.TRANSFER_NOT_SUPPORTED, 7: acse.ACCEPTED}  # fmt: skip
+
+
+def test_a_pdv_for_a_context_not_accepted_is_aborted(
+    edge: InProcessBox, image: tuple[str, bytes]
+) -> None:
+    peer = Peer(edge.dicom_port)
+    peer.associate()
+    peer.sock.sendall(wire.pdv(9, 0x03, wire.store_command(MR, image[0], 1)))
+    kind, body = peer.recv_pdu()
+    assert kind == wire.ABORT and body[2] == 2  # by the service provider
+    assert peer.closed(5)
+    still_serves(edge)
+
+
+def test_an_abort_in_the_middle_of_a_data_set_keeps_nothing(
+    edge: InProcessBox, image: tuple[str, bytes]
+) -> None:
+    sop, data = image
+    peer = Peer(edge.dicom_port)
+    peer.associate()
+    peer.sock.sendall(wire.pdv(1, 0x03, wire.store_command(MR, sop, 1)))
+    peer.sock.sendall(wire.pdv(1, 0x00, data[:100]))
+    partial = edge.home / "scratch" / ".partial"
+    deadline = time.monotonic() + 5
+    while not list(partial.glob("*.part")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert list(partial.glob("*.part")), "the data set should be streaming to disk"
+    peer.sock.sendall(wire.abort())
+    assert peer.closed(5)
+    deadline = time.monotonic() + 5
+    while list(partial.glob("*.part")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not list(partial.glob("*.part"))
+    time.sleep(0.5)  # past the quiet window: nothing may become a job
+    assert edge.get("/api/v1/jobs").json()["jobs"] == []
+
+
+def test_idle_and_trickling_peers_are_let_go(
+    edge: InProcessBox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(native, "ARTIM", 0.5)
+    monkeypatch.setattr(native, "PDU_TIMEOUT", 1.0)
+    idle = Peer(edge.dicom_port)
+    assert idle.closed(5), "a peer that never asks must be closed after ARTIM"
+    trickle = Peer(edge.dicom_port)
+    trickle.associate()
+    header = wire.pdv(1, 0x03, b"x" * 40)
+    t0 = time.monotonic()
+    try:
+        for byte in header:  # a byte every 0.2 s: the PDU cannot arrive within PDU_TIMEOUT
+            trickle.sock.sendall(bytes([byte]))
+            time.sleep(0.2)
+    except OSError:
+        pass  # the box hung up while we were still trickling
+    assert trickle.closed(3), "a trickling peer must be let go"
+    assert time.monotonic() - t0 < 6
+    still_serves(edge)
+
+
+def test_an_absurd_declared_length_and_random_bytes_do_not_stop_the_receiver(
+    edge: InProcessBox, image: tuple[str, bytes]
+) -> None:
+    huge = Peer(edge.dicom_port)
+    huge.associate()
+    huge.sock.sendall(struct.pack(">BBI", wire.P_DATA, 0, 0xFFFFFFFF) + bytes(64 << 10))
+    huge.sock.close()  # the box read 64 KiB of a "4 GiB" PDU, PDV by PDV, then the peer went
+    rng = random.Random(13)
+    valid = [associate_rq("Edge", [(1, MR, EXPLICIT_LE)]), wire.pdv(1, 0x03, b"\x00" * 30)]
+    for _ in range(60):
+        raw = bytearray(rng.choice(valid))
+        for _ in range(rng.randint(1, 6)):
+            raw[rng.randrange(len(raw))] = rng.randrange(256)
+        raw = raw[: rng.randint(1, len(raw))]
+        fuzz = Peer(edge.dicom_port)
+        fuzz.sock.sendall(bytes(raw))
+        fuzz.sock.close()
+    still_serves(edge)
+    sop, data = image
+    peer = Peer(edge.dicom_port)
+    peer.associate()
+    peer.sock.sendall(wire.pdv(1, 0x03, wire.store_command(MR, sop, 2)) + wire.pdv(1, 0x02, data))
+    assert status(peer.response()) == 0x0000
