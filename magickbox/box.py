@@ -15,7 +15,7 @@ from typing import Any
 from magickbox.announce import Announcer
 from magickbox.buckets import registry
 from magickbox.buckets.runner import LocalExecutor
-from magickbox.buckets.slurm import RoutingExecutor
+from magickbox.buckets.slurm import RoutingExecutor, SlurmStatus
 from magickbox.config import Settings
 from magickbox.errors import Conflict, Invalid, NotFound
 from magickbox.events import EventBus, JobDeleted, JobFinished
@@ -42,7 +42,8 @@ class Box:
         init_home(settings)
         self.events = EventBus()  # the stages talk through it: see magickbox/events.py
         self.store = JobStore(settings, open_database(settings.db_url), self.events)
-        self.dispatcher = Dispatcher(self.store, RoutingExecutor(settings, LocalExecutor()))
+        self.executor = RoutingExecutor(settings, LocalExecutor())
+        self.dispatcher = Dispatcher(self.store, self.executor)
         self.grouper = Grouper(settings.incoming, settings.quiet_seconds, self._arrival_ready)
         self.receiver = Receiver(settings, self.grouper, self.accepts)
         self.router = Router(settings, self.store.sessions, self.store.job_dir)
@@ -148,30 +149,47 @@ class Box:
         found = registry.all_buckets(self.settings.streams).values()
         return [b for b in found if b.enabled or not enabled_only]
 
+    def slurm_status(self, scratchdir: str) -> str | None:
+        """The job's place in Slurm ("PENDING (Resources)", "RUNNING on node1"), if it has one."""
+        return self.executor.status(scratchdir)
+
+    def slurm_statuses(self) -> dict[str, SlurmStatus]:
+        """Every job the Slurm executor holds (waiting in the box or in Slurm), by scratchdir."""
+        return self.executor.statuses()
+
     def queue_status(self) -> list[dict[str, Any]]:
-        """Per bucket: queued, running and workers (the gearman status the original showed)."""
+        """Per bucket: queued, running and workers (the gearman status the original showed).
+
+        A job handed to the Slurm executor but not yet on a node (waiting in the box or
+        PENDING in Slurm) counts as queued.
+        """
         counts = self.store.queue_counts()
+        waiting = self._slurm_waiting()
+        workers = {b.aetitle: b.concurrency(self.settings.concurrency) for b in self.buckets()}
         rows = []
-        for bucket in self.buckets():
-            states = counts.pop(bucket.aetitle, {})
-            rows.append(
-                {
-                    "bucket": bucket.aetitle,
-                    "queued": states.get(State.QUEUED, 0),
-                    "running": states.get(State.RUNNING, 0),
-                    "workers": bucket.concurrency(self.settings.concurrency),
-                }
-            )
-        for name, states in counts.items():  # jobs of buckets removed since
+        for name in [*workers, *(n for n in counts if n not in workers)]:  # removed buckets last
+            states = counts.get(name, {})
+            held = waiting.get(name, 0)
             rows.append(
                 {
                     "bucket": name,
-                    "queued": states.get(State.QUEUED, 0),
-                    "running": states.get(State.RUNNING, 0),
-                    "workers": 0,
+                    "queued": states.get(State.QUEUED, 0) + held,
+                    "running": states.get(State.RUNNING, 0) - held,
+                    "workers": workers.get(name, 0),
                 }
             )
         return rows
+
+    def _slurm_waiting(self) -> Counter[str]:
+        """Per bucket, the "running" jobs that are not yet on a Slurm node."""
+        statuses = self.slurm_statuses()
+        if not statuses:
+            return Counter()
+        return Counter(
+            job.bucket
+            for job in self.store.running_jobs()
+            if job.scratchdir in statuses and not statuses[job.scratchdir].running
+        )
 
     def jobs_per_day(self, days: int, utc_offset_minutes: int = 0) -> dict[str, int]:
         """{"YYYY-MM-DD": jobs received} for the last ``days`` days, in the asker's time zone."""
@@ -217,8 +235,14 @@ class Box:
         return self.store.log_size(job)
 
     def scratch_rows(self) -> list[dict[str, Any]]:
-        """Every job as plain values, newest first (what getScratch renders)."""
-        return self.store.scratch_rows()
+        """Every job as plain values, newest first (what getScratch renders), with ``slurm``:
+        its Slurm status while the Slurm executor holds it, else ""."""
+        rows = self.store.scratch_rows()
+        statuses = self.slurm_statuses()
+        for row in rows:
+            found = statuses.get(row["scratchdir"])
+            row["slurm"] = found.text if found else ""
+        return rows
 
     def arrivals(self) -> list[dict[str, Any]]:
         """What is being received now and is not a job yet."""

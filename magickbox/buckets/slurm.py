@@ -33,6 +33,15 @@ RETRY_SECONDS = 5.0
 # A finished job whose exit file is not there yet (shared storage lags): polls to wait.
 EXIT_FILE_PATIENCE = 5
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
+ON_NODE = {"RUNNING", "COMPLETING"}  # what getStatus counts as running; the rest is queued
+
+
+@dataclass(frozen=True)
+class SlurmStatus:
+    """A job's place in Slurm as the box shows it: the text and whether it runs on a node."""
+
+    text: str  # e.g. "PENDING (Resources)", "RUNNING on node1", "waiting in the box"
+    running: bool = False
 
 
 @dataclass
@@ -40,9 +49,13 @@ class Tracked:
     req: RunRequest
     done: Done
     job_id: str = ""
-    status: str = "waiting in the box"
+    status: str = "waiting in the box to be submitted"
     cancelled: bool = False
     missing_polls: int = 0
+    running: bool = False  # last seen RUNNING/COMPLETING on a node
+
+    def view(self) -> SlurmStatus:
+        return SlurmStatus(self.status, self.running)
 
 
 class SlurmExecutor:
@@ -96,6 +109,13 @@ class SlurmExecutor:
             if tracked is None:
                 tracked = next((t for t in self._waiting if t.req.scratchdir == scratchdir), None)
             return tracked.status if tracked else None
+
+    def statuses(self) -> dict[str, SlurmStatus]:
+        """Every job of this executor (waiting in the box or handed to Slurm), by scratchdir."""
+        with self._lock:
+            found = {t.req.scratchdir: t.view() for t in self._waiting}
+            found.update({name: t.view() for name, t in self._submitted.items()})
+        return found
 
     def submitted_count(self) -> int:
         with self._lock:
@@ -163,7 +183,8 @@ class SlurmExecutor:
         for t in jobs:
             state, reason, node = states.get(t.job_id, ("", "", ""))
             if state in ACTIVE:
-                t.status = f"{state} on {node}" if state == "RUNNING" else f"{state} ({reason})"
+                t.status = describe(state, reason, node)
+                t.running = state in ON_NODE
                 continue
             result = self._result(t, state, reason)
             if result is None:
@@ -228,6 +249,13 @@ class SlurmExecutor:
 
 class SubmitError(Exception):
     pass
+
+
+def describe(state: str, reason: str, node: str) -> str:
+    """Slurm's state as people read it: "RUNNING on node1", "PENDING (Resources)"."""
+    if state in ON_NODE and node:
+        return f"{state} on {node}"
+    return f"{state} ({reason})" if reason and reason != "None" else state
 
 
 def read_exit(job_dir: Path) -> int | None:
@@ -329,6 +357,9 @@ class RoutingExecutor:
 
     def status(self, scratchdir: str) -> str | None:
         return self._slurm.status(scratchdir) if self._slurm else None
+
+    def statuses(self) -> dict[str, SlurmStatus]:
+        return self._slurm.statuses() if self._slurm else {}
 
     def adopt(self, running_jobs: dict[str, Path], done: Done) -> set[str]:
         with_id = {s: d for s, d in running_jobs.items() if (d / JOB_ID_FILE).exists()}

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Form, Query, Request, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
 from magickbox.box import Invalid
+from magickbox.buckets.slurm import SlurmStatus
 from magickbox.jobfolder import JobFolder
 from magickbox.jobs.db import State
 from magickbox.jobs.store import JobFilter
@@ -47,8 +48,13 @@ def list_jobs(
         initial=initial or None,
     )
     jobs, total = box.find_jobs(flt, limit=limit, offset=offset)
-    views = [job_view(job, size) for job, size in jobs]
+    slurm = box.slurm_statuses()
+    views = [job_view(job, size, _text(slurm.get(job.scratchdir))) for job, size in jobs]
     return json_bytes({"total": total, "limit": limit, "offset": offset, "jobs": views})
+
+
+def _text(status: SlurmStatus | None) -> str | None:
+    return status.text if status else None
 
 
 @router.post("/jobs", status_code=201)
@@ -72,7 +78,7 @@ async def post_job(
 @router.get("/jobs/{scratchdir}")
 def get_job(box: BoxDep, scratchdir: str) -> Response:
     job = box.job(scratchdir)
-    return json_bytes(job_view(job, box.log_size(job)))
+    return json_bytes(job_view(job, box.log_size(job), box.slurm_status(scratchdir)))
 
 
 @router.get("/jobs/{scratchdir}/files")

@@ -54,6 +54,8 @@ def scratch_entry(row: dict[str, Any], scratch: Path, now: float) -> dict[str, A
         "status": row["state"],
         # Added for mb: the name an upload gave the job (mb push: the folder's), else "".
         "jobname": row["jobname"] or "",
+        # Added: the job's Slurm status while Slurm holds it ("PENDING (Resources)"), else "".
+        "slurm": row.get("slurm") or "",
         "processingLast": max(0, int(now - mtime)),  # last: see ScratchRenderer
     }
 
@@ -100,8 +102,9 @@ def iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
-def job_view(job: Job, log_size: int | None = None) -> dict[str, Any]:
-    """A job in /api/v1: every fact, with times in ISO 8601 (UTC)."""
+def job_view(job: Job, log_size: int | None = None, slurm: str | None = None) -> dict[str, Any]:
+    """A job in /api/v1: every fact, with times in ISO 8601 (UTC); ``slurm`` is its status
+    in Slurm while the Slurm executor holds it, else None."""
     return {
         "scratchdir": job.scratchdir,
         "state": job.state,
@@ -127,6 +130,7 @@ def job_view(job: Job, log_size: int | None = None) -> dict[str, Any]:
         "exit_code": job.exit_code,
         "success": job.success or None,
         "reason": job.reason or None,
+        "slurm": slurm,
         "log_size": job.log_size if log_size is None else log_size,
         "links": {
             "self": f"/api/v1/jobs/{job.scratchdir}",

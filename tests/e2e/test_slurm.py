@@ -15,7 +15,7 @@ import pytest
 
 from magickbox.testing.dicomgen import write_study
 from magickbox.testing.slurmcluster import SlurmCluster
-from tests.e2e.peers import install_buckets, job_dir, wait_for, wait_jobs
+from tests.e2e.peers import api_job, api_jobs, install_buckets, job_dir, wait_for, wait_jobs
 from tests.e2e.slurm import (
     cluster,
     empty_queue,
@@ -151,3 +151,44 @@ def test_sbatch_missing_keeps_the_job_waiting_with_a_reason(tmp_path: Path) -> N
     assert status
     assert ex.cancel("sd1")
     ex.shutdown()
+
+
+def test_slurm_state_shows_in_the_api_getscratch_and_getstatus_and_delete_empties_squeue(
+    box_factory, tmp_path: Path, cluster: SlurmCluster
+) -> None:  # type: ignore[no-untyped-def]
+    """Held jobs are PENDING in Slurm: queued for getStatus; one released runs on the node.
+    Deleting the pending one and the running one leaves nothing in squeue."""
+    home = tmp_path / "home"
+    held = slurm_bucket(concurrency=2, slurm={"extra": ["--hold"]})
+    install_buckets(home, Held=(sleep_sh(300), held))
+    box = box_factory(home=home)
+    send(box, tmp_path, "Held", "held1")
+    send(box, tmp_path, "Held", "held2")
+    wait_for("two jobs in Slurm", lambda: cluster.squeue_count() == 2, 60)
+    pending = wait_for("both PENDING", lambda: slurm_of(box, "PENDING (JobHeldUser)"), 30)
+    assert len(pending) == 2 and status_row(box, "Held")[1:3] == [2, 0]
+    first = pending[0]["scratchdir"]
+    job_id = (job_dir(box, first) / ".slurm-job").read_text().strip()
+    cluster.cmd("scontrol", "release", job_id)
+    running = wait_for("one running", lambda: slurm_of(box, f"RUNNING on {cluster.host}"), 60)
+    assert [j["scratchdir"] for j in running] == [first]
+    assert api_job(box, first)["slurm"] == f"RUNNING on {cluster.host}"
+    assert status_row(box, "Held")[1:3] == [1, 1]
+    rows = {r["scratchdir"]: r for r in httpx.get(f"{box.url}/code/php/getScratch.php").json()}
+    assert rows[first]["slurm"] == f"RUNNING on {cluster.host}", rows
+    other = next(r for name, r in rows.items() if name != first)
+    assert other["slurm"] == "PENDING (JobHeldUser)", rows
+    for job in pending:  # the pending one, then the running one
+        res = httpx.delete(f"{box.url}/api/v1/jobs/{job['scratchdir']}", timeout=60)
+        assert res.status_code in (200, 204), res.text
+    wait_for("Slurm to forget both", lambda: cluster.squeue_count() == 0, 60)
+
+
+def slurm_of(box, status: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    """The jobs whose Slurm status (in /api/v1/jobs) is ``status``, oldest first."""
+    return [j for j in reversed(api_jobs(box)) if j["slurm"] == status]
+
+
+def status_row(box, bucket: str) -> list:  # type: ignore[no-untyped-def]
+    rows = httpx.get(f"{box.url}/code/php/getStatus.php").json()
+    return next(r for r in rows if r[0] == bucket)
