@@ -6,6 +6,11 @@ cluster without accounting forgets a job's exit code minutes after its end. One 
 thread submits (at most ``slurm_max_submitted`` jobs at once) and polls ``squeue``: Slurm
 has no push notifications, so polling is unavoidable. The Slurm job id is kept in
 ``.slurm-job``, so that a box that restarts adopts its jobs instead of re-running them.
+
+A kill -9 can fall between ``sbatch`` returning and ``.slurm-job`` being written. So before
+it submits, the executor writes ``.slurm-submit`` (a fresh token, which is also in the job's
+``--comment``); a restart that finds the token but no id looks the job up in squeue by its
+name and comment, and submits the prepared script only when Slurm never got it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import shlex
 import subprocess
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +34,7 @@ log = logging.getLogger(__name__)
 SCRIPT = "slurm.sh"
 EXIT_FILE = ".slurm-exit"
 JOB_ID_FILE = ".slurm-job"
+SUBMIT_FILE = ".slurm-submit"  # the token of a submission that may not have an id yet
 POLL_SECONDS = 1.0
 RETRY_SECONDS = 5.0
 # A finished job whose exit file is not there yet (shared storage lags): polls to wait.
@@ -53,6 +60,8 @@ class Tracked:
     cancelled: bool = False
     missing_polls: int = 0
     running: bool = False  # last seen RUNNING/COMPLETING on a node
+    token: str = ""  # adopted without an id: the submission's token, to find it in squeue
+    prepared: bool = False  # slurm.sh and the token are written: submit the script as it is
 
     def view(self) -> SlurmStatus:
         return SlurmStatus(self.status, self.running)
@@ -126,14 +135,17 @@ class SlurmExecutor:
         """Take back jobs (scratchdir -> job folder) that a previous box run submitted."""
         adopted = set()
         for scratchdir, job_dir in running_jobs.items():
-            try:
-                job_id = (job_dir / JOB_ID_FILE).read_text().strip()
-            except OSError:
-                continue
+            job_id, token = _read(job_dir / JOB_ID_FILE), _read(job_dir / SUBMIT_FILE)
+            if not job_id and not token:
+                continue  # never prepared for Slurm: the queue re-runs it
             req = RunRequest(scratchdir, job_dir, job_dir / "work.sh", [], {}, 0.0, None)
+            tracked = Tracked(req, done, job_id, "adopted after restart", token=token)
             with self._lock:
-                self._submitted[scratchdir] = Tracked(req, done, job_id, "adopted after restart")
-            log_line(job_dir, f"the box restarted: watching Slurm job {job_id} again")
+                self._submitted[scratchdir] = tracked
+            if job_id:
+                log_line(job_dir, f"the box restarted: watching Slurm job {job_id} again")
+            else:
+                log_line(job_dir, "the box restarted during sbatch: looking for the job in Slurm")
             adopted.add(scratchdir)
         self._wake.set()
         return adopted
@@ -156,7 +168,10 @@ class SlurmExecutor:
                     return
                 tracked = self._waiting.popleft()
             try:
-                tracked.job_id = self._sbatch(tracked.req)
+                if tracked.prepared:  # adopted: slurm.sh and its token are there already
+                    tracked.job_id = self._submit(tracked.req)
+                else:
+                    tracked.job_id = self._sbatch(tracked.req)
             except SubmitError as exc:
                 # slurmctld down or refusing: the job waits in the box, first in line.
                 tracked.status = f"waiting: sbatch failed ({exc}); retrying"
@@ -181,7 +196,9 @@ class SlurmExecutor:
                 t.status = "slurmctld not answering; last: " + t.status.split("; last: ")[-1]
             return
         for t in jobs:
-            state, reason, node = states.get(t.job_id, ("", "", ""))
+            if not t.job_id and not self._find(t, states):
+                continue
+            state, reason, node = states.get(t.job_id, ("", "", "", "", ""))[:3]
             if state in ACTIVE:
                 t.status = describe(state, reason, node)
                 t.running = state in ON_NODE
@@ -189,12 +206,40 @@ class SlurmExecutor:
             result = self._result(t, state, reason)
             if result is None:
                 continue
-            with self._lock:
-                self._submitted.pop(t.req.scratchdir, None)
-            (t.req.job_dir / JOB_ID_FILE).unlink(missing_ok=True)
-            t.done(t.req, result)
-            self._wake.set()  # a free place for a waiting job
+            self._end(t, result)
 
+    def _end(self, t: Tracked, result: RunResult) -> None:
+        with self._lock:
+            self._submitted.pop(t.req.scratchdir, None)
+        (t.req.job_dir / JOB_ID_FILE).unlink(missing_ok=True)
+        (t.req.job_dir / SUBMIT_FILE).unlink(missing_ok=True)
+        t.done(t.req, result)
+        self._wake.set()  # a free place for a waiting job
+
+    def _find(self, t: Tracked, states: dict[str, tuple[str, ...]]) -> bool:
+        """An adopted job without an id: find it by name and comment; True: it has an id now.
+
+        Not in Slurm and no exit code: the box died before sbatch got through, so the
+        prepared script is submitted now (first in line). Ended already: finished here.
+        """
+        comment = home_comment(self.settings, t.token)
+        found = [i for i, v in states.items() if v[3:] == (t.req.scratchdir, comment)]
+        if found:
+            t.job_id = max(found, key=int)
+            (t.req.job_dir / JOB_ID_FILE).write_text(t.job_id + "\n")
+            log_line(t.req.job_dir, f"found Slurm job {t.job_id} by its name and comment")
+            return True
+        code = read_exit(t.req.job_dir)
+        if code is not None:  # it ran and Slurm forgot it while the box was down
+            self._end(t, RunResult(code))
+            return False
+        with self._lock:
+            self._submitted.pop(t.req.scratchdir, None)
+            t.prepared, t.status = True, "waiting in the box: Slurm never got it"
+            self._waiting.appendleft(t)
+        log_line(t.req.job_dir, "Slurm never got this job: submitting it now")
+        self._wake.set()
+        return False
     def _result(self, t: Tracked, state: str, reason: str) -> RunResult | None:
         """The end of a job that left Slurm's queue; None: not sure yet."""
         code = read_exit(t.req.job_dir)
@@ -221,8 +266,18 @@ class SlurmExecutor:
         return subprocess.run(argv, capture_output=True, text=True, timeout=30, **kw)  # type: ignore[call-overload,no-any-return]
 
     def _sbatch(self, req: RunRequest) -> str:
+        self.prepare(req)
+        return self._submit(req)
+
+    def prepare(self, req: RunRequest) -> None:
+        """slurm.sh with a fresh token, then the token file: from here a restart looks for it."""
+        token = uuid.uuid4().hex[:12]
+        (req.job_dir / EXIT_FILE).unlink(missing_ok=True)  # an earlier attempt's code
+        (req.job_dir / SCRIPT).write_text(batch_script(req, self.settings, token))
+        (req.job_dir / SUBMIT_FILE).write_text(token + "\n")
+
+    def _submit(self, req: RunRequest) -> str:
         script = req.job_dir / SCRIPT
-        script.write_text(batch_script(req, self.settings))
         try:
             proc = self._run(["sbatch", "--parsable", str(script)], env=req.env or None)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -231,19 +286,19 @@ class SlurmExecutor:
             raise SubmitError(proc.stderr.strip().splitlines()[-1:] or f"rc {proc.returncode}")
         return proc.stdout.strip().split(";")[0]
 
-    def _squeue(self) -> dict[str, tuple[str, str, str]] | None:
-        """Job id -> (state, reason, nodes) for all jobs Slurm still remembers."""
+    def _squeue(self) -> dict[str, tuple[str, ...]] | None:
+        """Job id -> (state, reason, nodes, name, comment) for all jobs Slurm remembers."""
         try:
-            proc = self._run(["squeue", "-h", "--states=all", "-o", "%i|%T|%r|%N"])
+            proc = self._run(["squeue", "-h", "--states=all", "-o", "%i|%T|%r|%N|%j|%k"])
         except (OSError, subprocess.TimeoutExpired):
             return None
         if proc.returncode != 0:
             return None
         states = {}
         for line in proc.stdout.splitlines():
-            parts = line.strip().split("|")
-            if len(parts) == 4:
-                states[parts[0]] = (parts[1], parts[2], parts[3])
+            parts = line.strip().split("|", 5)
+            if len(parts) == 6:
+                states[parts[0]] = tuple(parts[1:])
         return states
 
 
@@ -258,6 +313,18 @@ def describe(state: str, reason: str, node: str) -> str:
     return f"{state} ({reason})" if reason and reason != "None" else state
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def home_comment(settings: Settings, token: str = "") -> str:
+    """The job's --comment: the home (jobs of this box among others') and the submit token."""
+    return f"magickbox:{settings.home}" + (f";submit={token}" if token else "")
+
+
 def read_exit(job_dir: Path) -> int | None:
     try:
         return int((job_dir / EXIT_FILE).read_text().strip())
@@ -265,12 +332,12 @@ def read_exit(job_dir: Path) -> int | None:
         return None
 
 
-def sbatch_options(req: RunRequest, settings: Settings) -> list[str]:
+def sbatch_options(req: RunRequest, settings: Settings, token: str = "") -> list[str]:
     """Box-wide options, overridden by the bucket's info.json "slurm" object."""
     own = req.slurm
     opts = [
         f"--job-name={req.scratchdir}",
-        f"--comment=magickbox:{settings.home}",
+        f"--comment={home_comment(settings, token)}",
         f"--time={slurm_time(req.timeout)}",
         f"--output={map_path(req.job_dir / 'slurm-%j.out', settings)}",
     ]
@@ -306,10 +373,10 @@ def map_path(path: Path | str, settings: Settings) -> str:
     return text
 
 
-def batch_script(req: RunRequest, settings: Settings) -> str:
+def batch_script(req: RunRequest, settings: Settings, token: str = "") -> str:
     m = lambda p: shlex.quote(map_path(p, settings))  # noqa: E731
     lines = ["#!/bin/bash", f"# MagickBox job {req.scratchdir}, submitted by the box"]
-    lines += [f"#SBATCH {opt}" for opt in sbatch_options(req, settings)]
+    lines += [f"#SBATCH {opt}" for opt in sbatch_options(req, settings, token)]
     lines += [f"cd {m(req.job_dir)} || exit 1"]
     for key, value in sorted(req.env.items()):
         if key.startswith("MB_"):
@@ -362,5 +429,6 @@ class RoutingExecutor:
         return self._slurm.statuses() if self._slurm else {}
 
     def adopt(self, running_jobs: dict[str, Path], done: Done) -> set[str]:
-        with_id = {s: d for s, d in running_jobs.items() if (d / JOB_ID_FILE).exists()}
+        marked = (JOB_ID_FILE, SUBMIT_FILE)  # submitted, or maybe submitted (killed in sbatch)
+        with_id = {s: d for s, d in running_jobs.items() if any((d / f).exists() for f in marked)}
         return self.slurm.adopt(with_id, done) if with_id else set()

@@ -13,6 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from magickbox.buckets.runner import RunRequest, RunResult
+from magickbox.buckets.slurm import SlurmExecutor
+from magickbox.config import Settings
 from magickbox.testing.dicomgen import write_study
 from magickbox.testing.slurmcluster import SlurmCluster
 from tests.e2e.peers import api_job, api_jobs, install_buckets, job_dir, wait_for, wait_jobs
@@ -137,10 +140,6 @@ def test_kill9_of_the_box_while_a_job_runs_in_slurm_finishes_it_once(
 
 def test_sbatch_missing_keeps_the_job_waiting_with_a_reason(tmp_path: Path) -> None:
     """Not a cluster case: a submit that fails leaves the job in the box, retried."""
-    from magickbox.buckets.runner import RunRequest
-    from magickbox.buckets.slurm import SlurmExecutor
-    from magickbox.config import Settings
-
     job = tmp_path / "job"
     job.mkdir()
     settings = Settings(home=tmp_path, slurm_bin=str(tmp_path / "nobin"))
@@ -192,3 +191,42 @@ def slurm_of(box, status: str) -> list[dict]:  # type: ignore[no-untyped-def]
 def status_row(box, bucket: str) -> list:  # type: ignore[no-untyped-def]
     rows = httpx.get(f"{box.url}/code/php/getStatus.php").json()
     return next(r for r in rows if r[0] == bucket)
+
+
+def one_job(tmp_path: Path, name: str) -> tuple[RunRequest, Path]:
+    """A job folder whose work.sh notes each run in ``runs`` beside it."""
+    job = tmp_path / name
+    (job / "INPUT").mkdir(parents=True)
+    (job / "OUTPUT").mkdir()
+    work = job / "work.sh"
+    work.write_text(f'#!/bin/sh\necho run >> {job}/runs\nsleep 1\ntouch "$2/done"\n')
+    work.chmod(0o755)
+    return RunRequest(name, job, work, [], {}, 60.0, executor="slurm"), job / "runs"
+
+
+@pytest.mark.parametrize("reached_slurm", [True, False])
+def test_a_kill_between_sbatch_and_the_id_file_neither_loses_nor_reruns(
+    tmp_path: Path, cluster: SlurmCluster, reached_slurm: bool
+) -> None:
+    """The id file is missing after a crash: the job is found by name and comment when
+    sbatch got through, and submitted (once) from its prepared script when it did not."""
+    settings = Settings(home=tmp_path)
+    req, runs_file = one_job(tmp_path, f"sd-{reached_slurm}")
+    first = SlurmExecutor(settings, poll=0.2)
+    if reached_slurm:
+        first.start(req, lambda r, res: None)
+        wait_for("the id file", lambda: (req.job_dir / ".slurm-job").exists(), 30)
+        (req.job_dir / ".slurm-job").unlink()  # as if killed right after sbatch returned
+    else:
+        first.prepare(req)  # as if killed just before sbatch
+    first.shutdown()
+    results: list[RunResult] = []
+    again = SlurmExecutor(settings, poll=0.2)
+    assert again.adopt({req.scratchdir: req.job_dir}, lambda r, res: results.append(res))
+    wait_for("the adopted job to end", lambda: results, 60)
+    again.shutdown()
+    assert results[0].exit_code == 0 and (req.job_dir / "OUTPUT" / "done").exists(), results
+    assert runs_file.read_text().split() == ["run"]  # once
+    log = (req.job_dir / "processing.log").read_text()
+    assert ("found Slurm job" if reached_slurm else "Slurm never got this job") in log, log
+    assert not (req.job_dir / ".slurm-submit").exists()

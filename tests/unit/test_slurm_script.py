@@ -38,3 +38,9 @@ def test_path_map_rewrites_the_script_for_the_nodes(tmp_path: Path) -> None:
 
 def test_slurm_time_rounds_up_to_whole_seconds() -> None:
     assert slurm_time(0.2) == "0:01" and slurm_time(3600) == "60:00" and slurm_time(61.5) == "1:02"
+
+
+def test_a_submit_token_goes_into_the_comment_beside_the_home(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    script = batch_script(request(tmp_path), settings, token="abc123")
+    assert f"#SBATCH --comment=magickbox:{tmp_path};submit=abc123\n" in script
