@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import threading
 import time
 import uuid
 from collections import Counter
@@ -15,7 +16,7 @@ from typing import Any
 from magickbox.announce import Announcer
 from magickbox.buckets import registry
 from magickbox.buckets.runner import LocalExecutor
-from magickbox.buckets.slurm import RoutingExecutor, SlurmStatus
+from magickbox.buckets.slurm import ClusterCheck, RoutingExecutor, SlurmStatus, check_cluster
 from magickbox.config import Settings
 from magickbox.errors import Conflict, Invalid, NotFound
 from magickbox.events import EventBus, JobDeleted, JobFinished
@@ -53,6 +54,7 @@ class Box:
         self.archive_index = browse.ArchiveIndex(settings.archive)
         self.scratch_size = browse.ScratchSize(settings.scratch)
         self.announcer: Announcer | None = None
+        self.cluster_check = ClusterCheck("off")
         self._started = False
 
     def start(self, dicom: bool = True) -> None:
@@ -61,6 +63,7 @@ class Box:
         adopted = self.store.adopt_orphans()
         if adopted:
             log.info("adopted %d job folders left by a crash", adopted)
+        self._start_cluster_check()
         self.router.start()  # sends pending at a restart go on
         self.dispatcher.start()
         self.grouper.start()
@@ -81,6 +84,30 @@ class Box:
         self.grouper.stop()
         self.dispatcher.stop()
         self.router.stop()
+
+    def uses_slurm(self) -> bool:
+        """Whether any job may run on Slurm: the box's default or a bucket's info.json."""
+        if self.settings.executor == "slurm":
+            return True
+        return any(b.info.get("executor") == "slurm" for b in self.buckets(enabled_only=True))
+
+    def _start_cluster_check(self) -> None:
+        """In the background, so that a slow cluster does not hold the box's start."""
+        if self.settings.slurm_check_seconds <= 0 or not self.uses_slurm():
+            return
+        self.cluster_check = ClusterCheck("checking", "a test job is on its way to a node")
+        threading.Thread(target=self._check_cluster, name="slurm-check", daemon=True).start()
+
+    def _check_cluster(self) -> None:
+        try:
+            result = check_cluster(self.settings, self.settings.slurm_check_seconds)
+        except Exception as exc:  # e.g. squeue hanging: say so, never crash the box
+            result = ClusterCheck("failed", f"the check itself failed: {exc}")
+        self.cluster_check = result
+        if result.state == "ok":
+            log.info("Slurm: %s", result.message)
+        else:
+            log.error("Slurm is not usable for this box: %s", result.message)
 
     def _job_deleted(self, event: JobDeleted) -> None:
         self.router.job_deleted(event.scratchdir)  # its sends to come fail at once

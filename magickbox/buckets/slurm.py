@@ -393,6 +393,88 @@ def batch_script(req: RunRequest, settings: Settings, token: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class ClusterCheck:
+    """The start-up check of the cluster: "off", "checking", "ok" or "failed", and why."""
+
+    state: str
+    message: str = ""
+
+    def as_json(self) -> dict[str, str]:
+        return {"state": self.state, "message": self.message}
+
+
+def check_cluster(settings: Settings, timeout: float, poll: float = 0.2) -> ClusterCheck:
+    """Submit a tiny job that writes a file into the scratch folder as the nodes see it.
+
+    Says what is wrong in words a person can act on: sbatch refused (slurmctld, account,
+    partition), the job did not run in time (the queue), or it ran but the scratch folder
+    is not there on the node (shared storage or slurm_path_map).
+    """
+    folder = settings.scratch / ".slurm-check"
+    folder.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:12]
+    script, proof = folder / f"{token}.sh", folder / token
+    script.write_text(check_script(settings, token))
+    try:
+        return _run_check(settings, script, proof, timeout, poll)
+    finally:
+        script.unlink(missing_ok=True)
+        proof.unlink(missing_ok=True)
+
+
+def check_script(settings: Settings, token: str) -> str:
+    node_scratch = map_path(settings.scratch, settings)
+    opts = ["--job-name=magickbox-check", f"--comment={home_comment(settings)}",
+            "--time=1:00", "--output=/dev/null"]  # fmt: skip
+    for key in ("partition", "account", "qos"):
+        value = getattr(settings, f"slurm_{key}")
+        opts += [f"--{key}={value}"] if value else []
+    lines = ["#!/bin/sh", "# MagickBox: can the nodes see the scratch folder?"]
+    lines += [f"#SBATCH {opt}" for opt in opts]
+    d = shlex.quote(node_scratch)
+    lines += [f"test -d {d} || exit 3", f"echo ok > {d}/.slurm-check/{token}"]
+    return "\n".join(lines) + "\n"
+
+
+def _run_check(
+    settings: Settings, script: Path, proof: Path, timeout: float, poll: float
+) -> ClusterCheck:
+    try:
+        proc = _slurm(settings, "sbatch", "--parsable", str(script))
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return ClusterCheck("failed", f"cannot run sbatch: {exc}")
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        return ClusterCheck("failed", f"sbatch refused the test job: {why}")
+    job_id = proc.stdout.strip().split(";")[0]
+    deadline, gone_polls, last = time.monotonic() + timeout, 0, ""
+    while time.monotonic() < deadline:
+        if proof.exists():
+            return ClusterCheck("ok", f"test job {job_id} saw the scratch folder on the node")
+        out = _slurm(settings, "squeue", "-h", "-j", job_id, "-o", "%T|%r|%N")
+        state, _, rest = out.stdout.strip().partition("|")
+        reason, _, node = rest.partition("|")
+        if state in ACTIVE:
+            last = describe(state, reason, node)
+        elif out.returncode == 0 or "Invalid job id" in out.stderr:
+            gone_polls += 1  # ended; shared storage may show the file a little late
+            if gone_polls > EXIT_FILE_PATIENCE:
+                where = map_path(settings.scratch, settings)
+                return ClusterCheck("failed", f"test job {job_id} ran but the node does not "
+                                    f"see the scratch folder {where} (shared storage? "
+                                    "slurm_path_map?)")  # fmt: skip
+        time.sleep(poll)
+    _slurm(settings, "scancel", job_id)
+    return ClusterCheck("failed", f"test job {job_id} did not run within {timeout:g} s "
+                        f"(last: {last or 'not seen'})")  # fmt: skip
+
+
+def _slurm(settings: Settings, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    program = str(Path(settings.slurm_bin) / name) if settings.slurm_bin else name
+    return subprocess.run([program, *args], capture_output=True, text=True, timeout=30)
+
+
 class RoutingExecutor:
     """Picks local or Slurm per request (bucket info.json "executor", else the box's)."""
 

@@ -196,4 +196,6 @@ def health(box: BoxDep) -> dict[str, Any]:
         "aet": box.settings.aet,
         "dicom_port": box.settings.dicom_port,
         "pending_sends": box.pending_arrivals(),
+        # The start-up check of the Slurm cluster ("off" without Slurm buckets).
+        "slurm": box.cluster_check.as_json(),
     }

@@ -230,3 +230,27 @@ def test_a_kill_between_sbatch_and_the_id_file_neither_loses_nor_reruns(
     log = (req.job_dir / "processing.log").read_text()
     assert ("found Slurm job" if reached_slurm else "Slurm never got this job") in log, log
     assert not (req.job_dir / ".slurm-submit").exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "state", "says"),
+    [
+        ({}, "ok", "saw the scratch folder"),
+        ({"slurm_path_map": ["{home}=/nowhere/mb"]}, "failed", "/nowhere/mb/scratch"),
+        ({"slurm_partition": "nope"}, "failed", "sbatch refused the test job"),
+    ],
+)
+def test_the_start_up_check_says_whether_the_nodes_see_the_scratch_folder(
+    app_factory, tmp_path: Path, cluster: SlurmCluster, settings: dict, state: str, says: str
+) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    install_buckets(home, Copy=(COPY_SH, slurm_bucket()))
+    given = {k: [v[0].format(home=home)] if isinstance(v, list) else v for k, v in settings.items()}
+    box = app_factory(home=home, **given)
+
+    def checked() -> dict | None:
+        found: dict = box.get("/api/v1/health").json()["slurm"]
+        return found if found["state"] != "checking" else None
+
+    result = wait_for("the check", checked, 60)
+    assert result["state"] == state and says in result["message"], result
