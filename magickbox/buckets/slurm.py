@@ -283,7 +283,8 @@ class SlurmExecutor:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise SubmitError(str(exc)) from exc
         if proc.returncode != 0:
-            raise SubmitError(proc.stderr.strip().splitlines()[-1:] or f"rc {proc.returncode}")
+            lines = proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"]
+            raise SubmitError(lines[-1])
         return proc.stdout.strip().split(";")[0]
 
     def _squeue(self) -> dict[str, tuple[str, ...]] | None:
