@@ -383,10 +383,17 @@ def batch_script(req: RunRequest, settings: Settings, token: str = "") -> str:
         if key.startswith("MB_"):
             mapped = map_path(value, settings) if value.startswith("/") else value
             lines.append(f"export {key}={shlex.quote(mapped)}")
-    argv = req.argv()
-    command = " ".join(m(a) if a.startswith("/") else shlex.quote(a) for a in argv)
+    command = node_command(req.argv(), settings)
+    spec = req.container
+    if spec is not None and not spec.engine.is_apptainer:
+        # scancel signals this script; the container is the engine's, so remove it too.
+        remove = node_command(spec.engine.argv("rm", "-f", spec.name), settings)
+        lines += [f"remove_container() {{ {remove} >/dev/null 2>&1; }}"]
+        lines += ["trap 'remove_container; exit 143' TERM"]
+        lines += [f"{command} >> processing.log 2>&1 &", "wait $!"]
+    else:
+        lines += [f"{command} >> processing.log 2>&1"]
     lines += [
-        f"{command} >> processing.log 2>&1",
         "code=$?",
         f"echo $code > {EXIT_FILE}.tmp && mv {EXIT_FILE}.tmp {EXIT_FILE}",
         "exit $code",
@@ -474,6 +481,11 @@ def _run_check(
 def _slurm(settings: Settings, name: str, *args: str) -> subprocess.CompletedProcess[str]:
     program = str(Path(settings.slurm_bin) / name) if settings.slurm_bin else name
     return subprocess.run([program, *args], capture_output=True, text=True, timeout=30)
+
+
+def node_command(argv: list[str], settings: Settings) -> str:
+    """A command line for the node's shell, its paths (also in "-v SRC:DST") mapped."""
+    return " ".join(shlex.quote(map_path(a, settings) if a.startswith("/") else a) for a in argv)
 
 
 class RoutingExecutor:

@@ -6,6 +6,7 @@ test_slurm_timelimit.py, with a cluster of its own, so it runs beside these.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 import zipfile
@@ -32,6 +33,8 @@ from tests.e2e.slurm import (
     slurm_bucket,
     squeue_names,
 )
+from tests.e2e.test_containers import ENV as CONTAINER_ENV
+from tests.e2e.test_containers import image, install
 
 pytestmark = [
     pytest.mark.e2e,
@@ -39,7 +42,7 @@ pytestmark = [
     needs_slurm,
     pytest.mark.usefixtures(empty_queue.__name__),
 ]
-__all__ = ["cluster", "empty_queue"]  # fixtures used by name
+__all__ = ["cluster", "empty_queue", "image"]  # fixtures used by name
 
 COPY_SH = """#!/bin/sh
 set -eu
@@ -311,3 +314,23 @@ def test_the_seed_commands_verbatim_with_procbucket_on_slurm(
     with zipfile.ZipFile(work / study.study_uid / f"{study.study_uid}.zip") as zf:
         derived = [n for n in zf.namelist() if n.endswith(".dcm")]
     assert len(derived) == len(study.paths)
+
+
+@pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed")
+def test_a_container_bucket_on_slurm_runs_podman_on_the_node(
+    box_factory, tmp_path: Path, cluster: SlurmCluster, image: str
+) -> None:  # type: ignore[no-untyped-def]
+    """The image's probe: INPUT read-only, only a loopback interface, /memory kept."""
+    home = tmp_path / "home"
+    install(home, "Probe", image, "probe.sh", executor="slurm")
+    box = box_factory(home=home, env=CONTAINER_ENV)
+    send(box, tmp_path, "Probe", "probe")
+    (job,) = wait_jobs(box, 1, timeout=120)
+    folder = job_dir(box, job["scratchdir"])
+    assert job["state"] == "done", (job, (folder / "processing.log").read_text())
+    out = folder / "OUTPUT"
+    assert (out / "input.txt").read_text().strip() == "readonly"
+    assert (out / "net.txt").read_text().split() == ["lo"]
+    assert (out / "count.txt").read_text().strip() == "1"
+    assert (home / "memory" / "Probe" / "count").read_text().strip() == "1"
+    assert "podman" in (folder / "slurm.sh").read_text()
