@@ -99,8 +99,10 @@ class SlurmExecutor:
             return True
         if tracked is None:
             return False
-        # The monitor reports the end once Slurm has stopped it (no half-stopped "done").
-        self._run(["scancel", tracked.job_id])
+        # The monitor reports the end once Slurm has stopped it (no half-stopped "done");
+        # an adopted job without an id yet is cancelled once the monitor has found it.
+        if tracked.job_id:
+            self._run(["scancel", tracked.job_id])
         self._wake.set()
         return True
 
@@ -228,10 +230,13 @@ class SlurmExecutor:
             t.job_id = max(found, key=int)
             (t.req.job_dir / JOB_ID_FILE).write_text(t.job_id + "\n")
             log_line(t.req.job_dir, f"found Slurm job {t.job_id} by its name and comment")
+            if t.cancelled:  # deleted while it was being looked for
+                self._run(["scancel", t.job_id])
             return True
         code = read_exit(t.req.job_dir)
-        if code is not None:  # it ran and Slurm forgot it while the box was down
-            self._end(t, RunResult(code))
+        if t.cancelled or code is not None:  # deleted; or it ran and Slurm forgot it since
+            self._end(t, RunResult(code, "cancelled", cancelled=True) if t.cancelled else
+                      RunResult(code))  # fmt: skip
             return False
         with self._lock:
             self._submitted.pop(t.req.scratchdir, None)
