@@ -7,6 +7,10 @@ N jobs of a do-nothing work.sh each way, in one run (so the ratio compares like 
   (the executor's slurm_max_submitted);
 - local: the LocalExecutor on the same jobs, for scale.
 
+Each way is reported as total seconds, seconds per job and jobs per minute; the executor's
+submission overhead per job is the mean wall time of its sbatch calls (script written,
+``sbatch --parsable``, id file), against a bare ``sbatch --parsable`` by hand of a held job.
+
     python benchmarks/bench_slurm.py [-n 100] [--parallel 50]
 """
 
@@ -70,6 +74,35 @@ def through(executor: Executor, reqs: list[RunRequest]) -> float:
     return elapsed
 
 
+class TimedSlurm(SlurmExecutor):
+    """The executor with the wall time of each submission (script, sbatch, id) noted."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.submit_times: list[float] = []
+        super().__init__(settings)
+
+    def _sbatch(self, req: RunRequest) -> str:
+        started = time.perf_counter()
+        try:
+            return super()._sbatch(req)
+        finally:
+            self.submit_times.append(time.perf_counter() - started)
+
+
+def bare_sbatch(cluster: SlurmCluster, settings: Settings, reqs: list[RunRequest]) -> float:
+    """Mean seconds of one ``sbatch --parsable --hold`` by hand (held: nothing runs)."""
+    times = []
+    for req in reqs:
+        script = req.job_dir / "slurm.sh"
+        script.write_text(batch_script(req, settings))
+        started = time.perf_counter()
+        subprocess.run(["sbatch", "--parsable", "--hold", str(script)], env=cluster.env,
+                       check=True, capture_output=True)  # fmt: skip
+        times.append(time.perf_counter() - started)
+    cluster.cmd("scancel", "--user=root", check=False)
+    return sum(times) / len(times)
+
+
 def by_hand(cluster: SlurmCluster, settings: Settings, reqs: list[RunRequest], par: int) -> float:
     def one(req: RunRequest) -> None:
         script = req.job_dir / "slurm.sh"
@@ -96,9 +129,11 @@ def main() -> None:
         os.environ["SLURM_CONF"] = str(cluster.conf)
         try:
             settings = Settings(home=base, slurm_max_submitted=args.parallel)
-            slurm = SlurmExecutor(settings)
+            slurm = TimedSlurm(settings)
             t_exec = through(slurm, requests(settings, base / "e", args.n, "slurm"))
             slurm.shutdown()
+            submit = sum(slurm.submit_times) / len(slurm.submit_times)
+            bare = bare_sbatch(cluster, settings, requests(settings, base / "b", 20, "slurm"))
             t_hand = by_hand(
                 cluster, settings, requests(settings, base / "h", args.n, "s"), args.parallel
             )
@@ -112,7 +147,14 @@ def main() -> None:
         "sbatch_wait_by_hand_s": round(t_hand, 2),
         "ratio_executor_to_hand": round(t_exec / t_hand, 2),
         "local_s": round(t_local, 2),
-    }
+        "per_job_s": {k: round(v / args.n, 3) for k, v in
+                      (("executor", t_exec), ("by_hand", t_hand), ("local", t_local))},
+        "jobs_per_min": {k: round(60 * args.n / v, 1) for k, v in
+                         (("executor", t_exec), ("by_hand", t_hand), ("local", t_local))},
+        "submit_overhead_per_job_s": {"executor": round(submit, 3),
+                                      "bare_sbatch_by_hand": round(bare, 3),
+                                      "ratio": round(submit / bare, 2)},
+    }  # fmt: skip
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

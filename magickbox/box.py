@@ -8,6 +8,7 @@ import logging
 import os
 import shlex
 import shutil
+import threading
 import time
 import uuid
 from collections import Counter
@@ -24,7 +25,7 @@ from magickbox.auth.service import Authority
 from magickbox.auth.sessions import Session
 from magickbox.buckets import health, registry
 from magickbox.buckets.runner import LocalExecutor
-from magickbox.buckets.slurm import RoutingExecutor
+from magickbox.buckets.slurm import ClusterCheck, RoutingExecutor, SlurmStatus, check_cluster
 from magickbox.config import Settings
 from magickbox.errors import Conflict, Invalid, NotFound
 from magickbox.events import AssociationRejected, EventBus, JobDeleted, JobFinished
@@ -63,7 +64,8 @@ class Box:
         init_home(settings)
         self.events = EventBus()  # the stages talk through it: see magickbox/events.py
         self.store = JobStore(settings, open_database(settings.db_url), self.events)
-        self.dispatcher = Dispatcher(self.store, RoutingExecutor(settings, LocalExecutor()))
+        self.executor = RoutingExecutor(settings, LocalExecutor())
+        self.dispatcher = Dispatcher(self.store, self.executor)
         self.grouper = Grouper(settings.incoming, settings.quiet_seconds, self._arrival_ready)
         self.rejections = RejectionLog(self.store.sessions)
         kind = NativeReceiver if settings.receiver == "native" else Receiver
@@ -83,6 +85,7 @@ class Box:
         self.archive_index = browse.ArchiveIndex(settings.archive)
         self.scratch_size = browse.ScratchSize(settings.scratch)
         self.announcer: Announcer | None = None
+        self.cluster_check = ClusterCheck("off")
         self._started = False
         self._dicom = False
 
@@ -93,6 +96,7 @@ class Box:
         adopted = self.store.adopt_orphans()
         if adopted:
             log.info("adopted %d job folders left by a crash", adopted)
+        self._start_cluster_check()
         self.router.start()  # sends pending at a restart go on
         self.dispatcher.start()
         self.grouper.start()
@@ -117,6 +121,30 @@ class Box:
         self.dispatcher.stop()
         self.router.stop()
         self.notifier.stop()
+
+    def uses_slurm(self) -> bool:
+        """Whether any job may run on Slurm: the box's default or a bucket's info.json."""
+        if self.settings.executor == "slurm":
+            return True
+        return any(b.info.get("executor") == "slurm" for b in self.buckets(enabled_only=True))
+
+    def _start_cluster_check(self) -> None:
+        """In the background, so that a slow cluster does not hold the box's start."""
+        if self.settings.slurm_check_seconds <= 0 or not self.uses_slurm():
+            return
+        self.cluster_check = ClusterCheck("checking", "a test job is on its way to a node")
+        threading.Thread(target=self._check_cluster, name="slurm-check", daemon=True).start()
+
+    def _check_cluster(self) -> None:
+        try:
+            result = check_cluster(self.settings, self.settings.slurm_check_seconds)
+        except Exception as exc:  # e.g. squeue hanging: say so, never crash the box
+            result = ClusterCheck("failed", f"the check itself failed: {exc}")
+        self.cluster_check = result
+        if result.state == "ok":
+            log.info("Slurm: %s", result.message)
+        else:
+            log.error("Slurm is not usable for this box: %s", result.message)
 
     def _job_deleted(self, event: JobDeleted) -> None:
         self.router.job_deleted(event.scratchdir)  # its sends to come fail at once
@@ -161,6 +189,8 @@ class Box:
             "dicom_port": self.settings.dicom_port,
             "pending_sends": self.pending_arrivals(),
             "parts": {name: {"state": p.state, "detail": p.detail} for name, p in parts.items()},
+            # The start-up check of the Slurm cluster ("off" without Slurm buckets).
+            "slurm": self.cluster_check.as_json(),
         }
 
     def heartbeat_round(self) -> dict[str, Any]:
@@ -320,30 +350,47 @@ class Box:
         found = registry.all_buckets(self.settings.streams).values()
         return [b for b in found if b.enabled or not enabled_only]
 
+    def slurm_status(self, scratchdir: str) -> str | None:
+        """The job's place in Slurm ("PENDING (Resources)", "RUNNING on node1"), if it has one."""
+        return self.executor.status(scratchdir)
+
+    def slurm_statuses(self) -> dict[str, SlurmStatus]:
+        """Every job the Slurm executor holds (waiting in the box or in Slurm), by scratchdir."""
+        return self.executor.statuses()
+
     def queue_status(self) -> list[dict[str, Any]]:
-        """Per bucket: queued, running and workers (the gearman status the original showed)."""
+        """Per bucket: queued, running and workers (the gearman status the original showed).
+
+        A job handed to the Slurm executor but not yet on a node (waiting in the box or
+        PENDING in Slurm) counts as queued.
+        """
         counts = self.store.queue_counts()
+        waiting = self._slurm_waiting()
+        workers = {b.aetitle: b.concurrency(self.settings.concurrency) for b in self.buckets()}
         rows = []
-        for bucket in self.buckets():
-            states = counts.pop(bucket.aetitle, {})
-            rows.append(
-                {
-                    "bucket": bucket.aetitle,
-                    "queued": states.get(State.QUEUED, 0),
-                    "running": states.get(State.RUNNING, 0),
-                    "workers": bucket.concurrency(self.settings.concurrency),
-                }
-            )
-        for name, states in counts.items():  # jobs of buckets removed since
+        for name in [*workers, *(n for n in counts if n not in workers)]:  # removed buckets last
+            states = counts.get(name, {})
+            held = waiting.get(name, 0)
             rows.append(
                 {
                     "bucket": name,
-                    "queued": states.get(State.QUEUED, 0),
-                    "running": states.get(State.RUNNING, 0),
-                    "workers": 0,
+                    "queued": states.get(State.QUEUED, 0) + held,
+                    "running": states.get(State.RUNNING, 0) - held,
+                    "workers": workers.get(name, 0),
                 }
             )
         return rows
+
+    def _slurm_waiting(self) -> Counter[str]:
+        """Per bucket, the "running" jobs that are not yet on a Slurm node."""
+        statuses = self.slurm_statuses()
+        if not statuses:
+            return Counter()
+        return Counter(
+            job.bucket
+            for job in self.store.running_jobs()
+            if job.scratchdir in statuses and not statuses[job.scratchdir].running
+        )
 
     def jobs_per_day(self, days: int, utc_offset_minutes: int = 0) -> dict[str, int]:
         """{"YYYY-MM-DD": jobs received} for the last ``days`` days, in the asker's time zone."""
@@ -478,8 +525,14 @@ class Box:
         return self.store.log_size(job)
 
     def scratch_rows(self) -> list[dict[str, Any]]:
-        """Every job as plain values, newest first (what getScratch renders)."""
-        return self.store.scratch_rows()
+        """Every job as plain values, newest first (what getScratch renders), with ``slurm``:
+        its Slurm status while the Slurm executor holds it, else ""."""
+        rows = self.store.scratch_rows()
+        statuses = self.slurm_statuses()
+        for row in rows:
+            found = statuses.get(row["scratchdir"])
+            row["slurm"] = found.text if found else ""
+        return rows
 
     def arrivals(self) -> list[dict[str, Any]]:
         """What is being received now and is not a job yet."""

@@ -243,6 +243,11 @@ class Settings(BaseModel):
         default_factory=list,
         description='"BOXPATH=NODEPATH": where the nodes mount folders of the box.',
     )
+    slurm_check_seconds: float = Field(
+        default=120.0,
+        description="At start, how long a test job may take to show that the nodes see "
+        "the scratch folder (0: no check).",
+    )
 
     # -- Monitoring, notifications and logs --
     heartbeat_seconds: float = Field(
@@ -415,6 +420,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "slurm_gres",
         "slurm_extra",
         "slurm_path_map",
+        "slurm_check_seconds",
     ),
     "Monitoring, notifications and logs": (
         "heartbeat_seconds",

@@ -24,6 +24,8 @@ from magickbox.config import Settings
 log = logging.getLogger(__name__)
 
 ENGINES = ("podman", "docker")
+# Engines of HPC nodes: no daemon, no named containers, run by name only (never "auto").
+APPTAINERS = ("apptainer", "singularity")
 DEFAULT_COMMAND = ("/root/work.sh", "/input", "/output")
 IMAGE_INFO = "/root/storage/info.json"
 LABEL_JOB = "magickbox.job"
@@ -53,6 +55,10 @@ class Engine:
     @property
     def name(self) -> str:
         return Path(self.program).name
+
+    @property
+    def is_apptainer(self) -> bool:
+        return self.name in APPTAINERS
 
     def argv(self, *args: str) -> list[str]:
         return [self.program, *self.global_args, *args]
@@ -92,6 +98,9 @@ def find_engine(settings: Settings) -> Engine:
     candidates = ENGINES if choice == "auto" else (choice,)
     for candidate in candidates:
         program = shutil.which(candidate)
+        if not program and candidate in APPTAINERS:
+            # Often only on the cluster's nodes (Slurm executor): the node's PATH finds it.
+            program = candidate
         if program:
             return Engine(program, tuple(settings.engine_args), tuple(settings.run_args))
     wanted = " or ".join(candidates)
@@ -180,6 +189,8 @@ def run_argv(
     spec: ContainerSpec, input_dir: Path, output_dir: Path, arguments: list[str]
 ) -> list[str]:
     """``<engine> run`` of one job, as an argv (no shell ever sees it)."""
+    if spec.engine.is_apptainer:
+        return apptainer_argv(spec, input_dir, output_dir, arguments)
     uid, gid = spec.owner
     args = [
         "run",
@@ -212,6 +223,38 @@ def run_argv(
         args += gpu_args(spec.engine, spec.gpus)
     for key, value in sorted(spec.env.items()):
         args += ["-e", f"{key}={value}"]
+    args += [*spec.engine.run_args, spec.image, *spec.command, *arguments]
+    return spec.engine.argv(*args)
+
+
+def apptainer_argv(
+    spec: ContainerSpec, input_dir: Path, output_dir: Path, arguments: list[str]
+) -> list[str]:
+    """``apptainer exec`` with the same promises as ``run``: INPUT read-only at /input,
+    /output, /memory, no network, only the job's facts in the environment (--containall
+    also gives it its own /tmp, PID and IPC namespaces). It runs as the box's user."""
+    args = [
+        "exec",
+        "--containall",
+        "--bind",
+        f"{input_dir}:/input:ro",
+        "--bind",
+        f"{output_dir}:/output",
+        "--bind",
+        f"{spec.memory_dir}:/memory",
+        "--pwd",
+        "/output",
+    ]
+    if not spec.network:
+        args += ["--net", "--network", "none"]
+    if spec.cpus:
+        args += ["--cpus", f"{spec.cpus:g}"]
+    if spec.memory:
+        args += ["--memory", spec.memory]
+    if spec.gpus:
+        args += ["--nv"]  # the GPUs Slurm gave the job (CUDA_VISIBLE_DEVICES)
+    for key, value in sorted(spec.env.items()):
+        args += ["--env", f"{key}={value}"]
     args += [*spec.engine.run_args, spec.image, *spec.command, *arguments]
     return spec.engine.argv(*args)
 

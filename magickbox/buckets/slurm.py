@@ -6,6 +6,11 @@ cluster without accounting forgets a job's exit code minutes after its end. One 
 thread submits (at most ``slurm_max_submitted`` jobs at once) and polls ``squeue``: Slurm
 has no push notifications, so polling is unavoidable. The Slurm job id is kept in
 ``.slurm-job``, so that a box that restarts adopts its jobs instead of re-running them.
+
+A kill -9 can fall between ``sbatch`` returning and ``.slurm-job`` being written. So before
+it submits, the executor writes ``.slurm-submit`` (a fresh token, which is also in the job's
+``--comment``); a restart that finds the token but no id looks the job up in squeue by its
+name and comment, and submits the prepared script only when Slurm never got it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import shlex
 import subprocess
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +34,21 @@ log = logging.getLogger(__name__)
 SCRIPT = "slurm.sh"
 EXIT_FILE = ".slurm-exit"
 JOB_ID_FILE = ".slurm-job"
+SUBMIT_FILE = ".slurm-submit"  # the token of a submission that may not have an id yet
 POLL_SECONDS = 1.0
 RETRY_SECONDS = 5.0
 # A finished job whose exit file is not there yet (shared storage lags): polls to wait.
 EXIT_FILE_PATIENCE = 5
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
+ON_NODE = {"RUNNING", "COMPLETING"}  # what getStatus counts as running; the rest is queued
+
+
+@dataclass(frozen=True)
+class SlurmStatus:
+    """A job's place in Slurm as the box shows it: the text and whether it runs on a node."""
+
+    text: str  # e.g. "PENDING (Resources)", "RUNNING on node1", "waiting in the box"
+    running: bool = False
 
 
 @dataclass
@@ -40,9 +56,15 @@ class Tracked:
     req: RunRequest
     done: Done
     job_id: str = ""
-    status: str = "waiting in the box"
+    status: str = "waiting in the box to be submitted"
     cancelled: bool = False
     missing_polls: int = 0
+    running: bool = False  # last seen RUNNING/COMPLETING on a node
+    token: str = ""  # adopted without an id: the submission's token, to find it in squeue
+    prepared: bool = False  # slurm.sh and the token are written: submit the script as it is
+
+    def view(self) -> SlurmStatus:
+        return SlurmStatus(self.status, self.running)
 
 
 class SlurmExecutor:
@@ -77,8 +99,10 @@ class SlurmExecutor:
             return True
         if tracked is None:
             return False
-        # The monitor reports the end once Slurm has stopped it (no half-stopped "done").
-        self._run(["scancel", tracked.job_id])
+        # The monitor reports the end once Slurm has stopped it (no half-stopped "done");
+        # an adopted job without an id yet is cancelled once the monitor has found it.
+        if tracked.job_id:
+            self._run(["scancel", tracked.job_id])
         self._wake.set()
         return True
 
@@ -97,6 +121,13 @@ class SlurmExecutor:
                 tracked = next((t for t in self._waiting if t.req.scratchdir == scratchdir), None)
             return tracked.status if tracked else None
 
+    def statuses(self) -> dict[str, SlurmStatus]:
+        """Every job of this executor (waiting in the box or handed to Slurm), by scratchdir."""
+        with self._lock:
+            found = {t.req.scratchdir: t.view() for t in self._waiting}
+            found.update({name: t.view() for name, t in self._submitted.items()})
+        return found
+
     def submitted_count(self) -> int:
         with self._lock:
             return len(self._submitted)
@@ -106,14 +137,17 @@ class SlurmExecutor:
         """Take back jobs (scratchdir -> job folder) that a previous box run submitted."""
         adopted = set()
         for scratchdir, job_dir in running_jobs.items():
-            try:
-                job_id = (job_dir / JOB_ID_FILE).read_text().strip()
-            except OSError:
-                continue
+            job_id, token = _read(job_dir / JOB_ID_FILE), _read(job_dir / SUBMIT_FILE)
+            if not job_id and not token:
+                continue  # never prepared for Slurm: the queue re-runs it
             req = RunRequest(scratchdir, job_dir, job_dir / "work.sh", [], {}, 0.0, None)
+            tracked = Tracked(req, done, job_id, "adopted after restart", token=token)
             with self._lock:
-                self._submitted[scratchdir] = Tracked(req, done, job_id, "adopted after restart")
-            log_line(job_dir, f"the box restarted: watching Slurm job {job_id} again")
+                self._submitted[scratchdir] = tracked
+            if job_id:
+                log_line(job_dir, f"the box restarted: watching Slurm job {job_id} again")
+            else:
+                log_line(job_dir, "the box restarted during sbatch: looking for the job in Slurm")
             adopted.add(scratchdir)
         self._wake.set()
         return adopted
@@ -136,7 +170,10 @@ class SlurmExecutor:
                     return
                 tracked = self._waiting.popleft()
             try:
-                tracked.job_id = self._sbatch(tracked.req)
+                if tracked.prepared:  # adopted: slurm.sh and its token are there already
+                    tracked.job_id = self._submit(tracked.req)
+                else:
+                    tracked.job_id = self._sbatch(tracked.req)
             except SubmitError as exc:
                 # slurmctld down or refusing: the job waits in the box, first in line.
                 tracked.status = f"waiting: sbatch failed ({exc}); retrying"
@@ -161,19 +198,53 @@ class SlurmExecutor:
                 t.status = "slurmctld not answering; last: " + t.status.split("; last: ")[-1]
             return
         for t in jobs:
-            state, reason, node = states.get(t.job_id, ("", "", ""))
+            if not t.job_id and not self._find(t, states):
+                continue
+            state, reason, node = states.get(t.job_id, ("", "", "", "", ""))[:3]
             if state in ACTIVE:
-                t.status = f"{state} on {node}" if state == "RUNNING" else f"{state} ({reason})"
+                t.status = describe(state, reason, node)
+                t.running = state in ON_NODE
                 continue
             result = self._result(t, state, reason)
             if result is None:
                 continue
-            with self._lock:
-                self._submitted.pop(t.req.scratchdir, None)
-            (t.req.job_dir / JOB_ID_FILE).unlink(missing_ok=True)
-            t.done(t.req, result)
-            self._wake.set()  # a free place for a waiting job
+            self._end(t, result)
 
+    def _end(self, t: Tracked, result: RunResult) -> None:
+        with self._lock:
+            self._submitted.pop(t.req.scratchdir, None)
+        (t.req.job_dir / JOB_ID_FILE).unlink(missing_ok=True)
+        (t.req.job_dir / SUBMIT_FILE).unlink(missing_ok=True)
+        t.done(t.req, result)
+        self._wake.set()  # a free place for a waiting job
+
+    def _find(self, t: Tracked, states: dict[str, tuple[str, ...]]) -> bool:
+        """An adopted job without an id: find it by name and comment; True: it has an id now.
+
+        Not in Slurm and no exit code: the box died before sbatch got through, so the
+        prepared script is submitted now (first in line). Ended already: finished here.
+        """
+        comment = home_comment(self.settings, t.token)
+        found = [i for i, v in states.items() if v[3:] == (t.req.scratchdir, comment)]
+        if found:
+            t.job_id = max(found, key=int)
+            (t.req.job_dir / JOB_ID_FILE).write_text(t.job_id + "\n")
+            log_line(t.req.job_dir, f"found Slurm job {t.job_id} by its name and comment")
+            if t.cancelled:  # deleted while it was being looked for
+                self._run(["scancel", t.job_id])
+            return True
+        code = read_exit(t.req.job_dir)
+        if t.cancelled or code is not None:  # deleted; or it ran and Slurm forgot it since
+            self._end(t, RunResult(code, "cancelled", cancelled=True) if t.cancelled else
+                      RunResult(code))  # fmt: skip
+            return False
+        with self._lock:
+            self._submitted.pop(t.req.scratchdir, None)
+            t.prepared, t.status = True, "waiting in the box: Slurm never got it"
+            self._waiting.appendleft(t)
+        log_line(t.req.job_dir, "Slurm never got this job: submitting it now")
+        self._wake.set()
+        return False
     def _result(self, t: Tracked, state: str, reason: str) -> RunResult | None:
         """The end of a job that left Slurm's queue; None: not sure yet."""
         code = read_exit(t.req.job_dir)
@@ -200,34 +271,64 @@ class SlurmExecutor:
         return subprocess.run(argv, capture_output=True, text=True, timeout=30, **kw)  # type: ignore[call-overload,no-any-return]
 
     def _sbatch(self, req: RunRequest) -> str:
+        self.prepare(req)
+        return self._submit(req)
+
+    def prepare(self, req: RunRequest) -> None:
+        """slurm.sh with a fresh token, then the token file: from here a restart looks for it."""
+        token = uuid.uuid4().hex[:12]
+        (req.job_dir / EXIT_FILE).unlink(missing_ok=True)  # an earlier attempt's code
+        (req.job_dir / SCRIPT).write_text(batch_script(req, self.settings, token))
+        (req.job_dir / SUBMIT_FILE).write_text(token + "\n")
+
+    def _submit(self, req: RunRequest) -> str:
         script = req.job_dir / SCRIPT
-        script.write_text(batch_script(req, self.settings))
         try:
             proc = self._run(["sbatch", "--parsable", str(script)], env=req.env or None)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise SubmitError(str(exc)) from exc
         if proc.returncode != 0:
-            raise SubmitError(proc.stderr.strip().splitlines()[-1:] or f"rc {proc.returncode}")
+            lines = proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"]
+            raise SubmitError(lines[-1])
         return proc.stdout.strip().split(";")[0]
 
-    def _squeue(self) -> dict[str, tuple[str, str, str]] | None:
-        """Job id -> (state, reason, nodes) for all jobs Slurm still remembers."""
+    def _squeue(self) -> dict[str, tuple[str, ...]] | None:
+        """Job id -> (state, reason, nodes, name, comment) for all jobs Slurm remembers."""
         try:
-            proc = self._run(["squeue", "-h", "--states=all", "-o", "%i|%T|%r|%N"])
+            proc = self._run(["squeue", "-h", "--states=all", "-o", "%i|%T|%r|%N|%j|%k"])
         except (OSError, subprocess.TimeoutExpired):
             return None
         if proc.returncode != 0:
             return None
         states = {}
         for line in proc.stdout.splitlines():
-            parts = line.strip().split("|")
-            if len(parts) == 4:
-                states[parts[0]] = (parts[1], parts[2], parts[3])
+            parts = line.strip().split("|", 5)
+            if len(parts) == 6:
+                states[parts[0]] = tuple(parts[1:])
         return states
 
 
 class SubmitError(Exception):
     pass
+
+
+def describe(state: str, reason: str, node: str) -> str:
+    """Slurm's state as people read it: "RUNNING on node1", "PENDING (Resources)"."""
+    if state in ON_NODE and node:
+        return f"{state} on {node}"
+    return f"{state} ({reason})" if reason and reason != "None" else state
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def home_comment(settings: Settings, token: str = "") -> str:
+    """The job's --comment: the home (jobs of this box among others') and the submit token."""
+    return f"magickbox:{settings.home}" + (f";submit={token}" if token else "")
 
 
 def read_exit(job_dir: Path) -> int | None:
@@ -237,12 +338,12 @@ def read_exit(job_dir: Path) -> int | None:
         return None
 
 
-def sbatch_options(req: RunRequest, settings: Settings) -> list[str]:
+def sbatch_options(req: RunRequest, settings: Settings, token: str = "") -> list[str]:
     """Box-wide options, overridden by the bucket's info.json "slurm" object."""
     own = req.slurm
     opts = [
         f"--job-name={req.scratchdir}",
-        f"--comment=magickbox:{settings.home}",
+        f"--comment={home_comment(settings, token)}",
         f"--time={slurm_time(req.timeout)}",
         f"--output={map_path(req.job_dir / 'slurm-%j.out', settings)}",
     ]
@@ -278,24 +379,118 @@ def map_path(path: Path | str, settings: Settings) -> str:
     return text
 
 
-def batch_script(req: RunRequest, settings: Settings) -> str:
+def batch_script(req: RunRequest, settings: Settings, token: str = "") -> str:
     m = lambda p: shlex.quote(map_path(p, settings))  # noqa: E731
     lines = ["#!/bin/bash", f"# MagickBox job {req.scratchdir}, submitted by the box"]
-    lines += [f"#SBATCH {opt}" for opt in sbatch_options(req, settings)]
+    lines += [f"#SBATCH {opt}" for opt in sbatch_options(req, settings, token)]
     lines += [f"cd {m(req.job_dir)} || exit 1"]
     for key, value in sorted(req.env.items()):
         if key.startswith("MB_"):
             mapped = map_path(value, settings) if value.startswith("/") else value
             lines.append(f"export {key}={shlex.quote(mapped)}")
-    argv = req.argv()
-    command = " ".join(m(a) if a.startswith("/") else shlex.quote(a) for a in argv)
+    command = node_command(req.argv(), settings)
+    spec = req.container
+    if spec is not None and not spec.engine.is_apptainer:
+        # scancel signals this script; the container is the engine's, so remove it too.
+        remove = node_command(spec.engine.argv("rm", "-f", spec.name), settings)
+        lines += [f"remove_container() {{ {remove} >/dev/null 2>&1; }}"]
+        lines += ["trap 'remove_container; exit 143' TERM"]
+        lines += [f"{command} >> processing.log 2>&1 &", "wait $!"]
+    else:
+        lines += [f"{command} >> processing.log 2>&1"]
     lines += [
-        f"{command} >> processing.log 2>&1",
         "code=$?",
         f"echo $code > {EXIT_FILE}.tmp && mv {EXIT_FILE}.tmp {EXIT_FILE}",
         "exit $code",
     ]
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class ClusterCheck:
+    """The start-up check of the cluster: "off", "checking", "ok" or "failed", and why."""
+
+    state: str
+    message: str = ""
+
+    def as_json(self) -> dict[str, str]:
+        return {"state": self.state, "message": self.message}
+
+
+def check_cluster(settings: Settings, timeout: float, poll: float = 0.2) -> ClusterCheck:
+    """Submit a tiny job that writes a file into the scratch folder as the nodes see it.
+
+    Says what is wrong in words a person can act on: sbatch refused (slurmctld, account,
+    partition), the job did not run in time (the queue), or it ran but the scratch folder
+    is not there on the node (shared storage or slurm_path_map).
+    """
+    folder = settings.scratch / ".slurm-check"
+    folder.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:12]
+    script, proof = folder / f"{token}.sh", folder / token
+    script.write_text(check_script(settings, token))
+    try:
+        return _run_check(settings, script, proof, timeout, poll)
+    finally:
+        script.unlink(missing_ok=True)
+        proof.unlink(missing_ok=True)
+
+
+def check_script(settings: Settings, token: str) -> str:
+    node_scratch = map_path(settings.scratch, settings)
+    opts = ["--job-name=magickbox-check", f"--comment={home_comment(settings)}",
+            "--time=1:00", "--output=/dev/null"]  # fmt: skip
+    for key in ("partition", "account", "qos"):
+        value = getattr(settings, f"slurm_{key}")
+        opts += [f"--{key}={value}"] if value else []
+    lines = ["#!/bin/sh", "# MagickBox: can the nodes see the scratch folder?"]
+    lines += [f"#SBATCH {opt}" for opt in opts]
+    d = shlex.quote(node_scratch)
+    lines += [f"test -d {d} || exit 3", f"echo ok > {d}/.slurm-check/{token}"]
+    return "\n".join(lines) + "\n"
+
+
+def _run_check(
+    settings: Settings, script: Path, proof: Path, timeout: float, poll: float
+) -> ClusterCheck:
+    try:
+        proc = _slurm(settings, "sbatch", "--parsable", str(script))
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return ClusterCheck("failed", f"cannot run sbatch: {exc}")
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        return ClusterCheck("failed", f"sbatch refused the test job: {why}")
+    job_id = proc.stdout.strip().split(";")[0]
+    deadline, gone_polls, last = time.monotonic() + timeout, 0, ""
+    while time.monotonic() < deadline:
+        if proof.exists():
+            return ClusterCheck("ok", f"test job {job_id} saw the scratch folder on the node")
+        out = _slurm(settings, "squeue", "-h", "-j", job_id, "-o", "%T|%r|%N")
+        state, _, rest = out.stdout.strip().partition("|")
+        reason, _, node = rest.partition("|")
+        if state in ACTIVE:
+            last = describe(state, reason, node)
+        elif out.returncode == 0 or "Invalid job id" in out.stderr:
+            gone_polls += 1  # ended; shared storage may show the file a little late
+            if gone_polls > EXIT_FILE_PATIENCE:
+                where = map_path(settings.scratch, settings)
+                return ClusterCheck("failed", f"test job {job_id} ran but the node does not "
+                                    f"see the scratch folder {where} (shared storage? "
+                                    "slurm_path_map?)")  # fmt: skip
+        time.sleep(poll)
+    _slurm(settings, "scancel", job_id)
+    return ClusterCheck("failed", f"test job {job_id} did not run within {timeout:g} s "
+                        f"(last: {last or 'not seen'})")  # fmt: skip
+
+
+def _slurm(settings: Settings, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    program = str(Path(settings.slurm_bin) / name) if settings.slurm_bin else name
+    return subprocess.run([program, *args], capture_output=True, text=True, timeout=30)
+
+
+def node_command(argv: list[str], settings: Settings) -> str:
+    """A command line for the node's shell, its paths (also in "-v SRC:DST") mapped."""
+    return " ".join(shlex.quote(map_path(a, settings) if a.startswith("/") else a) for a in argv)
 
 
 class RoutingExecutor:
@@ -330,6 +525,10 @@ class RoutingExecutor:
     def status(self, scratchdir: str) -> str | None:
         return self._slurm.status(scratchdir) if self._slurm else None
 
+    def statuses(self) -> dict[str, SlurmStatus]:
+        return self._slurm.statuses() if self._slurm else {}
+
     def adopt(self, running_jobs: dict[str, Path], done: Done) -> set[str]:
-        with_id = {s: d for s, d in running_jobs.items() if (d / JOB_ID_FILE).exists()}
+        marked = (JOB_ID_FILE, SUBMIT_FILE)  # submitted, or maybe submitted (killed in sbatch)
+        with_id = {s: d for s, d in running_jobs.items() if any((d / f).exists() for f in marked)}
         return self.slurm.adopt(with_id, done) if with_id else set()

@@ -119,8 +119,9 @@ class SlurmCluster:
         )
 
     def squeue_count(self) -> int:
-        out = self.cmd("squeue", "-h", "-o", "%i", check=False).stdout
-        return len(out.split())
+        """Jobs in the queue, but for a box's start-up check (magickbox-check)."""
+        out = self.cmd("squeue", "-h", "-o", "%j", check=False).stdout
+        return sum(1 for name in out.split() if name != "magickbox-check")
 
     def stop_daemon(self, which: str) -> None:
         pid_file = self.root / f"{which}.pid"

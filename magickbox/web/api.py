@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from magickbox.auth.principal import Principal
 from magickbox.auth.roles import Role
+from magickbox.buckets.slurm import SlurmStatus
 from magickbox.jobfolder import JobFolder
 from magickbox.jobs.browse import IMAGE_SUFFIXES
 from magickbox.jobs.db import State
@@ -57,8 +58,16 @@ def list_jobs(
     )
     jobs, total = box.find_jobs(flt, limit=limit, offset=offset)
     etas = box.job_etas([job for job, _size in jobs])
-    views = [job_view(job, size, etas.get(job.scratchdir)) for job, size in jobs]
+    slurm = box.slurm_statuses()
+    views = [
+        job_view(job, size, etas.get(job.scratchdir), _text(slurm.get(job.scratchdir)))
+        for job, size in jobs
+    ]
     return json_bytes({"total": total, "limit": limit, "offset": offset, "jobs": views})
+
+
+def _text(status: SlurmStatus | None) -> str | None:
+    return status.text if status else None
 
 
 @router.post("/jobs", status_code=201)
@@ -86,7 +95,10 @@ def get_job(box: BoxDep, scratchdir: str) -> Response:
     """A job; ``verdict`` is its proc.json (success, message), null when it has none."""
     job = box.job(scratchdir)
     eta = box.job_etas([job]).get(job.scratchdir)
-    return json_bytes(job_detail_view(job, box.log_size(job), box.job_verdict(job), eta))
+    slurm = box.slurm_status(scratchdir)
+    return json_bytes(
+        job_detail_view(job, box.log_size(job), box.job_verdict(job), eta, _text(slurm))
+    )
 
 
 @router.get("/jobs/{scratchdir}/files", dependencies=VIEW)

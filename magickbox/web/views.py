@@ -56,6 +56,8 @@ def scratch_entry(row: dict[str, Any], scratch: Path, now: float) -> dict[str, A
         # Added for mb: the name an upload gave the job (mb push: the folder's), else "".
         "jobname": row["jobname"] or "",
         **({"measures": orjson.loads(row["measures"])} if row.get("measures") else {}),
+        # Added: the job's Slurm status while Slurm holds it ("PENDING (Resources)"), else "".
+        "slurm": row.get("slurm") or "",
         "processingLast": max(0, int(now - mtime)),  # last: see ScratchRenderer
     }
 
@@ -118,16 +120,23 @@ def eta_view(eta: Eta | None, now: float | None = None) -> dict[str, Any] | None
 
 
 def job_detail_view(
-    job: Job, log_size: int, verdict: dict[str, Any] | None, eta: Eta | None = None
+    job: Job,
+    log_size: int,
+    verdict: dict[str, Any] | None,
+    eta: Eta | None = None,
+    slurm: str | None = None,
 ) -> dict[str, Any]:
     """One job (its own page): the list's facts and its proc.json ``verdict``, which costs
     a read of the folder and so is not in lists."""
-    return {**job_view(job, log_size, eta), "verdict": verdict}
+    return {**job_view(job, log_size, eta, slurm), "verdict": verdict}
 
 
-def job_view(job: Job, log_size: int | None = None, eta: Eta | None = None) -> dict[str, Any]:
+def job_view(
+    job: Job, log_size: int | None = None, eta: Eta | None = None, slurm: str | None = None
+) -> dict[str, Any]:
     """A job in /api/v1: every fact, with times in ISO 8601 (UTC); ``eta`` only while it
-    is queued or running and its bucket has finished a run before."""
+    is queued or running and its bucket has finished a run before; ``slurm`` its status
+    in Slurm while the Slurm executor holds it, else None."""
     return {
         "scratchdir": job.scratchdir,
         "state": job.state,
@@ -153,6 +162,7 @@ def job_view(job: Job, log_size: int | None = None, eta: Eta | None = None) -> d
         "exit_code": job.exit_code,
         "success": job.success or None,
         "reason": job.reason or None,
+        "slurm": slurm,
         "log_size": job.log_size if log_size is None else log_size,
         "eta": eta_view(eta) if job.state in (State.QUEUED, State.RUNNING) else None,
         "links": {

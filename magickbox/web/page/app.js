@@ -328,7 +328,7 @@ async function viewJob(name) {
       ["Description", job.description], ["Arguments", (job.arguments || []).join(" ")], ["Files received", job.files],
       ["Received", localTime(job.received_at)], ["Started", localTime(job.started_at)], ["Finished", localTime(job.finished_at)],
       ["Duration", duration(jobSeconds(job))], ["Attempts", job.attempts], ["Exit code", job.exit_code],
-      ["Result", job.success], ["Reason", job.reason],
+      ["Result", job.success], ["Reason", job.reason], ["Slurm", job.slurm],
       ["Expected end", job.eta ? `${localTime(job.eta.finishes_at)} (in ${duration(job.eta.seconds_left)}; ${job.eta.ahead} ahead)` : null],
     ].filter(([, v]) => v !== null && v !== undefined && v !== "");
     document.getElementById("info").innerHTML = facts.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
