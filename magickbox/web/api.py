@@ -97,7 +97,7 @@ def get_job(box: BoxDep, scratchdir: str) -> Response:
     eta = box.job_etas([job]).get(job.scratchdir)
     slurm = box.slurm_status(scratchdir)
     return json_bytes(
-        job_detail_view(job, box.log_size(job), box.job_verdict(job), eta, _text(slurm))
+        job_detail_view(job, box.log_size(job), box.job_verdict(job), eta, slurm)
     )
 
 

@@ -181,12 +181,12 @@ def test_slurm_state_shows_in_the_api_getscratch_and_getstatus_and_delete_emptie
     assert [j["scratchdir"] for j in running] == [first]
     assert api_job(box, first)["slurm"] == f"RUNNING on {cluster.host}"
     assert status_row(box, "Held")[1:3] == [1, 1]
-    rows = {r["scratchdir"]: r for r in httpx.get(f"{box.url}/code/php/getScratch.php").json()}
+    rows = {r["scratchdir"]: r for r in box.get("/code/php/getScratch.php").json()}
     assert rows[first]["slurm"] == f"RUNNING on {cluster.host}", rows
     other = next(r for name, r in rows.items() if name != first)
     assert other["slurm"] == "PENDING (JobHeldUser)", rows
     for job in pending:  # the pending one, then the running one
-        res = httpx.delete(f"{box.url}/api/v1/jobs/{job['scratchdir']}", timeout=60)
+        res = box.delete(f"/api/v1/jobs/{job['scratchdir']}")
         assert res.status_code in (200, 204), res.text
     wait_for("Slurm to forget both", lambda: cluster.squeue_count() == 0, 60)
 
@@ -201,7 +201,7 @@ def slurm_of(box, status: str, contains: str = "") -> list[dict]:  # type: ignor
 
 
 def status_row(box, bucket: str) -> list:  # type: ignore[no-untyped-def]
-    rows = httpx.get(f"{box.url}/code/php/getStatus.php").json()
+    rows = box.get("/code/php/getStatus.php").json()
     return next(r for r in rows if r[0] == bucket)
 
 
