@@ -22,6 +22,7 @@ from magickbox.events import EventBus, JobDeleted, JobFinished
 from magickbox.home import init_home
 from magickbox.jobs import browse, scratch
 from magickbox.jobs.db import Job, State, open_database
+from magickbox.jobs.disk import DiskStatus, guard_for
 from magickbox.jobs.queue import Dispatcher
 from magickbox.jobs.store import JobFilter, JobStore, NewJob
 from magickbox.jobs.unzip import safe_extract
@@ -51,6 +52,7 @@ class Box:
         self.events.subscribe(JobDeleted, self._job_deleted)
         self.archive_index = browse.ArchiveIndex(settings.archive)
         self.scratch_size = browse.ScratchSize(settings.scratch)
+        self.disk_guard = guard_for(settings)  # the one answer to "may more data come?"
         self.announcer: Announcer | None = None
         self._started = False
 
@@ -115,7 +117,7 @@ class Box:
             args = tuple(shlex.split(arguments or ""))  # split like a shell would; never run one
         except ValueError as exc:
             raise Invalid(f"arguments: {exc}") from exc
-        staging = self.settings.scratch / ".uploads" / uuid.uuid4().hex
+        staging = self.settings.uploads / uuid.uuid4().hex
         staging.mkdir(parents=True)
         try:
             files = safe_extract(zip_path, staging)
@@ -133,6 +135,16 @@ class Box:
             return self.store.create_job(staging, new)
         finally:
             scratch.remove_tree(staging)  # gone already when the job took it
+
+    def check_upload_room(self, length: int | None) -> None:
+        """StorageFull (507) when the disk is below its reserve or ``length`` bytes
+        (None: not known) would take it there; asked before an upload's body is read."""
+        self.disk_guard.check_upload(length)
+
+    def new_upload_path(self) -> Path:
+        """Where an upload's body is written as it arrives (scratch/.uploads/<id>.zip)."""
+        self.settings.uploads.mkdir(parents=True, exist_ok=True)
+        return self.settings.uploads / f"{uuid.uuid4().hex}.zip"
 
     # -- asking --------------------------------------------------------------------
     def job(self, scratchdir: str) -> Job:
@@ -199,9 +211,14 @@ class Box:
         return browse.job_files(self.job_dir(scratchdir), part)
 
     def disk(self, with_scratch_size: bool) -> dict[str, Any]:
-        return browse.disk_usage(
+        """Space on the scratch disk, the reserve and whether data is accepted now."""
+        usage = browse.disk_usage(
             self.settings.scratch, self.scratch_size if with_scratch_size else None
         )
+        return {**usage, **self.disk_status().view()}
+
+    def disk_status(self) -> DiskStatus:
+        return self.disk_guard.status()
 
     def archived_studies(self, limit: int, offset: int) -> dict[str, Any]:
         return self.archive_index.page(limit, offset)

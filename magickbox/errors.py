@@ -36,3 +36,15 @@ class StorageFull(MagickBoxError, OSError):
     """The disk (or the box's reserve on it) is full: try again later."""
 
     http_status = 507
+
+
+class TooLarge(MagickBoxError):
+    """A request body over the box's cap (max_upload_bytes)."""
+
+    http_status = 413
+
+
+class TimedOut(MagickBoxError):
+    """A request body that came too slowly (upload_timeout, upload_min_rate)."""
+
+    http_status = 408

@@ -25,6 +25,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from magickbox.config import Settings
+from magickbox.jobs import disk
 from magickbox.names import BadName, check_study_uid, check_uid
 from magickbox.receive.grouping import ArrivalKey, Grouper
 from magickbox.receive.structure import Malformed, check_stored_file
@@ -102,6 +103,7 @@ class Receiver:
         # pynetdicom writes incoming datasets with NamedTemporaryFile(); pointing the temp
         # folder into scratch keeps them on the archive's filesystem, so storing is a rename.
         tempfile.tempdir = str(self.settings.partial)
+        disk.guard_dataset_writes()  # a full disk answers A700 instead of dropping the peer
         ae = AE(ae_title=self.settings.aet)
         ae.maximum_pdu_size = self.settings.max_pdu
         ae.maximum_associations = 64
@@ -127,6 +129,8 @@ class Receiver:
             self.server.shutdown()
 
     def _on_requested(self, event: Event) -> None:
+        if disk.refused_association(event.assoc, self.settings):
+            return
         rq = event.assoc.requestor
         called = str(getattr(rq.primitive, "called_ae_title", "")).strip()
         if called == self.settings.aet:
@@ -165,6 +169,8 @@ class Receiver:
 
     def _on_store(self, event: Event) -> int:
         path = Path(event.dataset_path)
+        if disk.refused_store(path, self.settings):
+            return OUT_OF_RESOURCES
         assoc = event.assoc
         requested = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "").strip()
         called = str(assoc.acceptor.ae_title).strip()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from magickbox.box import Invalid
@@ -12,6 +12,7 @@ from magickbox.jobfolder import JobFolder
 from magickbox.jobs.db import State
 from magickbox.jobs.store import JobFilter
 from magickbox.web.deps import BIGGEST, BoxDep, Offset, json_bytes, upload_job, zip_response
+from magickbox.web.uploads import openapi_form
 from magickbox.web.views import job_view
 
 router = APIRouter(prefix="/api/v1", tags=["api v1"])
@@ -51,21 +52,19 @@ def list_jobs(
     return json_bytes({"total": total, "limit": limit, "offset": offset, "jobs": views})
 
 
-@router.post("/jobs", status_code=201)
-async def post_job(
-    request: Request,
-    box: BoxDep,
-    file: UploadFile,
-    bucket: Annotated[str, Form()],
-    sender: Annotated[str, Form()] = "api",
-    jobname: Annotated[str, Form()] = "",
-    arguments: Annotated[str, Form()] = "",
-    description: Annotated[str, Form()] = "",
-) -> Response:
-    """Upload a zip of DICOM files as a new job for ``bucket``."""
-    job = await upload_job(request, box, file, aetitle=bucket, sender=sender,
-                           jobname=jobname or (file.filename or ""), arguments=arguments,
-                           description=description)  # fmt: skip
+@router.post(
+    "/jobs",
+    status_code=201,
+    openapi_extra=openapi_form(
+        "file", ["bucket"], ["bucket", "sender", "jobname", "arguments", "description"]),
+)  # fmt: skip
+async def post_job(request: Request, box: BoxDep) -> Response:
+    """Upload a zip of DICOM files (``file``) as a new job for ``bucket``. Over
+    ``max_upload_bytes``: 413 before the body is read; disk below its reserve: 507."""
+    job = await upload_job(request, box, "file", lambda form: {
+        "aetitle": form.required("bucket"), "sender": form.get("sender", "api"),
+        "jobname": form.get("jobname", form.filename),
+        "arguments": form.get("arguments"), "description": form.get("description")})  # fmt: skip
     return json_bytes(job_view(job), status_code=201)
 
 
@@ -183,11 +182,15 @@ def archive(
 
 @router.get("/health")
 def health(box: BoxDep) -> dict[str, Any]:
+    """Whether the box is up; ``disk.low``: below its reserve, refusing new data."""
     if not box.settings.scratch.is_dir():
         raise Invalid("scratch folder is missing")
+    space = box.disk_status()
     return {
         "ok": True,
         "aet": box.settings.aet,
         "dicom_port": box.settings.dicom_port,
         "pending_sends": box.pending_arrivals(),
+        "accepting": not space.low,
+        "disk": space.view(),
     }

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
 from magickbox.box import Invalid
 from magickbox.jobfolder import JobFolder
 from magickbox.web.deps import BoxDep, json_bytes, upload_job, zip_response
+from magickbox.web.uploads import openapi_form
 
 router = APIRouter(tags=["original endpoints"])
 
@@ -44,22 +45,19 @@ def delete_study(
     raise Invalid("give scratchdir or SIUID")
 
 
-@router.post("/code/php/processZip.php")
-async def process_zip(
-    request: Request,
-    box: BoxDep,
-    theFile: UploadFile,
-    aetitle: Annotated[str, Form()],
-    sender: Annotated[str, Form()] = "",
-    filename: Annotated[str, Form()] = "",
-    jobname: Annotated[str, Form()] = "",
-    arguments: Annotated[str, Form()] = "",
-    description: Annotated[str, Form()] = "",
-) -> Response:
-    """A zip of DICOM files for bucket ``aetitle`` (what ``mb push`` sends)."""
-    job = await upload_job(request, box, theFile, aetitle=aetitle, sender=sender or "upload",
-                           jobname=jobname or filename, arguments=arguments,
-                           description=description)  # fmt: skip
+@router.post(
+    "/code/php/processZip.php",
+    openapi_extra=openapi_form(
+        "theFile", ["aetitle"], ["aetitle", "sender", "filename", "jobname", "arguments",
+                                 "description"]),
+)  # fmt: skip
+async def process_zip(request: Request, box: BoxDep) -> Response:
+    """A zip of DICOM files (``theFile``) for bucket ``aetitle`` (what ``mb push`` sends).
+    Over ``max_upload_bytes``: 413 before the body is read; disk below its reserve: 507."""
+    job = await upload_job(request, box, "theFile", lambda form: {
+        "aetitle": form.required("aetitle"), "sender": form.get("sender", "upload"),
+        "jobname": form.get("jobname", form.get("filename")),
+        "arguments": form.get("arguments"), "description": form.get("description")})  # fmt: skip
     return json_bytes(
         {"ok": True, "scratchdir": job.scratchdir, "pid": job.study_uid, "files": job.nfiles}
     )

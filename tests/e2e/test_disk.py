@@ -1,0 +1,113 @@
+"""A small full disk, end to end: a real ``magickbox serve`` whose home is a 60 MB tmpfs.
+
+Below the reserve dcmtk's storescu is told "out of resources" (A700) and then rejected
+while associating; what was acknowledged before stays; freeing space lets the very same
+send through without a restart. A full disk while a data set is written answers A700 too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from magickbox.testing.dicomgen import write_study
+from tests.conftest import BoxServer
+from tests.e2e.peers import api_jobs, input_files, install_buckets, wait_for, wait_jobs
+
+pytestmark = pytest.mark.e2e
+
+KEEP = "#!/bin/sh\nexit 0\n"  # writes nothing: the disk is the test's alone
+MB = 1 << 20
+IMAGE = 512  # rows and columns: 512 KiB of pixels an image
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 60 MB tmpfs mounted for this test (the machines run the tests as root)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=60m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def ballast(folder: Path, leave_free: int) -> Path:
+    """A file that fills the filesystem of ``folder`` until ``leave_free`` bytes are free."""
+    path = folder / "ballast"
+    size = shutil.disk_usage(folder).free - leave_free
+    with path.open("wb") as fh:
+        for _ in range(size // MB):
+            fh.write(b"\0" * MB)
+        fh.write(b"\0" * (size % MB))
+    return path
+
+
+def storescu_text(result: subprocess.CompletedProcess[str]) -> str:
+    return result.stdout + result.stderr
+
+
+def test_a_send_past_the_reserve_is_refused_loses_nothing_and_goes_through_later(
+    box_factory, tmpfs: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    home = tmpfs / "home"
+    install_buckets(home, Keep=KEEP)
+    box: BoxServer = box_factory(home=home, quiet=0.3,
+                                 extra_args=["--set", "disk_reserve=20M"])  # fmt: skip
+    study = tmp_path / "study"
+    write_study(study, n_images=30, rows=IMAGE, cols=IMAGE, seed=7)  # 15 MiB
+    weight = ballast(tmpfs, leave_free=20 * MB + 6 * MB)  # room for ~12 images
+
+    first = box.storescu(study, "Keep", "ip44", "-v")  # the statuses are verbose output
+    assert "Refused: OutOfResources" in storescu_text(first), storescu_text(first)
+    job = wait_jobs(box, 1)[0]
+    kept = input_files(box, job["scratchdir"])
+    assert 0 < len(kept) < 30, kept
+    assert len(kept) == storescu_text(first).count("Received Store Response (Success)")
+    assert box.get("/api/v1/health").json()["disk"]["low"] is True
+
+    refused = box.storescu(study, "Keep", "ip44", "-v")
+    assert refused.returncode != 0
+    assert "Local Limit Exceeded" in storescu_text(refused), storescu_text(refused)
+    assert len(api_jobs(box)) == 1  # the refused association made nothing
+
+    weight.unlink()  # space comes back: the same send goes through, no restart
+    wait_for("the box to accept again", lambda: box.get("/api/v1/health").json()["accepting"])
+    again = box.storescu(study, "Keep")
+    assert again.returncode == 0, storescu_text(again)
+    jobs = wait_jobs(box, 2)
+    assert len(input_files(box, jobs[0]["scratchdir"])) == 30
+    assert input_files(box, job["scratchdir"]).keys() == kept.keys()  # nothing acknowledged lost
+
+
+def test_a_full_disk_while_a_data_set_is_written_answers_a700_and_keeps_the_rest(
+    box_factory, tmpfs: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """No reserve: the disk really fills while pynetdicom writes a data set (ENOSPC)."""
+    home = tmpfs / "home"
+    install_buckets(home, Keep=KEEP)
+    box: BoxServer = box_factory(home=home, quiet=0.3, extra_args=["--set", "disk_reserve=0"])
+    study = tmp_path / "study"
+    write_study(study, n_images=20, rows=IMAGE, cols=IMAGE, seed=8)
+    weight = ballast(tmpfs, leave_free=5 * MB)
+
+    first = box.storescu(study, "Keep", "ip44", "-v")
+    text = storescu_text(first)
+    assert "Refused: OutOfResources" in text, text
+    acknowledged = text.count("Received Store Response (Success)")
+    assert 0 < acknowledged < 20, text
+    weight.unlink()  # room for the job to be made and for the send again
+    job = wait_jobs(box, 1)[0]
+    assert len(input_files(box, job["scratchdir"])) == acknowledged
+    assert not any((home / "scratch" / ".partial").iterdir())  # no half-written data set left
+    again = box.storescu(study, "Keep")
+    assert again.returncode == 0, storescu_text(again)
+    assert len(input_files(box, wait_jobs(box, 2)[0]["scratchdir"])) == 20
