@@ -24,6 +24,7 @@ from magickbox.jobs import browse, scratch
 from magickbox.jobs.db import Job, State, open_database
 from magickbox.jobs.disk import DiskStatus, guard_for
 from magickbox.jobs.queue import Dispatcher
+from magickbox.jobs.retention import Removal, Sweeper
 from magickbox.jobs.store import JobFilter, JobStore, NewJob
 from magickbox.jobs.unzip import safe_extract
 from magickbox.names import check_study_uid
@@ -53,6 +54,8 @@ class Box:
         self.archive_index = browse.ArchiveIndex(settings.archive)
         self.scratch_size = browse.ScratchSize(settings.scratch)
         self.disk_guard = guard_for(settings)  # the one answer to "may more data come?"
+        self.sweeper = Sweeper(settings, self.store, self.disk_guard, self.router.unsettled_jobs,
+                               lambda: registry.all_buckets(settings.streams))  # fmt: skip
         self.announcer: Announcer | None = None
         self._started = False
 
@@ -65,6 +68,7 @@ class Box:
         self.router.start()  # sends pending at a restart go on
         self.dispatcher.start()
         self.grouper.start()
+        self.sweeper.start()
         if dicom:
             self.receiver.start()
         if self.settings.announce:
@@ -79,6 +83,7 @@ class Box:
         if self.announcer is not None:
             self.announcer.stop()
         self.receiver.stop()
+        self.sweeper.stop()
         self.grouper.stop()
         self.dispatcher.stop()
         self.router.stop()
@@ -275,24 +280,38 @@ class Box:
         return row
 
     # -- changing ------------------------------------------------------------------
-    def delete_job(self, scratchdir: str) -> None:
+    def delete_job(self, scratchdir: str) -> dict[str, Any]:
+        """Delete a job (a running one is stopped first): its name and the bytes freed.
+
+        Its INPUT files are hard links into the archive, which keeps them: deleting the
+        study (:meth:`delete_study`) frees those too.
+        """
         job = self.job(scratchdir)
         if self.dispatcher.cancel(job.scratchdir):
             deadline = time.monotonic() + 15
             while self.dispatcher.is_running_here(job.scratchdir) and time.monotonic() < deadline:
                 time.sleep(0.05)
-        self.store.delete(job.scratchdir)
-        log.info("job %s deleted", job.scratchdir)
+        freed = self.store.delete(job.scratchdir) or 0
+        log.info("job %s deleted: freed %d bytes", job.scratchdir, freed)
+        return {"deleted": job.scratchdir, "freed_bytes": freed}
 
     def delete_study(self, study_uid: str) -> dict[str, Any]:
+        """Delete every job of a study and its archive folder; the bytes that freed."""
         check_study_uid(study_uid)
         jobs = [j.scratchdir for j in self.store.study_jobs(study_uid)]
-        for name in jobs:
-            self.delete_job(name)
+        freed = sum(self.delete_job(name)["freed_bytes"] for name in jobs)
         archived = self.store.delete_archive_study(study_uid)
-        if not jobs and not archived:
+        if not jobs and archived is None:
             raise NotFound(f"no study {study_uid!r} in the archive or the jobs")
-        return {"SIUID": study_uid, "deleted_jobs": jobs, "archive_deleted": archived}
+        freed += archived or 0
+        log.info("study %s deleted (%d jobs, archive %s): freed %d bytes", study_uid, len(jobs),
+                 "too" if archived is not None else "none", freed)  # fmt: skip
+        return {"SIUID": study_uid, "deleted_jobs": jobs, "archive_deleted": archived is not None,
+                "freed_bytes": freed}  # fmt: skip
+
+    def sweep(self) -> list[Removal]:
+        """Run the sweep now: leftovers, retention and the scrub (it also runs by itself)."""
+        return self.sweeper.sweep()
 
     def retry_job(self, scratchdir: str) -> Job:
         job = self.job(scratchdir)

@@ -6,6 +6,7 @@ the database or the scratch folder by themselves.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from magickbox.names import (
     BadName,
     check_scratchdir,
     check_study_uid,
+    is_study_key,
     study_key,
 )
 
@@ -294,26 +296,51 @@ class JobStore:
     def reset_for_run(self, job: Job, note: str) -> None:
         JobFolder(self.job_dir(job)).fresh_output(note)
 
-    def delete(self, scratchdir: str) -> bool:
+    def delete(self, scratchdir: str) -> int | None:
+        """Remove a job's row and folder: the bytes that freed, None when there was none."""
         job = self.get(scratchdir)
         if job is None:
-            return False
+            return None
         with self.sessions.begin() as s:
             s.execute(delete(Job).where(Job.scratchdir == scratchdir))
-        scratch.remove_tree(self.job_dir(job))
-        self.events.publish(JobDeleted(scratchdir))
-        return True
-
-    def delete_archive_study(self, study_uid: str) -> bool:
-        folder = self.settings.archive / study_key(check_study_uid(study_uid))
-        existed = folder.is_dir()
+        folder = self.job_dir(job)
+        freed = scratch.freed_by(folder)
         scratch.remove_tree(folder)
-        return existed
+        self.events.publish(JobDeleted(scratchdir))
+        return freed
+
+    def delete_archive_study(self, study_uid: str) -> int | None:
+        """Remove a study's archive folder: the bytes that freed, None when there was none."""
+        return self.delete_archive_folder(study_key(check_study_uid(study_uid)))
+
+    def delete_archive_folder(self, key: str) -> int | None:
+        folder = self.settings.archive / key
+        if not is_study_key(key) or not folder.is_dir():
+            return None
+        freed = scratch.freed_by(folder)
+        scratch.remove_tree(folder)
+        return freed
+
+    def finished_jobs(self) -> Sequence[Job]:
+        """Every done or failed job, the earliest ended first (what retention looks at)."""
+        with self.sessions() as s:
+            query = select(Job).where(Job.state.in_(FINISHED)).order_by(Job.finished_at, Job.id)
+            return s.scalars(query).all()
+
+    def study_keys_in_use(self) -> set[str]:
+        """Archive folder names that some job refers to."""
+        with self.sessions() as s:
+            uids = s.scalars(select(Job.study_uid).distinct()).all()
+        keys = set()
+        for uid in uids:
+            with contextlib.suppress(BadName):
+                keys.add(study_key(check_study_uid(uid)))
+        return keys
 
     # -- after a restart -----------------------------------------------------------
     def adopt_orphans(self) -> int:
         """Job folders that a crash left without a row get one; half-made ones are removed."""
-        known = set(self._all_scratchdirs())
+        known = set(self.scratchdirs())
         adopted = 0
         for entry in os.scandir(self.settings.scratch):
             if not SCRATCHDIR_RE.fullmatch(entry.name) or entry.name in known:
@@ -334,7 +361,8 @@ class JobStore:
             adopted += 1
         return adopted
 
-    def _all_scratchdirs(self) -> list[str]:
+    def scratchdirs(self) -> list[str]:
+        """The folder names of every job."""
         with self.sessions() as s:
             return list(s.scalars(select(Job.scratchdir)))
 

@@ -109,9 +109,9 @@ def input_zip(box: BoxDep, scratchdir: str) -> StreamingResponse:
 
 @router.delete("/jobs/{scratchdir}")
 def delete_job(box: BoxDep, scratchdir: str) -> Response:
-    """Delete a job; a running job is stopped first."""
-    box.delete_job(scratchdir)
-    return json_bytes({"deleted": scratchdir})
+    """Delete a job; a running job is stopped first. ``freed_bytes``: what that gave back
+    (INPUT files stay in the archive until their study is deleted)."""
+    return json_bytes(box.delete_job(scratchdir))
 
 
 @router.post("/jobs/{scratchdir}/retry")

@@ -38,8 +38,7 @@ def delete_study(
 ) -> Response:
     """Delete one job (``scratchdir``) or a study and every job made of it (``SIUID``)."""
     if scratchdir:
-        box.delete_job(scratchdir)
-        return json_bytes({"ok": True, "deleted": scratchdir})
+        return json_bytes({"ok": True, **box.delete_job(scratchdir)})
     if SIUID:
         return json_bytes({"ok": True, **box.delete_study(SIUID)})
     raise Invalid("give scratchdir or SIUID")

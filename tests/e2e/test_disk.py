@@ -7,7 +7,6 @@ send through without a restart. A full disk while a data set is written answers 
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from magickbox.testing.dicomgen import write_study
-from tests.conftest import BoxServer
+from tests.conftest import BoxServer, tmpfs
 from tests.e2e.peers import api_jobs, input_files, install_buckets, wait_for, wait_jobs
 
 pytestmark = pytest.mark.e2e
@@ -26,18 +25,11 @@ MB = 1 << 20
 IMAGE = 512  # rows and columns: 512 KiB of pixels an image
 
 
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 60 MB tmpfs mounted for this test (the machines run the tests as root)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a tmpfs needs root")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=60m", "tmpfs", str(mount)], check=True)
-    try:
+@pytest.fixture(name="tmpfs")
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 60 MB filesystem of this test's own."""
+    with tmpfs(tmp_path / "disk") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def ballast(folder: Path, leave_free: int) -> Path:

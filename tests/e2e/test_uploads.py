@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from magickbox.testing.dicomgen import write_study
-from tests.conftest import BoxServer
+from tests.conftest import BoxServer, tmpfs
 from tests.e2e.peers import install_buckets
 from tests.e2e.test_disk import KEEP, MB, ballast
 
@@ -27,15 +27,8 @@ CAP = 16 * MB
 
 @pytest.fixture(scope="module")
 def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path_factory.mktemp("uploads") / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=60m", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path_factory.mktemp("uploads") / "disk") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.fixture(scope="module")
