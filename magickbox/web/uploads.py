@@ -34,6 +34,15 @@ FIELD_LIMIT = 64 << 10  # bytes of a text field: names, arguments, descriptions
 DISK_CHECK_EVERY = 8 << 20  # bytes of body between two looks at the disk
 
 
+UPLOAD_ERRORS = {
+    400: "Not a multipart form, a missing field, or a bad or unsafe zip",
+    404: "No enabled bucket has this AE title",
+    408: "The body came too slowly (upload_timeout, upload_min_rate)",
+    413: "Over max_upload_bytes (by Content-Length: refused before the body is read)",
+    507: "The disk is below the box's reserve (disk_reserve), or would be after this upload",
+}
+
+
 @dataclass
 class UploadForm:
     """A parsed upload: its text fields, and its file part saved at ``path``."""
@@ -61,7 +70,8 @@ def openapi_form(file_field: str, required: list[str], fields: list[str]) -> dic
         "requestBody": {
             "required": True,
             "content": {"multipart/form-data": {"schema": schema}},
-        }
+        },
+        "responses": {str(code): {"description": why} for code, why in UPLOAD_ERRORS.items()},
     }
 
 

@@ -387,6 +387,7 @@ function drawDisk(d) {
     <dl class="facts">
       <dt>Free</dt><dd>${esc(bytes(d.free))} of ${esc(bytes(d.total))}</dd>
       <dt>Used</dt><dd>${pct.toFixed(1)} %</dd>
+      <dt>Reserve</dt><dd>${esc(bytes(d.reserve))}${d.low ? ' <span class="badge s-failed">low: refusing data</span>' : ""}</dd>
       <dt>Scratch folder</dt><dd>${d.scratch_bytes != null ? esc(bytes(d.scratch_bytes)) : "measuring…"}</dd>
       <dt>Path</dt><dd class="mono">${esc(d.path)}</dd>
     </dl>`;
@@ -545,5 +546,22 @@ async function route() {
   }
 }
 
+// -- the disk, on every view: below its reserve the box takes no data ------------------------
+
+const HEALTH_MS = 10000;
+async function checkDisk() {
+  const el = document.getElementById("disk-low");
+  try {
+    const { disk } = await getJSON("/health");
+    el.hidden = !disk.low;
+    el.textContent = disk.low
+      ? `Disk low: ${bytes(disk.free)} free, ${bytes(disk.reserve)} kept in reserve. ` +
+        "The box refuses new sends and uploads until space is freed (delete jobs or studies)."
+      : "";
+  } catch (_) { /* the box is down: the status dot says so */ }
+}
+
 window.addEventListener("hashchange", route);
 route();
+checkDisk();
+setInterval(checkDisk, HEALTH_MS);
