@@ -52,7 +52,9 @@ class DiskStatus:
 
     @property
     def used_percent(self) -> float:
-        return 100.0 * self.used / self.total if self.total else 0.0
+        """Percent in use as df(1) shows it: of the space a user may have, used + free."""
+        room = self.used + self.free
+        return 100.0 * self.used / room if room else 0.0
 
     def room_for(self, nbytes: int) -> bool:
         """Whether ``nbytes`` more still leave the reserve free."""

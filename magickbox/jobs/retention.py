@@ -136,7 +136,7 @@ class Sweeper:
             ended = job.finished_at or job.received_at
             if days > 0 and ended < now - days * DAY and job.scratchdir not in busy:
                 reason = f"kept {days:g} days after it ended ({job.state})"
-                removed += self._remove_job(job, reason, with_study=False)
+                removed += self.remove_job(job, reason, with_study=False)
         return removed
 
     def _keep_days(self, job: Job, bucket: Bucket | None) -> float:
@@ -163,7 +163,7 @@ class Sweeper:
                 break
             if kind == "job":
                 assert isinstance(item, Job)
-                removed += self._remove_job(item, "scrub: disk above scrub_high", with_study=True)
+                removed += self.remove_job(item, "scrub: disk above scrub_high", with_study=True)
             else:
                 removed += self._remove_study(str(item), "no job refers to it")
         end = self.guard.status().used_percent
@@ -189,10 +189,12 @@ class Sweeper:
         return [(kind, item) for _when, kind, item in dated]
 
     # -- removing ------------------------------------------------------------------
-    def _remove_job(self, job: Job, reason: str, with_study: bool) -> list[Removal]:
-        freed = self.store.delete(job.scratchdir)
+    def remove_job(self, job: Job, reason: str, with_study: bool) -> list[Removal]:
+        """Remove a finished job (never one queued again meanwhile), logged with what it
+        freed; ``with_study``: its archive folder too when no other job refers to it."""
+        freed = self.store.delete(job.scratchdir, only_finished=True)
         if freed is None:
-            return []  # gone meanwhile (deleted by hand)
+            return []  # gone meanwhile (deleted by hand) or queued again (a retry)
         log.info("%s: removed job %s (bucket %s, %s, study %s): freed %d bytes",
                  reason, job.scratchdir, job.bucket, job.state, job.study_uid or "-",
                  freed)  # fmt: skip

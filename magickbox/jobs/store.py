@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import CursorResult, delete, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from magickbox.config import Settings
@@ -296,13 +296,20 @@ class JobStore:
     def reset_for_run(self, job: Job, note: str) -> None:
         JobFolder(self.job_dir(job)).fresh_output(note)
 
-    def delete(self, scratchdir: str) -> int | None:
-        """Remove a job's row and folder: the bytes that freed, None when there was none."""
+    def delete(self, scratchdir: str, only_finished: bool = False) -> int | None:
+        """Remove a job's row and folder: the bytes that freed, None when there was none
+        (or, with ``only_finished``, when it is not finished: a retry may have just queued
+        it again, and the row's state decides in the same statement)."""
         job = self.get(scratchdir)
         if job is None:
             return None
+        query = delete(Job).where(Job.scratchdir == scratchdir)
+        if only_finished:
+            query = query.where(Job.state.in_(FINISHED))
         with self.sessions.begin() as s:
-            s.execute(delete(Job).where(Job.scratchdir == scratchdir))
+            result: CursorResult[Any] = s.execute(query)  # type: ignore[assignment]
+        if not result.rowcount:
+            return None
         folder = self.job_dir(job)
         freed = scratch.freed_by(folder)
         scratch.remove_tree(folder)

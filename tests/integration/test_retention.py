@@ -176,3 +176,15 @@ def test_deleting_a_study_frees_its_archive_too(home: Path) -> None:
     assert answer["deleted_jobs"] == [other] and answer["archive_deleted"] is True
     assert answer["freed_bytes"] >= 4 * MB  # both sends' files: the archive kept both
     assert shutil.disk_usage(home).free >= free_before + 2 * MB - 64 * 1024
+
+
+def test_the_sweep_never_removes_a_job_queued_again_meanwhile(home: Path) -> None:
+    """The row's state decides in the delete itself: a retry between the sweep's look and
+    its removal keeps the job."""
+    box = make_box(home, keep_days=1)
+    name = add_job(box, 0, size=1000)
+    end(box, name, 5 * DAY)
+    [job] = box.store.finished_jobs()
+    assert box.store.requeue(name, "retry requested")
+    assert box.sweeper.remove_job(job, "test", with_study=True) == []
+    assert exists(box, name) and box.store.get(name).state == State.QUEUED  # type: ignore[union-attr]
