@@ -7,6 +7,7 @@ send through without a restart. A full disk while a data set is written answers 
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from magickbox.testing.dicomgen import write_study
-from tests.conftest import BoxServer, tmpfs
+from tests.conftest import BoxServer, free_port, tmpfs
 from tests.e2e.peers import api_jobs, input_files, install_buckets, wait_for, wait_jobs
 
 pytestmark = pytest.mark.e2e
@@ -103,3 +104,78 @@ def test_a_full_disk_while_a_data_set_is_written_answers_a700_and_keeps_the_rest
     again = box.storescu(study, "Keep")
     assert again.returncode == 0, storescu_text(again)
     assert len(input_files(box, wait_jobs(box, 2)[0]["scratchdir"])) == 20
+
+
+GATED = """#!/bin/sh
+while [ ! -e "{gate}" ]; do sleep 0.1; done
+"""
+
+
+def test_the_scrub_frees_down_to_the_low_mark_and_spares_running_and_unsent_jobs(
+    tmp_path: Path,
+) -> None:
+    """A 100 MB home, scrub at 50 % down to 30 %: eight studies of 5 MB each, one still
+    running, one whose send waits for a retry in an hour; ballast takes it over the mark."""
+    with tmpfs(tmp_path / "disk", size="100m") as disk:
+        home = disk / "home"
+        gate = tmp_path / "gate"
+        install_buckets(home, Keep=KEEP, Gated=GATED.format(gate=gate), Unsent=KEEP)
+        nowhere = free_port()  # nothing listens: the send fails and is retried in an hour
+        to_nowhere = {"IP": "127.0.0.1", "PORT": nowhere, "AETitleSender": "MB",
+                      "AETitleTo": "NOWHERE"}  # fmt: skip
+        table = {"routing": [{"name": "to nowhere", "AETitleIn": "^Unsent$",
+                              "RouteDirectory": "INPUT", "send": [{".*": to_nowhere}]}]}
+        (home / "routing.json").write_text(json.dumps(table))
+        settings = {"scrub_high": 50, "scrub_low": 30, "sweep_seconds": 0.3,
+                    "disk_reserve": 0, "routing_retry_delay": 3600}  # fmt: skip
+        args = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
+        box = BoxServer(home, quiet=0.3, extra_args=args)
+        box.log_path = tmp_path / "server.log"  # off the small disk
+        try:
+            box.start()
+            names = scrub_scene(box, tmp_path)
+            ballast_to(box, disk, 52.5)  # the scrub may start at once: look at its log after
+            wait_for("the scrub", lambda: box.get("/api/v1/disk").json()["used_percent"] < 30)
+            left = {j["scratchdir"] for j in api_jobs(box)}
+            assert {names["running"], names["unsent"]} <= left
+            keep = names["keep"]
+            gone = [n for n in keep if n not in left]
+            assert 0 < len(gone) < len(keep) and gone == keep[: len(gone)]  # the oldest first
+            assert not any((home / "scratch" / n).exists() for n in gone)
+            log = box.log_path.read_text()
+            assert "above scrub_high 50%: freeing down to 30%" in log
+            assert all(f"removed job {n}" in log for n in gone) and "freed" in log
+        finally:
+            gate.touch()
+            box.stop()
+
+
+def scrub_scene(box: BoxServer, tmp_path: Path) -> dict:
+    """Send the studies: one to Gated (left running), one to Unsent, six to Keep."""
+    def send(bucket: str, n: int) -> None:
+        study = tmp_path / f"s{n}"
+        write_study(study, n_images=10, rows=IMAGE, cols=IMAGE, seed=100 + n)
+        assert box.storescu(study, bucket).returncode == 0
+        shutil.rmtree(study)
+
+    send("Gated", 0)
+    running = wait_for("the running job", lambda: api_jobs(box, state="running"))[0]
+    send("Unsent", 1)
+    unsent = wait_jobs(box, 1, bucket="Unsent")[0]
+    sends = f"/api/v1/jobs/{unsent['scratchdir']}/sends"
+    first = wait_for("the failed first try", lambda: [
+        s for s in box.get(sends).json() if s["attempts"] >= 1 and s["state"] == "pending"])[0]
+    assert first["reason"], first  # it failed, and its retry is in an hour
+    for n in range(2, 8):
+        send("Keep", n)
+        wait_jobs(box, n - 1, bucket="Keep")
+    keep = [j["scratchdir"] for j in reversed(api_jobs(box, bucket="Keep"))]  # oldest first
+    return {"running": running["scratchdir"], "unsent": unsent["scratchdir"], "keep": keep}
+
+
+def ballast_to(box: BoxServer, disk: Path, percent: float) -> None:
+    """Fill ``disk`` until ``percent`` of it is in use (as the box counts it)."""
+    now = box.get("/api/v1/disk").json()
+    assert now["used_percent"] < 50, now  # below the high mark until the ballast comes
+    room = now["used"] + now["free"]
+    ballast(disk, leave_free=now["free"] - int(room * percent / 100 - now["used"]))
