@@ -153,9 +153,10 @@ def refused_association(assoc: Any, settings: Settings) -> bool:
     return True
 
 
-def refused_store(path: Path, settings: Settings) -> bool:
+def refused_store(path: Path, settings: Settings, event: Any = None) -> bool:
     """Whether a received data set is refused with A700: its write hit a full disk, or the
-    disk went below the reserve. A refused data set's file is removed at once."""
+    disk went below the reserve. A refused data set's file is removed at once; the log
+    line names who sent what to whom (from pynetdicom's C-STORE ``event``)."""
     failed = _failed_writes.pop(str(path), None)
     if failed is None:
         status = guard_for(settings).status()
@@ -164,9 +165,19 @@ def refused_store(path: Path, settings: Settings) -> bool:
         reason = status.message()
     else:
         reason = f"the disk filled up while it was written: {failed}"
-    log.warning("C-STORE refused with A700 (out of resources): %s", reason)
+    log.warning("C-STORE refused with A700 (out of resources)%s: %s", _who(event), reason)
     path.unlink(missing_ok=True)
     return True
+
+
+def _who(event: Any) -> str:
+    if event is None:
+        return ""
+    assoc = event.assoc
+    sop_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "").strip()
+    return (f": calling AE {str(assoc.requestor.ae_title).strip()!r} at "
+            f"{assoc.requestor.address}, called AE {str(assoc.acceptor.ae_title).strip()!r}, "
+            f"SOP Instance UID {sop_uid!r}")  # fmt: skip
 
 
 _failed_writes: dict[str, OSError] = {}

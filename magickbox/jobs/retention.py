@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,16 +128,27 @@ class Sweeper:
     # -- 2. retention --------------------------------------------------------------
     def expire(self, now: float | None = None) -> list[Removal]:
         now = now or time.time()
-        busy = self.unsettled()
         buckets = self.buckets()
+        shortest = self._shortest_keep(buckets.values())
+        if not shortest:
+            return []  # everything is kept for ever: nothing to look at
+        busy = self.unsettled()
         removed = []
-        for job in self.store.finished_jobs():
+        for job in self.store.finished_jobs(before=now - shortest * DAY):
             days = self._keep_days(job, buckets.get(job.bucket))
             ended = job.finished_at or job.received_at
             if days > 0 and ended < now - days * DAY and job.scratchdir not in busy:
                 reason = f"kept {days:g} days after it ended ({job.state})"
                 removed += self.remove_job(job, reason, with_study=False)
         return removed
+
+    def _shortest_keep(self, buckets: Iterable[Bucket]) -> float:
+        """The fewest days any job is kept (0: all are kept for ever)."""
+        s = self.settings
+        days = [s.keep_days, s.keep_failed_days]
+        for bucket in buckets:
+            days += [bucket.keep_days(False, 0), bucket.keep_days(True, 0)]
+        return min((d for d in days if d > 0), default=0.0)
 
     def _keep_days(self, job: Job, bucket: Bucket | None) -> float:
         failed = job.state == State.FAILED
@@ -158,35 +169,35 @@ class Sweeper:
         log.warning("scrub: %.1f%% of %s in use, above scrub_high %g%%: freeing down to %g%%",
                     start, self.settings.scratch, high, low)  # fmt: skip
         removed: list[Removal] = []
-        for kind, item in self._scrub_candidates():
+        for _when, job, key in self._scrub_candidates():
             if self.guard.status().used_percent < low:
                 break
-            if kind == "job":
-                assert isinstance(item, Job)
-                removed += self.remove_job(item, "scrub: disk above scrub_high", with_study=True)
+            if job is not None:
+                removed += self.remove_job(job, "scrub: disk above scrub_high", with_study=True)
             else:
-                removed += self._remove_study(str(item), "no job refers to it")
+                removed += self._remove_study(key, "no job refers to it")
         end = self.guard.status().used_percent
         if end >= low:
             log.warning("scrub: still %.1f%% in use: nothing more may be removed (jobs not "
                         "finished, sends still to come)", end)  # fmt: skip
         return removed
 
-    def _scrub_candidates(self) -> list[tuple[str, Job | str]]:
-        """Finished jobs whose routing is over and archived studies no job refers to,
-        the oldest first (a job by its end, a study by its folder's last change)."""
+    def _scrub_candidates(self) -> list[tuple[float, Job | None, str]]:
+        """(when, job, "") for finished jobs whose routing is over and (when, None, key)
+        for archived studies no job refers to, the oldest first (a job by its end, a study
+        by its folder's last change)."""
         busy = self.unsettled()
-        dated: list[tuple[float, str, Job | str]] = [
-            (job.finished_at or job.received_at, "job", job)
+        dated: list[tuple[float, Job | None, str]] = [
+            (job.finished_at or job.received_at, job, "")
             for job in self.store.finished_jobs()
             if job.scratchdir not in busy
         ]
         in_use = self.store.study_keys_in_use()
         for entry in _entries(self.settings.archive):
             if entry.is_dir() and is_study_key(entry.name) and entry.name not in in_use:
-                dated.append((_mtime(entry), "study", entry.name))
+                dated.append((_mtime(entry), None, entry.name))
         dated.sort(key=lambda item: item[0])
-        return [(kind, item) for _when, kind, item in dated]
+        return dated
 
     # -- removing ------------------------------------------------------------------
     def remove_job(self, job: Job, reason: str, with_study: bool) -> list[Removal]:
@@ -200,11 +211,13 @@ class Sweeper:
                  freed)  # fmt: skip
         removed = [Removal("job", job.scratchdir, freed, reason)]
         key = _key_of(job.study_uid)
-        if with_study and key and key not in self.store.study_keys_in_use():
+        if with_study and key:
             removed += self._remove_study(key, f"its last job {job.scratchdir} went")
         return removed
 
     def _remove_study(self, key: str, reason: str) -> list[Removal]:
+        if self.store.study_key_in_use(key):
+            return []  # a job refers to it (a new send of the study, just now)
         freed = self.store.delete_archive_folder(key)
         if freed is None:
             return []

@@ -30,6 +30,7 @@ from magickbox.names import (
     check_scratchdir,
     check_study_uid,
     is_study_key,
+    is_uid,
     study_key,
 )
 
@@ -328,11 +329,14 @@ class JobStore:
         scratch.remove_tree(folder)
         return freed
 
-    def finished_jobs(self) -> Sequence[Job]:
-        """Every done or failed job, the earliest ended first (what retention looks at)."""
+    def finished_jobs(self, before: float | None = None) -> Sequence[Job]:
+        """Done or failed jobs (that ended before ``before``), the earliest ended first:
+        what retention and the scrub look at."""
+        query = select(Job).where(Job.state.in_(FINISHED))
+        if before is not None:
+            query = query.where(Job.finished_at < before)
         with self.sessions() as s:
-            query = select(Job).where(Job.state.in_(FINISHED)).order_by(Job.finished_at, Job.id)
-            return s.scalars(query).all()
+            return s.scalars(query.order_by(Job.finished_at, Job.id)).all()
 
     def study_keys_in_use(self) -> set[str]:
         """Archive folder names that some job refers to."""
@@ -343,6 +347,14 @@ class JobStore:
             with contextlib.suppress(BadName):
                 keys.add(study_key(check_study_uid(uid)))
         return keys
+
+    def study_key_in_use(self, key: str) -> bool:
+        """Whether some job refers to the archive folder ``key`` (asked just before it goes:
+        a send of the study may have made a job since)."""
+        if not is_uid(key):  # a hashed key: the UIDs must be hashed to compare
+            return key in self.study_keys_in_use()
+        with self.sessions() as s:
+            return s.scalar(select(Job.id).where(Job.study_uid == key).limit(1)) is not None
 
     # -- after a restart -----------------------------------------------------------
     def adopt_orphans(self) -> int:

@@ -169,7 +169,7 @@ class Receiver:
 
     def _on_store(self, event: Event) -> int:
         path = Path(event.dataset_path)
-        if disk.refused_store(path, self.settings):
+        if disk.refused_store(path, self.settings, event):
             return OUT_OF_RESOURCES
         assoc = event.assoc
         requested = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "").strip()
