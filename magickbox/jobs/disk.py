@@ -138,16 +138,22 @@ def guard_for(settings: Settings) -> DiskGuard:
 
 
 # -- the receiver's questions (each one line in receive/scp.py) ----------------------------
-def refused_association(assoc: Any, settings: Settings) -> bool:
-    """Reject an association (transient, local limit exceeded) while the disk is low."""
+def association_refusal(settings: Settings) -> str:
+    """Why a new association must be refused now ("" when it may come): any receiver
+    answers a reason with A-ASSOCIATE-RJ rejected-transient / provider / local limit."""
     status = guard_for(settings).status()
-    if not status.low:
+    return status.message() if status.low else ""
+
+
+def refused_association(assoc: Any, settings: Settings) -> bool:
+    """pynetdicom's EVT_REQUESTED: reject (transient, local limit exceeded) while low."""
+    reason = association_refusal(settings)
+    if not reason:
         return False
     rq = assoc.requestor
     log.warning("rejected association from %s@%s calling %r: %s",
                 str(rq.ae_title).strip(), rq.address,
-                str(getattr(rq.primitive, "called_ae_title", "")).strip(),
-                status.message())  # fmt: skip
+                str(getattr(rq.primitive, "called_ae_title", "")).strip(), reason)  # fmt: skip
     assoc.acse.send_reject(REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED)
     assoc.kill()
     return True
