@@ -5,7 +5,8 @@ Every ``sweep_seconds`` the :class:`Sweeper` removes, in this order:
 1. **leftovers** untouched for :data:`STALE_SECONDS`: upload bodies and their unpacked
    folders (``scratch/.uploads``), data sets cut off on the wire (``scratch/.partial``),
    arrival folders without their record and records without their folder
-   (``scratch/.incoming``), and job folders without a job (``scratch/tmp.*``);
+   (``scratch/.incoming``), and half-made job folders without a job (``scratch/tmp.*``
+   without INPUT; a complete one is adopted at the next start);
 2. **expired jobs**: finished jobs that ended more than ``keep_days`` ago (failed ones:
    ``keep_failed_days``); a bucket's info.json may say its own;
 3. **the scrub**: above ``scrub_high`` percent of the scratch filesystem in use, the
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from magickbox.buckets.registry import Bucket
 from magickbox.config import Settings
+from magickbox.jobfolder import JobFolder
 from magickbox.jobs import scratch
 from magickbox.jobs.db import Job, State
 from magickbox.jobs.disk import DiskGuard
@@ -114,7 +116,10 @@ class Sweeper:
         yield from (entry for entry in _entries(s.incoming) if not _paired(entry))
         known = set(self.store.scratchdirs())
         for entry in _entries(s.scratch):
-            if SCRATCHDIR_RE.fullmatch(entry.name) and entry.name not in known:
+            # A complete job folder without its row (a full disk failed the insert) holds
+            # acknowledged images: the next start adopts it. Only half-made ones go.
+            orphan = SCRATCHDIR_RE.fullmatch(entry.name) and entry.name not in known
+            if orphan and not JobFolder(entry).is_complete():
                 yield entry
 
     def _remove_leftover(self, path: Path) -> Removal:

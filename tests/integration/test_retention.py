@@ -144,6 +144,9 @@ def test_the_sweep_removes_stale_leftovers_and_keeps_fresh_ones(home: Path) -> N
     stale = [s.uploads / "old.zip", s.partial / "tmpold.dcm", s.incoming / "lone",
              s.incoming / "gone.json", s.scratch / "tmp.orphaned"]  # fmt: skip
     fresh = [s.uploads / "new.zip", s.partial / "tmpnew.dcm", s.scratch / "tmp.justmade"]
+    adoptable = s.scratch / "tmp.complete"  # has INPUT: the next start adopts it
+    (adoptable / "INPUT").mkdir(parents=True)
+    (adoptable / "INPUT" / "a.dcm").write_bytes(b"x" * 5000)
     pair = [s.incoming / "arrival", s.incoming / "arrival.json"]  # a send to come: kept
     for path in stale + fresh + pair:
         if path.suffix:
@@ -152,7 +155,7 @@ def test_the_sweep_removes_stale_leftovers_and_keeps_fresh_ones(home: Path) -> N
             path.mkdir()
             (path / "f.dcm").write_bytes(b"x" * 5000)
     old = time.time() - STALE_SECONDS - 60
-    for path in stale + pair:
+    for path in [*stale, *pair, adoptable]:
         for p in [path, *path.rglob("*")]:
             os.utime(p, (old, old))
 
@@ -161,7 +164,7 @@ def test_the_sweep_removes_stale_leftovers_and_keeps_fresh_ones(home: Path) -> N
     assert sorted(r.name for r in removed) == sorted(str(p.relative_to(s.scratch)) for p in stale)
     assert all(r.freed == 5000 for r in removed)
     assert not any(p.exists() for p in stale)
-    assert all(p.exists() for p in fresh + pair)
+    assert all(p.exists() for p in [*fresh, *pair, adoptable])
     assert exists(box, job)
 
 
