@@ -123,8 +123,12 @@ class Sweeper:
                 yield entry
 
     def _remove_leftover(self, path: Path) -> Removal:
-        freed = scratch.freed_by(path) if path.is_dir() else _size(path)
-        scratch.remove_tree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            freed = scratch.freed_by(path)
+            scratch.remove_tree(path)
+        else:
+            freed = _size(path)
+            path.unlink(missing_ok=True)
         where = path.relative_to(self.settings.scratch)
         log.info("sweep: removed %s, left behind and untouched for an hour: freed %d bytes",
                  where, freed)  # fmt: skip
