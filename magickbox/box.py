@@ -27,6 +27,7 @@ from magickbox.buckets import health, registry
 from magickbox.buckets.runner import LocalExecutor
 from magickbox.buckets.slurm import ClusterCheck, RoutingExecutor, SlurmStatus, check_cluster
 from magickbox.config import Settings
+from magickbox.disk import DiskStatus, guard_for
 from magickbox.errors import Conflict, Invalid, NotFound
 from magickbox.events import AssociationRejected, EventBus, JobDeleted, JobFinished
 from magickbox.heartbeat import DOWN, OFF, Heartbeat, PartState
@@ -38,6 +39,7 @@ from magickbox.jobfolder import JobFolder
 from magickbox.jobs import browse, measures, scratch, timing
 from magickbox.jobs.db import Job, State, open_database
 from magickbox.jobs.queue import Dispatcher
+from magickbox.jobs.retention import Removal, Sweeper
 from magickbox.jobs.store import JobFilter, JobStore, NewJob
 from magickbox.jobs.unzip import safe_extract
 from magickbox.metrics import Metrics
@@ -84,6 +86,9 @@ class Box:
         )
         self.archive_index = browse.ArchiveIndex(settings.archive)
         self.scratch_size = browse.ScratchSize(settings.scratch)
+        self.disk_guard = guard_for(settings)  # the one answer to "may more data come?"
+        self.sweeper = Sweeper(settings, self.store, self.disk_guard, self.router.unsettled_jobs,
+                               lambda: registry.all_buckets(settings.streams))  # fmt: skip
         self.announcer: Announcer | None = None
         self.cluster_check = ClusterCheck("off")
         self._started = False
@@ -101,6 +106,7 @@ class Box:
         self.dispatcher.start()
         self.grouper.start()
         self._dicom = dicom
+        self.sweeper.start()
         if dicom:
             self.receiver.start()
         if self.settings.announce:
@@ -117,6 +123,7 @@ class Box:
         if self.announcer is not None:
             self.announcer.stop()
         self.receiver.stop()
+        self.sweeper.stop()
         self.grouper.stop()
         self.dispatcher.stop()
         self.router.stop()
@@ -183,6 +190,7 @@ class Box:
     def health(self) -> dict[str, Any]:
         """Each part's state now (ok, low, down, off) and whether all are up."""
         parts = self.heartbeat.check()
+        space = self.disk_status()
         return {
             "ok": not any(p.down for p in parts.values()),
             "aet": self.settings.aet,
@@ -191,6 +199,9 @@ class Box:
             "parts": {name: {"state": p.state, "detail": p.detail} for name, p in parts.items()},
             # The start-up check of the Slurm cluster ("off" without Slurm buckets).
             "slurm": self.cluster_check.as_json(),
+            # below disk_reserve the box refuses new data (associations, C-STOREs, uploads)
+            "accepting": not space.low,
+            "disk": space.view(),
         }
 
     def heartbeat_round(self) -> dict[str, Any]:
@@ -261,7 +272,7 @@ class Box:
         """A zip of DICOM files becomes a job for bucket ``aetitle`` (processZip, mb push)."""
         self._need_bucket(aetitle)
         args = split_arguments(arguments)
-        staging = self.settings.scratch / ".uploads" / uuid.uuid4().hex
+        staging = self.settings.uploads / uuid.uuid4().hex
         staging.mkdir(parents=True)
         try:
             files = safe_extract(zip_path, staging)
@@ -326,7 +337,7 @@ class Box:
         return folders
 
     def _job_from_archive(self, uid: str, folder: Path, new: NewJob) -> Job:
-        staging = self.settings.scratch / ".uploads" / uuid.uuid4().hex
+        staging = self.settings.uploads / uuid.uuid4().hex
         try:
             if scratch.link_from_archive(folder, staging) == 0:
                 raise NotFound(f"study {uid!r} has no files in the archive")
@@ -335,6 +346,16 @@ class Box:
             scratch.remove_tree(staging)  # gone already when the job took it
         log.info("job %s: study %s from the archive for %s", job.scratchdir, uid, new.bucket)
         return job
+
+    def check_upload_room(self, length: int | None) -> None:
+        """StorageFull (507) when the disk is below its reserve or ``length`` bytes
+        (None: not known) would take it there; asked before an upload's body is read."""
+        self.disk_guard.check_upload(length)
+
+    def new_upload_path(self) -> Path:
+        """Where an upload's body is written as it arrives (scratch/.uploads/<id>.zip)."""
+        self.settings.uploads.mkdir(parents=True, exist_ok=True)
+        return self.settings.uploads / f"{uuid.uuid4().hex}.zip"
 
     # -- asking --------------------------------------------------------------------
     def job(self, scratchdir: str) -> Job:
@@ -507,9 +528,14 @@ class Box:
         return JobFolder(self.store.job_dir(job)).read_verdict()
 
     def disk(self, with_scratch_size: bool) -> dict[str, Any]:
-        return browse.disk_usage(
+        """Space on the scratch disk, the reserve and whether data is accepted now."""
+        usage = browse.disk_usage(
             self.settings.scratch, self.scratch_size if with_scratch_size else None
         )
+        return {**usage, **self.disk_status().view()}
+
+    def disk_status(self) -> DiskStatus:
+        return self.disk_guard.status()
 
     def archived_studies(self, limit: int, offset: int) -> dict[str, Any]:
         return self.archive_index.page(limit, offset)
@@ -650,24 +676,38 @@ class Box:
         return self.auth.audit_lines(flt)
 
     # -- changing ------------------------------------------------------------------
-    def delete_job(self, scratchdir: str) -> None:
+    def delete_job(self, scratchdir: str) -> dict[str, Any]:
+        """Delete a job (a running one is stopped first): its name and the bytes freed.
+
+        Its INPUT files are hard links into the archive, which keeps them: deleting the
+        study (:meth:`delete_study`) frees those too.
+        """
         job = self.job(scratchdir)
         if self.dispatcher.cancel(job.scratchdir):
             deadline = time.monotonic() + 15
             while self.dispatcher.is_running_here(job.scratchdir) and time.monotonic() < deadline:
                 time.sleep(0.05)
-        self.store.delete(job.scratchdir)
-        log.info("job %s deleted", job.scratchdir)
+        freed = self.store.delete(job.scratchdir) or 0
+        log.info("job %s deleted: freed %d bytes", job.scratchdir, freed)
+        return {"deleted": job.scratchdir, "freed_bytes": freed}
 
     def delete_study(self, study_uid: str) -> dict[str, Any]:
+        """Delete every job of a study and its archive folder; the bytes that freed."""
         check_study_uid(study_uid)
         jobs = [j.scratchdir for j in self.store.study_jobs(study_uid)]
-        for name in jobs:
-            self.delete_job(name)
+        freed = sum(self.delete_job(name)["freed_bytes"] for name in jobs)
         archived = self.store.delete_archive_study(study_uid)
-        if not jobs and not archived:
+        if not jobs and archived is None:
             raise NotFound(f"no study {study_uid!r} in the archive or the jobs")
-        return {"SIUID": study_uid, "deleted_jobs": jobs, "archive_deleted": archived}
+        freed += archived or 0
+        log.info("study %s deleted (%d jobs, archive %s): freed %d bytes", study_uid, len(jobs),
+                 "too" if archived is not None else "none", freed)  # fmt: skip
+        return {"SIUID": study_uid, "deleted_jobs": jobs, "archive_deleted": archived is not None,
+                "freed_bytes": freed}  # fmt: skip
+
+    def sweep(self) -> list[Removal]:
+        """Run the sweep now: leftovers, retention and the scrub (it also runs by itself)."""
+        return self.sweeper.sweep()
 
     def retry_job(self, scratchdir: str) -> Job:
         job = self.job(scratchdir)

@@ -20,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 CONFIG_FILE = "magickbox.toml"
@@ -32,6 +32,30 @@ README_END = "<!-- settings:end -->"
 
 # What a webhook can be told about (the notify_events setting).
 NOTIFY_EVENTS = ("job_failed", "job_done", "send_failed", "disk_low")
+
+
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value: str) -> tuple[int, float]:
+    """A size setting as (bytes, percent): ``1000``, ``"500M"``, ``"2G"`` or ``"5%"``."""
+    text = value.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if text.endswith("%"):
+            percent = float(text[:-1])
+            if not 0 <= percent < 100:
+                raise ValueError
+            return 0, percent
+        unit = text[-1:] if text[-1:] in SIZE_UNITS else ""
+        number = float(text[: len(text) - len(unit)])
+        if number < 0:
+            raise ValueError
+        return int(number * SIZE_UNITS[unit]), 0.0
+    except (ValueError, IndexError):
+        raise ValueError(
+            f"not a size: {value!r} (bytes, e.g. 1000000 or \"500M\", or a percentage "
+            "below 100, e.g. \"5%\")"
+        ) from None
 
 
 def default_home() -> Path:
@@ -83,7 +107,52 @@ class Settings(BaseModel):
         "association on plain sockets), or pynetdicom's server (the reference).",
     )
     max_upload_bytes: int = Field(
-        default=64 << 30, description="Cap for processZip and API uploads, in bytes."
+        default=4 << 30,
+        description="Cap of an upload (processZip, POST /api/v1/jobs, mb push), in bytes: "
+        "a larger Content-Length is refused with 413 before its body is read, and a body "
+        "without one is cut off there. 4 GiB holds a large CT study as a zip; send bigger "
+        "ones by DICOM or raise this.",
+    )
+    upload_timeout: float = Field(
+        default=30.0,
+        description="An upload whose body brings less than upload_min_rate bytes a second "
+        "over this many seconds (or nothing at all for as long) is cut off with 408.",
+    )
+    upload_min_rate: int = Field(
+        default=16384,
+        description="Slowest upload body kept, in bytes per second over upload_timeout "
+        "(16 KiB/s: a body trickled at 1 KB/s is cut off).",
+    )
+    disk_reserve: str = Field(
+        default="5%",
+        description='Free space the box keeps on the scratch filesystem: bytes (1000000, '
+        '"500M", "2G") or a percentage of it ("5%"). Below it new associations are refused '
+        '(transient, "local limit exceeded"), C-STOREs answered A700 (Out of Resources) and '
+        'uploads 507; above it again everything resumes by itself. 0: no reserve.',
+    )
+    scrub_high: float = Field(
+        default=0.0,
+        description="Percent of the scratch filesystem in use above which the oldest "
+        "finished jobs and unreferenced archived studies are removed, down to scrub_low "
+        "(the original's 90 and 80). 0: off.",
+    )
+    scrub_low: float = Field(
+        default=0.0, description="Percent in use the scrub frees down to (below scrub_high)."
+    )
+    keep_days: float = Field(
+        default=0.0,
+        description='Days a finished job is kept after it ended (info.json "keep_days" wins '
+        "for a bucket's jobs). 0: for ever.",
+    )
+    keep_failed_days: float = Field(
+        default=0.0,
+        description='Days a failed job is kept (info.json "keep_failed_days" wins); 0: as '
+        "long as keep_days allows (for ever when that is 0).",
+    )
+    sweep_seconds: float = Field(
+        default=60.0,
+        description="Seconds between sweeps: retention (keep_days), the scrub, and removal "
+        "of stale uploads, partial files and folders without a job (untouched for an hour).",
     )
     concurrency: int = Field(
         default=1, description='Jobs of one bucket at a time (info.json "concurrency" wins).'
@@ -317,6 +386,26 @@ class Settings(BaseModel):
         default=5, description="Rotated logs kept (magickbox.log.1 ... .N); older ones go."
     )
 
+    @field_validator("disk_reserve", mode="before")
+    @classmethod
+    def _check_reserve(cls, value: object) -> str:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValueError(f"not a size: {value!r}")
+        parse_size(str(value))  # a clear message at start, not a failure on the first send
+        return str(value)  # a plain number in magickbox.toml is a number of bytes
+
+    @model_validator(mode="after")
+    def _check_watermarks(self) -> Settings:
+        high, low = self.scrub_high, self.scrub_low
+        if high and not 0 < low < high <= 100:
+            raise ValueError(f"scrub_low ({low}) must be above 0 and below scrub_high ({high})")
+        return self
+
+    @property
+    def reserve(self) -> tuple[int, float]:
+        """disk_reserve as (bytes, percent of the filesystem): one of them is 0."""
+        return parse_size(self.disk_reserve)
+
     @property
     def streams(self) -> Path:
         return self.home / "streams"
@@ -333,6 +422,11 @@ class Settings(BaseModel):
     def incoming(self) -> Path:
         """Sends being received; each becomes a job's INPUT by a rename."""
         return self.scratch / ".incoming"
+
+    @property
+    def uploads(self) -> Path:
+        """Upload bodies as they arrive, and their unpacked files until they are a job."""
+        return self.scratch / ".uploads"
 
     @property
     def partial(self) -> Path:
@@ -373,7 +467,22 @@ class Settings(BaseModel):
 # How the generated documents group the settings; every field is in exactly one section.
 SECTIONS: dict[str, tuple[str, ...]] = {
     "Box": ("home", "aet", "host", "dicom_port", "web_port", "announce", "database_url"),
-    "Receiving": ("quiet_seconds", "max_pdu", "receiver", "max_upload_bytes"),
+    "Receiving": (
+        "quiet_seconds",
+        "max_pdu",
+        "receiver",
+        "max_upload_bytes",
+        "upload_timeout",
+        "upload_min_rate",
+    ),
+    "Disk": (
+        "disk_reserve",
+        "scrub_high",
+        "scrub_low",
+        "keep_days",
+        "keep_failed_days",
+        "sweep_seconds",
+    ),
     "Jobs": ("concurrency", "bucket_timeout", "rerun_interrupted", "max_attempts"),
     "Container buckets": (
         "container_engine",

@@ -66,3 +66,15 @@ class TooManyRequests(MagickBoxError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.headers = {"Retry-After": str(max(1, retry_after))}
+
+
+class TooLarge(MagickBoxError):
+    """A request body over the box's cap (max_upload_bytes)."""
+
+    http_status = 413
+
+
+class TimedOut(MagickBoxError):
+    """A request body that came too slowly (upload_timeout, upload_min_rate)."""
+
+    http_status = 408

@@ -4,7 +4,9 @@ MagickBox servers on free ports (``box_factory``) and the real dcmtk tools."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,7 @@ __all__ = [
     "dcmtk",
     "free_port",
     "in_process_box",
+    "tmpfs",
 ]
 
 
@@ -142,6 +145,21 @@ def box_factory(tmp_path: Path) -> Iterator:
 @pytest.fixture
 def box(box_factory) -> BoxServer:  # type: ignore[no-untyped-def]
     return box_factory()
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str = "60m") -> Iterator[Path]:
+    """A small filesystem of its own at ``folder`` (a tmpfs; needs root, as the test machines
+    run): what the box does when its disk fills, measured without other processes' noise."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                   check=True)  # fmt: skip
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def copy_bucket(home: Path, name: str, work_sh: str, **info: object) -> Path:

@@ -41,6 +41,24 @@ class Bucket:
             return default
 
 
+    def keep_days(self, failed: bool, default: float) -> float:
+        """Days its finished jobs are kept: info.json "keep_failed_days" (failed jobs) or
+        "keep_days", else ``default``; 0 is for ever, a bad value is the default."""
+        key = "keep_failed_days" if failed else "keep_days"
+        value = self.info.get(key)
+        if value is None:
+            return default
+        try:
+            days = float(value)
+        except (TypeError, ValueError):
+            days = -1.0
+        if days < 0:
+            log.warning("bucket %s: info.json %r must be days >= 0, not %r", self.aetitle,
+                        key, value)  # fmt: skip
+            return default
+        return days
+
+
 def _positive_int(value: object, default: int) -> int:
     try:
         number = int(value)  # type: ignore[call-overload]

@@ -93,6 +93,21 @@ def count_files(root: Path) -> int:
     return sum(1 for _ in _files(root))
 
 
+def freed_by(root: Path) -> int:
+    """Bytes that removing ``root`` gives back: regular files whose every hard link is
+    inside it (a job's INPUT shares its files with the archive, which keeps them)."""
+    links: dict[tuple[int, int], list[int]] = {}  # inode -> [links seen, nlink, size]
+    for path in _files(root):
+        try:
+            st = path.lstat()
+        except OSError:
+            continue  # removed while we looked
+        if not path.is_symlink():
+            seen = links.setdefault((st.st_dev, st.st_ino), [0, st.st_nlink, st.st_size])
+            seen[0] += 1
+    return sum(size for count, nlink, size in links.values() if count >= nlink)
+
+
 def remove_tree(path: Path) -> None:
     """Delete a folder without following symlinks out of it (rmtree does not follow them)."""
     if path.is_symlink():

@@ -6,6 +6,7 @@ the database or the scratch folder by themselves.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import CursorResult, delete, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from magickbox.config import Settings
@@ -29,6 +30,8 @@ from magickbox.names import (
     BadName,
     check_scratchdir,
     check_study_uid,
+    is_study_key,
+    is_uid,
     study_key,
 )
 
@@ -373,27 +376,71 @@ class JobStore:
         with self.sessions.begin() as s:
             self.measures.forget(s, job.scratchdir)
 
-    def delete(self, scratchdir: str) -> bool:
+    def delete(self, scratchdir: str, only_finished: bool = False) -> int | None:
+        """Remove a job's row and folder: the bytes that freed, None when there was none
+        (or, with ``only_finished``, when it is not finished: a retry may have just queued
+        it again, and the row's state decides in the same statement)."""
         job = self.get(scratchdir)
         if job is None:
-            return False
+            return None
+        query = delete(Job).where(Job.scratchdir == scratchdir)
+        if only_finished:
+            query = query.where(Job.state.in_(FINISHED))
         with self.sessions.begin() as s:
-            s.execute(delete(Job).where(Job.scratchdir == scratchdir))
-            self.measures.forget(s, scratchdir)
-        scratch.remove_tree(self.job_dir(job))
-        self.events.publish(JobDeleted(scratchdir))
-        return True
-
-    def delete_archive_study(self, study_uid: str) -> bool:
-        folder = self.settings.archive / study_key(check_study_uid(study_uid))
-        existed = folder.is_dir()
+            result: CursorResult[Any] = s.execute(query)  # type: ignore[assignment]
+            if result.rowcount:
+                self.measures.forget(s, scratchdir)
+        if not result.rowcount:
+            return None
+        folder = self.job_dir(job)
+        freed = scratch.freed_by(folder)
         scratch.remove_tree(folder)
-        return existed
+        self.events.publish(JobDeleted(scratchdir))
+        return freed
+
+    def delete_archive_study(self, study_uid: str) -> int | None:
+        """Remove a study's archive folder: the bytes that freed, None when there was none."""
+        return self.delete_archive_folder(study_key(check_study_uid(study_uid)))
+
+    def delete_archive_folder(self, key: str) -> int | None:
+        folder = self.settings.archive / key
+        if not is_study_key(key) or not folder.is_dir():
+            return None
+        freed = scratch.freed_by(folder)
+        scratch.remove_tree(folder)
+        return freed
+
+    def finished_jobs(self, before: float | None = None) -> Sequence[Job]:
+        """Done or failed jobs (that ended before ``before``), the earliest ended first:
+        what retention and the scrub look at."""
+        query = select(Job).where(Job.state.in_(FINISHED))
+        if before is not None:
+            query = query.where(Job.finished_at < before)
+        with self.sessions() as s:
+            return s.scalars(query.order_by(Job.finished_at, Job.id)).all()
+
+    def study_keys_in_use(self) -> set[str]:
+        """Archive folder names that some job refers to."""
+        with self.sessions() as s:
+            uids = s.scalars(select(Job.study_uid).distinct()).all()
+        keys = set()
+        for uid in uids:
+            with contextlib.suppress(BadName):
+                keys.add(study_key(check_study_uid(uid)))
+        return keys
+
+    def study_key_in_use(self, key: str) -> bool:
+        """Whether some job refers to the archive folder ``key`` (asked just before it goes:
+        a send of the study may have made a job since)."""
+        if not is_uid(key):  # a hashed key: the UIDs must be hashed to compare
+            return key in self.study_keys_in_use()
+        with self.sessions() as s:
+            return s.scalar(select(Job.id).where(Job.study_uid == key).limit(1)) is not None
 
     # -- after a restart -----------------------------------------------------------
     def adopt_orphans(self) -> int:
         """Job folders that a crash left without a row get one; half-made ones are removed."""
-        known = set(self._all_scratchdirs())
+        known = set(self.scratchdirs())
         adopted = 0
         for entry in os.scandir(self.settings.scratch):
             if not SCRATCHDIR_RE.fullmatch(entry.name) or entry.name in known:
@@ -414,7 +461,8 @@ class JobStore:
             adopted += 1
         return adopted
 
-    def _all_scratchdirs(self) -> list[str]:
+    def scratchdirs(self) -> list[str]:
+        """The folder names of every job."""
         with self.sessions() as s:
             return list(s.scalars(select(Job.scratchdir)))
 

@@ -74,10 +74,14 @@ def place_file(src: Path, folder: Path, name: str) -> str:
 
 
 class Grouper:
-    def __init__(self, incoming: Path, quiet: float, on_ready: Ready) -> None:
+    def __init__(self, incoming: Path, quiet: float, on_ready: Ready, retry: float = 30.0) -> None:
         self.incoming = incoming
         self.quiet = quiet
         self.on_ready = on_ready
+        # An arrival that could not become a job (a full disk) is tried again this much
+        # later, so it becomes one without a restart once space is back.
+        self.retry = retry
+        self._retries: list[tuple[float, Arrival]] = []
         self._arrivals: dict[ArrivalKey, Arrival] = {}
         self._assoc_arrivals: dict[int, set[ArrivalKey]] = {}
         self._cond = threading.Condition()
@@ -146,12 +150,19 @@ class Grouper:
                     self._cond.wait(wait)
                     continue
             for arrival in ready:
-                self._hand_over(arrival.folder, arrival.key, arrival.started)
+                if not self._hand_over(arrival.folder, arrival.key, arrival.started):
+                    self._try_again_later(arrival)
+
+    def _try_again_later(self, arrival: Arrival) -> None:
+        if arrival.folder.is_dir():  # else a job folder took it: a restart adopts that
+            with self._cond:
+                self._retries.append((time.monotonic() + self.retry, arrival))
 
     def _take_ready(self) -> tuple[list[Arrival], float | None]:
         now = time.monotonic()
-        ready: list[Arrival] = []
-        wait: float | None = None
+        ready = [arrival for due, arrival in self._retries if due <= now]
+        self._retries = [(due, arrival) for due, arrival in self._retries if due > now]
+        wait = min((due - now for due, _arrival in self._retries), default=None)
         for key, arrival in list(self._arrivals.items()):
             if arrival.open_assocs:
                 continue
@@ -162,14 +173,16 @@ class Grouper:
                 wait = left if wait is None else min(wait, left)
         return ready, wait
 
-    def _hand_over(self, folder: Path, key: ArrivalKey, started: float) -> None:
+    def _hand_over(self, folder: Path, key: ArrivalKey, started: float) -> bool:
         try:
             self.on_ready(folder, key, started)
         except Exception:
-            # The folder stays in .incoming: the next start makes the job.
-            log.exception("arrival %s (%s) could not become a job", folder.name, key)
-            return
+            # The folder stays in .incoming: tried again later, and at the next start.
+            log.exception("arrival %s (%s) could not become a job (tried again in %g s)",
+                          folder.name, key, self.retry)  # fmt: skip
+            return False
         (folder.parent / f"{folder.name}.json").unlink(missing_ok=True)
+        return True
 
     def pending(self) -> int:
         with self._cond:

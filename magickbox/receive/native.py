@@ -33,7 +33,7 @@ from typing import BinaryIO
 
 from pydicom.uid import AllTransferSyntaxes
 
-from magickbox import wire
+from magickbox import disk, wire
 from magickbox.buckets.registry import Bucket
 from magickbox.config import Settings
 from magickbox.events import EventBus
@@ -307,6 +307,8 @@ class Association:
         settings = self.rx.settings
         decision = admit(asked, settings.aet, self.rx.bucket_of, settings.dicom_allowed_callers)
         reason, rejection = decision.reason, (1, 1, decision.diagnostic)
+        if not reason:  # below the disk reserve: transient, the sender tries again later
+            reason, rejection = disk.association_refusal(settings), acse.LOCAL_LIMIT
         if not reason and not self.rx.take_slot():
             reason, rejection = f"{MAX_ASSOCIATIONS} associations are open", acse.LOCAL_LIMIT
         if reason:
@@ -397,6 +399,9 @@ class Association:
             log.error("could not write a data set from %s: %s", self._who(), self.write_error)
             self.write_error = None
             path.unlink(missing_ok=True)
+            self._respond(context_id, request, OUT_OF_RESOURCES)
+            return
+        if disk.refused_store(path, self.rx.settings):  # the disk went below its reserve
             self._respond(context_id, request, OUT_OF_RESOURCES)
             return
         syntax = self.contexts[context_id].transfer_syntax

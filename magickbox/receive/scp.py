@@ -26,12 +26,13 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from magickbox import disk
 from magickbox.buckets.registry import Bucket
 from magickbox.config import Settings
 from magickbox.events import EventBus
 from magickbox.receive.admission import Request, admit
 from magickbox.receive.grouping import Grouper
-from magickbox.receive.intake import STUDY_UID_TAG, Intake, Peer, study_uid_of
+from magickbox.receive.intake import OUT_OF_RESOURCES, STUDY_UID_TAG, Intake, Peer, study_uid_of
 from magickbox.receive.rejections import Rejection
 from magickbox.receive.tlsserver import start_tls_server
 
@@ -99,6 +100,7 @@ class Receiver:
         # pynetdicom writes incoming datasets with NamedTemporaryFile(); pointing the temp
         # folder into scratch keeps them on the archive's filesystem, so storing is a rename.
         tempfile.tempdir = str(self.settings.partial)
+        disk.guard_dataset_writes()  # a full disk answers A700 instead of dropping the peer
         ae = AE(ae_title=self.settings.aet)
         ae.maximum_pdu_size = self.settings.max_pdu
         ae.maximum_associations = 64
@@ -144,6 +146,8 @@ class Receiver:
         return sum(len(server.active_associations) for server in self.servers)
 
     def _on_requested(self, event: Event) -> None:
+        if disk.refused_association(event.assoc, self.settings):
+            return
         request = association_request(event.assoc)
         decision = admit(
             request, self.settings.aet, self.bucket_of, self.settings.dicom_allowed_callers
@@ -172,6 +176,8 @@ class Receiver:
         event.assoc.kill()  # waits until the rejection is on the wire, then closes
 
     def _on_store(self, event: Event) -> int:
+        if disk.refused_store(Path(event.dataset_path), self.settings, event):
+            return OUT_OF_RESOURCES
         assoc = event.assoc
         peer = Peer(
             calling=str(assoc.requestor.ae_title).strip(),

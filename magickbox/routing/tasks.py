@@ -162,6 +162,30 @@ class Router:
             self.job_finished(name)
         return len(missed)
 
+    def unsettled_jobs(self) -> set[str]:
+        """Jobs whose routing is not over, which the scrub must keep: sends still to come
+        (pending or sending), or ended in the last day and not yet evaluated (a start
+        routes those, see route_missed)."""
+        since = time.time() - MISSED_WINDOW
+        evaluated = (
+            select(RoutingLog.id)
+            .where(
+                RoutingLog.scratchdir == Job.scratchdir,
+                RoutingLog.outcome == "evaluated",
+                RoutingLog.at >= Job.finished_at,
+            )
+            .exists()
+        )
+        with self.sessions() as s:
+            to_come = Send.state.in_([SendState.PENDING, SendState.SENDING])
+            sending = s.scalars(select(Send.scratchdir).where(to_come)).all()
+            unrouted = s.scalars(
+                select(Job.scratchdir).where(
+                    Job.state.in_(FINISHED), Job.finished_at >= since, ~evaluated
+                )
+            ).all()
+        return set(sending) | set(unrouted)
+
     # -- the table -----------------------------------------------------------------
     def table_text(self) -> str:
         path = self.settings.routing_file

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
 from magickbox.auth.principal import Principal
@@ -17,6 +17,7 @@ from magickbox.jobs.render import dicom_png
 from magickbox.jobs.store import JobFilter
 from magickbox.web.deps import BIGGEST, BoxDep, Offset, json_bytes, upload_job, zip_response
 from magickbox.web.security import require
+from magickbox.web.uploads import openapi_form
 from magickbox.web.views import job_detail_view, job_view
 
 router = APIRouter(prefix="/api/v1", tags=["api v1"])
@@ -70,23 +71,20 @@ def _text(status: SlurmStatus | None) -> str | None:
     return status.text if status else None
 
 
-@router.post("/jobs", status_code=201)
-async def post_job(
-    request: Request,
-    box: BoxDep,
-    who: Operator,
-    file: UploadFile,
-    bucket: Annotated[str, Form()],
-    sender: Annotated[str, Form()] = "api",
-    jobname: Annotated[str, Form()] = "",
-    arguments: Annotated[str, Form()] = "",
-    description: Annotated[str, Form()] = "",
-) -> Response:
-    """Upload a zip of DICOM files as a new job for ``bucket``."""
-    job = await upload_job(request, box, file, aetitle=bucket, sender=sender,
-                           jobname=jobname or (file.filename or ""), arguments=arguments,
-                           description=description)  # fmt: skip
-    box.audit(who, "upload", job.scratchdir, bucket=bucket, study=job.study_uid)
+@router.post(
+    "/jobs",
+    status_code=201,
+    openapi_extra=openapi_form(
+        "file", ["bucket"], ["bucket", "sender", "jobname", "arguments", "description"]),
+)  # fmt: skip
+async def post_job(request: Request, box: BoxDep, who: Operator) -> Response:
+    """Upload a zip of DICOM files (``file``) as a new job for ``bucket``. Over
+    ``max_upload_bytes``: 413 before the body is read; disk below its reserve: 507."""
+    job = await upload_job(request, box, "file", lambda form: {
+        "aetitle": form.required("bucket"), "sender": form.get("sender", "api"),
+        "jobname": form.get("jobname", form.filename),
+        "arguments": form.get("arguments"), "description": form.get("description")})  # fmt: skip
+    box.audit(who, "upload", job.scratchdir, bucket=job.bucket, study=job.study_uid)
     return json_bytes(job_view(job), status_code=201)
 
 
@@ -169,10 +167,11 @@ def input_zip(box: BoxDep, who: Viewer, scratchdir: str) -> StreamingResponse:
 
 @router.delete("/jobs/{scratchdir}")
 def delete_job(box: BoxDep, who: Operator, scratchdir: str) -> Response:
-    """Delete a job; a running job is stopped first."""
-    box.delete_job(scratchdir)
+    """Delete a job; a running job is stopped first. ``freed_bytes``: what that gave back
+    (INPUT files stay in the archive until their study is deleted)."""
+    deleted = box.delete_job(scratchdir)
     box.audit(who, "delete", scratchdir)
-    return json_bytes({"deleted": scratchdir})
+    return json_bytes(deleted)
 
 
 @router.post("/jobs/{scratchdir}/retry")

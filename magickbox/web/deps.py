@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -13,10 +13,10 @@ from fastapi import Depends, Query, Request, Response
 from fastapi import Path as FastAPIPath
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from starlette.datastructures import UploadFile
 
-from magickbox.box import Box, Invalid
+from magickbox.box import Box
 from magickbox.jobs.db import Job
+from magickbox.web.uploads import UploadForm, read_upload
 from magickbox.zipstream import stream_zip, zip_dir_entries
 
 
@@ -24,32 +24,17 @@ def get_box(request: Request) -> Box:
     return request.app.state.box
 
 
-async def save_upload(box: Box, upload: UploadFile) -> Path:
-    """Copy an uploaded file into scratch in chunks (never whole in memory), with a size cap."""
-    target = box.settings.scratch / ".uploads" / f"{uuid.uuid4().hex}.zip"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    limit, written = box.settings.max_upload_bytes, 0
-    try:
-        with target.open("wb") as out:
-            while chunk := await upload.read(1 << 20):
-                written += len(chunk)
-                if written > limit:
-                    raise Invalid(f"upload larger than the limit of {limit} bytes")
-                out.write(chunk)
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
-    return target
-
-
-async def upload_job(request: Request, box: Box, upload: UploadFile, **fields: str) -> Job:
-    """An uploaded zip becomes a job (``fields`` as :meth:`Box.upload` takes them)."""
-    saved = await save_upload(box, upload)
+async def upload_job(
+    request: Request, box: Box, file_field: str, fields: Callable[[UploadForm], dict[str, str]]
+) -> Job:
+    """The upload of ``request`` (read by ``web/uploads.py``) becomes a job; ``fields`` maps
+    the form to :meth:`Box.upload`'s arguments."""
+    form = await read_upload(request, box, file_field)
     try:
         peer = request.client.host if request.client else ""
-        return await run_in_threadpool(box.upload, saved, caller_ip=peer, **fields)
+        return await run_in_threadpool(box.upload, form.path, caller_ip=peer, **fields(form))
     finally:
-        discard(saved)
+        discard(form.path)
 
 
 def discard(path: Path) -> None:

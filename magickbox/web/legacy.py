@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
 from magickbox.auth.principal import Principal
@@ -13,6 +13,7 @@ from magickbox.box import Invalid
 from magickbox.jobfolder import JobFolder
 from magickbox.web.deps import BoxDep, json_bytes, upload_job, zip_response
 from magickbox.web.security import require
+from magickbox.web.uploads import openapi_form
 
 router = APIRouter(tags=["original endpoints"])
 
@@ -53,9 +54,9 @@ def delete_study(
     """Delete one job (``scratchdir``) or a study and every job made of it (``SIUID``).
     A GET that changes state, kept for the seed's scripts: never from a cross-site page."""
     if scratchdir:
-        box.delete_job(scratchdir)
+        deleted = box.delete_job(scratchdir)
         box.audit(who, "delete", scratchdir)
-        return json_bytes({"ok": True, "deleted": scratchdir})
+        return json_bytes({"ok": True, **deleted})
     if SIUID:
         deleted = box.delete_study(SIUID)
         box.audit(who, "delete", SIUID, jobs=deleted["deleted_jobs"])
@@ -63,24 +64,20 @@ def delete_study(
     raise Invalid("give scratchdir or SIUID")
 
 
-@router.post("/code/php/processZip.php")
-async def process_zip(
-    request: Request,
-    box: BoxDep,
-    who: Operator,
-    theFile: UploadFile,
-    aetitle: Annotated[str, Form()],
-    sender: Annotated[str, Form()] = "",
-    filename: Annotated[str, Form()] = "",
-    jobname: Annotated[str, Form()] = "",
-    arguments: Annotated[str, Form()] = "",
-    description: Annotated[str, Form()] = "",
-) -> Response:
-    """A zip of DICOM files for bucket ``aetitle`` (what ``mb push`` sends)."""
-    job = await upload_job(request, box, theFile, aetitle=aetitle, sender=sender or "upload",
-                           jobname=jobname or filename, arguments=arguments,
-                           description=description)  # fmt: skip
-    box.audit(who, "upload", job.scratchdir, bucket=aetitle, study=job.study_uid)
+@router.post(
+    "/code/php/processZip.php",
+    openapi_extra=openapi_form(
+        "theFile", ["aetitle"], ["aetitle", "sender", "filename", "jobname", "arguments",
+                                 "description"]),
+)  # fmt: skip
+async def process_zip(request: Request, box: BoxDep, who: Operator) -> Response:
+    """A zip of DICOM files (``theFile``) for bucket ``aetitle`` (what ``mb push`` sends).
+    Over ``max_upload_bytes``: 413 before the body is read; disk below its reserve: 507."""
+    job = await upload_job(request, box, "theFile", lambda form: {
+        "aetitle": form.required("aetitle"), "sender": form.get("sender", "upload"),
+        "jobname": form.get("jobname", form.get("filename")),
+        "arguments": form.get("arguments"), "description": form.get("description")})  # fmt: skip
+    box.audit(who, "upload", job.scratchdir, bucket=job.bucket, study=job.study_uid)
     return json_bytes(
         {"ok": True, "scratchdir": job.scratchdir, "pid": job.study_uid, "files": job.nfiles}
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from magickbox.jobs import scratch
 from magickbox.testing.dicomgen import StudyInfo, write_study
 from tests.conftest import BoxServer
 from tests.e2e.peers import (
@@ -226,8 +227,10 @@ def test_delete_and_retry(box_factory, tmp_path: Path) -> None:  # type: ignore[
     jobs = {j["caller_aet"]: j for j in wait_jobs(box, 2)}
 
     sd = jobs["GONE"]["scratchdir"]
+    output_and_log = scratch.freed_by(box.home / "scratch" / sd)  # INPUT stays in the archive
     res = box.delete(f"/api/v1/jobs/{sd}")
-    assert res.status_code == 200 and res.json() == {"deleted": sd}
+    assert res.status_code == 200 and res.json() == {"deleted": sd, "freed_bytes": output_and_log}
+    assert output_and_log > 0
     assert box.get(f"/api/v1/jobs/{sd}").status_code == 404
     assert box.delete(f"/api/v1/jobs/{sd}").status_code == 404
     assert not (box.home / "scratch" / sd).exists()

@@ -412,3 +412,18 @@ def test_admin_audit_page(site: Site, page) -> None:  # type: ignore[no-untyped-
     # The table is drawn again with the filter (waited for: the old rows linger a moment).
     sync_api.expect(page.locator("#audit-rows tbody")).not_to_contain_text("login")
     shot(page, "audit")
+
+
+def test_page_says_when_the_disk_is_below_its_reserve(box_factory, browser) -> None:  # type: ignore[no-untyped-def]
+    """A reserve of 99.9 % of the filesystem: the box is always low, on every view."""
+    box = box_factory(extra_args=["--set", "disk_reserve=99.9%"])
+    ctx = browser.new_context(extra_http_headers=box.headers)
+    pg = ctx.new_page()
+    pg.set_default_timeout(WAIT_MS)
+    pg.goto(box.url + "/#/jobs")
+    banner = pg.locator("#disk-low")
+    banner.wait_for(state="visible")
+    assert "Disk low" in banner.inner_text() and "refuses new sends" in banner.inner_text()
+    pg.goto(box.url + "/#/overview")
+    pg.locator("#disk", has_text="low: refusing data").wait_for()
+    ctx.close()

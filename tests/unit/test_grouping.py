@@ -232,6 +232,30 @@ def test_a_file_after_hand_over_makes_a_new_send(
     assert (second.moved_to / "same.dcm").read_bytes() == b"second"
 
 
+def test_failed_hand_over_is_tried_again_without_a_restart(
+    incoming: Path, jobs: FakeJobs, wire: Wire
+) -> None:
+    """A full disk failed the job's making: once space is back the arrival becomes one."""
+    jobs.fail = True
+    g = Grouper(incoming, QUIET, jobs, retry=0.2)
+    g.start()
+    try:
+        g.add_file(1, KEY_A, wire.file(), "a.dcm")
+        g.association_closed(1)
+        deadline = time.monotonic() + TIMEOUT
+        while g.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert jobs.count() == 0 and len(records(incoming)) == 1  # tried, failed, kept
+        jobs.fail = False
+        [job] = jobs.wait_for(1)
+        while records(incoming) and time.monotonic() < deadline:  # removed after the hand-over
+            time.sleep(0.05)
+    finally:
+        g.stop()
+    assert job.key == KEY_A and job.files == ["a.dcm"]
+    assert records(incoming) == []
+
+
 def test_failed_hand_over_keeps_folder_and_record_for_the_next_start(
     incoming: Path, jobs: FakeJobs, wire: Wire
 ) -> None:

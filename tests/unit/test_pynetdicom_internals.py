@@ -66,3 +66,18 @@ def test_only_dimse_touches_the_internals() -> None:
         if any(name in path.read_text() for name in internals)
     )
     assert touching == ["dimse.py"], f"pynetdicom internals used outside dimse.py: {touching}"
+
+
+def test_the_receivers_data_set_file_is_made_where_the_disk_guard_expects() -> None:
+    """disk.py puts its GuardedTemporaryFile in place of the NamedTemporaryFile that
+    pynetdicom's C-STORE decoder writes an incoming data set to; it must still be there."""
+    import inspect
+
+    from pynetdicom import dimse_messages
+
+    assert hasattr(dimse_messages, "NamedTemporaryFile"), (
+        f"pynetdicom {__version__}: dimse_messages.NamedTemporaryFile is gone; "
+        "disk.guard_dataset_writes replaces it (a full disk must answer A700)."
+    )
+    source = inspect.getsource(dimse_messages.DIMSEMessage.decode_msg)
+    assert "NamedTemporaryFile(" in source and "._data_set_file.file.flush()" in source

@@ -525,6 +525,7 @@ function drawDisk(d) {
       <dt>Available</dt><dd data-disk="free">${esc(bytes(d.free))} <span class="sub">to the box</span></dd>
       <dt>Use%</dt><dd data-disk="use_percent">${pct} % <span class="sub">used of used + available, as df</span></dd>
       ${d.reserved ? `<dt>Not available</dt><dd data-disk="reserved">${esc(bytes(d.reserved))} <span class="sub">reserved for root or held by the file system</span></dd>` : ""}
+      <dt>Reserve</dt><dd data-disk="reserve">${esc(bytes(d.reserve))}${d.low ? ' <span class="badge s-failed">low: refusing data</span>' : ""}</dd>
       <dt>Scratch folder</dt><dd>${d.scratch_bytes != null ? esc(bytes(d.scratch_bytes)) : "measuring…"} <span class="sub">the jobs and the archive</span></dd>
       <dt>Path</dt><dd class="mono">${esc(d.path)}</dd>
     </dl>`;
@@ -811,6 +812,21 @@ async function route() {
   }
 }
 
+// -- the disk, on every view: below its reserve the box takes no data ------------------------
+
+const HEALTH_MS = 10000;
+async function checkDisk() {
+  const el = document.getElementById("disk-low");
+  try {
+    const { disk } = await getJSON("/health");
+    el.hidden = !disk.low;
+    el.textContent = disk.low
+      ? `Disk low: ${bytes(disk.free)} free, ${bytes(disk.reserve)} kept in reserve. ` +
+        "The box refuses new sends and uploads until space is freed (delete jobs or studies)."
+      : "";
+  } catch (_) { /* the box is down: the status dot says so */ }
+}
+
 window.addEventListener("hashchange", route);
 
 // Who is logged in, and the way out.
@@ -829,3 +845,5 @@ window.addEventListener("hashchange", route);
   } catch (_) { /* 401 sends the browser to the login form */ }
 })();
 route();
+checkDisk();
+setInterval(checkDisk, HEALTH_MS);
