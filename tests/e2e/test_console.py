@@ -129,12 +129,15 @@ def browser() -> Iterator:
 
 
 @pytest.fixture
-def page(browser) -> Iterator:  # type: ignore[no-untyped-def]
-    yield from _page(browser, WIDE)
+def page(browser, site: Site) -> Iterator:  # type: ignore[no-untyped-def]
+    yield from _page(browser, WIDE, site)
 
 
-def _page(browser, viewport: dict, **kw: object) -> Iterator:  # type: ignore[no-untyped-def]
-    ctx = browser.new_context(viewport=viewport, accept_downloads=True, **kw)
+def _page(browser, viewport: dict, site: Site, **kw: object) -> Iterator:  # type: ignore[no-untyped-def]
+    # The admin token the harness made rides on every request (the login form is
+    # test_security.py's).
+    ctx = browser.new_context(viewport=viewport, accept_downloads=True,
+                              extra_http_headers=site.box.headers, **kw)  # fmt: skip
     pg = ctx.new_page()
     pg.set_default_timeout(WAIT_MS)
     errors: list[str] = []
@@ -364,7 +367,7 @@ def test_disk_figures_agree_with_df(site: Site, page) -> None:  # type: ignore[n
 
 
 def test_setup_fits_a_phone(site: Site, browser) -> None:  # type: ignore[no-untyped-def]
-    for pg in _page(browser, NARROW, is_mobile=True):
+    for pg in _page(browser, NARROW, site, is_mobile=True):
         pg.goto(site.box.url + "/#/admin/setup")
         pg.locator("#admin dd").first.wait_for()
         assert pg.evaluate("document.documentElement.scrollWidth") <= NARROW["width"]
@@ -381,7 +384,7 @@ def test_screenshots_of_every_page(site: Site, browser) -> None:  # type: ignore
     job = site.job_of(bucket="ProcBucket")["scratchdir"]
     pages = {**PAGES, "job": (f"#/job/{job}", "#images img")}
     for size, viewport in (("wide", WIDE), ("narrow", NARROW)):
-        for pg in _page(browser, viewport):
+        for pg in _page(browser, viewport, site):
             for name, (hash_, drawn) in pages.items():
                 pg.goto(f"{site.box.url}/{hash_}")
                 pg.locator(drawn).first.wait_for()
