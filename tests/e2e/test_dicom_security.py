@@ -14,7 +14,6 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from magickbox.jobs.store import JobFilter
@@ -203,9 +202,9 @@ def test_a_routing_send_over_tls_to_storescp(
                 "AETitleTo": "TLSSTORE", "TLS": tls}  # fmt: skip
         table = {"routing": [{"name": "tls", "AETitleFrom": "^ROUTEME$",
                               "RouteDirectory": "INPUT", "send": [{".*": dest}]}]}  # fmt: skip
-        saved = httpx.put(f"{box.url}/api/v1/routing", content=json.dumps(table), timeout=30)
+        saved = box.request("PUT", "/api/v1/routing", content=json.dumps(table), timeout=30)
         assert saved.status_code == 200, saved.text
-        echo = httpx.post(f"{box.url}/api/v1/destinations/echo", json=dest, timeout=30)
+        echo = box.post("/api/v1/destinations/echo", json=dest, timeout=30)
         assert echo.json()["ok"], echo.text
         assert storescu(box.dicom_port, study, "Open", "ROUTEME").returncode == 0
         [job] = wait_jobs(box, 1, caller_aet="ROUTEME")

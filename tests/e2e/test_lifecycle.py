@@ -38,7 +38,8 @@ def free_port() -> int:
 
 
 def serve(home: Path, dicom: int, web: int) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # These tests are about homes, ports and signals, not HTTP credentials: no auth.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MAGICKBOX_AUTH": "false"}
     cmd = [
         sys.executable,
         "-m",

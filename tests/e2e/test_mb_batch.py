@@ -159,7 +159,8 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
             copy_bucket(box.home, name, script)
         env = {**os.environ, "MB_CONFIG_DIR": str(root / "mbconfig")}
         farm = Farm(box, env, root)
-        farm.mb("activeMachines", "add", "127.0.0.1", str(box.web_port))
+        farm.mb("activeMachines", "add", "127.0.0.1", str(box.web_port),
+                "--token-file", token_file(box, root))  # fmt: skip
         subjects = [subject(root / "subjects", f"sub-00{i}", i) for i in range(1, 7)]
         farm.mb("push", "Done", *map(str, subjects[:4]))
         farm.mb("push", "Fail", str(subjects[4]))
@@ -294,3 +295,11 @@ def test_remove_shows_asks_and_refuses_without_a_terminal(farm: Farm) -> None:
     yes = farm.terminal("remove", *quick, when="[y/N]", send=b"y\n")
     assert yes.returncode == 0, yes.screen
     assert len(json.loads(yes.stdout)) == 4 and farm.json("list", *quick) == []
+
+
+def token_file(box: BoxServer, folder: Path) -> str:
+    """The harness's admin token in a file only its owner may read, for mb --token-file."""
+    path = folder / "box.token"
+    path.write_text(box.token + "\n")
+    path.chmod(0o600)
+    return str(path)

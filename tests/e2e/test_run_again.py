@@ -30,7 +30,7 @@ class Site:
         self.box, self.studies = box, studies
 
     def post(self, path: str, body: object) -> httpx.Response:
-        return httpx.post(f"{self.box.url}{path}", json=body, timeout=30)
+        return self.box.post(path, json=body, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,8 @@ def mb(tmp_path: Path, site: Site) -> Mb:
     work = tmp_path / "work"
     work.mkdir()
     runner = Mb(tmp_path / "mbconfig", work)
-    runner("activeMachines", "add", "127.0.0.1", str(site.box.web_port))
+    runner("activeMachines", "add", "127.0.0.1", str(site.box.web_port),
+           "--token-file", token_file(site.box, tmp_path))  # fmt: skip
     runner("setSender", "me")
     return runner
 
@@ -126,3 +127,11 @@ def test_mb_run_by_uid_and_by_match(site: Site, mb: Mb) -> None:
     missing = mb("run", "Again", "--study", "1.2.9", ok=False)
     assert missing.returncode == 1 and "1.2.9 is in no archive" in missing.stderr
     assert json.loads(missing.stdout) == []
+
+
+def token_file(box: BoxServer, folder: Path) -> str:
+    """The harness's admin token in a file only its owner may read, for mb --token-file."""
+    path = folder / "box.token"
+    path.write_text(box.token + "\n")
+    path.chmod(0o600)
+    return str(path)
