@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from magickbox.auth.roles import Role
 from magickbox.routing.rules import NO_PROC_JSON
 from magickbox.testing.dicomgen import write_study
 from tests.conftest import BoxServer, copy_bucket, free_port
@@ -50,6 +51,7 @@ class Site:
     box: BoxServer
     folder: Path
     dead_port: int
+    cookie: dict[str, str]  # an admin's page login
 
     def job_of(self, **match: str) -> dict:
         jobs = [j for j in api_jobs(self.box) if all(j[k] == v for k, v in match.items())]
@@ -102,7 +104,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             assert res.returncode == 0, res.stderr
         # The example's results come back to the box as a job of Sink; every send ends.
         wait_for("the routed job", lambda: _settled(box), timeout=90)
-        yield Site(box, folder, dead_port)
+        box.add_user("console", Role.admin, "console test password")
+        yield Site(box, folder, dead_port, box.login_cookie("console", "console test password"))
     finally:
         box.stop()
 
@@ -134,10 +137,10 @@ def page(browser, site: Site) -> Iterator:  # type: ignore[no-untyped-def]
 
 
 def _page(browser, viewport: dict, site: Site, **kw: object) -> Iterator:  # type: ignore[no-untyped-def]
-    # The admin token the harness made rides on every request (the login form is
+    # Logged in as an admin, by the session cookie a login gives (the login form itself is
     # test_security.py's).
-    ctx = browser.new_context(viewport=viewport, accept_downloads=True,
-                              extra_http_headers=site.box.headers, **kw)  # fmt: skip
+    ctx = browser.new_context(viewport=viewport, accept_downloads=True, **kw)
+    ctx.add_cookies([site.cookie])
     pg = ctx.new_page()
     pg.set_default_timeout(WAIT_MS)
     errors: list[str] = []
