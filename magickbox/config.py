@@ -75,6 +75,12 @@ class Settings(BaseModel):
     max_upload_bytes: int = Field(
         default=64 << 30, description="Cap for processZip and API uploads, in bytes."
     )
+    series_views: bool = Field(
+        default=True,
+        description="Keep series views (views/raw/<StudyUID>/<SeriesUID>.json, the series "
+        "table, ClassifyType and each job's patient and study facts), read from the "
+        "receiver's one pass over each data set.",
+    )
     concurrency: int = Field(
         default=1, description='Jobs of one bucket at a time (info.json "concurrency" wins).'
     )
@@ -200,6 +206,14 @@ class Settings(BaseModel):
         return self.home / "routing.json"
 
     @property
+    def classify_rules_file(self) -> Path:
+        return self.home / "classifyRules.json"
+
+    @property
+    def views(self) -> Path:
+        return self.home / "views"
+
+    @property
     def me_host(self) -> str:
         if self.routing_me:
             return self.routing_me
@@ -217,7 +231,7 @@ class Settings(BaseModel):
 # How the generated documents group the settings; every field is in exactly one section.
 SECTIONS: dict[str, tuple[str, ...]] = {
     "Box": ("home", "aet", "host", "dicom_port", "web_port", "announce", "database_url"),
-    "Receiving": ("quiet_seconds", "max_pdu", "max_upload_bytes"),
+    "Receiving": ("quiet_seconds", "max_pdu", "max_upload_bytes", "series_views"),
     "Jobs": ("concurrency", "bucket_timeout", "rerun_interrupted", "max_attempts"),
     "Container buckets": (
         "container_engine",

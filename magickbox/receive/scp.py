@@ -1,11 +1,11 @@
 """The DICOM receiver: a pynetdicom SCP for C-ECHO and C-STORE.
 
 Datasets are written to disk by pynetdicom as they arrive (chunked mode, so large files
-never sit whole in memory) and kept byte for byte: nothing is decoded except the few
-header elements up to the StudyInstanceUID, which the arrival's grouping needs. A walk over
-the element headers (no values) refuses a data set that does not parse with a failure
-status. The called AE title must be an enabled bucket; any other is rejected while
-associating.
+never sit whole in memory) and kept byte for byte: nothing is decoded but the
+StudyInstanceUID (which the arrival's grouping needs) and, once per series, the series
+views' tags. One walk over the element headers refuses a data set that does not parse with
+a failure status and keeps those elements' raw values on the way. The called AE title must
+be an enabled bucket; any other is rejected while associating.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 from magickbox.config import Settings
 from magickbox.names import BadName, check_study_uid, check_uid
 from magickbox.receive.grouping import ArrivalKey, Grouper
-from magickbox.receive.structure import Malformed, check_stored_file
+from magickbox.receive.structure import Malformed, walk_stored_file
+from magickbox.study.series import VIEW_TAGS, RawHeader
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,10 @@ class Receiver:
         self.grouper = grouper
         self.accepts = accepts
         self.server: ThreadedAssociationServer | None = None
+        # The one walk over each data set also keeps the series views' tags (raw bytes,
+        # decoded only for a series' first file: see study.series.RawHeader).
+        self.views = settings.series_views
+        self.capture = frozenset((STUDY_UID_TAG, SOP_UID_TAG, *(VIEW_TAGS if self.views else ())))
 
     def start(self) -> None:
         _config.STORE_RECV_CHUNKED_DATASET = True
@@ -169,9 +174,8 @@ class Receiver:
         requested = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "").strip()
         called = str(assoc.acceptor.ae_title).strip()
         try:
-            found = check_stored_file(
-                path, event.context.transfer_syntax, (STUDY_UID_TAG, SOP_UID_TAG)
-            )
+            walked = walk_stored_file(path, event.context.transfer_syntax, self.capture)
+            found = walked.values
             study_uid = study_uid_of(found.get(STUDY_UID_TAG, b""))
             sop_uid = sop_uid_of(found.get(SOP_UID_TAG), requested)
             if called == self.settings.aet:  # an association to the own title stores nothing
@@ -186,8 +190,11 @@ class Receiver:
             caller_ip=str(assoc.requestor.address),
             study_uid=study_uid,
         )
+        header = (
+            RawHeader(found, walked.vrs, walked.implicit, walked.little) if self.views else None
+        )
         try:
-            self.grouper.add_file(id(assoc), key, path, f"{sop_uid}.dcm")
+            self.grouper.add_file(id(assoc), key, path, f"{sop_uid}.dcm", header)
         except OSError as exc:  # disk full or gone: the sender is told and may try again
             self._refused(assoc, sop_uid, exc, logging.ERROR)
             path.unlink(missing_ok=True)

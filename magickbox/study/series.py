@@ -8,11 +8,18 @@ first file that has the tag), ``NumFiles`` and ``ClassifyType``. It is what
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+import os
+import threading
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag, Tag
 from pydicom.valuerep import IS, DSdecimal, DSfloat, PersonName
 
 from magickbox.errors import Invalid
@@ -27,6 +34,7 @@ SERIES_TAGS: tuple[str, ...] = (
     "Modality",
     "PatientID",
     "PatientName",
+    "AccessionNumber",
     "StudyDate",
     "StudyTime",
     "StudyDescription",
@@ -120,3 +128,122 @@ class SeriesView:
         if not self.study_uid or not self.series_uid:
             raise Invalid("series view has no study or series UID yet")
         return PurePosixPath("views", "raw", self.study_uid, f"{self.series_uid}.json")
+
+
+# -------------------------------------------------------------- from the receiver
+
+
+def _tag_numbers(keywords: tuple[str, ...]) -> frozenset[int]:
+    tags = {tag_for_keyword(k) for k in (*keywords, "SpecificCharacterSet")}
+    return frozenset(t for t in tags if t is not None)
+
+
+#: The top-level tags the receiver captures in its one walk over a data set.
+VIEW_TAGS: frozenset[int] = _tag_numbers(SERIES_TAGS)
+_KEYWORD_TAGS: dict[str, int] = {k: t for k in SERIES_TAGS if (t := tag_for_keyword(k))}
+SERIES_UID_TAG = 0x0020000E
+CHARSET_TAG = 0x00080005
+
+
+class RawHeader:
+    """Captured raw elements that decode only when a view asks (``.get(keyword)``).
+
+    A series view keeps the first value of each tag, so after a series' first file
+    nothing but the series UID is decoded: the receiver pays a dictionary lookup per
+    tag, not pydicom's conversions.
+    """
+
+    def __init__(
+        self,
+        values: dict[int, bytes],
+        vrs: dict[int, str | None],
+        implicit: bool,
+        little: bool,
+    ) -> None:
+        self.values = values
+        self.vrs = vrs
+        self.implicit = implicit
+        self.little = little
+        self._ds: Dataset | None = None
+
+    @property
+    def series_uid(self) -> str:
+        raw = self.values.get(SERIES_UID_TAG, b"")
+        return raw.decode("ascii", "replace").strip(" \0")
+
+    def dataset(self) -> Dataset:
+        if self._ds is None:
+            elements: dict[BaseTag, DataElement | RawDataElement] = {}
+            for number, value in self.values.items():
+                tag = Tag(number)
+                vr = self.vrs.get(number)
+                elements[tag] = RawDataElement(
+                    tag, vr, len(value), value, 0, self.implicit, self.little, True, False
+                )
+            ds = Dataset(elements)
+            ds.set_original_encoding(self.implicit, self.little, None)
+            self._ds = ds
+        return self._ds
+
+    def get(self, keyword: str) -> Any:
+        if keyword == "SeriesInstanceUID":
+            return self.series_uid or None
+        tag = _KEYWORD_TAGS.get(keyword) or tag_for_keyword(keyword)
+        if tag is None or tag not in self.values:
+            return None
+        try:
+            return self.dataset().get(keyword)
+        except Exception:  # a value pydicom cannot convert: the view goes without it
+            return None
+
+
+class SeriesSet:
+    """The views of the series of one arrival or upload, fed file by file.
+
+    Each series keeps its :class:`SeriesView` and the names of its files (relative to
+    the INPUT folder): what a job's series rows and ``views/raw`` are made of.
+    Thread-safe: a study's associations may add at the same time.
+    """
+
+    def __init__(self) -> None:
+        self.views: dict[str, SeriesView] = {}
+        self.files: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, header: RawHeader | Dataset, name: str) -> None:
+        """One file: counted in its series' view (files without a series UID are not)."""
+        uid = str(header.get("SeriesInstanceUID") or "").strip()
+        if not uid:
+            return
+        with self._lock:
+            view = self.views.get(uid)
+            if view is None:
+                view = self.views[uid] = SeriesView()
+                self.files[uid] = []
+            view.add(header)  # type: ignore[arg-type]
+            self.files[uid].append(name)
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def items(self) -> list[tuple[SeriesView, list[str]]]:
+        with self._lock:
+            return [(self.views[uid], list(self.files[uid])) for uid in self.views]
+
+
+def collect_files(root: Path, files: list[Path] | None = None) -> SeriesSet:
+    """Views of DICOM files already on disk (uploads; arrivals a crash left): a header
+    read per file, pixel data skipped; files that are not DICOM are left out."""
+    if files is None:
+        files = []
+        for dirpath, _dirs, names in os.walk(root):
+            files.extend(Path(dirpath) / n for n in names)
+    keywords = [*SERIES_TAGS, "SpecificCharacterSet"]
+    found = SeriesSet()
+    for path in sorted(files):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=keywords)
+        except (InvalidDicomError, OSError, ValueError, EOFError, TypeError):
+            continue
+        found.add(ds, path.relative_to(root).as_posix())
+    return found

@@ -21,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 
 from magickbox.box import Box
 from magickbox.errors import MagickBoxError
-from magickbox.web import api, legacy, routing
+from magickbox.web import api, classify, legacy, routing
 from magickbox.web.views import ScratchRenderer
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ def create_app(box: Box, dicom: bool = True) -> FastAPI:
     app.include_router(legacy.router)
     app.include_router(api.router)
     app.include_router(routing.router)
+    app.include_router(classify.router)
 
     # The page: static files, no build step; everything it shows comes from /api/v1.
     app.mount("/page", StaticFiles(directory=PAGE_DIR), name="page")

@@ -52,8 +52,21 @@ def scratch_entry(row: dict[str, Any], scratch: Path, now: float) -> dict[str, A
         ),
         "processingLogSize": size,
         "status": row["state"],
+        # Our additions, from the job's series views: who and what the study is.
+        "PatientID": row["patient_id"],
+        "PatientName": row["patient_name"],
+        "AccessionNumber": row["accession_number"],
+        "StudyDate": row["study_date"],
+        "StudyDescription": row["study_description"],
+        "Modalities": modality_list(row["modalities"]),
+        "SeriesCount": row["series_count"],
         "processingLast": max(0, int(now - mtime)),  # last: see ScratchRenderer
     }
+
+
+def modality_list(text: str | None) -> list[str]:
+    """The job's modalities column ("CT\\MR") as a list."""
+    return [m for m in (text or "").split("\\") if m]
 
 
 def scratch_listing(rows: list[dict[str, Any]], scratch: Path) -> list[dict[str, Any]]:
@@ -126,10 +139,18 @@ def job_view(job: Job, log_size: int | None = None) -> dict[str, Any]:
         "success": job.success or None,
         "reason": job.reason or None,
         "log_size": job.log_size if log_size is None else log_size,
+        "patient_id": job.patient_id,
+        "patient_name": job.patient_name,
+        "accession_number": job.accession_number,
+        "study_date": job.study_date,
+        "study_description": job.study_description,
+        "modalities": modality_list(job.modalities),
+        "series_count": job.series_count,
         "links": {
             "self": f"/api/v1/jobs/{job.scratchdir}",
             "log": f"/api/v1/jobs/{job.scratchdir}/log",
             "output": f"/api/v1/jobs/{job.scratchdir}/output.zip",
             "input": f"/api/v1/jobs/{job.scratchdir}/input.zip",
+            "series": f"/api/v1/jobs/{job.scratchdir}/series",
         },
     }

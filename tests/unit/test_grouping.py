@@ -43,7 +43,9 @@ class FakeJobs:
         self.fail = False
         self._cond = threading.Condition()
 
-    def __call__(self, folder: Path, key: ArrivalKey, started: float) -> None:
+    def __call__(
+        self, folder: Path, key: ArrivalKey, started: float, series: object = None
+    ) -> None:
         if self.fail:
             raise RuntimeError("database is down")
         target = self.dest / f"job{len(self.handed)}"
