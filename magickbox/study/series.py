@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pydicom
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -141,6 +141,12 @@ def _tag_numbers(keywords: tuple[str, ...]) -> frozenset[int]:
 #: The top-level tags the receiver captures in its one walk over a data set.
 VIEW_TAGS: frozenset[int] = _tag_numbers(SERIES_TAGS)
 _KEYWORD_TAGS: dict[str, int] = {k: t for k in SERIES_TAGS if (t := tag_for_keyword(k))}
+# Tags whose values are text: padding alone means empty (binary ones, such as Rows, not).
+_TEXT_TAGS = frozenset(
+    t
+    for t in _KEYWORD_TAGS.values()
+    if dictionary_VR(t) not in ("US", "SS", "UL", "SL", "FL", "FD")
+)
 SERIES_UID_TAG = 0x0020000E
 CHARSET_TAG = 0x00080005
 
@@ -189,7 +195,8 @@ class RawHeader:
         if keyword == "SeriesInstanceUID":
             return self.series_uid or None
         tag = _KEYWORD_TAGS.get(keyword) or tag_for_keyword(keyword)
-        if tag is None or tag not in self.values:
+        raw = self.values.get(tag) if tag is not None else None
+        if not raw or (tag in _TEXT_TAGS and not raw.strip(b" \0")):  # absent or empty
             return None
         try:
             return self.dataset().get(keyword)

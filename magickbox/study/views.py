@@ -243,9 +243,7 @@ def _row(scratchdir: str, view: SeriesView, summary: dict[str, Any], files: list
     )
 
 
-def _merge(
-    rows: Iterable[SeriesRow], classifier: Classifier | None
-) -> dict[str, dict[str, Any]]:
+def _merge(rows: Iterable[SeriesRow], classifier: Classifier | None) -> dict[str, dict[str, Any]]:
     """Per series of a study: the first job's tags filled by later ones, the union of the
     file names as NumFiles, classified again on that summary (unless ``classifier`` is
     None)."""

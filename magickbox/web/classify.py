@@ -70,4 +70,3 @@ async def test_rules(
         for path in saved:
             discard(path)
     return Response(orjson.dumps(result, default=str), media_type="application/json")
-
