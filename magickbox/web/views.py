@@ -53,13 +53,13 @@ def scratch_entry(row: dict[str, Any], scratch: Path, now: float) -> dict[str, A
         "processingLogSize": size,
         "status": row["state"],
         # Our additions, from the job's series views: who and what the study is.
-        "PatientID": row["patient_id"],
-        "PatientName": row["patient_name"],
-        "AccessionNumber": row["accession_number"],
-        "StudyDate": row["study_date"],
-        "StudyDescription": row["study_description"],
-        "Modalities": modality_list(row["modalities"]),
-        "SeriesCount": row["series_count"],
+        "PatientID": row.get("patient_id", ""),
+        "PatientName": row.get("patient_name", ""),
+        "AccessionNumber": row.get("accession_number", ""),
+        "StudyDate": row.get("study_date", ""),
+        "StudyDescription": row.get("study_description", ""),
+        "Modalities": modality_list(row.get("modalities")),
+        "SeriesCount": row.get("series_count", 0),
         "processingLast": max(0, int(now - mtime)),  # last: see ScratchRenderer
     }
 
