@@ -124,7 +124,10 @@ class Grouper:
         # safe outside the lock and concurrent associations do not wait on each other.
         kept = place_file(src, folder, name)
         if header is not None and series is not None:
-            series.add(header, kept)  # the set has its own lock
+            try:
+                series.add(header, kept)  # the set has its own lock
+            except Exception:  # a view is a summary: it never costs the sender its image
+                log.exception("series view of %s not updated", kept)
         if kept != name:
             log.warning(
                 "two different data sets with SOP Instance UID %s from calling AE %r (%s) "

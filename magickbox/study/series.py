@@ -8,6 +8,7 @@ first file that has the tag), ``NumFiles`` and ``ClassifyType``. It is what
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path, PurePosixPath
@@ -24,6 +25,8 @@ from pydicom.valuerep import IS, DSdecimal, DSfloat, PersonName
 
 from magickbox.errors import Invalid
 from magickbox.study.classify import Classifier, RuleSet, default_classifier
+
+log = logging.getLogger(__name__)
 
 #: Series-level tags a summary keeps (the first value seen wins).
 SERIES_TAGS: tuple[str, ...] = (
@@ -217,7 +220,7 @@ class SeriesSet:
         self.files: dict[str, list[str]] = {}
         self._lock = threading.Lock()
 
-    def add(self, header: RawHeader | Dataset, name: str) -> None:
+    def add(self, header: RawHeader | Dataset | _Lenient, name: str) -> None:
         """One file: counted in its series' view (files without a series UID are not)."""
         uid = str(header.get("SeriesInstanceUID") or "").strip()
         if not uid:
@@ -252,5 +255,21 @@ def collect_files(root: Path, files: list[Path] | None = None) -> SeriesSet:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=keywords)
         except (InvalidDicomError, OSError, ValueError, EOFError, TypeError):
             continue
-        found.add(ds, path.relative_to(root).as_posix())
+        except Exception as exc:  # hostile headers make pydicom raise anything
+            log.warning("%s: not read for its series view: %s", path.name, exc)
+            continue
+        found.add(_Lenient(ds), path.relative_to(root).as_posix())
     return found
+
+
+class _Lenient:
+    """A dataset whose values that cannot be converted read as missing (as RawHeader's)."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+
+    def get(self, keyword: str) -> Any:
+        try:
+            return self.ds.get(keyword)
+        except Exception:
+            return None

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from magickbox.testing.dicomgen import write_study
+from magickbox.testing.dicomgen import MALFORMED_KINDS, malformed_dataset_bytes, write_study
 from tests.conftest import InProcessBox, dcmtk, in_process_box
 from tests.e2e.peers import QUICK, install_buckets, wait_for
 
@@ -409,3 +409,15 @@ def test_classify_test_refuses_bad_input(plain: InProcessBox) -> None:
     assert bad_uid.status_code == 400
     bad_rules = post("/api/v1/classify/test", data={"study_uid": "1.2.3", "rules": "[1]"})
     assert bad_rules.status_code == 400 and bad_rules.json()["problems"]
+
+
+@pytest.mark.parametrize("kind", MALFORMED_KINDS)
+def test_classify_test_on_broken_files_answers_without_a_500(
+    plain: InProcessBox, kind: str
+) -> None:
+    files = {"file": ("bad.dcm", malformed_dataset_bytes(kind), "application/dicom")}
+    res = plain.client.post("/api/v1/classify/test", files=files)
+    # a header that still parses is classified; one that does not is refused by name
+    assert res.status_code in (200, 400), res.text
+    if res.status_code == 400:
+        assert "DICOM" in res.json()["detail"]
