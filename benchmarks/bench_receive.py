@@ -1108,7 +1108,7 @@ def views_only(images: int, reps: int, work_root: Path | None, keep: bool) -> in
     work = Path(tempfile.mkdtemp(prefix="mb-bench-views-", dir=work_root))
     boxes: list[Box] = []
     try:
-        mr = make_corpus(work, "MR", "MR", 2, images, 1)  # 4 series per study
+        mr = make_corpus(work, "MR", "MR", 2, images, 1)  # one series per study
         ct = make_corpus(work, "CT", "CT", 1, max(1, images // 5), 2)
         corpora = [mr, ct]
         on = Box(work / "home-on").start()
