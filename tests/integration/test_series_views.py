@@ -421,3 +421,22 @@ def test_classify_test_on_broken_files_answers_without_a_500(
     assert res.status_code in (200, 400), res.text
     if res.status_code == 400:
         assert "DICOM" in res.json()["detail"]
+
+
+def test_an_arrival_left_by_a_crash_gets_views_at_the_next_start(
+    app_factory: Any, tmp_path: Path
+) -> None:
+    """No views in memory after a crash: the job reads its INPUT's headers once."""
+    home = tmp_path / "crashed"
+    install_buckets(home, **{BUCKET: QUICK})
+    incoming = home / "scratch" / ".incoming"
+    info = write_study(incoming / "a1", n_images=4, series=2, rows=16, cols=16, seed=31)
+    key = {"caller_aet": "CRASHED", "called_aet": BUCKET, "caller_ip": "127.0.0.1",
+           "study_uid": info.study_uid, "started": 1.0}  # fmt: skip
+    (incoming / "a1.json").write_text(json.dumps(key))
+    app = app_factory(home=home)
+    job = finished_job(app, caller_aet="CRASHED")
+    assert job["series_count"] == 2 and job["patient_id"] == "MB-0001"
+    series = app.get(f"/api/v1/jobs/{job['scratchdir']}/series").json()
+    assert sorted(f for s in series for f in s["files"]) == sorted(p.name for p in info.paths)
+    assert (home / "views" / "raw" / info.study_uid).is_dir()
