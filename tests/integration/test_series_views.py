@@ -440,3 +440,23 @@ def test_an_arrival_left_by_a_crash_gets_views_at_the_next_start(
     series = app.get(f"/api/v1/jobs/{job['scratchdir']}/series").json()
     assert sorted(f for s in series for f in s["files"]) == sorted(p.name for p in info.paths)
     assert (home / "views" / "raw" / info.study_uid).is_dir()
+
+
+def test_a_hostile_series_uid_never_becomes_a_path(plain: InProcessBox, tmp_path: Path) -> None:
+    import pydicom
+
+    from magickbox.names import study_key
+
+    info = write_study(tmp_path / "evil", n_images=1, rows=16, cols=16, seed=41)
+    ds = pydicom.dcmread(info.paths[0])
+    ds.SeriesInstanceUID = "../../../evil"
+    ds.save_as(info.paths[0])
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.write(info.paths[0], "evil.dcm")
+    job = upload(plain, buf.getvalue())
+    (series,) = plain.get(f"/api/v1/jobs/{job['scratchdir']}/series").json()
+    assert series["series_uid"] == "../../../evil"  # kept as it came, in the database
+    written = sorted(p.relative_to(plain.home) for p in (plain.home / "views").rglob("*.json"))
+    assert written == [Path("views/raw", info.study_uid, f"{study_key('../../../evil')}.json")]
+    assert not list(tmp_path.rglob("evil.json"))
