@@ -58,10 +58,11 @@ def check_stored_file(path: Path, syntax: str, capture: tuple[int, ...] = ()) ->
 
 
 def walk_stored_file(
-    path: Path, syntax: str, capture: frozenset[int] | tuple[int, ...] = ()
+    path: Path, syntax: str | None, capture: frozenset[int] | tuple[int, ...] = ()
 ) -> Header:
     """:func:`check_stored_file` that also keeps the captured elements' VRs and encoding
-    (the receiver's series views decode them without reading the file again)."""
+    (the receiver's series views decode them without reading the file again). A
+    ``syntax`` of None is the file meta's own (0002,0010) (files from uploads)."""
     with path.open("rb") as fh:
         head = fh.read(144)
         if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
@@ -69,8 +70,28 @@ def walk_stored_file(
         (meta_length,) = struct.unpack_from("<L", head, 140)
         if 144 + meta_length > os.fstat(fh.fileno()).st_size:
             raise Malformed("the file meta information runs past the end of the file")
+        if syntax is None:
+            syntax = meta_syntax(fh.read(meta_length))
         fh.seek(144 + meta_length)
         return walk_dataset(fh, UID(syntax), capture)
+
+
+def meta_syntax(meta: bytes) -> str:
+    """The Transfer Syntax UID (0002,0010) of file meta elements (explicit VR little endian)."""
+    pos = 0
+    while pos + 8 <= len(meta):
+        group, element = struct.unpack_from("<HH", meta, pos)
+        vr = meta[pos + 4 : pos + 6]
+        if vr in LONG_VRS:
+            (length,) = struct.unpack_from("<L", meta, pos + 8)
+            start = pos + 12
+        else:
+            (length,) = struct.unpack_from("<H", meta, pos + 6)
+            start = pos + 8
+        if (group, element) == (0x0002, 0x0010):
+            return meta[start : start + length].decode("ascii", "replace").strip(" \0")
+        pos = start + length
+    raise Malformed("the file meta information has no transfer syntax")
 
 
 def check_dataset(fh: BinaryIO, syntax: UID, capture: tuple[int, ...] = ()) -> dict[int, bytes]:

@@ -178,3 +178,32 @@ def test_identity_prefers_the_job_study_and_lists_modalities() -> None:
 
 def test_view_tags_cover_every_series_tag() -> None:
     assert len(VIEW_TAGS) == len(SERIES_TAGS) + 1  # and SpecificCharacterSet
+
+
+@pytest.mark.parametrize("syntax", ["explicit", "implicit", "bigendian", "deflate"])
+def test_files_on_disk_give_the_views_pydicom_gives(tmp_path: Path, syntax: str) -> None:
+    """Uploads: the receiver's walk over Part 10 files (the syntax from their file meta)."""
+    info = write_study(tmp_path, n_images=4, series=2, rows=32, cols=16, transfer_syntax=syntax,
+                       seed=8)  # fmt: skip
+    found = collect_files(tmp_path)
+    got = {view.series_uid: view.to_json() for view, _ in found.items()}
+    for uid in info.series_uids:
+        paths = [p for p in info.paths if pydicom.dcmread(p).SeriesInstanceUID == uid]
+        assert got[uid] == pydicom_view(paths).to_json()
+
+
+def test_a_data_set_without_file_meta_is_read_by_pydicom(tmp_path: Path) -> None:
+    info = write_study(tmp_path / "in", n_images=1, rows=16, cols=16, seed=9)
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = pydicom.dcmread(info.paths[0])
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, True
+    write_dataset(buf, ds)  # the data set alone: no preamble, no file meta
+    bare = tmp_path / "bare" / "x.dcm"
+    bare.parent.mkdir()
+    bare.write_bytes(buf.getvalue())
+    assert bare.read_bytes()[128:132] != b"DICM"
+    ((view, files),) = collect_files(bare.parent).items()
+    assert files == ["x.dcm"] and view.to_json() == pydicom_view(info.paths).to_json()
