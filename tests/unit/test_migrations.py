@@ -13,8 +13,8 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select
 
-import magickbox.routing.models  # noqa: F401  (every table of the schema)
-import magickbox.study.models  # noqa: F401
+import magickbox.routing.models  # every table of the schema
+import magickbox.study.models  # noqa: F401  (and the series table)
 from magickbox.jobs import db
 from magickbox.jobs.db import Base, Job, State, make_engine, migrate, open_database
 
