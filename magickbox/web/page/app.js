@@ -118,7 +118,7 @@ function setParam(p, key, value) {
 async function viewJobs(p) {
   main.innerHTML = `
     <section class="toolbar">
-      <input id="q" type="search" placeholder="Search jobs: study UID, sender, IP, bucket, state…" aria-label="Search jobs" value="${esc(p.get("q") || "")}">
+      <input id="q" type="search" placeholder="Search jobs: patient, study UID, sender, IP, bucket, state…" aria-label="Search jobs" value="${esc(p.get("q") || "")}">
       <select id="state" aria-label="State">${STATES.map((s) => `<option value="${s}" ${p.get("state") === s ? "selected" : ""}>${s || "any state"}</option>`).join("")}</select>
       <span id="dayfilter"></span>
     </section>
