@@ -45,7 +45,7 @@ class Arrival:
     last: float = field(default_factory=time.monotonic)
     nfiles: int = 0
     # The series views, updated file by file from the receiver's walk (None: a crash left
-    # this arrival, and the job reads its files' headers once).
+    # this arrival, or a file came without its header; the job reads the headers once).
     series: SeriesSet | None = field(default_factory=SeriesSet)
 
 
@@ -119,6 +119,8 @@ class Grouper:
             self._assoc_arrivals.setdefault(assoc_id, set()).add(key)
             arrival.last = time.monotonic()
             arrival.nfiles += 1
+            if header is None:  # a file without its header: the job reads every header
+                arrival.series = None
             folder, series = arrival.folder, arrival.series
         # The arrival cannot become a job while this association is open, so the rename is
         # safe outside the lock and concurrent associations do not wait on each other.
