@@ -169,13 +169,15 @@ class ViewStore:
                 log.warning("views/raw of study %s not written: %s", uid, exc)
 
     def _write_study(self, study_uid: str) -> None:
-        with self.sessions() as s:
-            rows = s.scalars(
-                select(SeriesRow).where(SeriesRow.study_uid == study_uid).order_by(SeriesRow.id)
-            ).all()
         folder = self.raw / study_key(study_uid)
-        merged = _merge(rows, self.rules.classifier())
+        # Read and write under one lock: two jobs of a study made at once (uploads) must
+        # not leave the older union on disk.
         with self._write_lock:
+            with self.sessions() as s:
+                rows = s.scalars(
+                    select(SeriesRow).where(SeriesRow.study_uid == study_uid).order_by(SeriesRow.id)
+                ).all()
+            merged = _merge(rows, self.rules.classifier())
             if not merged:
                 shutil.rmtree(folder, ignore_errors=True)
                 return
