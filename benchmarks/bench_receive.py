@@ -992,6 +992,13 @@ def main() -> int:
         help="where to make the run's scratch folder (default: the system's temp)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the run's scratch folder")
+    parser.add_argument(
+        "--views",
+        action="store_true",
+        help="only the cost of series views: ours with views on and off, interleaved, and "
+        "the views' own CPU per image in-process (--images per corpus, default 500)",
+    )
+    parser.add_argument("--images", type=int, default=500, help="images per corpus for --views")
     parser.add_argument("--bare-scp", nargs=2, metavar=("PORT", "DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--patched-serve", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
@@ -1006,6 +1013,8 @@ def main() -> int:
         if not os.access(tool, os.X_OK):
             parser.error(f"{tool} is missing: apt-get install dcmtk")
 
+    if args.views:
+        return views_only(args.images, args.reps or 5, args.work, args.keep)
     quick = args.quick
     reps = args.reps or (1 if quick else 3)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -1046,9 +1055,12 @@ def main() -> int:
         # receiver's gain, measured in the same run.
         pyn_box = Box(work / "home-pyn", env={"MAGICKBOX_RECEIVER": "pynetdicom"}).start()
         boxes.append(pyn_box)
+        noviews_box = Box(work / "home-noviews", env=NO_VIEWS).start()
+        boxes.append(noviews_box)
         targets: list[Target] = [
             OursTarget(ours_box),
             OursTarget(pyn_box, "ours-pynetdicom", "MagickBox, receiver = pynetdicom"),
+            OursTarget(noviews_box, "ours-noviews", "MagickBox, series_views = false"),
             StorescpTarget("storescp", "dcmtk storescp", work),
             BarePynetdicomTarget("pynetdicom", "bare pynetdicom SCP (writes raw bytes)", work),
         ]
@@ -1065,10 +1077,13 @@ def main() -> int:
                 "native/pynetdicom receiver": round(
                     ours / by[(c.name, "ours-pynetdicom")]["images_per_s"], 3
                 ),
+                "ours/ours-noviews": round(ours / by[(c.name, "ours-noviews")]["images_per_s"], 3),
             }
         data["throughput"] = {"rows": rows, "ratios": ratios, "nagle": []}
-        pyn_box.stop()
-        boxes.remove(pyn_box)
+        data["views"] = views_cost(rows, corpora)
+        for extra in (pyn_box, noviews_box):
+            extra.stop()
+            boxes.remove(extra)
         data["concurrent"] = [measure_concurrent(ours_box, work, c, 4, reps) for c in corpora]
         if not quick:
             for c in corpora:
@@ -1122,6 +1137,108 @@ def main() -> int:
     (RESULTS / "receive.json").write_text(json.dumps(data, indent=2))
     (RESULTS / "receive.txt").write_text(text)
     log(f"wrote {RESULTS / 'receive.json'}")
+    return 0
+
+
+# -- 5. series views ------------------------------------------------------------------
+NO_VIEWS = {"MAGICKBOX_SERIES_VIEWS": "false"}
+
+
+def views_cost(rows: list[dict], corpora: list[Corpus]) -> dict:
+    """Per corpus: what series views cost the receiver, from the throughput rows (same run)."""
+    by = {(r["corpus"], r["target"]): r for r in rows}
+    out = {}
+    for c in corpora:
+        on, off = by[(c.name, "ours")], by[(c.name, "ours-noviews")]
+        out[c.name] = {
+            "images_per_s_on": on["images_per_s"],
+            "images_per_s_off": off["images_per_s"],
+            "ratio_on_off": round(on["images_per_s"] / off["images_per_s"], 3),
+            "wall_ms_per_image_on_minus_off": round(
+                1000 * (on["median_s"] - off["median_s"]) / c.files, 3
+            ),
+            "receiver_cpu_ms_per_image_on_minus_off": round(
+                on["receiver_cpu_ms_per_image"] - off["receiver_cpu_ms_per_image"], 3
+            ),
+        }
+    return out
+
+
+def views_in_process(corpus: Corpus, reps: int) -> dict:
+    """The views' own work per image, without the network: the receiver's walk capturing
+    only the study and SOP UIDs vs. also the view tags plus adding to the series views."""
+    from magickbox.receive.structure import walk_stored_file
+    from magickbox.study.series import VIEW_TAGS, RawHeader, SeriesSet
+
+    files = sorted(p for p in corpus.path.rglob("*.dcm"))
+    syntax = "1.2.840.10008.1.2.1"  # the corpus is explicit VR little endian
+    base = frozenset((0x0020000D, 0x00080018))
+    full = base | VIEW_TAGS
+
+    def plain() -> None:
+        for p in files:
+            walk_stored_file(p, syntax, base)
+
+    def views() -> None:
+        found = SeriesSet()
+        for p in files:
+            w = walk_stored_file(p, syntax, full)
+            found.add(RawHeader(w.values, w.vrs, w.implicit, w.little), p.name)
+
+    times: dict[str, list[float]] = {"walk": [], "walk+views": []}
+    for _ in range(reps):  # interleaved; the files are in the page cache after the first
+        for key, fn in (("walk", plain), ("walk+views", views)):
+            t0 = time.process_time()
+            fn()
+            times[key].append(time.process_time() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "images": len(files),
+        "walk_us_per_image": round(1e6 * med["walk"] / len(files), 1),
+        "walk_views_us_per_image": round(1e6 * med["walk+views"] / len(files), 1),
+        "views_us_per_image": round(1e6 * (med["walk+views"] - med["walk"]) / len(files), 1),
+        "ratio": round(med["walk+views"] / med["walk"], 3),
+    }
+
+
+def views_only(images: int, reps: int, work_root: Path | None, keep: bool) -> int:
+    """``--views``: ours with series views on and off, the same corpora, interleaved."""
+    work = Path(tempfile.mkdtemp(prefix="mb-bench-views-", dir=work_root))
+    boxes: list[Box] = []
+    try:
+        mr = make_corpus(work, "MR", "MR", 2, images, 1)  # one series per study
+        ct = make_corpus(work, "CT", "CT", 1, max(1, images // 5), 2)
+        corpora = [mr, ct]
+        on = Box(work / "home-on").start()
+        boxes.append(on)
+        off = Box(work / "home-off", env=NO_VIEWS).start()
+        boxes.append(off)
+        targets: list[Target] = [
+            OursTarget(on),
+            OursTarget(off, "ours-noviews", "MagickBox, series_views = false"),
+        ]
+        tp = Throughput()
+        measure_throughput(targets, corpora, reps, tp)
+        rows = throughput_rows(tp, corpora, targets)
+        data = {
+            "config": {
+                "reps": reps,
+                "images": images,
+                "commit": git_commit(),
+                "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            },
+            "rows": rows,
+            "views": views_cost(rows, corpora),
+            "in_process": {c.name: views_in_process(c, reps) for c in corpora},
+        }
+    finally:
+        for box in boxes:
+            box.stop()
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "receive-views.json").write_text(json.dumps(data, indent=2))
+    print(json.dumps(data, indent=2))
     return 0
 
 

@@ -4,6 +4,7 @@ functions that every front (web API, legacy endpoints, CLIs) calls.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
@@ -51,6 +52,9 @@ from magickbox.receive.rejections import Rejection, RejectionLog, rejection_labe
 from magickbox.receive.scp import Receiver, read_study_uid
 from magickbox.routing import rules
 from magickbox.routing.tasks import Router
+from magickbox.study.classify import Classifier, RulesError, parse_rules
+from magickbox.study.series import SeriesSet, collect_files
+from magickbox.study.views import RulesFile, ViewStore
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +69,13 @@ class Box:
         self.settings = settings
         init_home(settings)
         self.events = EventBus()  # the stages talk through it: see magickbox/events.py
-        self.store = JobStore(settings, open_database(settings.db_url), self.events)
+        sessions = open_database(settings.db_url)
+        self.rules = RulesFile(settings.classify_rules_file)
+        self.rules.ensure()  # the default set, copied at the first start, to edit
+        self.views = (
+            ViewStore(settings.views, sessions, self.rules) if settings.series_views else None
+        )
+        self.store = JobStore(settings, sessions, self.events, self.views)
         self.executor = RoutingExecutor(settings, LocalExecutor())
         self.dispatcher = Dispatcher(self.store, self.executor)
         self.grouper = Grouper(settings.incoming, settings.quiet_seconds, self._arrival_ready)
@@ -249,14 +259,16 @@ class Box:
         """The enabled bucket a called AE title names (the receiver asks per association)."""
         return registry.enabled_bucket(self.settings.streams, aetitle)
 
-    def _arrival_ready(self, folder: Path, key: ArrivalKey, started: float) -> None:
+    def _arrival_ready(
+        self, folder: Path, key: ArrivalKey, started: float, series: SeriesSet | None
+    ) -> None:
         new = NewJob(
             bucket=key.called_aet,
             caller_aet=key.caller_aet,
             caller_ip=key.caller_ip,
             study_uid=key.study_uid,
         )
-        self.store.create_job(folder, new, received_at=started)
+        self.store.create_job(folder, new, received_at=started, series=series)
 
     def upload(
         self,
@@ -675,6 +687,71 @@ class Box:
     def audit_lines(self, flt: AuditFilter) -> Iterator[bytes]:
         return self.auth.audit_lines(flt)
 
+    # -- series views and classification ------------------------------------------
+    def job_series(self, scratchdir: str) -> list[dict[str, Any]]:
+        """The series of a job's INPUT, as they were when the job was made."""
+        job = self.job(scratchdir)
+        return self.views.job_series(job.scratchdir) if self.views else []
+
+    def classify_rules_text(self) -> str:
+        return self.rules.text()
+
+    def save_classify_rules(self, text: str) -> dict[str, Any]:
+        """Check and store classifyRules.json (RulesError names every problem by place)."""
+        rules = self.rules.save(text)
+        return {"ok": True, "types": len(rules.types)}
+
+    def classify_test(
+        self,
+        *,
+        files: list[Path] | None = None,
+        study_uid: str | None = None,
+        series_uid: str | None = None,
+        rules_text: str | None = None,
+    ) -> dict[str, Any]:
+        """Classify uploaded files or a stored series and say, per type, which rule held or
+        failed and why; ``rules_text`` tries rules that are not saved (checked first)."""
+        if rules_text:
+            try:
+                parsed = parse_rules(json.loads(rules_text))
+            except json.JSONDecodeError as exc:
+                raise RulesError([f"rules: not JSON: {exc}"]) from exc
+            classifier = Classifier(parsed)
+        else:
+            classifier = self.rules.classifier()
+        if files:
+            summaries = _summaries_of_files(files)
+        elif study_uid:
+            summaries = self._stored_summaries(study_uid, series_uid)
+        else:
+            raise Invalid("give a file, or study_uid (and series_uid) of a stored series")
+        return {"series": [_explained(s, classifier) for s in summaries]}
+
+    def _stored_summaries(self, study_uid: str, series_uid: str | None) -> list[dict[str, Any]]:
+        if self.views is None:
+            raise Conflict("series views are off on this box (setting series_views)")
+        check_study_uid(study_uid)
+        summaries = self.views.stored_summaries(study_uid, series_uid)
+        if not summaries:
+            what = f"series {series_uid!r} of study" if series_uid else "series of study"
+            raise NotFound(f"no {what} {study_uid!r}")
+        return summaries
+
+    def archive_listing(self) -> list[dict[str, Any]]:
+        """getArchive.php: every archived study with its patient and study tags."""
+        studies = self.archive_index.page(limit=10**9, offset=0)["studies"]
+        return [
+            {
+                "PatientID": s.get("PatientID", ""),
+                "AccessionNumber": s.get("AccessionNumber", ""),
+                "SIUID": s.get("StudyInstanceUID", ""),
+                "StudyDate": s.get("StudyDate", ""),
+                "PatientName": s.get("PatientName", ""),
+                "StudyDescription": s.get("StudyDescription", ""),
+            }
+            for s in studies
+        ]
+
     # -- changing ------------------------------------------------------------------
     def delete_job(self, scratchdir: str) -> dict[str, Any]:
         """Delete a job (a running one is stopped first): its name and the bytes freed.
@@ -740,6 +817,14 @@ def _day_text(day: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
 
 
+def _summaries_of_files(files: list[Path]) -> list[dict[str, Any]]:
+    """Views of uploaded files, one per series; a file that is not DICOM is refused."""
+    found = collect_files(Path("/"), [f.resolve() for f in files])
+    if not len(found):
+        raise Invalid("no DICOM file with a SeriesInstanceUID was given")
+    return [view.summary() for view, _files in found.items()]
+
+
 def _first_study_uid(files: list[Path]) -> str:
     for path in files:
         try:
@@ -747,3 +832,35 @@ def _first_study_uid(files: list[Path]) -> str:
         except Exception:  # not DICOM or no study: the next file may tell
             continue
     return ""
+
+
+def _explained(summary: dict[str, Any], classifier: Classifier) -> dict[str, Any]:
+    """One series: its view, the types it got, and per type each rule's result and reason."""
+    summary = {k: v for k, v in summary.items() if k != "ClassifyType"}
+    results = classifier.explain(summary)
+    return {
+        "series_uid": summary.get("SeriesInstanceUID"),
+        "study_uid": summary.get("StudyInstanceUID"),
+        "view": summary,
+        "ClassifyType": classifier.classify(summary),
+        "types": [
+            {
+                "type": r.type,
+                "matched": r.matched,
+                "rules": [
+                    {
+                        "held": rr.held,
+                        "rule": str(rr),
+                        "tag": str(rr.rule.tag),
+                        "operator": rr.rule.operator,
+                        "value": rr.rule.value,
+                        "negate": rr.rule.negate,
+                        "via": list(rr.via),
+                        "reason": rr.reason,
+                    }
+                    for rr in r.rules
+                ],
+            }
+            for r in results
+        ],
+    }

@@ -154,6 +154,12 @@ class Settings(BaseModel):
         description="Seconds between sweeps: retention (keep_days), the scrub, and removal "
         "of stale uploads, partial files and folders without a job (untouched for an hour).",
     )
+    series_views: bool = Field(
+        default=True,
+        description="Keep series views (views/raw/<StudyUID>/<SeriesUID>.json, the series "
+        "table, ClassifyType and each job's patient and study facts), read from the "
+        "receiver's one pass over each data set.",
+    )
     concurrency: int = Field(
         default=1, description='Jobs of one bucket at a time (info.json "concurrency" wins).'
     )
@@ -450,6 +456,14 @@ class Settings(BaseModel):
         return self.home / Path(value).expanduser()
 
     @property
+    def classify_rules_file(self) -> Path:
+        return self.home / "classifyRules.json"
+
+    @property
+    def views(self) -> Path:
+        return self.home / "views"
+
+    @property
     def me_host(self) -> str:
         if self.routing_me:
             return self.routing_me
@@ -471,6 +485,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "quiet_seconds",
         "max_pdu",
         "receiver",
+        "series_views",
         "max_upload_bytes",
         "upload_timeout",
         "upload_min_rate",

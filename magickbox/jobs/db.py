@@ -57,6 +57,14 @@ class Job(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     success: Mapped[str] = mapped_column(String(64), default="")  # proc.json's value
     log_size: Mapped[int] = mapped_column(Integer, default=0)
+    # Who and what the job is, from its series views when it was made (study/identity.py).
+    patient_id: Mapped[str] = mapped_column(String(128), default="", index=True)
+    patient_name: Mapped[str] = mapped_column(String(256), default="")
+    accession_number: Mapped[str] = mapped_column(String(64), default="", index=True)
+    study_date: Mapped[str] = mapped_column(String(16), default="", index=True)
+    study_description: Mapped[str] = mapped_column(Text, default="")
+    modalities: Mapped[str] = mapped_column(String(128), default="")  # "CT\\MR", sorted
+    series_count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class JobMeasures(Base):

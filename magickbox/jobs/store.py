@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import CursorResult, delete, func, or_, select
+from sqlalchemy import CursorResult, Select, delete, func, literal, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from magickbox.config import Settings
@@ -34,6 +34,9 @@ from magickbox.names import (
     is_uid,
     study_key,
 )
+from magickbox.study.models import SeriesRow
+from magickbox.study.series import SeriesSet, collect_files
+from magickbox.study.views import ViewStore, identity
 
 log = logging.getLogger(__name__)
 
@@ -62,31 +65,64 @@ class JobFilter:
     since: float | None = None
     until: float | None = None  # received before this (epoch seconds), e.g. a day's end
     q: str | None = None  # substring of any text field, case-insensitive
+    patient_id: str | None = None
+    accession_number: str | None = None
+    study_date: str | None = None  # YYYYMMDD, or a range YYYYMMDD-YYYYMMDD
+    modality: str | None = None  # one of the job's modalities
     initial: str | None = None  # first letter of the sender's AE title (the page's A–Z)
 
 
 class JobStore:
     def __init__(
-        self, settings: Settings, sessions: sessionmaker[Session], events: EventBus | None = None
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        events: EventBus | None = None,
+        views: ViewStore | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.events = events or EventBus()  # JobQueued is published here
         self.measures = MeasuresStore(sessions)
         self.timing = timing.Timing(sessions)
+        self.views = views  # None: no series views are kept (settings.series_views off)
 
     # -- making jobs ---------------------------------------------------------------
-    def create_job(self, input_dir: Path, new: NewJob, received_at: float | None = None) -> Job:
-        """Turn ``input_dir`` (moved, not copied) into the INPUT of a new queued job."""
+    def create_job(
+        self,
+        input_dir: Path,
+        new: NewJob,
+        received_at: float | None = None,
+        series: SeriesSet | None = None,
+    ) -> Job:
+        """Turn ``input_dir`` (moved, not copied) into the INPUT of a new queued job.
+
+        ``series``: the views the receiver collected while the files arrived; without
+        them (an upload, an arrival a crash left) the INPUT's headers are read once.
+        """
         received_at = received_at or time.time()
         facts = {**new.__dict__, "arguments": list(new.arguments), "received_at": received_at}
         folder = JobFolder.create(
             self.settings.scratch, input_dir, facts, _info_json(new, received_at)
         )
-        return self._register(folder.path, new, received_at)
+        return self._register(folder.path, new, received_at, series)
 
-    def _register(self, job_dir: Path, new: NewJob, received_at: float) -> Job:
-        """Record the job (received), archive its files, then queue it."""
+    def _series_of(
+        self, job_dir: Path, series: SeriesSet | None, study_uid: str
+    ) -> tuple[list[SeriesRow], dict[str, Any]]:
+        """The job's series rows and identity columns (none when views are off)."""
+        if self.views is None:
+            return [], {}
+        if series is None:
+            series = collect_files(JobFolder(job_dir).input)
+        rows = self.views.rows(job_dir.name, series)
+        return rows, identity((view.summary() for view, _ in series.items()), study_uid)
+
+    def _register(
+        self, job_dir: Path, new: NewJob, received_at: float, series: SeriesSet | None = None
+    ) -> Job:
+        """Record the job (received) with its series, archive its files, then queue it."""
+        rows, facts = self._series_of(job_dir, series, new.study_uid)
         job = Job(
             scratchdir=job_dir.name,
             bucket=new.bucket,
@@ -101,9 +137,13 @@ class JobStore:
             nfiles=JobFolder(job_dir).count_input(),
             state=State.RECEIVED,
             received_at=received_at,
+            **facts,
         )
         with self.sessions.begin() as s:
             s.add(job)
+            s.add_all(rows)
+        if self.views is not None:
+            self.views.write_raw(r.study_uid for r in rows if r.study_uid)
         self.archive(job)
         job.state, job.queued_at = State.QUEUED, time.time()
         self._update(job.scratchdir, state=job.state, queued_at=job.queued_at)
@@ -145,16 +185,20 @@ class JobStore:
             (Job.caller_ip, flt.caller_ip),
             (Job.study_uid, flt.study_uid),
             (Job.state, flt.state),
+            (Job.patient_id, flt.patient_id),
+            (Job.accession_number, flt.accession_number),
         ):
             if value is not None:
                 query = query.where(column == value)
+        query = _identity_filters(query, flt)
         if flt.since is not None:
             query = query.where(Job.received_at >= flt.since)
         if flt.until is not None:
             query = query.where(Job.received_at < flt.until)
         if flt.q:
             fields = (Job.scratchdir, Job.bucket, Job.caller_aet, Job.caller_ip, Job.study_uid,
-                      Job.jobname, Job.state)  # fmt: skip
+                      Job.jobname, Job.state, Job.patient_id, Job.patient_name,
+                      Job.accession_number)  # fmt: skip
             query = query.where(or_(*(f.icontains(flt.q, autoescape=True) for f in fields)))
         if flt.initial:
             query = query.where(Job.caller_aet.istartswith(flt.initial, autoescape=True))
@@ -172,7 +216,9 @@ class JobStore:
         """
         cols = [Job.scratchdir, Job.bucket, Job.caller_aet, Job.caller_ip, Job.received_text,
                 Job.study_uid, Job.state, Job.started_at, Job.finished_at, Job.log_size,
-                Job.jobname, Job.received_at]  # fmt: skip
+                Job.jobname, Job.received_at, Job.patient_id, Job.patient_name,
+                Job.accession_number, Job.study_date, Job.study_description, Job.modalities,
+                Job.series_count]  # fmt: skip
         names = [c.key for c in cols] + ["measures"]
         query = select(*cols, JobMeasures.data).outerjoin(
             JobMeasures, JobMeasures.scratchdir == Job.scratchdir
@@ -390,6 +436,7 @@ class JobStore:
             result: CursorResult[Any] = s.execute(query)  # type: ignore[assignment]
             if result.rowcount:
                 self.measures.forget(s, scratchdir)
+                s.execute(delete(SeriesRow).where(SeriesRow.scratchdir == scratchdir))
         if not result.rowcount:
             return None
         folder = self.job_dir(job)
@@ -400,7 +447,10 @@ class JobStore:
 
     def delete_archive_study(self, study_uid: str) -> int | None:
         """Remove a study's archive folder: the bytes that freed, None when there was none."""
-        return self.delete_archive_folder(study_key(check_study_uid(study_uid)))
+        freed = self.delete_archive_folder(study_key(check_study_uid(study_uid)))
+        if self.views is not None:
+            self.views.study_deleted(study_uid)
+        return freed
 
     def delete_archive_folder(self, key: str) -> int | None:
         folder = self.settings.archive / key
@@ -473,6 +523,21 @@ class JobStore:
     def received_jobs(self) -> Sequence[Job]:
         with self.sessions() as s:
             return s.scalars(select(Job).where(Job.state == State.RECEIVED)).all()
+
+
+def _identity_filters(query: Select[Any], flt: JobFilter) -> Select[Any]:
+    """StudyDate (one day or a range ``A-B``, DICOM's form) and one of the modalities."""
+    if flt.study_date:
+        first, _, last = flt.study_date.partition("-")
+        if last:
+            query = query.where(Job.study_date >= first, Job.study_date <= last)
+        else:
+            query = query.where(Job.study_date == first)
+    if flt.modality:
+        # modalities is "CT\\MR": a whole name between backslashes, never a part of one
+        padded = literal("\\") + Job.modalities + literal("\\")
+        query = query.where(padded.contains(f"\\{flt.modality}\\", autoescape=True))
+    return query
 
 
 def _info_json(new: NewJob, received_at: float) -> dict[str, str]:

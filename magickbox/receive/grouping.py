@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from magickbox.study.series import RawHeader, SeriesSet
+
 log = logging.getLogger(__name__)
 
 
@@ -42,9 +44,13 @@ class Arrival:
     open_assocs: set[int] = field(default_factory=set)
     last: float = field(default_factory=time.monotonic)
     nfiles: int = 0
+    # The series views, updated file by file from the receiver's walk (None: a crash left
+    # this arrival, or a file came without its header; the job reads the headers once).
+    series: SeriesSet | None = field(default_factory=SeriesSet)
 
 
-Ready = Callable[[Path, ArrivalKey, float], None]
+# on_ready(folder, key, started, series): the arrival is quiet, make it a job.
+Ready = Callable[[Path, ArrivalKey, float, SeriesSet | None], None]
 
 
 def place_file(src: Path, folder: Path, name: str) -> str:
@@ -99,8 +105,16 @@ class Grouper:
             self._cond.notify_all()
 
     # -- called from the receiver's association threads ----------------------------
-    def add_file(self, assoc_id: int, key: ArrivalKey, src: Path, name: str) -> None:
-        """Move a fully received file into its arrival's folder."""
+    def add_file(
+        self,
+        assoc_id: int,
+        key: ArrivalKey,
+        src: Path,
+        name: str,
+        header: RawHeader | None = None,
+    ) -> None:
+        """Move a fully received file into its arrival's folder; ``header`` (the elements
+        the receiver captured) goes into the arrival's series views."""
         with self._cond:
             arrival = self._arrivals.get(key)
             if arrival is None:
@@ -109,10 +123,17 @@ class Grouper:
             self._assoc_arrivals.setdefault(assoc_id, set()).add(key)
             arrival.last = time.monotonic()
             arrival.nfiles += 1
-            folder = arrival.folder
+            if header is None:  # a file without its header: the job reads every header
+                arrival.series = None
+            folder, series = arrival.folder, arrival.series
         # The arrival cannot become a job while this association is open, so the rename is
         # safe outside the lock and concurrent associations do not wait on each other.
         kept = place_file(src, folder, name)
+        if header is not None and series is not None:
+            try:
+                series.add(header, kept)  # the set has its own lock
+            except Exception:  # a view is a summary: it never costs the sender its image
+                log.exception("series view of %s not updated", kept)
         if kept != name:
             log.warning(
                 "two different data sets with SOP Instance UID %s from calling AE %r (%s) "
@@ -150,7 +171,9 @@ class Grouper:
                     self._cond.wait(wait)
                     continue
             for arrival in ready:
-                if not self._hand_over(arrival.folder, arrival.key, arrival.started):
+                if not self._hand_over(
+                    arrival.folder, arrival.key, arrival.started, arrival.series
+                ):
                     self._try_again_later(arrival)
 
     def _try_again_later(self, arrival: Arrival) -> None:
@@ -173,9 +196,11 @@ class Grouper:
                 wait = left if wait is None else min(wait, left)
         return ready, wait
 
-    def _hand_over(self, folder: Path, key: ArrivalKey, started: float) -> bool:
+    def _hand_over(
+        self, folder: Path, key: ArrivalKey, started: float, series: SeriesSet | None = None
+    ) -> bool:
         try:
-            self.on_ready(folder, key, started)
+            self.on_ready(folder, key, started, series)
         except Exception:
             # The folder stays in .incoming: tried again later, and at the next start.
             log.exception("arrival %s (%s) could not become a job (tried again in %g s)",
@@ -197,6 +222,7 @@ class Grouper:
                     **asdict(arrival.key),
                     "started": arrival.started,
                     "files": arrival.nfiles,
+                    "series": len(arrival.series) if arrival.series is not None else None,
                     "open_associations": len(arrival.open_assocs),
                 }
                 for arrival in arrivals

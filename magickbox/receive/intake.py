@@ -15,7 +15,8 @@ from pathlib import Path
 from magickbox.events import EventBus, ImageReceived
 from magickbox.names import BadName, check_study_uid, check_uid
 from magickbox.receive.grouping import ArrivalKey, Grouper
-from magickbox.receive.structure import Malformed, check_stored_file, dataset_bytes
+from magickbox.receive.structure import Malformed, dataset_bytes, walk_stored_file
+from magickbox.study.series import VIEW_TAGS, RawHeader
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,14 @@ def sop_uid_of(raw: bytes | None, requested: str) -> str:
 
 
 class Intake:
-    def __init__(self, own_aet: str, grouper: Grouper, events: EventBus) -> None:
+    def __init__(self, own_aet: str, grouper: Grouper, events: EventBus, views: bool) -> None:
         self.own_aet = own_aet
         self.grouper = grouper
         self.events = events  # ImageReceived, for the metrics
+        # The one walk over each data set also keeps the series views' tags (raw bytes,
+        # decoded only for a series' first file: see study.series.RawHeader).
+        self.views = views
+        self.capture = frozenset((STUDY_UID_TAG, SOP_UID_TAG, *(VIEW_TAGS if views else ())))
 
     def store(self, path: Path, syntax: str, requested: str, peer: Peer, assoc_id: int) -> int:
         """Check and keep the Part 10 file at ``path``; the status to answer with.
@@ -69,7 +74,8 @@ class Intake:
         The file is gone from ``path`` afterwards: moved into its arrival, or removed.
         """
         try:
-            found = check_stored_file(path, syntax, (STUDY_UID_TAG, SOP_UID_TAG))
+            walked = walk_stored_file(path, syntax, self.capture)
+            found = walked.values
             study_uid = study_uid_of(found.get(STUDY_UID_TAG, b""))
             sop_uid = sop_uid_of(found.get(SOP_UID_TAG), requested)
             size = dataset_bytes(path)  # before the file moves into its arrival
@@ -85,8 +91,11 @@ class Intake:
             caller_ip=peer.address,
             study_uid=study_uid,
         )
+        header = (
+            RawHeader(found, walked.vrs, walked.implicit, walked.little) if self.views else None
+        )
         try:
-            self.grouper.add_file(assoc_id, key, path, f"{sop_uid}.dcm")
+            self.grouper.add_file(assoc_id, key, path, f"{sop_uid}.dcm", header)
         except OSError as exc:  # disk full or gone: the sender is told and may try again
             refused(peer, sop_uid, exc, logging.ERROR)
             path.unlink(missing_ok=True)
@@ -106,4 +115,3 @@ def refused(peer: Peer, sop_uid: str, reason: Exception, level: int) -> None:
         sop_uid,
         reason,
     )
-

@@ -132,7 +132,7 @@ class NativeReceiver:
         self.grouper = grouper
         self.bucket_of = bucket_of  # the enabled bucket of a called AE title
         self.rejected = rejected  # records a refused association
-        self.intake = Intake(settings.aet, grouper, events or EventBus())
+        self.intake = Intake(settings.aet, grouper, events or EventBus(), settings.series_views)
         self.listeners: list[socket.socket] = []
         self.threads: list[threading.Thread] = []  # one accept loop per listener
         self.stopping = threading.Event()

@@ -1,8 +1,9 @@
 """The DICOM receiver: a pynetdicom SCP for C-ECHO and C-STORE.
 
 Datasets are written to disk by pynetdicom as they arrive (chunked mode, so large files
-never sit whole in memory) and kept byte for byte: nothing is decoded except the few
-header elements up to the StudyInstanceUID, which the arrival's grouping needs. A walk over
+never sit whole in memory) and kept byte for byte: nothing is decoded but the
+StudyInstanceUID (which the arrival's grouping needs) and, once per series, the series
+views' tags (receive/intake.py). A walk over
 the element headers (no values) refuses a data set that does not parse with a failure
 status. Who may associate is decided by ``admission.admit`` (the called AE title must be
 an enabled bucket, the caller on its allow-list); any other is rejected while associating
@@ -52,6 +53,8 @@ EXTRA_STORAGE_CLASSES = (
     "1.2.840.10008.5.1.4.44.1",  # Implant Assembly Template Storage
     "1.2.840.10008.5.1.4.45.1",  # Implant Template Group Storage
 )
+
+
 def read_study_uid(path: Path) -> str:
     """The StudyInstanceUID of a stored file, reading no further than that element."""
     with path.open("rb") as fh:
@@ -86,7 +89,7 @@ class Receiver:
         self.grouper = grouper
         self.bucket_of = bucket_of  # the enabled bucket of a called AE title
         self.rejected = rejected  # records a refused association
-        self.intake = Intake(settings.aet, grouper, events or EventBus())
+        self.intake = Intake(settings.aet, grouper, events or EventBus(), settings.series_views)
         self.servers: list[ThreadedAssociationServer] = []
 
     def start(self) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,12 +38,31 @@ class Malformed(ValueError):
     """The data set's structure is broken: no reader could parse it."""
 
 
+@dataclass
+class Header:
+    """The raw top-level elements a walk captured, with what is needed to decode them."""
+
+    values: dict[int, bytes] = field(default_factory=dict)
+    vrs: dict[int, str | None] = field(default_factory=dict)  # None: implicit VR
+    implicit: bool = False
+    little: bool = True
+
+
 def check_stored_file(path: Path, syntax: str, capture: tuple[int, ...] = ()) -> dict[int, bytes]:
     """Check the data set of a Part 10 file (as pynetdicom stores it) in ``syntax``.
 
     Returns the raw values of the top-level elements whose tags are in ``capture`` (the
     receiver takes the StudyInstanceUID this way: one pass over the file instead of two).
     """
+    return walk_stored_file(path, syntax, capture).values
+
+
+def walk_stored_file(
+    path: Path, syntax: str | None, capture: frozenset[int] | tuple[int, ...] = ()
+) -> Header:
+    """:func:`check_stored_file` that also keeps the captured elements' VRs and encoding
+    (the receiver's series views decode them without reading the file again). A
+    ``syntax`` of None is the file meta's own (0002,0010) (files from uploads)."""
     with path.open("rb") as fh:
         head = fh.read(144)
         if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
@@ -50,8 +70,28 @@ def check_stored_file(path: Path, syntax: str, capture: tuple[int, ...] = ()) ->
         (meta_length,) = struct.unpack_from("<L", head, 140)
         if 144 + meta_length > os.fstat(fh.fileno()).st_size:
             raise Malformed("the file meta information runs past the end of the file")
+        if syntax is None:
+            syntax = meta_syntax(fh.read(meta_length))
         fh.seek(144 + meta_length)
-        return check_dataset(fh, UID(syntax), capture)
+        return walk_dataset(fh, UID(syntax), capture)
+
+
+def meta_syntax(meta: bytes) -> str:
+    """The Transfer Syntax UID (0002,0010) of file meta elements (explicit VR little endian)."""
+    pos = 0
+    while pos + 8 <= len(meta):
+        group, element = struct.unpack_from("<HH", meta, pos)
+        vr = meta[pos + 4 : pos + 6]
+        if vr in LONG_VRS:
+            (length,) = struct.unpack_from("<L", meta, pos + 8)
+            start = pos + 12
+        else:
+            (length,) = struct.unpack_from("<H", meta, pos + 6)
+            start = pos + 8
+        if (group, element) == (0x0002, 0x0010):
+            return meta[start : start + length].decode("ascii", "replace").strip(" \0")
+        pos = start + length
+    raise Malformed("the file meta information has no transfer syntax")
 
 
 def dataset_bytes(path: Path) -> int:
@@ -67,12 +107,19 @@ def dataset_bytes(path: Path) -> int:
 
 def check_dataset(fh: BinaryIO, syntax: UID, capture: tuple[int, ...] = ()) -> dict[int, bytes]:
     """Walk the data set from ``fh``'s position to its end; raise Malformed when broken."""
+    return walk_dataset(fh, syntax, capture).values
+
+
+def walk_dataset(
+    fh: BinaryIO, syntax: UID, capture: frozenset[int] | tuple[int, ...] = ()
+) -> Header:
     reader = _Inflating(fh) if syntax.is_deflated else _Plain(fh)
     walker = _Walker(reader, implicit=syntax.is_implicit_VR, little=syntax.is_little_endian)
     walker.capture = frozenset(capture)
+    walker.header_out = Header(implicit=walker.implicit, little=syntax.is_little_endian)
     walker.elements(end=None, depth=0, top=True)
     reader.finish()
-    return walker.found
+    return walker.header_out
 
 
 class _Plain:
@@ -162,7 +209,7 @@ class _Walker:
         self.short = struct.Struct(e + "H")
         self.long = struct.Struct(e + "L")
         self.capture: frozenset[int] = frozenset()
-        self.found: dict[int, bytes] = {}
+        self.header_out = Header(implicit=implicit, little=little)
 
     def _tag_and_length(self, data: bytes) -> tuple[int, int]:
         group, element, length = self.header.unpack(data)
@@ -202,7 +249,8 @@ class _Walker:
                 value = self.r.read(length)
                 if len(value) < length:
                     raise Malformed(f"a length of {length} runs past the end of the data set")
-                self.found[tag] = value
+                self.header_out.values[tag] = value
+                self.header_out.vrs[tag] = vr.decode("latin-1") if vr else None
             else:
                 self._within(end, length)
                 self.r.skip(length)

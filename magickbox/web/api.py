@@ -42,6 +42,15 @@ def list_jobs(
     initial: Annotated[
         str | None, Query(max_length=1, description="first letter of the sender's AE title")
     ] = None,
+    patient_id: Annotated[str | None, Query(description="PatientID, exactly")] = None,
+    accession_number: Annotated[str | None, Query(description="AccessionNumber")] = None,
+    study_date: Annotated[
+        str | None,
+        Query(pattern=r"^\d{8}(-\d{8})?$", description="YYYYMMDD or YYYYMMDD-YYYYMMDD"),
+    ] = None,
+    modality: Annotated[
+        str | None, Query(pattern=r"^[A-Za-z0-9]{1,16}$", description="one of the job's")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     offset: Offset = 0,
 ) -> Response:
@@ -56,6 +65,10 @@ def list_jobs(
         until=until,
         q=q or None,
         initial=initial or None,
+        patient_id=patient_id,
+        accession_number=accession_number,
+        study_date=study_date,
+        modality=modality,
     )
     jobs, total = box.find_jobs(flt, limit=limit, offset=offset)
     etas = box.job_etas([job for job, _size in jobs])
@@ -97,6 +110,12 @@ def get_job(box: BoxDep, scratchdir: str) -> Response:
     return json_bytes(
         job_detail_view(job, box.log_size(job), box.job_verdict(job), eta, slurm)
     )
+
+
+@router.get("/jobs/{scratchdir}/series", dependencies=VIEW)
+def job_series(box: BoxDep, scratchdir: str) -> Response:
+    """The series of the job's INPUT: tags, NumFiles, ClassifyType and file names."""
+    return json_bytes(box.job_series(scratchdir))
 
 
 @router.get("/jobs/{scratchdir}/files", dependencies=VIEW)

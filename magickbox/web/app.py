@@ -22,7 +22,17 @@ from fastapi.staticfiles import StaticFiles
 from magickbox.auth.roles import Role
 from magickbox.box import Box
 from magickbox.errors import MagickBoxError
-from magickbox.web import api, auth, legacy, monitor, results, routing, setup, studies
+from magickbox.web import (
+    api,
+    auth,
+    classify,
+    legacy,
+    monitor,
+    results,
+    routing,
+    setup,
+    studies,
+)
 from magickbox.web.security import Guard, require
 from magickbox.web.views import ScratchRenderer
 
@@ -67,6 +77,7 @@ ROUTERS = (
     setup.router,
     studies.router,
     monitor.router,
+    classify.router,
     auth.router,
 )
 

@@ -88,6 +88,13 @@ def installed_buckets(box: BoxDep) -> Response:
     return json_bytes([b.info for b in box.buckets()])
 
 
+@router.get("/code/php/getArchive.php", dependencies=VIEW)
+def get_archive(box: BoxDep) -> Response:
+    """Studies in the archive: PatientID, AccessionNumber, SIUID, StudyDate, PatientName,
+    StudyDescription (most recently changed first)."""
+    return json_bytes(box.archive_listing())
+
+
 @router.get("/code/php/getStatus.php", dependencies=VIEW)
 def status(box: BoxDep) -> Response:
     """Rows of [bucket, queued, running, workers], as gearman's status was shown."""

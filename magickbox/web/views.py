@@ -58,8 +58,21 @@ def scratch_entry(row: dict[str, Any], scratch: Path, now: float) -> dict[str, A
         **({"measures": orjson.loads(row["measures"])} if row.get("measures") else {}),
         # Added: the job's Slurm status while Slurm holds it ("PENDING (Resources)"), else "".
         "slurm": row.get("slurm") or "",
+        # Our additions, from the job's series views: who and what the study is.
+        "PatientID": row.get("patient_id", ""),
+        "PatientName": row.get("patient_name", ""),
+        "AccessionNumber": row.get("accession_number", ""),
+        "StudyDate": row.get("study_date", ""),
+        "StudyDescription": row.get("study_description", ""),
+        "Modalities": modality_list(row.get("modalities")),
+        "SeriesCount": row.get("series_count", 0),
         "processingLast": max(0, int(now - mtime)),  # last: see ScratchRenderer
     }
+
+
+def modality_list(text: str | None) -> list[str]:
+    """The job's modalities column ("CT\\MR") as a list."""
+    return [m for m in (text or "").split("\\") if m]
 
 
 def scratch_listing(rows: list[dict[str, Any]], scratch: Path) -> list[dict[str, Any]]:
@@ -165,10 +178,18 @@ def job_view(
         "slurm": slurm,
         "log_size": job.log_size if log_size is None else log_size,
         "eta": eta_view(eta) if job.state in (State.QUEUED, State.RUNNING) else None,
+        "patient_id": job.patient_id,
+        "patient_name": job.patient_name,
+        "accession_number": job.accession_number,
+        "study_date": job.study_date,
+        "study_description": job.study_description,
+        "modalities": modality_list(job.modalities),
+        "series_count": job.series_count,
         "links": {
             "self": f"/api/v1/jobs/{job.scratchdir}",
             "log": f"/api/v1/jobs/{job.scratchdir}/log",
             "output": f"/api/v1/jobs/{job.scratchdir}/output.zip",
             "input": f"/api/v1/jobs/{job.scratchdir}/input.zip",
+            "series": f"/api/v1/jobs/{job.scratchdir}/series",
         },
     }

@@ -214,6 +214,40 @@ def test_job_view_log_files_and_zip(site: Site, page) -> None:  # type: ignore[n
         assert f"{job['scratchdir']}/OUTPUT/files.txt" in zf.namelist()
 
 
+def test_job_view_shows_identity_and_series(site: Site, page) -> None:  # type: ignore[no-untyped-def]
+    job = site.job_of(caller_aet="MRI")
+    page.goto(site.box.url + f"/#/job/{job['scratchdir']}")
+    page.locator("#info").filter(has_text="P-M1").wait_for()
+    info = page.locator("#info").inner_text()
+    assert "Test, Patient" in info and "2024-01-15" in info and "MR" in info
+    (series,) = site.box.get(f"/api/v1/jobs/{job['scratchdir']}/series").json()
+    row = page.locator(f'#series tr[data-series="{series["series_uid"]}"]')
+    row.wait_for()
+    assert " ".join(series["classify_type"]) == " ".join(row.locator(".chip").all_inner_texts())
+
+
+def test_classification_editor_refuses_with_every_problem_and_tests(site: Site, page) -> None:  # type: ignore[no-untyped-def]
+    page.goto(site.box.url + "/#/admin/classify")
+    page.locator("#classify-text").wait_for()
+    before = site.box.get("/api/v1/classify/rules").text
+    page.fill("#classify-text", '[{"type": "A", "rules": [{"tag": ["x"], "operator": "lt"}]}]')
+    page.click("#classify-save")
+    msg = page.locator("#classify-msg.bad")
+    msg.filter(has_text="[0].rules[0].operator").wait_for()
+    assert "[0].rules[0].tag" in msg.inner_text()
+    assert site.box.get("/api/v1/classify/rules").text == before
+    page.click("#classify-reload")
+    page.locator("#classify-text").wait_for()
+    job = site.job_of(caller_aet="MRI")
+    page.fill("#classify-study", job["study_uid"])
+    page.click("#classify-test")
+    result = page.locator("#classify-result .classified")
+    result.wait_for()
+    assert "T1" in result.locator(".chip").all_inner_texts()
+    assert result.locator("tr.failed").count() > 0  # e.g. T2's TR rule, with its reason
+    shot(page, "classify")
+
+
 def test_log_tails_live(site: Site, page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     job = site.job_of(caller_aet="XRAY")
     page.goto(f"{site.box.url}/#/job/{job['scratchdir']}")

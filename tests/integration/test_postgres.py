@@ -102,3 +102,9 @@ def test_box_runs_on_postgresql(box_factory, postgres_url: str, tmp_path: Path) 
     from tests.unit.test_migrations import head_revision
 
     assert version == head_revision()  # every migration ran on PostgreSQL too
+    # the series views and the identity filters (LIKE with an escape) work there too
+    (series,) = box.get(f"/api/v1/jobs/{jobs[0]['scratchdir']}/series").json()
+    assert series["num_files"] == 3 and series["classify_type"] == ["MR", "T1", "axial"]
+    for params, n in (({"modality": "MR"}, 1), ({"modality": "M"}, 0), ({"q": "mb-0001"}, 1)):
+        found = box.get("/api/v1/jobs", params=params).json()["total"]
+        assert found == n, params

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from magickbox.receive.grouping import ArrivalKey, Grouper
+from magickbox.study.series import RawHeader, SeriesSet
 
 QUIET = 0.2
 TIMEOUT = 20.0  # generous: a loaded CI machine may be slow, but the hand-over must come
@@ -32,6 +33,7 @@ class Handed:
     started: float
     files: list[str]
     moved_to: Path
+    series: object = None
 
 
 class FakeJobs:
@@ -43,14 +45,16 @@ class FakeJobs:
         self.fail = False
         self._cond = threading.Condition()
 
-    def __call__(self, folder: Path, key: ArrivalKey, started: float) -> None:
+    def __call__(
+        self, folder: Path, key: ArrivalKey, started: float, series: object = None
+    ) -> None:
         if self.fail:
             raise RuntimeError("database is down")
         target = self.dest / f"job{len(self.handed)}"
         shutil.move(str(folder), target)
         with self._cond:
             self.handed.append(
-                Handed(key, started, sorted(p.name for p in target.iterdir()), target)
+                Handed(key, started, sorted(p.name for p in target.iterdir()), target, series)
             )
             self._cond.notify_all()
 
@@ -331,3 +335,32 @@ def test_recover_leaves_an_unreadable_record_alone(incoming: Path, jobs: FakeJob
     Grouper(incoming, QUIET, jobs).recover()
     assert jobs.count() == 0
     assert bad.exists()  # left for inspection, not deleted
+
+
+def _header(series_uid: str) -> RawHeader:
+    raw = {0x0020000E: series_uid.encode(), 0x00080060: b"MR"}
+    return RawHeader(raw, {0x0020000E: "UI", 0x00080060: "CS"}, implicit=False, little=True)
+
+
+def test_headers_become_the_arrivals_series_views(
+    grouper: Grouper, jobs: FakeJobs, wire: Wire
+) -> None:
+    for i, uid in enumerate(["1.1", "1.2", "1.1"]):
+        grouper.add_file(1, KEY_A, wire.file(), f"img{i}.dcm", _header(uid))
+    assert grouper.snapshot()[0]["series"] == 2
+    grouper.association_closed(1)
+    [job] = jobs.wait_for(1)
+    assert isinstance(job.series, SeriesSet)
+    got = {view.series_uid: (view.num_files, files) for view, files in job.series.items()}
+    assert got == {"1.1": (2, ["img0.dcm", "img2.dcm"]), "1.2": (1, ["img1.dcm"])}
+    assert job.series.views["1.1"].values["Modality"] == "MR"
+
+
+def test_a_file_without_header_leaves_the_views_to_the_job(
+    grouper: Grouper, jobs: FakeJobs, wire: Wire
+) -> None:
+    grouper.add_file(1, KEY_A, wire.file(), "a.dcm", _header("1.1"))
+    grouper.add_file(1, KEY_A, wire.file(), "b.dcm")  # e.g. a receiver that captures none
+    grouper.association_closed(1)
+    [job] = jobs.wait_for(1)
+    assert job.series is None  # the job store reads every header once instead

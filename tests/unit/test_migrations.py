@@ -15,7 +15,8 @@ from sqlalchemy import inspect, select
 
 import magickbox.auth.models
 import magickbox.receive.rejections  # every table of the schema
-import magickbox.routing.models  # noqa: F401
+import magickbox.routing.models
+import magickbox.study.models  # noqa: F401  (and the series table)
 from magickbox.jobs import db
 from magickbox.jobs.db import Base, Job, State, make_engine, migrate, open_database
 
@@ -134,3 +135,28 @@ def test_the_scratchdir_is_unique(tmp_path: Path) -> None:
     with pytest.raises(sa.exc.IntegrityError), sessions.begin() as s:
         s.add(Job(scratchdir="tmp.abcdef12", bucket="B", state=State.DONE, received_at=1.0))
     sessions.kw["bind"].dispose()
+
+
+def test_a_home_of_0002_keeps_its_jobs_with_an_empty_identity(tmp_path: Path) -> None:
+    """0003_views on an older home: the jobs stay, with empty identity and no series."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        from alembic import command
+
+        command.upgrade(cfg, "0002")
+        conn.execute(
+            sa.text(
+                "insert into jobs (scratchdir, bucket, state, received_at) "
+                "values ('tmp.old00001', 'B', 'done', 1.0)"
+            )
+        )
+    migrate(engine)
+    assert current_revision(engine) == head_revision()
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("select patient_id, modalities, series_count from jobs")).one()
+        assert tuple(row) == ("", "", 0)
+        assert conn.execute(sa.text("select count(*) from series")).scalar() == 0
+    engine.dispose()

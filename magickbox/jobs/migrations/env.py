@@ -2,9 +2,6 @@
 
 from alembic import context
 
-import magickbox.auth.models
-import magickbox.receive.rejections  # the receiver's table of refusals
-import magickbox.routing.models  # noqa: F401  (routing's tables share the one schema)
 from magickbox.jobs.db import Base
 
 connection = context.config.attributes["connection"]

@@ -129,7 +129,7 @@ function setParam(p, key, value) {
 async function viewJobs(p) {
   main.innerHTML = `
     <section class="toolbar">
-      <input id="q" type="search" placeholder="Search jobs: study UID, sender, IP, bucket, state…" aria-label="Search jobs" value="${esc(p.get("q") || "")}">
+      <input id="q" type="search" placeholder="Search jobs: patient, study UID, sender, IP, bucket, state…" aria-label="Search jobs" value="${esc(p.get("q") || "")}">
       <select id="state" aria-label="State">${STATES.map((s) => `<option value="${s}" ${p.get("state") === s ? "selected" : ""}>${s || "any state"}</option>`).join("")}</select>
       <span id="dayfilter"></span>
     </section>
@@ -185,7 +185,7 @@ function drawRows(data) {
     const href = `#/job/${encodeURIComponent(j.scratchdir)}`;
     return `<tr data-job="${esc(j.scratchdir)}" data-state="${esc(j.state)}">
       <td data-label="State">${badge(j.state)}</td>
-      <td data-label="Job"><a href="${href}" class="mono">${esc(j.scratchdir)}</a><div class="sub mono" title="StudyInstanceUID">${esc(j.study_uid || j.jobname)}</div></td>
+      <td data-label="Job"><a href="${href}" class="mono">${esc(j.scratchdir)}</a><div class="sub mono" title="StudyInstanceUID">${esc(j.study_uid || j.jobname)}</div>${j.patient_id ? `<div class="sub" title="PatientID, modalities">${esc(j.patient_id)}${(j.modalities || []).length ? " · " + esc(j.modalities.join(" ")) : ""}</div>` : ""}</td>
       <td data-label="Bucket">${esc(j.bucket)}</td>
       <td data-label="Sender">${esc(j.caller_aet)}</td>
       <td data-label="Peer IP" class="mono">${esc(j.caller_ip)}</td>
@@ -258,6 +258,7 @@ async function viewJob(name) {
         <div class="seg"><button data-part="OUTPUT" class="on">OUTPUT</button><button data-part="INPUT">INPUT</button></div>
         <div id="files"></div></div>
     </section>
+    <section class="card"><h2>Series <span class="sub" id="series-count"></span></h2><div id="series"></div></section>
     <section class="card" id="images-card" hidden><h2>Images in OUTPUT <span class="sub" id="images-count"></span></h2><div id="images" class="images"></div></section>
     <section class="card"><h2>Sends <span class="sub">where routing sent the results</span></h2><div id="sends"></div></section>
     <section class="card"><h2>Processing log <span class="sub" id="logsize"></span></h2><pre id="log" class="log" tabindex="0"></pre></section>`;
@@ -324,6 +325,9 @@ async function viewJob(name) {
     drawBanner();
     const facts = [
       ["Bucket", job.bucket], ["Sender AE", job.caller_aet], ["Peer IP", job.caller_ip],
+      ["Patient ID", job.patient_id], ["Patient name", personName(job.patient_name)], ["Accession", job.accession_number],
+      ["Study date", dicomDate(job.study_date)], ["Study description", job.study_description],
+      ["Modalities", (job.modalities || []).join(" ")], ["Series", job.series_count || ""],
       ["StudyInstanceUID", job.study_uid], ["Source", job.source], ["Job name", job.jobname],
       ["Description", job.description], ["Arguments", (job.arguments || []).join(" ")], ["Files received", job.files],
       ["Received", localTime(job.received_at)], ["Started", localTime(job.started_at)], ["Finished", localTime(job.finished_at)],
@@ -343,6 +347,20 @@ async function viewJob(name) {
     }
     el.innerHTML = sendsTable(sends, false);
     bindSendRetry(el, drawSends, msg);
+  }
+
+  // The series were summed up when the job was made: drawn once.
+  async function drawSeries() {
+    const series = await getJSON(`${base}/series`);
+    if (token !== viewToken) return;
+    document.getElementById("series-count").textContent = series.length ? num(series.length) : "";
+    document.getElementById("series").innerHTML = series.length
+      ? `<table class="jobs series"><thead><tr><th class="num">#</th><th>Description</th><th>Modality</th><th class="num">Files</th><th>Types</th><th>SeriesInstanceUID</th></tr></thead><tbody>
+        ${series.map((s) => `<tr data-series="${esc(s.series_uid)}"><td data-label="#" class="num">${esc(s.series_number)}</td><td data-label="Description">${esc(s.description)}</td>
+          <td data-label="Modality">${esc(s.modality)}</td><td data-label="Files" class="num">${num(s.num_files)}</td>
+          <td data-label="Types">${s.classify_type.map((t) => `<span class="chip">${esc(t)}</span>`).join(" ")}</td>
+          <td data-label="Series UID" class="mono sub">${esc(s.series_uid)}</td></tr>`).join("")}</tbody></table>`
+      : `<p class="sub">No DICOM series in INPUT.</p>`;
   }
   // The log grows while the job runs: ask only for the bytes after the ones we have.
   let logOffset = 0;
@@ -372,7 +390,7 @@ async function viewJob(name) {
     }
   }
   await drawInfo(job);
-  await Promise.all([tailLog(), drawFiles(), drawSends()]);
+  await Promise.all([tailLog(), drawFiles(), drawSends(), drawSeries()]);
   every(async () => {
     try { await poll(); } catch (e) { if (e.status === 404) { msg("This job no longer exists.", true); clearInterval(timer); } else throw e; }
   });
@@ -611,10 +629,10 @@ async function viewBuckets() {
 
 async function viewAdmin(section) {
   section = section || "setup";
-  const tabs = [["setup", "Setup"], ["routing", "Routing"], ["routing-log", "Routing log"], ["archive", "Archived studies"], ["audit", "Audit"]];
+  const tabs = [["setup", "Setup"], ["routing", "Routing"], ["routing-log", "Routing log"], ["classify", "Classification"], ["archive", "Archived studies"], ["audit", "Audit"]];
   main.innerHTML = `<nav class="subtabs">${tabs.map(([k, t]) => `<a href="#/admin/${k}" class="${k === section ? "on" : ""}">${t}</a>`).join("")}</nav><div id="admin"></div>`;
   const el = document.getElementById("admin");
-  const views = { setup: adminSetup, routing: adminRouting, "routing-log": adminRoutingLog, archive: adminArchive, audit: adminAudit };
+  const views = { setup: adminSetup, routing: adminRouting, "routing-log": adminRoutingLog, classify: adminClassify, archive: adminArchive, audit: adminAudit };
   await (views[section] || adminSetup)(el);
 }
 
@@ -730,6 +748,51 @@ async function adminRoutingLog(el) {
       </tbody></table>` : `<p class="sub" id="routing-log-empty">Nothing routed yet.</p>`}</section>`;
   const msg = (t, bad) => { const m = document.getElementById("rmsg"); m.textContent = t; m.className = "msg " + (bad ? "bad" : "good"); };
   bindSendRetry(el, () => adminRoutingLog(el), msg);
+}
+
+// The classification rules (classifyRules.json) with a test on DICOM files or a stored series.
+async function adminClassify(el) {
+  const text = await (await api("/classify/rules")).text();
+  el.innerHTML = `<section class="card"><h2>Classification rules</h2>
+    <p class="sub">classifyRules.json, the original's format. The box checks it before saving: rules with a mistake are refused (every problem named by place) and the stored ones stay.</p>
+    <textarea id="classify-text" class="editor" spellcheck="false" aria-label="Classification rules">${esc(text)}</textarea>
+    <div class="buttons"><button class="btn primary" id="classify-save">Save</button><button class="btn" id="classify-reload">Reload</button></div>
+    <pre id="classify-msg" class="msg" role="status"></pre></section>
+    <section class="card"><h2>Test the rules</h2>
+    <p class="sub">On DICOM files (each series apart) or a stored series, with the rules in the editor above (saved or not).</p>
+    <div class="toolbar"><input type="file" id="classify-files" multiple aria-label="DICOM files">
+      <input id="classify-study" placeholder="or StudyInstanceUID" aria-label="StudyInstanceUID">
+      <input id="classify-series" placeholder="SeriesInstanceUID (optional)" aria-label="SeriesInstanceUID">
+      <button class="btn" id="classify-test">Test</button></div>
+    <div id="classify-result"></div></section>`;
+  const msg = (t, bad) => { const m = document.getElementById("classify-msg"); m.textContent = t; m.className = "msg " + (bad ? "bad" : "good"); };
+  document.getElementById("classify-reload").onclick = () => adminClassify(el);
+  document.getElementById("classify-save").onclick = async () => {
+    const body = document.getElementById("classify-text").value;
+    const res = await fetch(API + "/classify/rules", { method: "PUT", headers: { "Content-Type": "application/json" }, body });
+    const answer = await res.json();
+    if (res.ok) msg(`Saved: ${answer.types} types.`);
+    else msg((answer.problems || [answer.detail]).join("\n"), true);
+  };
+  document.getElementById("classify-test").onclick = async () => {
+    const form = new FormData();
+    for (const f of document.getElementById("classify-files").files) form.append("file", f);
+    const study = document.getElementById("classify-study").value.trim();
+    const series = document.getElementById("classify-series").value.trim();
+    if (study) form.append("study_uid", study);
+    if (series) form.append("series_uid", series);
+    form.append("rules", document.getElementById("classify-text").value);
+    const out = document.getElementById("classify-result");
+    const res = await fetch(API + "/classify/test", { method: "POST", body: form });
+    const answer = await res.json();
+    if (!res.ok) { out.innerHTML = `<pre class="msg bad">${esc((answer.problems || [answer.detail]).join("\n"))}</pre>`; return; }
+    out.innerHTML = answer.series.map((s) => `<div class="classified" data-series="${esc(s.series_uid)}">
+      <h3>${esc(s.view.SeriesDescription || s.series_uid)} <span class="sub">${num(s.view.NumFiles)} files</span></h3>
+      <p>Types: ${s.ClassifyType.length ? s.ClassifyType.map((t) => `<span class="chip">${esc(t)}</span>`).join(" ") : "none"}</p>
+      <table class="jobs"><thead><tr><th>Type</th><th>Rule</th><th>Result</th></tr></thead><tbody>
+      ${s.types.map((t) => t.rules.map((r, i) => `<tr class="${r.held ? "held" : "failed"}"><td>${i ? "" : `${esc(t.type)} ${t.matched ? "✓" : "✗"}`}</td>
+        <td class="mono">${esc(r.rule)}</td><td>${r.held ? "held" : "failed"}</td></tr>`).join("")).join("")}</tbody></table></div>`).join("");
+  };
 }
 
 // DICOM's YYYYMMDD and Family^Given^Middle, as people write them.
