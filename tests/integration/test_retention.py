@@ -178,7 +178,8 @@ def test_deleting_a_study_frees_its_archive_too(home: Path) -> None:
     answer = box.delete_study("1.2.3.0")
     assert answer["deleted_jobs"] == [other] and answer["archive_deleted"] is True
     assert answer["freed_bytes"] >= 4 * MB  # both sends' files: the archive kept both
-    assert shutil.disk_usage(home).free >= free_before + 2 * MB - 64 * 1024
+    # The files come back; the database in the same home may grow by a few pages meanwhile.
+    assert shutil.disk_usage(home).free >= free_before + 2 * MB - 256 * 1024
 
 
 def test_the_sweep_never_removes_a_job_queued_again_meanwhile(home: Path) -> None:

@@ -12,10 +12,11 @@ from typing import NamedTuple
 
 import pytest
 
-from magickbox import disk, scratch
+from magickbox import disk
 from magickbox.buckets.registry import Bucket
 from magickbox.config import Settings, parse_size
 from magickbox.errors import StorageFull
+from magickbox.jobs import scratch
 from tests.conftest import tmpfs
 
 SIZES = [("5%", (0, 5.0)), ("0", (0, 0.0)), ("1000", (1000, 0.0)), ("500M", (500 << 20, 0.0)),
