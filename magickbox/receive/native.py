@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 ARTIM = 10.0  # seconds for the association request (and the release) to arrive
 PDU_TIMEOUT = 60.0  # seconds for each PDU once associated: a stalled peer is let go
+LINGER = 2.0  # seconds we wait for a peer to close after a rejection or a release
 MAX_ASSOCIATIONS = 64  # established at once; more are rejected as transient
 MAX_CONNECTIONS = 256  # sockets at once, associated or not; more are closed at once
 MAX_REQUEST = 1 << 16  # bytes of an A-ASSOCIATE-RQ (a few hundred contexts)
@@ -314,6 +315,7 @@ class Association:
         if reason:
             self.rx.refuse(self.peer, self.port, reason)
             self.conn.sendall(acse.reject(*rejection))
+            self._linger()
             return False
         self.slot = True
         answers = [answer_context(cx) for cx in req.contexts]
@@ -334,6 +336,7 @@ class Association:
                 self._read(length)
                 self._discard_partial()
                 self.conn.sendall(wire.release_rp())
+                self._linger()
                 return
             elif kind == wire.ABORT:
                 self._read(min(length, 64))
@@ -451,6 +454,16 @@ class Association:
         if not got:
             raise PeerGone("the peer closed the connection")
         return got
+
+    def _linger(self) -> None:
+        """After a rejection or a release the requestor closes the connection (PS3.8 9.1,
+        ARTIM): wait for that, up to LINGER seconds, so that our answer is read first. A
+        close from our side at once can make a peer see the connection reset, not the answer.
+        """
+        with contextlib.suppress(OSError):  # a timeout or a reset: we close anyway
+            self.conn.settimeout(LINGER)
+            while self.conn.recv(4096):
+                pass
 
     def _send_quietly(self, data: bytes) -> None:
         with contextlib.suppress(OSError):

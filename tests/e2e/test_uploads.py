@@ -95,7 +95,7 @@ def test_a_body_without_length_is_cut_off_at_the_cap(
 def test_a_trickled_body_is_timed_out(box: BoxServer) -> None:
     """1 KB a second, far below upload_min_rate: cut off with 408 after upload_timeout."""
     head = (
-        "POST /code/php/processZip.php HTTP/1.1\r\nHost: box\r\n"
+        "POST /code/php/processZip.php HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         "Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 1000000\r\n\r\n"
         "--XyZ\r\nContent-Disposition: form-data; name=\"theFile\"; filename=\"a.zip\"\r\n\r\n"
     )

@@ -36,6 +36,8 @@ async function api(path, opts = {}) {
   return res;
 }
 const getJSON = async (path) => (await api(path)).json();
+// For the few calls that read an error answer themselves (not through api()).
+const csrfHeader = () => (csrf ? { "X-CSRF-Token": csrf } : {});
 
 // The dot in the header is easy to miss: when the box does not answer, a banner across
 // the page says so until an answer comes again.
@@ -769,7 +771,7 @@ async function adminClassify(el) {
   document.getElementById("classify-reload").onclick = () => adminClassify(el);
   document.getElementById("classify-save").onclick = async () => {
     const body = document.getElementById("classify-text").value;
-    const res = await fetch(API + "/classify/rules", { method: "PUT", headers: { "Content-Type": "application/json" }, body });
+    const res = await fetch(API + "/classify/rules", { method: "PUT", headers: { "Content-Type": "application/json", ...csrfHeader() }, body });
     const answer = await res.json();
     if (res.ok) msg(`Saved: ${answer.types} types.`);
     else msg((answer.problems || [answer.detail]).join("\n"), true);
@@ -783,7 +785,7 @@ async function adminClassify(el) {
     if (series) form.append("series_uid", series);
     form.append("rules", document.getElementById("classify-text").value);
     const out = document.getElementById("classify-result");
-    const res = await fetch(API + "/classify/test", { method: "POST", body: form });
+    const res = await fetch(API + "/classify/test", { method: "POST", headers: csrfHeader(), body: form });
     const answer = await res.json();
     if (!res.ok) { out.innerHTML = `<pre class="msg bad">${esc((answer.problems || [answer.detail]).join("\n"))}</pre>`; return; }
     out.innerHTML = answer.series.map((s) => `<div class="classified" data-series="${esc(s.series_uid)}">
