@@ -7,7 +7,7 @@ import time
 from sqlalchemy import Float, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from magickbox.jobs.db import Base
+from magickbox.tables import Base
 
 
 class User(Base):

@@ -14,7 +14,9 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, Float, Integer, String, Text, create_engine, event
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
+
+from magickbox.tables import Base
 
 
 class State(enum.StrEnum):
@@ -26,10 +28,6 @@ class State(enum.StrEnum):
 
 
 FINISHED = (State.DONE, State.FAILED)
-
-
-class Base(DeclarativeBase):
-    pass
 
 
 class Job(Base):

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Float, Integer, String, Text, delete, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from magickbox.jobs.db import Base
+from magickbox.tables import Base
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import time
 from sqlalchemy import Boolean, Float, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from magickbox.jobs.db import Base
+from magickbox.tables import Base
 
 
 class SendState(enum.StrEnum):

@@ -13,7 +13,7 @@ import time
 from sqlalchemy import Float, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from magickbox.jobs.db import Base
+from magickbox.tables import Base
 
 
 class SeriesRow(Base):
