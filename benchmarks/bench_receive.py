@@ -331,7 +331,7 @@ class ForkStorescpTarget(ProcessTarget):
     """storescp as sites run it for several senders: a process per association."""
 
     def command(self, port: int, out: Path) -> list[str]:
-        return [STORESCP, "--fork", "-uf", "-od", str(out), "+xa", str(port)]
+        return [STORESCP, "--fork", "+uf", "-od", str(out), "+xa", str(port)]
 
 
 class BarePynetdicomTarget(ProcessTarget):
