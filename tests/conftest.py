@@ -185,3 +185,11 @@ def copy_bucket(home: Path, name: str, work_sh: str, **info: object) -> Path:
     (folder / "work.sh").chmod(0o755)
     shutil.rmtree(folder / "__pycache__", ignore_errors=True)
     return folder
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    """Debian's Chromium under Playwright, one per module (tests/e2e/browser.py)."""
+    from tests.e2e.browser import launch
+
+    yield from launch()

@@ -26,7 +26,7 @@ from magickbox.routing.rules import NO_PROC_JSON
 from magickbox.testing.dicomgen import write_study
 from tests.conftest import BoxServer, copy_bucket, free_port
 from tests.e2e.peers import QUICK, api_job, api_jobs, wait_for
-from tests.e2e.test_page import CHROMIUM, CHROMIUM_ARGS, SHOTS, WAIT_MS
+from tests.e2e.test_page import SHOTS, WAIT_MS
 
 pytestmark = pytest.mark.e2e
 
@@ -119,16 +119,6 @@ def _settled(box: BoxServer) -> bool:
         and len(sends) == 2
         and all(s["state"] in ("done", "failed") for s in sends)
     )
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed (apt-get install chromium)")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

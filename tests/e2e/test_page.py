@@ -25,9 +25,6 @@ from tests.e2e.peers import QUICK, api_jobs, wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.long]
 
 sync_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 SHOTS = Path(
     os.environ.get(
         "MAGICKBOX_SCREENSHOTS", Path(__file__).parents[2] / "test-artifacts/screenshots"
@@ -91,16 +88,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 def _finished(box: BoxServer) -> int:
     return sum(j["state"] in ("done", "failed") for j in api_jobs(box))
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed (apt-get install chromium)")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

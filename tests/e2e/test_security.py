@@ -28,9 +28,6 @@ from tests.e2e.test_seed import DELETE, SEND, bash, fill
 pytestmark = pytest.mark.e2e
 
 sync_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 UNTRUSTED = ["--set", 'trusted_networks=["10.0.0.0/8=operator"]']  # 127.0.0.1 is not in it
 
 
@@ -61,16 +58,6 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BoxServer]:
                   extra_args=["--set", "session_minutes=0.05"])  # fmt: skip
     yield box
     box.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed (apt-get install chromium)")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture
