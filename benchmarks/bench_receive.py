@@ -1049,7 +1049,7 @@ def main() -> int:
             )
 
         # 1. throughput
-        ours_box = Box(work / "home-ours").start()
+        ours_box = Box(work / "home-ours", env={"MAGICKBOX_RECEIVER": "native"}).start()
         boxes.append(ours_box)
         # The same box on pynetdicom's server (receiver = "pynetdicom"): the native
         # receiver's gain, measured in the same run.

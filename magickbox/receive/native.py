@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 ARTIM = 10.0  # seconds for the association request (and the release) to arrive
 PDU_TIMEOUT = 60.0  # seconds for each PDU once associated: a stalled peer is let go
-LINGER = 2.0  # seconds we wait for a peer to close after a rejection or a release
+LINGER = ARTIM  # seconds we wait for a peer to close after a rejection or a release
 MAX_ASSOCIATIONS = 64  # established at once; more are rejected as transient
 MAX_CONNECTIONS = 256  # sockets at once, associated or not; more are closed at once
 MAX_REQUEST = 1 << 16  # bytes of an A-ASSOCIATE-RQ (a few hundred contexts)

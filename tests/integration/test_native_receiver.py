@@ -100,7 +100,7 @@ def dataset_of(path: Path) -> bytes:
 def edge(app_factory: Callable[..., InProcessBox], tmp_path: Path) -> InProcessBox:
     home = tmp_path / "home"
     copy_bucket(home, "Edge", WORK_SH)
-    return app_factory(home=home, dicom=True, quiet_seconds=0.2)
+    return app_factory(home=home, dicom=True, quiet_seconds=0.2, receiver="native")
 
 
 @pytest.fixture
