@@ -9,12 +9,16 @@ rules of what is kept live here once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from magickbox.buckets.registry import Bucket
+from magickbox.config import Settings
 from magickbox.events import EventBus, ImageReceived
 from magickbox.names import BadName, check_study_uid, check_uid
 from magickbox.receive.grouping import ArrivalKey, Grouper
+from magickbox.receive.rejections import Rejection
 from magickbox.receive.structure import Malformed, dataset_bytes, walk_stored_file
 from magickbox.study.series import VIEW_TAGS, RawHeader
 
@@ -115,3 +119,27 @@ def refused(peer: Peer, sop_uid: str, reason: Exception, level: int) -> None:
         sop_uid,
         reason,
     )
+
+
+class ReceiverBase:
+    """What both receivers (native.py, scp.py) are made of: the settings, where arrivals go,
+    who may associate (``bucket_of`` and the admission rule), where refusals are recorded,
+    and the intake that keeps what arrives."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        grouper: Grouper,
+        bucket_of: Callable[[str], Bucket | None],
+        rejected: Callable[[Rejection], None],
+        events: EventBus | None = None,
+    ) -> None:
+        self.settings = settings
+        self.grouper = grouper
+        self.bucket_of = bucket_of  # the enabled bucket of a called AE title
+        self.rejected = rejected  # records a refused association
+        self.intake = Intake(settings.aet, grouper, events or EventBus(), settings.series_views)
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """The receiver's own state (listeners, servers), set up once it is built."""

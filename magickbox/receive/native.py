@@ -27,20 +27,15 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from pydicom.uid import AllTransferSyntaxes
 
 from magickbox import disk, wire
-from magickbox.buckets.registry import Bucket
-from magickbox.config import Settings
-from magickbox.events import EventBus
 from magickbox.receive import acse
 from magickbox.receive.admission import VERIFICATION, Request, admit
-from magickbox.receive.grouping import Grouper
-from magickbox.receive.intake import OUT_OF_RESOURCES, SUCCESS, Intake, Peer
+from magickbox.receive.intake import OUT_OF_RESOURCES, SUCCESS, Peer, ReceiverBase
 from magickbox.receive.rejections import Rejection
 from magickbox.receive.tlsserver import HANDSHAKE_SECONDS, tls_context
 
@@ -118,22 +113,10 @@ def _even(raw: bytes) -> bytes:
     return raw + b" " if len(raw) % 2 else raw
 
 
-class NativeReceiver:
+class NativeReceiver(ReceiverBase):
     """Listens on the DICOM port and runs each association on a thread of its own."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        grouper: Grouper,
-        bucket_of: Callable[[str], Bucket | None],
-        rejected: Callable[[Rejection], None],
-        events: EventBus | None = None,
-    ) -> None:
-        self.settings = settings
-        self.grouper = grouper
-        self.bucket_of = bucket_of  # the enabled bucket of a called AE title
-        self.rejected = rejected  # records a refused association
-        self.intake = Intake(settings.aet, grouper, events or EventBus(), settings.series_views)
+    def _prepare(self) -> None:
         self.listeners: list[socket.socket] = []
         self.threads: list[threading.Thread] = []  # one accept loop per listener
         self.stopping = threading.Event()

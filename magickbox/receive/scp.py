@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,14 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from magickbox import disk
-from magickbox.buckets.registry import Bucket
-from magickbox.config import Settings
-from magickbox.events import EventBus
 from magickbox.receive.admission import Request, admit
-from magickbox.receive.grouping import Grouper
-from magickbox.receive.intake import OUT_OF_RESOURCES, STUDY_UID_TAG, Intake, Peer, study_uid_of
+from magickbox.receive.intake import (
+    OUT_OF_RESOURCES,
+    STUDY_UID_TAG,
+    Peer,
+    ReceiverBase,
+    study_uid_of,
+)
 from magickbox.receive.rejections import Rejection
 from magickbox.receive.tlsserver import start_tls_server
 
@@ -76,20 +77,8 @@ def association_request(assoc: Association) -> Request:
     )
 
 
-class Receiver:
-    def __init__(
-        self,
-        settings: Settings,
-        grouper: Grouper,
-        bucket_of: Callable[[str], Bucket | None],
-        rejected: Callable[[Rejection], None],
-        events: EventBus | None = None,
-    ) -> None:
-        self.settings = settings
-        self.grouper = grouper
-        self.bucket_of = bucket_of  # the enabled bucket of a called AE title
-        self.rejected = rejected  # records a refused association
-        self.intake = Intake(settings.aet, grouper, events or EventBus(), settings.series_views)
+class Receiver(ReceiverBase):
+    def _prepare(self) -> None:
         self.servers: list[ThreadedAssociationServer] = []
 
     def start(self) -> None:
