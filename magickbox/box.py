@@ -41,12 +41,13 @@ from magickbox.jobs import browse, measures, scratch, timing
 from magickbox.jobs.db import Job, State, open_database
 from magickbox.jobs.queue import Dispatcher
 from magickbox.jobs.retention import Removal, Sweeper
-from magickbox.jobs.store import JobFilter, JobStore, NewJob
+from magickbox.jobs.store import JobFilter, JobStore, NewJob, Start
 from magickbox.jobs.unzip import safe_extract
 from magickbox.metrics import Metrics
 from magickbox.names import BadName, check_study_uid, study_key
 from magickbox.notify import Notifier
-from magickbox.receive.grouping import ArrivalKey, Grouper
+from magickbox.receive.completeness import SendPolicy, Verdict, policy_of
+from magickbox.receive.grouping import Arrival, ArrivalKey, Grouper
 from magickbox.receive.native import NativeReceiver
 from magickbox.receive.rejections import Rejection, RejectionLog, rejection_label
 from magickbox.receive.scp import Receiver, read_study_uid
@@ -78,7 +79,8 @@ class Box:
         self.store = JobStore(settings, sessions, self.events, self.views)
         self.executor = RoutingExecutor(settings, LocalExecutor())
         self.dispatcher = Dispatcher(self.store, self.executor)
-        self.grouper = Grouper(settings.incoming, settings.quiet_seconds, self._arrival_ready)
+        self.grouper = Grouper(settings.incoming, settings.quiet_seconds, self._arrival_ready,
+                               policy_for=self._send_policy, types_of=self._send_types)  # fmt: skip
         self.rejections = RejectionLog(self.store.sessions)
         kind = NativeReceiver if settings.receiver == "native" else Receiver
         self.receiver: NativeReceiver | Receiver = kind(
@@ -259,16 +261,53 @@ class Box:
         """The enabled bucket a called AE title names (the receiver asks per association)."""
         return registry.enabled_bucket(self.settings.streams, aetitle)
 
+    # -- when a send becomes a job (the rule: receive/completeness.py) -------------------
+    def _send_policy(self, aetitle: str) -> SendPolicy | None:
+        """The bucket's rule for its sends (info.json), None for no enabled bucket."""
+        bucket = self.enabled_bucket(aetitle)
+        return policy_of(bucket.aetitle, bucket.info) if bucket else None
+
+    def _send_types(self, arrival: Arrival) -> set[str]:
+        """The ClassifyTypes of a quiet send's series, and of the held job it would join."""
+        series = arrival.series if arrival.series is not None else collect_files(arrival.folder)
+        classifier = self.rules.classifier()
+        types = {t for view, _files in series.items() for t in view.to_json(classifier)
+                 ["ClassifyType"]}  # fmt: skip
+        held = self._held_for(arrival.key, arrival.policy)
+        if held is not None and self.views is not None:
+            types.update(t for row in self.views.job_series(held.scratchdir)
+                         for t in row["classify_type"])  # fmt: skip
+        return types
+
+    def _held_for(self, key: ArrivalKey, policy: SendPolicy | None) -> Job | None:
+        """The job a send of ``key`` joins (merge_seconds; never with one job per series)."""
+        if policy is None or not policy.merge or policy.per_series:
+            return None
+        return self.store.held_job(key.called_aet, key.study_uid)
+
     def _arrival_ready(
-        self, folder: Path, key: ArrivalKey, started: float, series: SeriesSet | None
+        self,
+        folder: Path,
+        key: ArrivalKey,
+        started: float,
+        series: SeriesSet | None,
+        verdict: Verdict | None = None,
     ) -> None:
+        policy = self._send_policy(key.called_aet)
+        held = self._held_for(key, policy)
+        what = f"{key.caller_aet}@{key.caller_ip}"
+        failed = verdict is not None and verdict.fail  # a failed send is a job of its own
+        if held is not None and not failed and self.store.merge_send(held, folder, series, what):
+            return
         new = NewJob(
             bucket=key.called_aet,
             caller_aet=key.caller_aet,
             caller_ip=key.caller_ip,
             study_uid=key.study_uid,
+            description=f"series {key.series_uid}" if key.series_uid else "",
         )
-        self.store.create_job(folder, new, received_at=started, series=series)
+        self.store.create_job(folder, new, received_at=started, series=series,
+                              start=_start(policy, verdict))  # fmt: skip
 
     def upload(
         self,
@@ -488,7 +527,9 @@ class Box:
     # -- measures --------------------------------------------------------------------
     def measures_table(self, bucket: str | None) -> measures.Table:
         """One row per job (of ``bucket``) with every measure: the table after a study."""
-        return measures.table(self.store.measures.of_jobs(bucket))
+        kept = self.store.measures
+        columns = measures.JOB_COLUMNS + measures.identity_columns(kept.series_types(bucket))
+        return measures.table(kept.of_jobs(bucket), columns)
 
     def job_measures(self, scratchdir: str) -> Any:
         """The job's measures as its bucket wrote them, or None."""
@@ -688,6 +729,10 @@ class Box:
         return self.auth.audit_lines(flt)
 
     # -- series views and classification ------------------------------------------
+    def job_parts(self, job: Job) -> list[str]:
+        """The other jobs of the job's study and bucket (parts of one send), oldest first."""
+        return self.store.study_parts(job)
+
     def job_series(self, scratchdir: str) -> list[dict[str, Any]]:
         """The series of a job's INPUT, as they were when the job was made."""
         job = self.job(scratchdir)
@@ -791,6 +836,17 @@ class Box:
         if not self.store.requeue(job.scratchdir, "retry requested: running again"):
             raise Conflict(f"job {scratchdir} is {job.state}; only finished jobs can be retried")
         return self.job(scratchdir)
+
+
+def _start(policy: SendPolicy | None, verdict: Verdict | None) -> Start:
+    """How a send's job starts: failed for missing series (on_missing "fail"), run with a
+    note (on_missing "run"), held for merge_seconds so a later part can join it."""
+    hold = policy.merge if policy is not None and not policy.per_series else 0.0
+    if verdict is None or not verdict.missing:
+        return Start(hold=hold)
+    if verdict.fail:
+        return Start(fail=verdict.reason)
+    return Start(hold=hold, note=f"{verdict.reason}; run anyway (on_missing \"run\")")
 
 
 def split_arguments(arguments: str | Sequence[str]) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ Layout (the original's)::
     scratch/tmp.XXXXXXXX/processing.log  the bucket's stdout and stderr, and the box's marked lines
     scratch/tmp.XXXXXXXX/proc.json       the bucket's verdict ({"success": ...})
     scratch/tmp.XXXXXXXX/measures.json   the bucket's measures ($MB_MEASURES; or in OUTPUT)
+    scratch/tmp.XXXXXXXX/series.json     the INPUT's series ($MB_SERIES_JSON), written at each start
     scratch/tmp.XXXXXXXX/.mb-job.json    the facts to rebuild the job's row after a crash
 
 Besides the paths, the folder knows what is done to it: made with a new job, marked log
@@ -35,6 +36,7 @@ INFO_JSON = "info.json"
 LOG = "processing.log"
 PROC_JSON = "proc.json"
 MEASURES_JSON = "measures.json"
+SERIES_JSON = "series.json"
 FACTS = ".mb-job.json"
 RUN_PID = ".mb-run.pid"  # the running bucket's pid, to stop it after a crash of the box
 PARTS = (OUTPUT, INPUT)  # the folders a user may list and download
@@ -90,6 +92,14 @@ class JobFolder:
     @property
     def measures_json(self) -> Path:
         return self.path / MEASURES_JSON
+
+    @property
+    def series_json(self) -> Path:
+        return self.path / SERIES_JSON
+
+    def write_series(self, manifest: dict[str, Any]) -> None:
+        """The series manifest a bucket reads from $MB_SERIES_JSON (replaced whole)."""
+        write_json_atomic(self.series_json, manifest)
 
     @property
     def facts_file(self) -> Path:
@@ -247,7 +257,7 @@ class JobFolder:
     ) -> dict[str, str]:  # the one place the MB_* variables are named
         """The MB_* variables of a run; ``proc_json`` and ``measures_json`` where the
         verdict and the measures go if not into this folder."""
-        return {
+        env = {
             "MB_SCRATCHDIR": facts.scratchdir,
             "MB_JOB_DIR": str(self.path),
             "MB_AETITLE_CALLED": facts.called,
@@ -261,3 +271,6 @@ class JobFolder:
             "MB_HOME": str(home),
             "MB_PYTHON": sys.executable,  # the box's interpreter (pydicom, numpy at hand)
         }
+        if self.series_json.is_file():  # the INPUT's series (a box that keeps series views)
+            env["MB_SERIES_JSON"] = str(self.series_json)
+        return env

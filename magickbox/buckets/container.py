@@ -40,6 +40,7 @@ CONTAINER_FACTS = (
     "MB_STUDY_UID",
     "MB_JOBNAME",
 )
+SERIES_JSON = "/series.json"  # where a container sees the job's series manifest (read-only)
 
 
 class ContainerError(RuntimeError):
@@ -89,6 +90,7 @@ class ContainerSpec:
     memory: str = ""
     gpus: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    series_json: Path | None = None  # the job's manifest, mounted at SERIES_JSON
     owner: tuple[int, int] = field(default_factory=lambda: (os.getuid(), os.getgid()))
 
 
@@ -182,7 +184,15 @@ def container_env(facts: dict[str, str]) -> dict[str, str]:
         MB_PROC_JSON="/output/proc.json",
         MB_MEASURES="/output/measures.json",
     )
+    if facts.get("MB_SERIES_JSON"):
+        env["MB_SERIES_JSON"] = SERIES_JSON
     return env
+
+
+def series_mount(facts: dict[str, str]) -> Path | None:
+    """The host file of the job's series manifest (None: this run has none)."""
+    path = facts.get("MB_SERIES_JSON")
+    return Path(path) if path else None
 
 
 def run_argv(
@@ -213,6 +223,8 @@ def run_argv(
         "-w",
         "/output",
     ]
+    if spec.series_json is not None:
+        args += ["-v", f"{spec.series_json}:{SERIES_JSON}:ro"]
     if not spec.network:
         args += ["--network", "none"]
     if spec.cpus:
@@ -245,6 +257,8 @@ def apptainer_argv(
         "--pwd",
         "/output",
     ]
+    if spec.series_json is not None:
+        args += ["--bind", f"{spec.series_json}:{SERIES_JSON}:ro"]
     if not spec.network:
         args += ["--net", "--network", "none"]
     if spec.cpus:

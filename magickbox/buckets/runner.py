@@ -346,7 +346,9 @@ def build_request(
     if container.image_of(info):  # ContainerError says what is wrong with info.json
         memory = Path(facts["MB_MEMORY"])
         spec = container.make_spec(info, settings, scratchdir, memory)
-        spec = replace(spec, env=container.container_env(facts))
+        spec = replace(
+            spec, env=container.container_env(facts), series_json=container.series_mount(facts)
+        )
     return RunRequest(
         scratchdir=scratchdir,
         job_dir=job_dir,

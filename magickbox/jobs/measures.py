@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from magickbox.errors import BadMeasures
 from magickbox.jobfolder import MEASURES_JSON, JobFolder
 from magickbox.jobs.db import Job, JobMeasures
+from magickbox.study.models import SeriesRow
 
 MAX_BYTES = 4 << 20  # a measures file is a table of numbers, not a result archive
 MAX_ROWS = 10_000
@@ -165,17 +166,43 @@ class MeasuresStore:
             rows = s.execute(query.order_by(Job.id)).all()
         return [(job, None if text is None else orjson.loads(text)) for job, text in rows]
 
+    def series_types(self, bucket: str | None) -> dict[str, list[str]]:
+        """Per job (of ``bucket``): the ClassifyTypes of its series, each once, in the
+        order of the series numbers."""
+        query = select(SeriesRow.scratchdir, SeriesRow.classify_type).order_by(
+            SeriesRow.scratchdir, SeriesRow.series_number, SeriesRow.id
+        )
+        if bucket is not None:
+            query = query.join(Job, Job.scratchdir == SeriesRow.scratchdir).where(
+                Job.bucket == bucket
+            )
+        types: dict[str, dict[str, None]] = {}
+        with self.sessions() as s:
+            for scratchdir, text in s.connection().execute(query):
+                types.setdefault(scratchdir, {}).update(dict.fromkeys(json.loads(text or "[]")))
+        return {scratchdir: list(names) for scratchdir, names in types.items()}
+
 
 # -- the table of a bucket's jobs --------------------------------------------------------
 
-# The job's own columns, first in every row of /api/v1/measures. HOOK: the identity of a
-# job (PatientID, StudyDate, the series types) goes here as more (name, getter) pairs once
-# jobs carry it.
-JOB_COLUMNS: tuple[tuple[str, Callable[[Job], Value]], ...] = (
+Columns = tuple[tuple[str, Callable[[Job], Value]], ...]
+# The job's own columns, first in every row of /api/v1/measures.
+JOB_COLUMNS: Columns = (
     ("jobname", lambda job: job.jobname),
     ("scratchdir", lambda job: job.scratchdir),
     ("state", lambda job: job.state),
 )
+TYPES_SEPARATOR = ";"  # between a job's series types in one cell
+
+
+def identity_columns(series_types: dict[str, list[str]]) -> Columns:
+    """The columns after JOB_COLUMNS in the box's table: who the study is and what it had
+    (``series_types``: per scratchdir, from :meth:`MeasuresStore.series_types`)."""
+    return (
+        ("PatientID", lambda job: job.patient_id),
+        ("StudyDate", lambda job: job.study_date),
+        ("series_types", lambda job: TYPES_SEPARATOR.join(series_types.get(job.scratchdir, ()))),
+    )
 ROW_COLUMN = "row"  # which row of a job's list, when some job has several
 
 
@@ -185,13 +212,14 @@ class Table:
     rows: list[dict[str, Value]]
 
 
-def table(jobs: Iterable[tuple[Job, Any]]) -> Table:
-    """One row per job (per measures row for a job that wrote a list), with every measure
-    any of them has as a column, in the order the measures first appear.
+def table(jobs: Iterable[tuple[Job, Any]], columns: Columns = JOB_COLUMNS) -> Table:
+    """One row per job (per measures row for a job that wrote a list): ``columns`` of the
+    job, then every measure any of them has as a column, in the order the measures first
+    appear.
 
     A measure named like a job column (e.g. ``state``) becomes ``measures.state``.
     """
-    fixed = [name for name, _ in JOB_COLUMNS]
+    fixed = [name for name, _ in columns]
     pairs = [(job, _as_rows(data)) for job, data in jobs]
     several = any(len(rows) > 1 for _job, rows in pairs)
     names: dict[str, None] = {}
@@ -200,13 +228,13 @@ def table(jobs: Iterable[tuple[Job, Any]]) -> Table:
             names.update(dict.fromkeys(_column(k, fixed) for k in row))
     out: list[dict[str, Value]] = []
     for job, rows in pairs:
-        base = {name: get(job) for name, get in JOB_COLUMNS}
+        base = {name: get(job) for name, get in columns}
         for i, row in enumerate(rows or [{}]):
             line = {**base, **({ROW_COLUMN: i} if several else {})}
             line.update({_column(k, fixed): v for k, v in row.items()})
             out.append(line)
-    columns = fixed + ([ROW_COLUMN] if several else []) + list(names)
-    return Table(columns, out)
+    header = fixed + ([ROW_COLUMN] if several else []) + list(names)
+    return Table(header, out)
 
 
 def _as_rows(data: Any) -> Sequence[Row]:

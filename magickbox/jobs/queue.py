@@ -138,7 +138,7 @@ class Dispatcher:
         # A loop replaced while it hung ends as soon as it comes back, before it waits.
         while not self._stop.is_set() and generation == self._generation:
             self.pulse.sleeping()
-            self._wake.wait(SAFETY_NET_SECONDS)
+            self._wake.wait(self._next_wait())
             self._wake.clear()
             if self._stop.is_set() or generation != self._generation:
                 return
@@ -172,6 +172,16 @@ class Dispatcher:
                         self._started.pop(job.scratchdir, None)
                     self._fail(job, f"could not be started: {exc}")
 
+    def _next_wait(self) -> float:
+        """Until the next held job (merge_seconds) may start, at most the safety net."""
+        try:
+            due = self.store.next_release()
+        except Exception:  # the database is busy: the safety net will do
+            return SAFETY_NET_SECONDS
+        if due is None:
+            return SAFETY_NET_SECONDS
+        return min(SAFETY_NET_SECONDS, max(0.05, due - time.time()))
+
     def _running_count(self, bucket: str) -> int:
         with self._lock:
             return sum(1 for b in self._running.values() if b == bucket)
@@ -181,6 +191,7 @@ class Dispatcher:
         memory = self.settings.memory / bucket.aetitle
         memory.mkdir(parents=True, exist_ok=True)
         folder = JobFolder(job_dir)
+        self.store.write_series_manifest(job)  # before the environment, which names it
         facts = folder.environment(
             RunFacts(
                 job.scratchdir,

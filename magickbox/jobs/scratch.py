@@ -15,6 +15,8 @@ Name checks (job folder names, UIDs) live in :mod:`magickbox.names`.
 
 from __future__ import annotations
 
+import filecmp
+import itertools
 import json
 import os
 import shutil
@@ -114,3 +116,45 @@ def remove_tree(path: Path) -> None:
         path.unlink()
     elif path.exists():
         shutil.rmtree(path, ignore_errors=True)
+
+
+def place_file(src: Path, folder: Path, name: str) -> str:
+    """Move ``src`` into ``folder`` as ``name``, never over another acknowledged data set.
+
+    A second data set under a name already taken gets a suffix (``<uid>-2.dcm``); the same
+    bytes sent again (a retry) just take the old one's place. Returns the name it got.
+    """
+    stem, suffix = os.path.splitext(name)
+    for n in itertools.count(1):
+        target = folder / (name if n == 1 else f"{stem}-{n}{suffix}")
+        try:
+            os.link(src, target)  # atomic and never replaces, unlike a rename
+        except FileExistsError:
+            if filecmp.cmp(src, target, shallow=False):
+                os.replace(src, target)
+                return target.name
+            continue
+        except OSError:  # a filesystem without hard links: no race-free check, rename
+            if target.exists():
+                continue
+            os.replace(src, target)
+            return target.name
+        src.unlink()
+        return target.name
+    raise AssertionError("unreachable")
+
+
+def move_files(src: Path, dest: Path) -> dict[str, str]:
+    """Move every file under ``src`` into ``dest`` (same relative names, never over another
+    data set: see place_file), then remove ``src``. Returns {old name: name it got} for
+    the files that had to be renamed."""
+    renamed: dict[str, str] = {}
+    for path in sorted(p for p in src.rglob("*") if p.is_file() and not p.is_symlink()):
+        rel = path.relative_to(src)
+        folder = dest / rel.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        kept = place_file(path, folder, rel.name)
+        if kept != rel.name:
+            renamed[rel.as_posix()] = (rel.parent / kept).as_posix()
+    remove_tree(src)
+    return renamed

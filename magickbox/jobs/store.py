@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import CursorResult, Select, delete, func, literal, or_, select
+from sqlalchemy import CursorResult, Select, delete, func, literal, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from magickbox.config import Settings
-from magickbox.events import EventBus, JobDeleted, JobQueued
+from magickbox.events import EventBus, JobDeleted, JobFinished, JobQueued
 from magickbox.jobfolder import JobFolder
 from magickbox.jobs import scratch, timing
 from magickbox.jobs.db import FINISHED, Job, JobMeasures, State
@@ -36,7 +36,7 @@ from magickbox.names import (
 )
 from magickbox.study.models import SeriesRow
 from magickbox.study.series import SeriesSet, collect_files
-from magickbox.study.views import ViewStore, identity
+from magickbox.study.views import ViewStore, identity, series_manifest
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,16 @@ class NewJob:
     jobname: str = ""
     description: str = ""
     arguments: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Start:
+    """How a new job starts: held ``hold`` seconds first (merge_seconds), with a ``note``
+    in its log, or failed at once with ``fail`` as the reason (a send that lacks series)."""
+
+    hold: float = 0.0
+    note: str = ""
+    fail: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,18 +104,20 @@ class JobStore:
         new: NewJob,
         received_at: float | None = None,
         series: SeriesSet | None = None,
+        start: Start | None = None,
     ) -> Job:
         """Turn ``input_dir`` (moved, not copied) into the INPUT of a new queued job.
 
         ``series``: the views the receiver collected while the files arrived; without
         them (an upload, an arrival a crash left) the INPUT's headers are read once.
+        ``start``: how it starts (held for a while, a note, or failed without a run).
         """
         received_at = received_at or time.time()
         facts = {**new.__dict__, "arguments": list(new.arguments), "received_at": received_at}
         folder = JobFolder.create(
             self.settings.scratch, input_dir, facts, _info_json(new, received_at)
         )
-        return self._register(folder.path, new, received_at, series)
+        return self._register(folder.path, new, received_at, series, start or Start())
 
     def _series_of(
         self, job_dir: Path, series: SeriesSet | None, study_uid: str
@@ -119,7 +131,12 @@ class JobStore:
         return rows, identity((view.summary() for view, _ in series.items()), study_uid)
 
     def _register(
-        self, job_dir: Path, new: NewJob, received_at: float, series: SeriesSet | None = None
+        self,
+        job_dir: Path,
+        new: NewJob,
+        received_at: float,
+        series: SeriesSet | None = None,
+        start: Start | None = None,
     ) -> Job:
         """Record the job (received) with its series, archive its files, then queue it."""
         rows, facts = self._series_of(job_dir, series, new.study_uid)
@@ -145,12 +162,117 @@ class JobStore:
         if self.views is not None:
             self.views.write_raw(r.study_uid for r in rows if r.study_uid)
         self.archive(job)
-        job.state, job.queued_at = State.QUEUED, time.time()
-        self._update(job.scratchdir, state=job.state, queued_at=job.queued_at)
         log.info("job %s: %d files for bucket %s from %s@%s", job.scratchdir, job.nfiles,
                  new.bucket, new.caller_aet, new.caller_ip)  # fmt: skip
+        return self._first_state(job, start or Start())
+
+    def _first_state(self, job: Job, start: Start) -> Job:
+        """received -> queued (after its hold, if any), or -> failed without a run."""
+        folder = JobFolder(self.job_dir(job))
+        if start.note:
+            folder.log_line(start.note)
+        if start.fail:
+            folder.log_line(f"not run: {start.fail}")
+            self.fail(job.scratchdir, start.fail)
+            job.state, job.reason = State.FAILED, start.fail
+            log.warning("job %s failed: %s", job.scratchdir, start.fail)
+            self.events.publish(JobFinished(job.scratchdir, job.bucket, State.FAILED))
+            return job
+        # A held job is queued at the end of its hold: claim_next takes none before.
+        job.state, job.queued_at = State.QUEUED, time.time() + start.hold
+        self._update(job.scratchdir, state=job.state, queued_at=job.queued_at)
         self.events.publish(JobQueued(job.scratchdir, job.bucket))
         return job
+
+    # -- a later send of a study joins its held job (merge_seconds) -----------------
+    def held_job(self, bucket: str, study_uid: str) -> Job | None:
+        """The newest job of ``bucket`` for ``study_uid`` still in its hold (not started)."""
+        if not study_uid:
+            return None
+        query = (
+            select(Job)
+            .where(Job.bucket == bucket, Job.study_uid == study_uid)
+            .where(Job.state == State.QUEUED, Job.queued_at > time.time())
+            .order_by(Job.id.desc())
+            .limit(1)
+        )
+        with self.sessions() as s:
+            return s.scalars(query).first()
+
+    def merge_send(self, held: Job, folder: Path, series: SeriesSet | None, what: str) -> bool:
+        """Move a later send's files (``folder``) into a held job's INPUT, with its series
+        rows, identity, archive and views/raw. False (nothing moved) when the job has
+        started meanwhile: the send then becomes a job of its own."""
+        if not self._take_back(held.scratchdir):
+            return False
+        try:
+            job_dir = self.job_dir(held)
+            if series is None and self.views is not None:
+                series = collect_files(folder)
+            renamed = scratch.move_files(folder, JobFolder(job_dir).input)
+            self._merge_rows(held, series, renamed)
+            self.archive(held)
+            JobFolder(job_dir).log_line(f"a later send ({what}) joined this job (merge_seconds)")
+            log.info("job %s: a later send (%s) joined it", held.scratchdir, what)
+        finally:
+            self._update(held.scratchdir, state=State.QUEUED)
+            self.events.publish(JobQueued(held.scratchdir, held.bucket))
+        return True
+
+    def _take_back(self, scratchdir: str) -> bool:
+        """queued -> received in one statement, so claim_next cannot start it meanwhile."""
+        query = (
+            update(Job)
+            .where(Job.scratchdir == scratchdir, Job.state == State.QUEUED)
+            .where(Job.queued_at > time.time())
+            .values(state=State.RECEIVED)
+        )
+        with self.sessions.begin() as s:
+            result: CursorResult[Any] = s.execute(query)  # type: ignore[assignment]
+            return bool(result.rowcount)
+
+    def _merge_rows(self, job: Job, series: SeriesSet | None, renamed: dict[str, str]) -> None:
+        nfiles = JobFolder(self.job_dir(job)).count_input()
+        with self.sessions.begin() as s:
+            facts: dict[str, Any] = {"nfiles": nfiles}
+            if self.views is not None and series is not None:
+                rows = self.views.merge_rows(s, job.scratchdir, series, renamed)
+                facts.update(identity((json.loads(r.tags) for r in rows), job.study_uid))
+            found = s.scalars(select(Job).where(Job.scratchdir == job.scratchdir)).first()
+            for key, value in facts.items():
+                setattr(found, key, value)
+        if self.views is not None and job.study_uid:
+            self.views.write_raw([job.study_uid])
+
+    def next_release(self) -> float | None:
+        """When the next held job may start (epoch seconds), None when none is held."""
+        query = select(func.min(Job.queued_at)).where(
+            Job.state == State.QUEUED, Job.queued_at > time.time()
+        )
+        with self.sessions() as s:
+            return s.scalar(query)
+
+    def study_parts(self, job: Job) -> list[str]:
+        """The other jobs of the same bucket made of the same study (a send cut in parts),
+        oldest first."""
+        if not job.study_uid:
+            return []
+        query = (
+            select(Job.scratchdir)
+            .where(Job.bucket == job.bucket, Job.study_uid == job.study_uid)
+            .where(Job.scratchdir != job.scratchdir)
+            .order_by(Job.id)
+        )
+        with self.sessions() as s:
+            return list(s.scalars(query))
+
+    def write_series_manifest(self, job: Job) -> None:
+        """The job's series.json ($MB_SERIES_JSON), from its series rows, before a run."""
+        if self.views is None:
+            return
+        JobFolder(self.job_dir(job)).write_series(
+            series_manifest(self.views.job_series(job.scratchdir))
+        )
 
     def archive(self, job: Job) -> None:
         """Hard-link the job's INPUT into scratch/archive/<study key>/ (repeatable)."""
@@ -388,6 +510,7 @@ class JobStore:
             job = s.scalars(
                 select(Job)
                 .where(Job.bucket == bucket, Job.state == State.QUEUED)
+                .where(or_(Job.queued_at.is_(None), Job.queued_at <= time.time()))  # held
                 .order_by(Job.queued_at, Job.id)
                 .limit(1)
             ).first()

@@ -4,6 +4,8 @@ An arrival is what a peer sent of one study ("send" is routing's word, for what 
 sends out). It is ready to become a job when none of its associations is still open and
 nothing arrived for ``quiet`` seconds; so several associations of one study (OsiriX sends
 a series per association) make one job, while one association carrying N studies makes N.
+A bucket's own rule (its quiet window, one job per series, the series types it requires:
+``completeness.py``) is asked through ``policy_for`` and ``types_of``.
 
 Each arrival lives in ``scratch/.incoming/<id>/`` beside ``<id>.json`` (its key) from its
 first file on, so a crash loses nothing: a restart turns every such folder into a job.
@@ -11,8 +13,6 @@ first file on, so a crash loses nothing: a restart turns every such folder into 
 
 from __future__ import annotations
 
-import filecmp
-import itertools
 import json
 import logging
 import os
@@ -20,10 +20,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from magickbox.study.series import RawHeader, SeriesSet
+from magickbox.jobs.scratch import place_file
+from magickbox.receive.completeness import SendPolicy, Verdict, decide
+from magickbox.study.series import RawHeader, SeriesSet, series_uid_of_file
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ class ArrivalKey:
     called_aet: str
     caller_ip: str
     study_uid: str
+    series_uid: str = ""  # only for a bucket with grouping "series": a send per series
 
 
 @dataclass
@@ -47,43 +51,43 @@ class Arrival:
     # The series views, updated file by file from the receiver's walk (None: a crash left
     # this arrival, or a file came without its header; the job reads the headers once).
     series: SeriesSet | None = field(default_factory=SeriesSet)
+    policy: SendPolicy | None = None  # its bucket's rule, read at its first file
 
 
-# on_ready(folder, key, started, series): the arrival is quiet, make it a job.
-Ready = Callable[[Path, ArrivalKey, float, SeriesSet | None], None]
+# on_ready(folder, key, started, series[, verdict=...]): the arrival is quiet (and
+# complete, or waited long enough), make it a job. ``verdict`` is passed only when it
+# names missing series.
+Ready = Callable[..., None]
+# policy_for(called AE title) -> the bucket's rule (None: the box's quiet window only)
+PolicyFor = Callable[[str], SendPolicy | None]
+# types_of(arrival) -> the ClassifyTypes its series have now (for ``requires``)
+TypesOf = Callable[["Arrival"], set[str]]
+POLICY_TTL = 2.0  # seconds a bucket's rule is reused before info.json is read again
 
 
-def place_file(src: Path, folder: Path, name: str) -> str:
-    """Move ``src`` into ``folder`` as ``name``, never over another acknowledged data set.
-
-    A second data set under a name already taken gets a suffix (``<uid>-2.dcm``); the same
-    bytes sent again (a retry) just take the old one's place. Returns the name it got.
-    """
-    stem, suffix = os.path.splitext(name)
-    for n in itertools.count(1):
-        target = folder / (name if n == 1 else f"{stem}-{n}{suffix}")
-        try:
-            os.link(src, target)  # atomic and never replaces, unlike a rename
-        except FileExistsError:
-            if filecmp.cmp(src, target, shallow=False):
-                os.replace(src, target)
-                return target.name
-            continue
-        except OSError:  # a filesystem without hard links: no race-free check, rename
-            if target.exists():
-                continue
-            os.replace(src, target)
-            return target.name
-        src.unlink()
-        return target.name
-    raise AssertionError("unreachable")
+def _series_uid(header: RawHeader | None, src: Path) -> str:
+    """The file's series (for one job per series): from the receiver's walk, else read."""
+    uid = header.series_uid if header is not None else ""
+    return uid or series_uid_of_file(src)
 
 
 class Grouper:
-    def __init__(self, incoming: Path, quiet: float, on_ready: Ready, retry: float = 30.0) -> None:
+    def __init__(
+        self,
+        incoming: Path,
+        quiet: float,
+        on_ready: Ready,
+        retry: float = 30.0,
+        policy_for: PolicyFor | None = None,
+        types_of: TypesOf | None = None,
+    ) -> None:
         self.incoming = incoming
         self.quiet = quiet
         self.on_ready = on_ready
+        self.policy_for = policy_for
+        self.types_of = types_of
+        # Per called AE title: (valid until, rule), so a file costs no info.json read.
+        self._policies: dict[str, tuple[float, SendPolicy | None]] = {}
         # An arrival that could not become a job (a full disk) is tried again this much
         # later, so it becomes one without a restart once space is back.
         self.retry = retry
@@ -115,10 +119,14 @@ class Grouper:
     ) -> None:
         """Move a fully received file into its arrival's folder; ``header`` (the elements
         the receiver captured) goes into the arrival's series views."""
+        policy = self._policy(key.called_aet)
+        if policy is not None and policy.per_series:
+            key = replace(key, series_uid=_series_uid(header, src))
         with self._cond:
             arrival = self._arrivals.get(key)
             if arrival is None:
                 arrival = self._arrivals[key] = self._new_arrival(key)
+                arrival.policy = policy
             arrival.open_assocs.add(assoc_id)
             self._assoc_arrivals.setdefault(assoc_id, set()).add(key)
             arrival.last = time.monotonic()
@@ -140,6 +148,21 @@ class Grouper:
                 "in one send: both kept, the later as %s",
                 Path(name).stem, key.caller_aet, key.caller_ip, kept,
             )  # fmt: skip
+
+    def _policy(self, called_aet: str) -> SendPolicy | None:
+        if self.policy_for is None:
+            return None
+        now = time.monotonic()
+        cached = self._policies.get(called_aet)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            policy = self.policy_for(called_aet)
+        except Exception:  # an unreadable bucket folder: the box's quiet window
+            log.exception("bucket %s: its send rule could not be read", called_aet)
+            policy = None
+        self._policies[called_aet] = (now + POLICY_TTL, policy)
+        return policy
 
     def association_closed(self, assoc_id: int) -> None:
         with self._cond:
@@ -170,9 +193,9 @@ class Grouper:
                 if not ready:
                     self._cond.wait(wait)
                     continue
-            for arrival in ready:
+            for arrival, verdict in ready:
                 if not self._hand_over(
-                    arrival.folder, arrival.key, arrival.started, arrival.series
+                    arrival.folder, arrival.key, arrival.started, arrival.series, verdict
                 ):
                     self._try_again_later(arrival)
 
@@ -181,26 +204,49 @@ class Grouper:
             with self._cond:
                 self._retries.append((time.monotonic() + self.retry, arrival))
 
-    def _take_ready(self) -> tuple[list[Arrival], float | None]:
+    def _take_ready(self) -> tuple[list[tuple[Arrival, Verdict | None]], float | None]:
         now = time.monotonic()
-        ready = [arrival for due, arrival in self._retries if due <= now]
+        ready: list[tuple[Arrival, Verdict | None]] = [
+            (arrival, None) for due, arrival in self._retries if due <= now
+        ]
         self._retries = [(due, arrival) for due, arrival in self._retries if due > now]
         wait = min((due - now for due, _arrival in self._retries), default=None)
         for key, arrival in list(self._arrivals.items()):
             if arrival.open_assocs:
                 continue
-            left = arrival.last + self.quiet - now
-            if left <= 0:
-                ready.append(self._arrivals.pop(key))
+            verdict = self._verdict(arrival, now - arrival.last)
+            if verdict.ready:
+                ready.append((self._arrivals.pop(key), verdict))
             else:
-                wait = left if wait is None else min(wait, left)
+                wait = verdict.left if wait is None else min(wait, verdict.left)
         return ready, wait
 
-    def _hand_over(
-        self, folder: Path, key: ArrivalKey, started: float, series: SeriesSet | None = None
-    ) -> bool:
+    def _verdict(self, arrival: Arrival, quiet_for: float) -> Verdict:
+        """completeness.decide for this arrival; the types are asked only once it is quiet."""
+        policy = arrival.policy or SendPolicy()
+        if policy.quiet is None:
+            policy = replace(policy, quiet=self.quiet)  # the box's window, as it is now
+        first = decide(policy, quiet_for, None)
+        if (not first.ready and not first.missing) or not policy.requires:
+            return first
         try:
-            self.on_ready(folder, key, started, series)
+            types = self.types_of(arrival) if self.types_of is not None else set()
+        except Exception:  # classification must never lose a send: decide without types
+            log.exception("arrival %s: series types not known", arrival.folder.name)
+            types = set()
+        return decide(policy, quiet_for, types)
+
+    def _hand_over(
+        self,
+        folder: Path,
+        key: ArrivalKey,
+        started: float,
+        series: SeriesSet | None = None,
+        verdict: Verdict | None = None,
+    ) -> bool:
+        extra: dict[str, Any] = {"verdict": verdict} if verdict and verdict.missing else {}
+        try:
+            self.on_ready(folder, key, started, series, **extra)
         except Exception:
             # The folder stays in .incoming: tried again later, and at the next start.
             log.exception("arrival %s (%s) could not become a job (tried again in %g s)",

@@ -294,3 +294,9 @@ class _Lenient:
             return self.ds.get(keyword)
         except Exception:
             return None
+
+
+def series_uid_of_file(path: Path) -> str:
+    """The SeriesInstanceUID of a DICOM file on disk ("" when it has none or is not DICOM)."""
+    header = _header_of(path)
+    return str(header.get("SeriesInstanceUID") or "").strip() if header is not None else ""

@@ -141,6 +141,27 @@ def row_view(row: SeriesRow) -> dict[str, Any]:
     }
 
 
+def series_manifest(series: list[dict[str, Any]]) -> dict[str, Any]:
+    """A job's $MB_SERIES_JSON from its series (``ViewStore.job_series``): per series its
+    UIDs, number, description, modality, types and the file names relative to INPUT."""
+    return {
+        "input": "INPUT",
+        "series": [
+            {
+                "StudyInstanceUID": row["study_uid"],
+                "SeriesInstanceUID": row["series_uid"],
+                "SeriesNumber": row["series_number"],
+                "SeriesDescription": row["description"],
+                "Modality": row["modality"],
+                "ClassifyType": row["classify_type"],
+                "NumFiles": row["num_files"],
+                "files": row["files"],
+            }
+            for row in series
+        ],
+    }
+
+
 class ViewStore:
     """The series table and ``views/raw``; the rules that classify them."""
 
@@ -159,6 +180,31 @@ class ViewStore:
             summary = view.to_json(classifier)
             out.append(_row(scratchdir, view, summary, files))
         return out
+
+    def merge_rows(
+        self, s: Session, scratchdir: str, series: SeriesSet, renamed: dict[str, str]
+    ) -> list[SeriesRow]:
+        """A later send's series added to a job's rows in the caller's transaction (a
+        merge): a series the job has gains the file names (``renamed``: names the files
+        got in INPUT) and is classified again; a new series gets its row. Every row of
+        the job after the merge is returned."""
+        classifier = self.rules.classifier()
+        query = select(SeriesRow).where(SeriesRow.scratchdir == scratchdir)
+        rows = {row.series_uid: row for row in s.scalars(query)}
+        for new in self.rows(scratchdir, series):
+            names = [renamed.get(n, n) for n in json.loads(new.files)]
+            old = rows.get(new.series_uid)
+            if old is None:
+                new.files = json.dumps(names)
+                new.num_files = len(names)
+                s.add(new)
+                rows[new.series_uid] = new
+                continue
+            tags = {**json.loads(new.tags), **json.loads(old.tags)}  # the first values stay
+            files = list(dict.fromkeys([*json.loads(old.files), *names]))
+            old.tags, old.files, old.num_files = json.dumps(tags), json.dumps(files), len(files)
+            old.classify_type = json.dumps(classifier.classify({**tags, "NumFiles": len(files)}))
+        return list(rows.values())
 
     def write_raw(self, study_uids: Iterable[str]) -> None:
         """Rewrite ``views/raw/<study>/`` from every job's rows of each study."""

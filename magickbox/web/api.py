@@ -107,8 +107,9 @@ def get_job(box: BoxDep, scratchdir: str) -> Response:
     job = box.job(scratchdir)
     eta = box.job_etas([job]).get(job.scratchdir)
     slurm = box.slurm_status(scratchdir)
+    parts = box.job_parts(job)
     return json_bytes(
-        job_detail_view(job, box.log_size(job), box.job_verdict(job), eta, slurm)
+        job_detail_view(job, box.log_size(job), box.job_verdict(job), eta, slurm, parts)
     )
 
 

@@ -138,10 +138,12 @@ def job_detail_view(
     verdict: dict[str, Any] | None,
     eta: Eta | None = None,
     slurm: str | None = None,
+    parts: list[str] | None = None,
 ) -> dict[str, Any]:
     """One job (its own page): the list's facts and its proc.json ``verdict``, which costs
-    a read of the folder and so is not in lists."""
-    return {**job_view(job, log_size, eta, slurm), "verdict": verdict}
+    a read of the folder and so is not in lists; ``parts``: the other jobs of the same
+    study and bucket (a send the box cut in parts), by scratchdir, oldest first."""
+    return {**job_view(job, log_size, eta, slurm), "verdict": verdict, "parts": parts or []}
 
 
 def job_view(
