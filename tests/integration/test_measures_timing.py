@@ -1,8 +1,9 @@
 """Measures, timing, ETAs and live settings over the real app in this process, with jobs
 made by uploads and run by real bucket scripts.
 
-20 jobs write measures.json ($MB_MEASURES or OUTPUT) and come back as a 20-row CSV the csv
-module reads; timing.php is checked against a hand computation over the jobs' own times;
+20 jobs (each a study of its own patient) write measures.json ($MB_MEASURES or OUTPUT) and
+come back as a 20-row CSV the csv module (and pandas, if installed) reads, with each job's
+PatientID, StudyDate and series types from the files; timing.php is checked against a hand computation over the jobs' own times;
 ETAs are checked against the queue played forward by hand; setup.php changes a live
 setting and the queue follows it.
 """
@@ -12,14 +13,16 @@ from __future__ import annotations
 import csv
 import io
 import statistics
+import subprocess
 import zipfile
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
 from magickbox.testing.dicomgen import write_study
-from tests.conftest import InProcessBox, copy_bucket, in_process_box
+from tests.conftest import InProcessBox, copy_bucket, dcmtk, in_process_box
 from tests.e2e.peers import wait_for
 
 # Writes what it measured of its INPUT; with the argument "output" into OUTPUT/ instead of
@@ -59,7 +62,12 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessBox]:
 
 @pytest.fixture(scope="module")
 def study_zip(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    study = write_study(tmp_path_factory.mktemp("study"), n_images=3, rows=16, cols=16)
+    return zip_of_study(tmp_path_factory.mktemp("study"))
+
+
+def zip_of_study(folder: Path, patient_id: str = "MB-0001") -> bytes:
+    """A zip of a 3-image MR study (one series, SeriesDescription "t1") of ``patient_id``."""
+    study = write_study(folder, n_images=3, rows=16, cols=16, patient_id=patient_id)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for path in study.paths:
@@ -91,10 +99,21 @@ def finished(app: InProcessBox, bucket: str, n: int) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def measured(app: InProcessBox, study_zip: bytes) -> list[dict]:
+def measured(app: InProcessBox, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    root = tmp_path_factory.mktemp("subjects")
     for i in range(N_JOBS):
-        upload(app, study_zip, "Measure", f"sub-{i}", "output" if i % 2 else "")
+        content = zip_of_study(root / f"sub-{i}", patient_id=f"P-{i:03d}")
+        upload(app, content, "Measure", f"sub-{i}", "output" if i % 2 else "")
     return finished(app, "Measure", N_JOBS)
+
+
+def dumped_study_date(app: InProcessBox, job: dict) -> str:
+    """StudyDate of one INPUT file of the job as dcmtk's dcmdump reads it (not pydicom)."""
+    inputs = app.box.settings.scratch / job["scratchdir"] / "INPUT"
+    path = sorted(p for p in inputs.rglob("*") if p.is_file())[0]
+    out = subprocess.run([dcmtk("dcmdump"), "-q", "+P", "0008,0020", str(path)],
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    return out.stdout.split("[", 1)[1].split("]", 1)[0]
 
 
 def test_measures_of_20_jobs_are_a_20_row_csv(app: InProcessBox, measured: list[dict]) -> None:
@@ -103,16 +122,31 @@ def test_measures_of_20_jobs_are_a_20_row_csv(app: InProcessBox, measured: list[
     assert 'filename="measures-Measure.csv"' in res.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(res.text)))
     assert len(rows) == N_JOBS
-    assert list(rows[0]) == ["jobname", "scratchdir", "state", "subject", "files", "half", "label"]
+    assert list(rows[0]) == ["jobname", "scratchdir", "state", "PatientID", "StudyDate",
+                             "series_types", "subject", "files", "half", "label"]  # fmt: skip
     by_name = {r["jobname"]: r for r in rows}
     assert set(by_name) == {f"sub-{i}" for i in range(N_JOBS)}
     scratchdirs = {j["jobname"]: j["scratchdir"] for j in measured}
+    study_date = dumped_study_date(app, measured[0])
+    assert len(study_date) == 8 and study_date.isdigit()
     for i in range(N_JOBS):
         row = by_name[f"sub-{i}"]
         assert row["scratchdir"] == scratchdirs[f"sub-{i}"] and row["state"] == "done"
+        assert row["PatientID"] == f"P-{i:03d}" and row["StudyDate"] == study_date
+        assert {"MR", "T1"} <= set(row["series_types"].split(";"))  # the "t1" series
+        assert "T2" not in row["series_types"].split(";")
         assert row["subject"] == f"sub-{i}" and int(row["files"]) == 3
         assert float(row["half"]) == i + 0.5
         assert row["label"] == f's,"{i}"'  # a comma and quotes survive the CSV
+
+
+def test_pandas_reads_the_measures_csv(app: InProcessBox, measured: list[dict]) -> None:
+    pandas = pytest.importorskip("pandas")
+    res = app.get("/api/v1/measures", params={"bucket": "Measure", "format": "csv"})
+    frame = pandas.read_csv(io.StringIO(res.text), dtype={"PatientID": str, "StudyDate": str})
+    assert len(frame) == N_JOBS
+    assert sorted(frame["PatientID"]) == [f"P-{i:03d}" for i in range(N_JOBS)]
+    assert sorted(frame["half"]) == [i + 0.5 for i in range(N_JOBS)]
 
 
 def test_measures_as_json_getscratch_and_db_php(app: InProcessBox, measured: list[dict]) -> None:
