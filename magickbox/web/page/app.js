@@ -337,7 +337,10 @@ async function viewJob(name) {
       ["Result", job.success], ["Reason", job.reason], ["Slurm", job.slurm],
       ["Expected end", job.eta ? `${localTime(job.eta.finishes_at)} (in ${duration(job.eta.seconds_left)}; ${job.eta.ahead} ahead)` : null],
     ].filter(([, v]) => v !== null && v !== undefined && v !== "");
-    document.getElementById("info").innerHTML = facts.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
+    // Other jobs of this study and bucket: a send the box made into several jobs.
+    const parts = (job.parts || []).map((s) => `<a class="mono" href="#/job/${encodeURIComponent(s)}">${esc(s)}</a>`).join(" ");
+    document.getElementById("info").innerHTML = facts.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("")
+      + (parts ? `<dt>Parts of this study</dt><dd id="jparts">${parts}</dd>` : "");
   }
   async function drawSends() {
     const sends = await getJSON(`${base}/sends`);
