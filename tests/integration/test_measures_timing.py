@@ -3,9 +3,9 @@ made by uploads and run by real bucket scripts.
 
 20 jobs (each a study of its own patient) write measures.json ($MB_MEASURES or OUTPUT) and
 come back as a 20-row CSV the csv module (and pandas, if installed) reads, with each job's
-PatientID, StudyDate and series types from the files; timing.php is checked against a hand computation over the jobs' own times;
-ETAs are checked against the queue played forward by hand; setup.php changes a live
-setting and the queue follows it.
+PatientID, StudyDate and series types from the files; timing.php is checked against a
+hand computation over the jobs' own times; ETAs are checked against the queue played
+forward by hand; setup.php changes a live setting and the queue follows it.
 """
 
 from __future__ import annotations
