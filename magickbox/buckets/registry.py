@@ -45,18 +45,26 @@ class Bucket:
         """Days its finished jobs are kept: info.json "keep_failed_days" (failed jobs) or
         "keep_days", else ``default``; 0 is for ever, a bad value is the default."""
         key = "keep_failed_days" if failed else "keep_days"
-        value = self.info.get(key)
-        if value is None:
-            return default
-        try:
-            days = float(value)
-        except (TypeError, ValueError):
-            days = -1.0
-        if days < 0:
-            log.warning("bucket %s: info.json %r must be days >= 0, not %r", self.aetitle,
-                        key, value)  # fmt: skip
-            return default
-        return days
+        return nonnegative(self.aetitle, self.info, key, default, "days")
+
+
+def nonnegative(
+    aetitle: str, info: dict[str, Any], key: str, default: float | None, unit: str
+) -> Any:
+    """A number >= 0 of info.json ``key``, else ``default`` (None there: the default;
+    anything else, NaN or below 0: a warning naming the bucket, and the default)."""
+    value = info.get(key)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if not number >= 0:  # negative, or NaN (which compares false with everything)
+        log.warning("bucket %s: info.json %r must be %s >= 0, not %r", aetitle, key, unit,
+                    value)  # fmt: skip
+        return default
+    return number
 
 
 def _positive_int(value: object, default: int) -> int:

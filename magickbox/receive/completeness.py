@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from magickbox.buckets.registry import nonnegative
+
 log = logging.getLogger(__name__)
 
 GROUPINGS = ("study", "series")
@@ -108,17 +110,7 @@ class _Complaints:
                     want, value)  # fmt: skip
 
     def seconds(self, info: dict[str, Any], key: str, default: float | None) -> Any:
-        value = info.get(key)
-        if value is None:
-            return default
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = -1.0
-        if number < 0 or number != number:  # negative or NaN
-            self.say(key, value, "seconds >= 0")
-            return default
-        return number
+        return nonnegative(self.aetitle, info, key, default, "seconds")
 
     def choice(self, info: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
         value = info.get(key, choices[0])
