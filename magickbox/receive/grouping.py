@@ -65,6 +65,11 @@ TypesOf = Callable[["Arrival"], set[str]]
 POLICY_TTL = 2.0  # seconds a bucket's rule is reused before info.json is read again
 
 
+def _sooner(a: float | None, b: float | None) -> float | None:
+    """The shorter of two waits (None: no wait, i.e. until woken)."""
+    return b if a is None else a if b is None else min(a, b)
+
+
 def _series_uid(header: RawHeader | None, src: Path) -> str:
     """The file's series (for one job per series): from the receiver's walk, else read."""
     uid = header.series_uid if header is not None else ""
@@ -88,6 +93,7 @@ class Grouper:
         self.types_of = types_of
         # Per called AE title: (valid until, rule), so a file costs no info.json read.
         self._policies: dict[str, tuple[float, SendPolicy | None]] = {}
+        self._changes = 0  # closed associations: a round that saw none may sleep
         # An arrival that could not become a job (a full disk) is tried again this much
         # later, so it becomes one without a restart once space is back.
         self.retry = retry
@@ -166,6 +172,7 @@ class Grouper:
 
     def association_closed(self, assoc_id: int) -> None:
         with self._cond:
+            self._changes += 1
             for key in self._assoc_arrivals.pop(assoc_id, ()):
                 arrival = self._arrivals.get(key)
                 if arrival:
@@ -189,9 +196,18 @@ class Grouper:
             with self._cond:
                 if self._stopped:
                     return
-                ready, wait = self._take_ready()
+                ready, wait, unsure = self._take_ready()
+                changes = self._changes
+            # The series types of quiet sends that need some are found outside the lock
+            # (classification, maybe a read of the files): the receiver never waits on it.
+            types = {id(arrival): self._types(arrival) for arrival in unsure}
+            with self._cond:
+                typed, left = self._take_typed(unsure, types)
+                ready += typed
+                wait = _sooner(wait, left)
                 if not ready:
-                    self._cond.wait(wait)
+                    if changes == self._changes:  # else a send closed meanwhile: look again
+                        self._cond.wait(wait)
                     continue
             for arrival, verdict in ready:
                 if not self._hand_over(
@@ -204,37 +220,61 @@ class Grouper:
             with self._cond:
                 self._retries.append((time.monotonic() + self.retry, arrival))
 
-    def _take_ready(self) -> tuple[list[tuple[Arrival, Verdict | None]], float | None]:
+    def _take_ready(
+        self,
+    ) -> tuple[list[tuple[Arrival, Verdict | None]], float | None, list[Arrival]]:
+        """Quiet sends that are ready, how long until the next may be, and the quiet sends
+        whose bucket requires series types (decided by ``_take_typed``)."""
         now = time.monotonic()
         ready: list[tuple[Arrival, Verdict | None]] = [
             (arrival, None) for due, arrival in self._retries if due <= now
         ]
         self._retries = [(due, arrival) for due, arrival in self._retries if due > now]
         wait = min((due - now for due, _arrival in self._retries), default=None)
+        unsure: list[Arrival] = []
         for key, arrival in list(self._arrivals.items()):
             if arrival.open_assocs:
                 continue
-            verdict = self._verdict(arrival, now - arrival.last)
-            if verdict.ready:
+            policy = self._policy_of(arrival)
+            verdict = decide(policy, now - arrival.last, None)
+            if not verdict.ready and not verdict.missing:  # not quiet yet
+                wait = verdict.left if wait is None else min(wait, verdict.left)
+            elif policy.requires:
+                unsure.append(arrival)
+            else:
                 ready.append((self._arrivals.pop(key), verdict))
+        return ready, wait, unsure
+
+    def _take_typed(
+        self, unsure: list[Arrival], types: dict[int, set[str]]
+    ) -> tuple[list[tuple[Arrival, Verdict | None]], float | None]:
+        """completeness.decide with the types; a send that changed meanwhile is left for
+        the next round (a new file made it not quiet: decide says so)."""
+        now = time.monotonic()
+        ready: list[tuple[Arrival, Verdict | None]] = []
+        wait: float | None = None
+        for arrival in unsure:
+            if self._arrivals.get(arrival.key) is not arrival or arrival.open_assocs:
+                continue
+            verdict = decide(self._policy_of(arrival), now - arrival.last, types[id(arrival)])
+            if verdict.ready:
+                ready.append((self._arrivals.pop(arrival.key), verdict))
             else:
                 wait = verdict.left if wait is None else min(wait, verdict.left)
         return ready, wait
 
-    def _verdict(self, arrival: Arrival, quiet_for: float) -> Verdict:
-        """completeness.decide for this arrival; the types are asked only once it is quiet."""
+    def _policy_of(self, arrival: Arrival) -> SendPolicy:
         policy = arrival.policy or SendPolicy()
         if policy.quiet is None:
             policy = replace(policy, quiet=self.quiet)  # the box's window, as it is now
-        first = decide(policy, quiet_for, None)
-        if (not first.ready and not first.missing) or not policy.requires:
-            return first
+        return policy
+
+    def _types(self, arrival: Arrival) -> set[str]:
         try:
-            types = self.types_of(arrival) if self.types_of is not None else set()
+            return self.types_of(arrival) if self.types_of is not None else set()
         except Exception:  # classification must never lose a send: decide without types
             log.exception("arrival %s: series types not known", arrival.folder.name)
-            types = set()
-        return decide(policy, quiet_for, types)
+            return set()
 
     def _hand_over(
         self,
