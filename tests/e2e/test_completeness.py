@@ -46,6 +46,7 @@ BUCKETS: dict[str, dict[str, Any]] = {
     "PerSeries": {"grouping": "series", "quiet_seconds": QUIET},
     "Merge": {"merge_seconds": 6, "quiet_seconds": QUIET},
     "NoMerge": {"quiet_seconds": QUIET},
+    "MergeNeeds": {**NEEDS, "wait_seconds": 60, "merge_seconds": 6},
 }
 
 
@@ -233,3 +234,16 @@ def test_without_merge_seconds_a_paused_send_is_two_linked_parts(
     assert {first["files"], second["files"]} == {4}
     sent = {what for job in (first, second) for what in manifest_of(app, job)}
     assert sent == {"t1", "t2", "flair", "dwi"}
+
+
+def test_a_later_part_counts_the_types_of_the_held_job_it_joins(
+    app: InProcessBox, study: Study
+) -> None:
+    """T1 and DWI first (complete: a held job), then FLAIR alone: it lacks both required
+    types itself, but joins the held job at once instead of waiting its 60 s."""
+    storescu(app, "MergeNeeds", "SCANNER", study.folders["t1"], study.folders["dwi"])
+    wait_for("the first part to be a job", lambda: jobs_of(app, "MergeNeeds", study.uid))
+    storescu(app, "MergeNeeds", "SCANNER", study.folders["flair"])
+    (job,) = finished(app, "MergeNeeds", study.uid)
+    assert job["state"] == "done" and job["series_count"] == 3 and job["files"] == 6
+    assert_manifest_is(app, job, study, ["t1", "dwi", "flair"])
