@@ -16,7 +16,7 @@ from magickbox.auth.roles import Role
 from magickbox.box import BULK_MOST, BulkResult
 from magickbox.jobs.db import Job
 from magickbox.web.deps import BoxDep, json_bytes
-from magickbox.web.filters import JobQuery
+from magickbox.web.filters import FilterBody, JobQuery
 from magickbox.web.security import require
 from magickbox.web.studies import RunOn
 from magickbox.web.views import job_view
@@ -33,7 +33,7 @@ class Selection(BaseModel):
     most 10,000 either way."""
 
     scratchdirs: Names | None = None
-    filter: JobQuery | None = None
+    filter: FilterBody | None = None
 
     @model_validator(mode="after")
     def _one_of(self) -> Selection:

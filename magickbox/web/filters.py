@@ -20,29 +20,22 @@ assert set(get_args(SortKey)) == set(SORTS), "SortKey and jobs.store.SORTS diffe
 
 
 class JobQuery(BaseModel):
-    """Jobs whose fields are these (each one given narrows the match)."""
+    """Jobs whose fields are these (each one given narrows the match). In a query string
+    other parameters are ignored, as they always were."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    bucket: Annotated[str | None, Field(max_length=64)] = None
-    caller_aet: Annotated[str | None, Field(max_length=64)] = None
-    caller_ip: Annotated[str | None, Field(max_length=64)] = None
-    study_uid: Annotated[str | None, Field(max_length=128)] = None
+    bucket: str | None = None
+    caller_aet: str | None = None
+    caller_ip: str | None = None
+    study_uid: str | None = None
     state: State | None = None
     since: Annotated[float | None, Field(description="epoch seconds")] = None
     until: Annotated[float | None, Field(description="received before, epoch seconds")] = None
-    q: Annotated[str | None, Field(max_length=256, description="substring of any text field")] = (
-        None
-    )
+    q: Annotated[str | None, Field(description="substring of any text field")] = None
     initial: Annotated[
         str | None, Field(max_length=1, description="first letter of the sender's AE title")
     ] = None
-    patient_id: Annotated[str | None, Field(max_length=128, description="PatientID, exactly")] = (
-        None
-    )
-    accession_number: Annotated[
-        str | None, Field(max_length=64, description="AccessionNumber")
-    ] = None
+    patient_id: Annotated[str | None, Field(description="PatientID, exactly")] = None
+    accession_number: Annotated[str | None, Field(description="AccessionNumber")] = None
     study_date: Annotated[
         str | None,
         Field(pattern=r"^\d{8}(-\d{8})?$", description="YYYYMMDD or YYYYMMDD-YYYYMMDD"),
@@ -57,6 +50,12 @@ class JobQuery(BaseModel):
         values["q"] = self.q or None
         values["initial"] = self.initial or None
         return JobFilter(**values)
+
+
+class FilterBody(JobQuery):
+    """The filter of a bulk action: a misspelt field is refused, never read as "all jobs"."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class ListQuery(JobQuery):
