@@ -153,6 +153,7 @@ async function viewJobs(p) {
       <select id="state" aria-label="State">${STATES.map((s) => `<option value="${s}" ${p.get("state") === s ? "selected" : ""}>${s || "any state"}</option>`).join("")}</select>
       <select id="bucket" aria-label="Bucket"><option value="">any bucket</option>${bucketNames.map((b) => `<option value="${esc(b)}" ${p.get("bucket") === b ? "selected" : ""}>${esc(b)}</option>`).join("")}</select>
       <select id="sortby" class="narrow-only" aria-label="Sort by"><option value="">newest first</option>${COLUMNS.flatMap(([label, key]) => ["desc", "asc"].map((o) => `<option value="${key}:${o}" ${p.get("sort") === key && (p.get("order") || "desc") === o ? "selected" : ""}>${esc(label)} ${o === "asc" ? "▲" : "▼"}</option>`)).join("")}</select>
+      <label class="narrow-only pickline"><input type="checkbox" class="pickpage" id="pickpage-narrow"> Select this page</label>
       <span id="dayfilter"></span>
     </section>
     <nav class="letters" aria-label="Sender AE title starts with">
@@ -163,7 +164,7 @@ async function viewJobs(p) {
     <div id="bulkbar" class="bulkbar" role="region" aria-label="Selected jobs" hidden></div>
     <p id="bulkmsg" class="msg" role="status"></p>
     <table class="jobs list">
-      <thead><tr><th class="pick"><input type="checkbox" id="pickpage" aria-label="Select the jobs on this page"></th>${COLUMNS.map((c) => sortHeader(p, c)).join("")}<th></th></tr></thead>
+      <thead><tr><th class="pick"><input type="checkbox" class="pickpage" id="pickpage" aria-label="Select the jobs on this page"></th>${COLUMNS.map((c) => sortHeader(p, c)).join("")}<th></th></tr></thead>
       <tbody id="rows"></tbody>
     </table>
     <div class="pager" id="pager"></div>
@@ -218,12 +219,15 @@ async function viewJobs(p) {
     if (e.target.checked) sel.names.add(e.target.value); else { sel.names.delete(e.target.value); sel.all = false; }
     drawBulkBar(p, sel, bucketNames, refresh);
   });
-  document.getElementById("pickpage").onchange = (e) => {
-    for (const name of sel.page) if (e.target.checked) sel.names.add(name); else sel.names.delete(name);
-    if (!e.target.checked) sel.all = false;
-    drawPicks(sel);
-    drawBulkBar(p, sel, bucketNames, refresh);
-  };
+  // The page's checkbox: in the header, and above the cards on a phone (no header there).
+  for (const box of main.querySelectorAll("input.pickpage")) {
+    box.onchange = (e) => {
+      for (const name of sel.page) if (e.target.checked) sel.names.add(name); else sel.names.delete(name);
+      if (!e.target.checked) sel.all = false;
+      drawPicks(sel);
+      drawBulkBar(p, sel, bucketNames, refresh);
+    };
+  }
   const token = viewToken;
   let asked = 0;
   async function refresh() {
@@ -270,10 +274,11 @@ function drawRows(data) {
 // The checkboxes as the selection says (the rows are drawn again at every poll).
 function drawPicks(sel) {
   for (const box of document.querySelectorAll("#rows input.pick")) box.checked = sel.all || sel.names.has(box.value);
-  const page = document.getElementById("pickpage");
   const picked = sel.page.filter((n) => sel.all || sel.names.has(n)).length;
-  page.checked = sel.page.length > 0 && picked === sel.page.length;
-  page.indeterminate = picked > 0 && picked < sel.page.length;
+  for (const page of document.querySelectorAll("input.pickpage")) {
+    page.checked = sel.page.length > 0 && picked === sel.page.length;
+    page.indeterminate = picked > 0 && picked < sel.page.length;
+  }
 }
 
 const jobsWord = (n) => `${num(n)} job${n === 1 ? "" : "s"}`;
