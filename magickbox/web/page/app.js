@@ -216,7 +216,13 @@ async function viewJobs(p) {
   const rowsEl = document.getElementById("rows");
   rowsEl.addEventListener("change", (e) => {
     if (!e.target.matches("input.pick")) return;
-    if (e.target.checked) sel.names.add(e.target.value); else { sel.names.delete(e.target.value); sel.all = false; }
+    if (e.target.checked) sel.names.add(e.target.value);
+    else { // out of "all matching": the rest of this page stays selected
+      if (sel.all) for (const n of sel.page) sel.names.add(n);
+      sel.names.delete(e.target.value);
+      sel.all = false;
+    }
+    drawPicks(sel);
     drawBulkBar(p, sel, bucketNames, refresh);
   });
   // The page's checkbox: in the header, and above the cards on a phone (no header there).
