@@ -19,13 +19,13 @@ from magickbox.testing.dicomgen import write_study
 from magickbox.testing.homes import fill_finished_jobs
 from tests.conftest import BoxServer, copy_bucket
 from tests.e2e.peers import QUICK, api_jobs, wait_for
-from tests.e2e.test_page import SHOTS, WAIT_MS
+from tests.e2e.test_console import NARROW, WIDE, _page
+from tests.e2e.test_page import SHOTS
 
 pytestmark = pytest.mark.e2e
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
-WIDE, NARROW = {"width": 1400, "height": 900}, {"width": 390, "height": 844}
 # Fails until the test makes the gate file: a retry after that is done.
 FLAKY = """#!/bin/sh
 if [ ! -e "{gate}" ]; then echo "no gate yet"; exit 3; fi
@@ -76,21 +76,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         box.stop()
 
 
-def _page(browser, site: Site, viewport: dict = WIDE) -> Iterator:  # type: ignore[no-untyped-def]
-    ctx = browser.new_context(viewport=viewport, accept_downloads=True)
-    ctx.add_cookies([site.cookie])
-    pg = ctx.new_page()
-    pg.set_default_timeout(WAIT_MS)
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield pg
-    ctx.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
-
-
 @pytest.fixture
 def page(browser, site: Site) -> Iterator:  # type: ignore[no-untyped-def]
-    yield from _page(browser, site)
+    yield from _page(browser, WIDE, site)  # logged in by the session cookie
 
 
 def shot(pg, name: str) -> None:  # type: ignore[no-untyped-def]
@@ -231,7 +219,7 @@ def test_all_matching_the_filter_beyond_one_page(browser, tmp_path: Path) -> Non
     try:
         box.add_user("bulk", Role.operator, PASSWORD)
         site = Site(box, tmp_path, tmp_path / "gate", box.login_cookie("bulk", PASSWORD))
-        for pg in _page(browser, site, NARROW):
+        for pg in _page(browser, NARROW, site):
             open_jobs(pg, site, "state=done")
             pg.locator("#pickpage-narrow").check()  # a phone has no table header
             pg.locator("#bulkcount").filter(has_text="50 jobs selected").wait_for()
