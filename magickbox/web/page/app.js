@@ -145,13 +145,14 @@ function sortHeader(p, [label, key]) {
 }
 
 async function viewJobs(p) {
-  const buckets = await getJSON("/buckets?all=true").catch(() => []);
-  const bucketNames = [...new Set([...buckets.map((b) => b.aetitle), p.get("bucket") || ""])].filter(Boolean).sort();
+  // The buckets come while the first rows are drawn: the list never waits for them.
+  const bucketNames = p.get("bucket") ? [p.get("bucket")] : [];
+  const bucketOptions = () => `<option value="">any bucket</option>${bucketNames.map((b) => `<option value="${esc(b)}" ${p.get("bucket") === b ? "selected" : ""}>${esc(b)}</option>`).join("")}`;
   main.innerHTML = `
     <section class="toolbar">
       <input id="q" type="search" placeholder="Search jobs: patient, study UID, sender, IP, bucket, state…" aria-label="Search jobs" value="${esc(p.get("q") || "")}">
       <select id="state" aria-label="State">${STATES.map((s) => `<option value="${s}" ${p.get("state") === s ? "selected" : ""}>${s || "any state"}</option>`).join("")}</select>
-      <select id="bucket" aria-label="Bucket"><option value="">any bucket</option>${bucketNames.map((b) => `<option value="${esc(b)}" ${p.get("bucket") === b ? "selected" : ""}>${esc(b)}</option>`).join("")}</select>
+      <select id="bucket" aria-label="Bucket">${bucketOptions()}</select>
       <select id="sortby" class="narrow-only" aria-label="Sort by"><option value="">newest first</option>${COLUMNS.flatMap(([label, key]) => ["desc", "asc"].map((o) => `<option value="${key}:${o}" ${p.get("sort") === key && (p.get("order") || "desc") === o ? "selected" : ""}>${esc(label)} ${o === "asc" ? "▲" : "▼"}</option>`)).join("")}</select>
       <label class="narrow-only pickline"><input type="checkbox" class="pickpage" id="pickpage-narrow"> Select this page</label>
       <span id="dayfilter"></span>
@@ -235,6 +236,14 @@ async function viewJobs(p) {
     };
   }
   const token = viewToken;
+  getJSON("/buckets?all=true").then((buckets) => {
+    if (token !== viewToken) return;
+    const names = new Set([...bucketNames, ...buckets.map((b) => b.aetitle)]);
+    bucketNames.splice(0, bucketNames.length, ...[...names].sort());
+    document.getElementById("bucket").innerHTML = bucketOptions();
+    document.getElementById("bulkbar").dataset.key = ""; // its "Run again with" list too
+    drawBulkBar(p, sel, bucketNames, refresh);
+  }).catch(onError);
   let asked = 0;
   async function refresh() {
     const mine = ++asked; // only the newest answer is drawn (typing sends many)
