@@ -247,15 +247,18 @@ async function viewJobs(p) {
   let asked = 0;
   async function refresh() {
     const mine = ++asked; // only the newest answer is drawn (typing sends many)
-    const [data, sends] = await Promise.all([getJSON("/jobs?" + jobsQuery(p)), getJSON("/receiving")]);
+    // The rows first: what is still arriving is drawn when its answer comes.
+    const sendsP = getJSON("/receiving").catch(() => null);
+    const data = await getJSON("/jobs?" + jobsQuery(p));
     if (token !== viewToken || mine !== asked) return;
     sel.total = data.total;
     sel.page = data.jobs.map((j) => j.scratchdir);
     drawRows(data);
     drawPicks(sel);
     drawPager(p, data, refresh);
-    drawReceiving(sends);
     drawBulkBar(p, sel, bucketNames, refresh);
+    const sends = await sendsP;
+    if (sends && token === viewToken && mine === asked) drawReceiving(sends);
   }
   await refresh();
   every(refresh);
