@@ -43,7 +43,7 @@ PAGES = {"jobs": ("#/jobs", "#rows tr[data-job]"),
          "routing-log": ("#/admin/routing-log", "#admin table.sends"),
          "archive": ("#/admin/archive", "#admin tr[data-uid]"),
          "classify": ("#/admin/classify", "#classify-text"),
-         "audit": ("#/admin/audit", "#audit-rows tr")}  # fmt: skip
+         "audit": ("#/admin/audit", "#audit-rows tbody tr")}  # fmt: skip
 IMAGES_DRAWN = ("() => [...document.querySelectorAll('#images img')]"
                 ".every(i => i.complete && i.naturalWidth > 0)")  # fmt: skip
 
