@@ -234,3 +234,19 @@ def test_all_matching_the_filter_beyond_one_page(browser, tmp_path: Path) -> Non
         assert box.get("/api/v1/jobs", params={"state": "failed"}).json()["total"] == failed
     finally:
         box.stop()
+
+
+def test_a_viewer_is_offered_the_download_only(site: Site, browser) -> None:  # type: ignore[no-untyped-def]
+    name = site.send("First", "P-V1")
+    site.box.add_user("looker", Role.viewer, PASSWORD)
+    viewer = Site(site.box, site.folder, site.gate, site.box.login_cookie("looker", PASSWORD))
+    for pg in _page(browser, WIDE, viewer):
+        open_jobs(pg, viewer, "bucket=First")
+        pick(pg, name)
+        pg.locator("#bulk-download").wait_for()
+        for action in ("retry", "delete", "run"):
+            assert pg.locator(f"#bulk-{action}").count() == 0
+        with pg.expect_download() as info:
+            pg.locator("#bulk-download").click()
+        with zipfile.ZipFile(info.value.path()) as zf:
+            assert zf.namelist() == [f"{name}/OUTPUT/files.txt"]

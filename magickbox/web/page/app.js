@@ -14,6 +14,7 @@ const esc = (v) =>
   String(v ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 
 let csrf = ""; // the session's CSRF token (from /me): sent back on every change
+let myRole = ""; // from /me: a viewer is offered no change (the API would refuse it)
 
 async function api(path, opts = {}) {
   const method = (opts.method || "GET").toUpperCase();
@@ -314,12 +315,12 @@ function drawBulkBar(p, sel, bucketNames, refresh) {
   bar.innerHTML = `<span id="bulkcount"><b>${jobsWord(count)}</b> ${sel.all ? "(all matching the filter)" : "selected"}</span>
     ${offerAll ? `<button class="btn small" id="pickall">Select all ${jobsWord(sel.total)} matching</button>` : ""}
     <button class="btn small" id="picknone">Clear</button>
-    <span class="group"><button class="btn" id="bulk-retry">Retry</button>
-    <button class="btn" id="bulk-download">Download outputs</button>
+    <span class="group"><button class="btn" id="bulk-download">Download outputs</button></span>
+    ${myRole === "viewer" ? "" : `<span class="group"><button class="btn" id="bulk-retry">Retry</button>
     <button class="btn danger" id="bulk-delete">Delete</button></span>
     <span class="group"><label for="bulk-bucket">Run again with</label>
     <select id="bulk-bucket">${bucketNames.map((b) => `<option value="${esc(b)}">${esc(b)}</option>`).join("")}</select>
-    <button class="btn" id="bulk-run">Run</button></span>`;
+    <button class="btn" id="bulk-run">Run</button></span>`}`;
   const pickAll = document.getElementById("pickall");
   if (pickAll) pickAll.onclick = () => { sel.all = true; drawPicks(sel); drawBulkBar(p, sel, bucketNames, refresh); };
   document.getElementById("picknone").onclick = () => { sel.all = false; sel.names.clear(); drawPicks(sel); drawBulkBar(p, sel, bucketNames, refresh); };
@@ -337,6 +338,8 @@ function drawBulkBar(p, sel, bucketNames, refresh) {
       await refresh();
     } catch (e) { bulkMessage(e.message, true); }
   };
+  document.getElementById("bulk-download").onclick = () => downloadOutputs(p, sel);
+  if (myRole === "viewer") return;
   document.getElementById("bulk-retry").onclick = () => act("retry",
     `Run ${jobsWord(count)} again? Each OUTPUT is replaced, and the results of done jobs are routed (sent) again.`);
   document.getElementById("bulk-delete").onclick = () => act("delete",
@@ -345,15 +348,17 @@ function drawBulkBar(p, sel, bucketNames, refresh) {
     const bucket = document.getElementById("bulk-bucket").value;
     act("run", `Make ${jobsWord(count)} of bucket ${bucket} from the same studies in the archive?`, { run: { bucket } });
   };
-  document.getElementById("bulk-download").onclick = () => {
-    const q = sel.all ? new URLSearchParams(filterFields(p)) : new URLSearchParams([...sel.names].map((n) => ["scratchdir", n]));
-    const a = document.createElement("a");
-    a.href = `${API}/jobs.zip?${q}`;
-    a.download = "";
-    document.body.appendChild(a);
-    a.click();
-    a.remove();
-  };
+}
+
+// One zip of the selected jobs' OUTPUTs, streamed by the box: the browser saves it.
+function downloadOutputs(p, sel) {
+  const q = sel.all ? new URLSearchParams(filterFields(p)) : new URLSearchParams([...sel.names].map((n) => ["scratchdir", n]));
+  const a = document.createElement("a");
+  a.href = `${API}/jobs.zip?${q}`;
+  a.download = "";
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
 }
 
 function bulkMessage(text, bad) {
@@ -1071,6 +1076,7 @@ window.addEventListener("hashchange", route);
   try {
     const me = await getJSON("/me");
     csrf = me.csrf || "";
+    myRole = me.role || "";
     const el = document.getElementById("who");
     el.hidden = false;
     el.querySelector(".user").textContent = `${me.name} (${me.role})`;
