@@ -114,6 +114,9 @@ def test_select_and_bulk_retry(site: Site, page) -> None:  # type: ignore[no-unt
     failed = [site.send("Flaky", f"P-R{i}") for i in range(2)]
     assert all(site.job(n)["state"] == "failed" for n in failed)
     open_jobs(page, site, "bucket=Flaky&state=failed")
+    for name in failed:  # each failed row says why, as the job's reason does
+        why = page.locator(f'#rows tr[data-job="{name}"] .why').inner_text()
+        assert why == site.job(name)["reason"] and "3" in why
     page.locator("#pickpage").check()  # the whole page: both failed jobs
     assert page.locator("#bulkcount").inner_text() == "2 jobs selected"
     shot(page, "selected")

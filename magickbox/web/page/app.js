@@ -276,7 +276,7 @@ function drawRows(data) {
     const who = [j.patient_id, personName(j.patient_name)].filter(Boolean).join(" · ");
     return `<tr data-job="${esc(j.scratchdir)}" data-state="${esc(j.state)}">
       <td class="pick"><input type="checkbox" class="pick" value="${esc(j.scratchdir)}" aria-label="Select ${esc(j.scratchdir)}"></td>
-      <td data-label="State">${badge(j.state)}</td>
+      <td data-label="State"><div class="cell">${badge(j.state)}${j.state === "failed" && j.reason ? `<div class="sub why" title="${esc(j.reason)}">${esc(j.reason)}</div>` : ""}</div></td>
       <td data-label="Job"><div class="cell"><a href="${href}" class="mono">${esc(j.scratchdir)}</a><div class="sub mono" title="StudyInstanceUID">${esc(j.study_uid || j.jobname)}</div></div></td>
       <td data-label="Patient"><div class="cell">${esc(who)}${(j.modalities || []).length ? `<div class="sub" title="modalities">${esc(j.modalities.join(" "))}</div>` : ""}</div></td>
       <td data-label="Bucket">${esc(j.bucket)}</td>
