@@ -5,8 +5,14 @@ serve`` answers, and headless Chromium loads ``/`` in a fresh context each run (
 The time is taken in the browser: ``performance.now()`` (from navigation start) when the
 first job row is in the DOM, seen by a MutationObserver installed before any script runs.
 Payload: bytes over the wire for the document and everything it fetched until then.
+The same page over a home of ``--reference-jobs`` (100) is measured in the same run, as the
+reference; so is the jobs list sorted by a column (``#/jobs?sort=patient_id``).
 
-    python benchmarks/bench_page.py [--jobs 10000] [--runs 15]
+``--bulk N`` (1000) also times one bulk action over N jobs with folders (``POST
+/api/v1/jobs/bulk``: delete, and retry of every job), against the reference of the same
+number of single-job requests (``DELETE /api/v1/jobs/<name>``) in the same run.
+
+    python benchmarks/bench_page.py [--jobs 10000] [--runs 15] [--bulk 1000]
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ PAYLOAD = """() => {
 }"""
 
 
-def measure(url: str, runs: int, headers: dict[str, str]) -> dict:
+def measure(url: str, runs: int, headers: dict[str, str], hash_: str = "") -> dict:
     from playwright.sync_api import sync_playwright
 
     times, payloads = [], []
@@ -60,7 +66,7 @@ def measure(url: str, runs: int, headers: dict[str, str]) -> dict:
                                       extra_http_headers=headers)  # fmt: skip
             page = ctx.new_page()
             page.add_init_script(FIRST_ROW)
-            page.goto(url)
+            page.goto(url + hash_)
             page.wait_for_function("window.__firstRow !== undefined", timeout=30_000)
             first = page.evaluate("window.__firstRow")
             payload = page.evaluate(PAYLOAD)
@@ -85,6 +91,9 @@ def measure(url: str, runs: int, headers: dict[str, str]) -> dict:
 # What the page asks of the API, timed from outside (HTTP included), median of 20.
 API_CALLS = {
     "jobs page": "/api/v1/jobs?limit=50",
+    "sorted by patient": "/api/v1/jobs?limit=50&sort=patient_id&order=asc",
+    "sorted by duration": "/api/v1/jobs?limit=50&sort=processing_seconds",
+    "bucket filter, last page": "/api/v1/jobs?limit=50&bucket=FreeSurfer&offset=3300",
     "search q=PACS": "/api/v1/jobs?limit=50&q=PACS",
     "search, no match": "/api/v1/jobs?limit=50&q=nothing-like-this",
     "letter O": "/api/v1/jobs?limit=50&initial=O",
@@ -111,22 +120,76 @@ def measure_api(url: str, headers: dict[str, str]) -> dict:
     return out
 
 
+def page_figures(jobs: int, runs: int, tmp: Path, sorted_too: bool) -> dict:
+    """First rows of the jobs page (and the API's answers) over a home of ``jobs`` jobs."""
+    home = tmp / f"home-{jobs}"
+    t0 = time.perf_counter()
+    fill_finished_jobs(home, jobs)
+    print(f"{jobs} jobs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    box = BoxServer(home).start()
+    try:
+        result = {"jobs": jobs, **measure(box.url + "/", runs, box.headers)}
+        if sorted_too:
+            by = measure(box.url + "/", runs, box.headers, "#/jobs?sort=patient_id&order=asc")
+            result["sorted_first_rows_ms"] = by["first_rows_ms"]
+        result["api_median_ms"] = measure_api(box.url, box.headers)
+    finally:
+        box.stop()
+    return result
+
+
+def bulk_figures(jobs: int, tmp: Path) -> dict:
+    """Seconds until one bulk request over ``jobs`` jobs has answered (every job acted on),
+    and the same number of single-job DELETEs, each over a fresh home of finished jobs."""
+    import httpx
+
+    def timed(name: str, act) -> float:  # type: ignore[no-untyped-def]
+        home = tmp / f"bulk-{name}"
+        fill_finished_jobs(home, jobs, folders=True)
+        box = BoxServer(home).start()
+        try:
+            with httpx.Client(base_url=box.url, timeout=600, headers=box.headers) as client:
+                listed = client.get("/api/v1/jobs", params={"limit": jobs}).json()["jobs"]
+                names = [j["scratchdir"] for j in listed]
+                t0 = time.perf_counter()
+                act(client, names)
+                return round(time.perf_counter() - t0, 2)
+        finally:
+            box.stop()
+
+    def bulk(action: str):  # type: ignore[no-untyped-def]
+        def run(client: httpx.Client, names: list[str]) -> None:
+            answer = client.post("/api/v1/jobs/bulk", json={"action": action, "filter": {}})
+            answer.raise_for_status()
+            assert len(answer.json()["done"]) == len(names), answer.text[:300]
+        return run
+
+    def one_by_one(client: httpx.Client, names: list[str]) -> None:
+        for name in names:
+            client.delete(f"/api/v1/jobs/{name}").raise_for_status()
+
+    return {
+        "jobs": jobs,
+        "bulk_delete_s": timed("delete", bulk("delete")),
+        "single_deletes_s (reference)": timed("single", one_by_one),
+        "bulk_retry_s": timed("retry", bulk("retry")),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=10_000)
+    ap.add_argument("--reference-jobs", type=int, default=100)
     ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--bulk", type=int, default=1000, help="jobs of the bulk action; 0: none")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-page-") as tmp:
-        home = Path(tmp) / "home"
-        t0 = time.perf_counter()
-        fill_finished_jobs(home, args.jobs)
-        print(f"{args.jobs} jobs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        box = BoxServer(home).start()
-        try:
-            result = {"jobs": args.jobs, **measure(box.url + "/", args.runs, box.headers)}
-            result["api_median_ms"] = measure_api(box.url, box.headers)
-        finally:
-            box.stop()
+        result = {
+            "page": page_figures(args.jobs, args.runs, Path(tmp), sorted_too=True),
+            "reference page": page_figures(args.reference_jobs, args.runs, Path(tmp), False),
+        }
+        if args.bulk:
+            result["bulk"] = bulk_figures(args.bulk, Path(tmp))
     print(json.dumps(result, indent=2))
 
 

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ from magickbox.routing.tasks import Router
 from magickbox.study.classify import Classifier, RulesError, parse_rules
 from magickbox.study.series import SeriesSet, collect_files
 from magickbox.study.views import RulesFile, ViewStore
+from magickbox.zipstream import zip_dir_entries
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,16 @@ log = logging.getLogger(__name__)
 __all__ = ["Box", "Conflict", "Invalid", "NotFound"]
 
 STATS_WINDOW = 24 * 3600.0  # the Overview's throughput: jobs finished in the last day
+BULK_MOST = 10_000  # jobs one bulk action may act on
+
+
+@dataclass
+class BulkResult:
+    """What a bulk action did: per job its answer, or why it could not."""
+
+    action: str
+    done: list[tuple[str, Any]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Box:
@@ -594,10 +606,16 @@ class Box:
         return self.archive_index.page(limit, offset)
 
     def find_jobs(
-        self, flt: JobFilter, limit: int | None, offset: int
+        self,
+        flt: JobFilter,
+        limit: int | None,
+        offset: int,
+        sort: str | None = None,
+        descending: bool = True,
     ) -> tuple[list[tuple[Job, int]], int]:
-        """A page of jobs matching ``flt``, each with its log's size now; and the total."""
-        jobs, total = self.store.find(flt, limit=limit, offset=offset)
+        """A page of jobs matching ``flt`` (sorted by ``sort``, a field of the job; None:
+        newest first), each with its log's size now; and the total."""
+        jobs, total = self.store.find(flt, limit, offset, sort, descending)
         return [(job, self.store.log_size(job)) for job in jobs], total
 
     def log_size(self, job: Job) -> int:
@@ -837,6 +855,55 @@ class Box:
             raise Conflict(f"job {scratchdir} is {job.state}; only finished jobs can be retried")
         return self.job(scratchdir)
 
+    # -- acting on many jobs (the console's bulk actions) ----------------------------------
+    def select_jobs(self, names: Sequence[str] | None, flt: JobFilter | None) -> list[str]:
+        """The jobs a bulk action acts on: the names given (each checked, duplicates once),
+        or every job ``flt`` matches (at most ``BULK_MOST``, so one request stays bounded)."""
+        if (names is None) == (flt is None):
+            raise Invalid("give either scratchdirs or a filter")
+        if flt is not None:
+            return self.store.matching_names(flt, BULK_MOST)
+        assert names is not None
+        if len(names) > BULK_MOST:
+            raise Invalid(f"at most {BULK_MOST} jobs at once, not {len(names)}")
+        return list(dict.fromkeys(names))
+
+    def bulk(self, action: str, names: Sequence[str], **run: Any) -> BulkResult:
+        """``action`` (retry, delete, run) on each job of ``names``; one job that cannot is
+        named with its reason and the others go on. ``run``: :meth:`run_again`'s arguments."""
+        act: Callable[[str], Any] = {
+            "retry": self.retry_job,
+            "delete": self.delete_job,
+            "run": lambda name: self.run_again(name, **run),
+        }[action]
+        result = BulkResult(action)
+        for name in names:
+            try:
+                result.done.append((name, act(name)))
+            except (NotFound, Conflict, Invalid) as exc:
+                result.failed.append((name, str(exc)))
+        log.info("bulk %s: %d jobs, %d could not", action, len(result.done), len(result.failed))
+        return result
+
+    def run_again(self, scratchdir: str, *, bucket: str, **how: Any) -> Job:
+        """A new job of ``bucket`` made of the archived study of job ``scratchdir`` (the
+        run-again of the archive page, reached from a job)."""
+        job = self.job(scratchdir)
+        if not job.study_uid:
+            raise Invalid(f"job {scratchdir} has no StudyInstanceUID to find in the archive")
+        return self.run_studies([job.study_uid], bucket=bucket, **how)[0]
+
+    def outputs_zip(self, names: Sequence[str]) -> Iterator[tuple[str, Path]]:
+        """Zip entries of every OUTPUT of ``names`` as ``<scratchdir>/OUTPUT/...``: what
+        :func:`magickbox.zipstream.stream_zip` streams. Every job is looked up now (an
+        unknown one is NotFound before a byte is sent); one deleted meanwhile is skipped."""
+        folders = [(name, self.job_dir(name) / "OUTPUT") for name in names]
+        return (
+            entry
+            for name, folder in folders
+            if folder.is_dir()
+            for entry in zip_dir_entries(folder, f"{name}/OUTPUT")
+        )
 
 def _start(policy: SendPolicy | None, verdict: Verdict | None) -> Start:
     """How a send's job starts: failed for missing series (on_missing "fail"), run with a

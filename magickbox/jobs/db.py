@@ -46,7 +46,7 @@ class Job(Base):
     received_text: Mapped[str] = mapped_column(String(64), default="")  # info.json "received"
     nfiles: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[str] = mapped_column(String(16), default=State.RECEIVED, index=True)
-    received_at: Mapped[float] = mapped_column(Float, default=time.time)
+    received_at: Mapped[float] = mapped_column(Float, default=time.time, index=True)
     queued_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)

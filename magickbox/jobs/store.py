@@ -82,6 +82,29 @@ class JobFilter:
     initial: str | None = None  # first letter of the sender's AE title (the page's A–Z)
 
 
+# What the jobs list may be sorted by (the API's ``sort=``): a field name of the job's view
+# and the column (or expression) the database sorts; ties go by the job's id.
+SORTS: dict[str, Any] = {
+    "received_at": Job.received_at,
+    "state": Job.state,
+    "scratchdir": Job.scratchdir,
+    "bucket": Job.bucket,
+    "caller_aet": Job.caller_aet,
+    "caller_ip": Job.caller_ip,
+    "jobname": Job.jobname,
+    "patient_id": Job.patient_id,
+    "patient_name": Job.patient_name,
+    "accession_number": Job.accession_number,
+    "study_date": Job.study_date,
+    "study_uid": Job.study_uid,
+    "log_size": Job.log_size,
+    "started_at": Job.started_at,
+    "finished_at": Job.finished_at,
+    # a job still waiting or running has no duration yet: NULL, sorted last either way
+    "processing_seconds": Job.finished_at - func.coalesce(Job.started_at, Job.received_at),
+}
+
+
 class JobStore:
     def __init__(
         self,
@@ -298,37 +321,24 @@ class JobStore:
         flt: JobFilter = JobFilter(),
         limit: int | None = None,
         offset: int = 0,
-        newest_first: bool = True,
+        sort: str | None = None,
+        descending: bool = True,
     ) -> tuple[list[Job], int]:
-        query = select(Job)
-        for column, value in (
-            (Job.bucket, flt.bucket),
-            (Job.caller_aet, flt.caller_aet),
-            (Job.caller_ip, flt.caller_ip),
-            (Job.study_uid, flt.study_uid),
-            (Job.state, flt.state),
-            (Job.patient_id, flt.patient_id),
-            (Job.accession_number, flt.accession_number),
-        ):
-            if value is not None:
-                query = query.where(column == value)
-        query = _identity_filters(query, flt)
-        if flt.since is not None:
-            query = query.where(Job.received_at >= flt.since)
-        if flt.until is not None:
-            query = query.where(Job.received_at < flt.until)
-        if flt.q:
-            fields = (Job.scratchdir, Job.bucket, Job.caller_aet, Job.caller_ip, Job.study_uid,
-                      Job.jobname, Job.state, Job.patient_id, Job.patient_name,
-                      Job.accession_number)  # fmt: skip
-            query = query.where(or_(*(f.icontains(flt.q, autoescape=True) for f in fields)))
-        if flt.initial:
-            query = query.where(Job.caller_aet.istartswith(flt.initial, autoescape=True))
-        order = Job.id.desc() if newest_first else Job.id.asc()
+        """A page of the jobs ``flt`` matches, sorted by ``sort`` (a key of :data:`SORTS`;
+        None: newest first), and how many match in all. Both are one SQL query each."""
+        query = _filtered(flt)
         with self.sessions() as s:
             total = s.scalar(select(func.count()).select_from(query.subquery())) or 0
-            rows = s.scalars(query.order_by(order).offset(offset).limit(limit)).all()
+            ordered = query.order_by(*_order(sort, descending))
+            rows = s.scalars(ordered.offset(offset).limit(limit)).all()
         return list(rows), total
+
+    def matching_names(self, flt: JobFilter, most: int) -> list[str]:
+        """The scratchdirs of up to ``most`` jobs ``flt`` matches, newest first (what a bulk
+        action over "all matching the filter" acts on)."""
+        query = _filtered(flt).with_only_columns(Job.scratchdir).order_by(Job.id.desc())
+        with self.sessions() as s:
+            return list(s.scalars(query.limit(most)).all())
 
     def scratch_rows(self) -> list[dict[str, Any]]:
         """Every job as plain values, newest first, in one query (getScratch serves 10,000s).
@@ -646,6 +656,45 @@ class JobStore:
     def received_jobs(self) -> Sequence[Job]:
         with self.sessions() as s:
             return s.scalars(select(Job).where(Job.state == State.RECEIVED)).all()
+
+
+def _filtered(flt: JobFilter) -> Select[Any]:
+    """The jobs ``flt`` matches, as a query to count, sort and page."""
+    query = select(Job)
+    for column, value in (
+        (Job.bucket, flt.bucket),
+        (Job.caller_aet, flt.caller_aet),
+        (Job.caller_ip, flt.caller_ip),
+        (Job.study_uid, flt.study_uid),
+        (Job.state, flt.state),
+        (Job.patient_id, flt.patient_id),
+        (Job.accession_number, flt.accession_number),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    query = _identity_filters(query, flt)
+    if flt.since is not None:
+        query = query.where(Job.received_at >= flt.since)
+    if flt.until is not None:
+        query = query.where(Job.received_at < flt.until)
+    if flt.q:
+        fields = (Job.scratchdir, Job.bucket, Job.caller_aet, Job.caller_ip, Job.study_uid,
+                  Job.jobname, Job.state, Job.patient_id, Job.patient_name,
+                  Job.accession_number)  # fmt: skip
+        query = query.where(or_(*(f.icontains(flt.q, autoescape=True) for f in fields)))
+    if flt.initial:
+        query = query.where(Job.caller_aet.istartswith(flt.initial, autoescape=True))
+    return query
+
+
+def _order(sort: str | None, descending: bool) -> list[Any]:
+    """ORDER BY terms: the sort column (NULLs last in both directions, as on every
+    database), then the id, so that pages never share or skip a row."""
+    tie = Job.id.desc() if descending else Job.id.asc()
+    if sort is None:
+        return [tie]
+    column = SORTS[sort]
+    return [(column.desc() if descending else column.asc()).nulls_last(), tie]
 
 
 def _identity_filters(query: Select[Any], flt: JobFilter) -> Select[Any]:

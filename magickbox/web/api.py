@@ -12,10 +12,9 @@ from magickbox.auth.roles import Role
 from magickbox.buckets.slurm import SlurmStatus
 from magickbox.jobfolder import JobFolder
 from magickbox.jobs.browse import IMAGE_SUFFIXES
-from magickbox.jobs.db import State
 from magickbox.jobs.render import dicom_png
-from magickbox.jobs.store import JobFilter
 from magickbox.web.deps import BIGGEST, BoxDep, Offset, json_bytes, upload_job, zip_response
+from magickbox.web.filters import ListQuery
 from magickbox.web.security import require
 from magickbox.web.uploads import openapi_form
 from magickbox.web.views import job_detail_view, job_view
@@ -29,55 +28,24 @@ Operator = Annotated[Principal, require(Role.operator)]
 
 
 @router.get("/jobs", dependencies=VIEW)
-def list_jobs(
-    box: BoxDep,
-    bucket: str | None = None,
-    caller_aet: str | None = None,
-    caller_ip: str | None = None,
-    study_uid: str | None = None,
-    state: State | None = None,
-    since: Annotated[float | None, Query(description="epoch seconds")] = None,
-    until: Annotated[float | None, Query(description="received before, epoch seconds")] = None,
-    q: Annotated[str | None, Query(description="substring of any text field")] = None,
-    initial: Annotated[
-        str | None, Query(max_length=1, description="first letter of the sender's AE title")
-    ] = None,
-    patient_id: Annotated[str | None, Query(description="PatientID, exactly")] = None,
-    accession_number: Annotated[str | None, Query(description="AccessionNumber")] = None,
-    study_date: Annotated[
-        str | None,
-        Query(pattern=r"^\d{8}(-\d{8})?$", description="YYYYMMDD or YYYYMMDD-YYYYMMDD"),
-    ] = None,
-    modality: Annotated[
-        str | None, Query(pattern=r"^[A-Za-z0-9]{1,16}$", description="one of the job's")
-    ] = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-    offset: Offset = 0,
-) -> Response:
-    """Jobs newest first, filtered by any of the fields, a page at a time."""
-    flt = JobFilter(
-        bucket=bucket,
-        caller_aet=caller_aet,
-        caller_ip=caller_ip,
-        study_uid=study_uid,
-        state=state.value if state else None,
-        since=since,
-        until=until,
-        q=q or None,
-        initial=initial or None,
-        patient_id=patient_id,
-        accession_number=accession_number,
-        study_date=study_date,
-        modality=modality,
+def list_jobs(box: BoxDep, query: Annotated[ListQuery, Query()]) -> Response:
+    """Jobs filtered by any of the fields, newest first or sorted by ``sort`` (``order``
+    asc or desc; done by the database), a page at a time."""
+    jobs, total = box.find_jobs(
+        query.job_filter(),
+        limit=query.limit,
+        offset=query.offset,
+        sort=query.sort,
+        descending=query.order == "desc",
     )
-    jobs, total = box.find_jobs(flt, limit=limit, offset=offset)
     etas = box.job_etas([job for job, _size in jobs])
     slurm = box.slurm_statuses()
     views = [
         job_view(job, size, etas.get(job.scratchdir), _text(slurm.get(job.scratchdir)))
         for job, size in jobs
     ]
-    return json_bytes({"total": total, "limit": limit, "offset": offset, "jobs": views})
+    page = {"total": total, "limit": query.limit, "offset": query.offset, "jobs": views}
+    return json_bytes({**page, "sort": query.sort, "order": query.order})
 
 
 def _text(status: SlurmStatus | None) -> str | None:

@@ -25,6 +25,7 @@ from magickbox.errors import MagickBoxError
 from magickbox.web import (
     api,
     auth,
+    bulk,
     classify,
     legacy,
     monitor,
@@ -71,6 +72,7 @@ def docs() -> HTMLResponse:
 ROUTERS = (
     pages,
     legacy.router,
+    bulk.router,  # before api's /jobs/{scratchdir}
     api.router,
     routing.router,
     results.router,

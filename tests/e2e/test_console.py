@@ -41,7 +41,9 @@ PAGES = {"jobs": ("#/jobs", "#rows tr[data-job]"),
          "setup": ("#/admin/setup", "#admin dd"),
          "routing": ("#/admin/routing", "#dests tr[data-dest]"),
          "routing-log": ("#/admin/routing-log", "#admin table.sends"),
-         "archive": ("#/admin/archive", "#admin tr[data-uid]")}  # fmt: skip
+         "archive": ("#/admin/archive", "#admin tr[data-uid]"),
+         "classify": ("#/admin/classify", "#classify-text"),
+         "audit": ("#/admin/audit", "#audit-rows tbody tr")}  # fmt: skip
 IMAGES_DRAWN = ("() => [...document.querySelectorAll('#images img')]"
                 ".every(i => i.complete && i.naturalWidth > 0)")  # fmt: skip
 
@@ -386,6 +388,17 @@ def test_screenshots_of_every_page(site: Site, browser) -> None:  # type: ignore
                 wide = pg.evaluate("document.documentElement.scrollWidth")
                 assert wide <= viewport["width"], f"{name} scrolls sideways at {size}"
                 shot(pg, f"{name}-{size}")
+        # The login form, to someone not logged in (a context without the session cookie).
+        ctx = browser.new_context(viewport=viewport)
+        try:
+            pg = ctx.new_page()
+            pg.goto(site.box.url + "/")
+            pg.wait_for_url("**/login**")
+            pg.locator("#name").wait_for()
+            assert pg.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+            shot(pg, f"login-{size}")
+        finally:
+            ctx.close()
 
 
 # -- the server's log, and the box going away (last: it stops the box) -------------------------

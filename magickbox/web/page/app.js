@@ -14,6 +14,7 @@ const esc = (v) =>
   String(v ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 
 let csrf = ""; // the session's CSRF token (from /me): sent back on every change
+let myRole = ""; // from /me: a viewer is offered no change (the API would refuse it)
 
 async function api(path, opts = {}) {
   const method = (opts.method || "GET").toUpperCase();
@@ -109,15 +110,24 @@ function dayRange(day) {
 
 const LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ".split("");
 const STATES = ["", "queued", "running", "done", "failed"];
+// The list's columns: header, and the API's sort key (sorted by the database).
+const COLUMNS = [["State", "state"], ["Job", "scratchdir"], ["Patient", "patient_id"], ["Bucket", "bucket"],
+  ["Sender", "caller_aet"], ["Peer IP", "caller_ip"], ["Received", "received_at"],
+  ["Duration", "processing_seconds"], ["Log", "log_size"]];
+const FILTER_KEYS = ["q", "state", "initial", "bucket"];
+
+// The filter of the list as the API's fields (no page, no sort): the list, the bulk
+// actions over "all matching" and the zip of all matching outputs ask with the same.
+function filterFields(p) {
+  const f = {};
+  for (const key of FILTER_KEYS) if (p.get(key)) f[key] = p.get(key);
+  if (p.get("day")) [f.since, f.until] = dayRange(p.get("day"));
+  return f;
+}
 
 function jobsQuery(p) {
-  const q = new URLSearchParams({ limit: PAGE_SIZE, offset: p.get("offset") || 0 });
-  for (const key of ["q", "state", "initial", "bucket"]) if (p.get(key)) q.set(key, p.get(key));
-  if (p.get("day")) {
-    const [since, until] = dayRange(p.get("day"));
-    q.set("since", since);
-    q.set("until", until);
-  }
+  const q = new URLSearchParams({ limit: PAGE_SIZE, offset: p.get("offset") || 0, ...filterFields(p) });
+  if (p.get("sort")) { q.set("sort", p.get("sort")); q.set("order", p.get("order") || "desc"); }
   return q;
 }
 
@@ -128,11 +138,24 @@ function setParam(p, key, value) {
   history.replaceState(null, "", "#/jobs" + (s ? "?" + s : ""));
 }
 
+function sortHeader(p, [label, key]) {
+  const on = p.get("sort") === key;
+  const order = on ? p.get("order") || "desc" : "";
+  const aria = on ? (order === "asc" ? "ascending" : "descending") : "none";
+  return `<th aria-sort="${aria}"><button class="sort${on ? " on" : ""}" data-sort="${key}" title="Sort by ${esc(label)}">${esc(label)}<span class="arrow">${on ? (order === "asc" ? "▲" : "▼") : ""}</span></button></th>`;
+}
+
 async function viewJobs(p) {
+  // The buckets come while the first rows are drawn: the list never waits for them.
+  const bucketNames = p.get("bucket") ? [p.get("bucket")] : [];
+  const bucketOptions = () => `<option value="">any bucket</option>${bucketNames.map((b) => `<option value="${esc(b)}" ${p.get("bucket") === b ? "selected" : ""}>${esc(b)}</option>`).join("")}`;
   main.innerHTML = `
     <section class="toolbar">
       <input id="q" type="search" placeholder="Search jobs: patient, study UID, sender, IP, bucket, state…" aria-label="Search jobs" value="${esc(p.get("q") || "")}">
       <select id="state" aria-label="State">${STATES.map((s) => `<option value="${s}" ${p.get("state") === s ? "selected" : ""}>${s || "any state"}</option>`).join("")}</select>
+      <select id="bucket" aria-label="Bucket">${bucketOptions()}</select>
+      <select id="sortby" class="narrow-only" aria-label="Sort by"><option value="">newest first</option>${COLUMNS.flatMap(([label, key]) => ["desc", "asc"].map((o) => `<option value="${key}:${o}" ${p.get("sort") === key && (p.get("order") || "desc") === o ? "selected" : ""}>${esc(label)} ${o === "asc" ? "▲" : "▼"}</option>`)).join("")}</select>
+      <label class="narrow-only pickline"><input type="checkbox" class="pickpage" id="pickpage-narrow"> Select this page</label>
       <span id="dayfilter"></span>
     </section>
     <nav class="letters" aria-label="Sender AE title starts with">
@@ -140,38 +163,103 @@ async function viewJobs(p) {
       ${LETTERS.map((l) => `<button data-letter="${l}" class="${p.get("initial") === l ? "on" : ""}">${l}</button>`).join("")}
     </nav>
     <div id="receiving"></div>
-    <table class="jobs">
-      <thead><tr><th>State</th><th>Job</th><th>Bucket</th><th>Sender</th><th>Peer IP</th><th>Received</th><th>Duration</th><th>Log</th><th></th></tr></thead>
+    <div id="bulkbar" class="bulkbar" role="region" aria-label="Selected jobs" hidden></div>
+    <p id="bulkmsg" class="msg" role="status"></p>
+    <table class="jobs list">
+      <thead><tr><th class="pick"><input type="checkbox" class="pickpage" id="pickpage" aria-label="Select the jobs on this page"></th>${COLUMNS.map((c) => sortHeader(p, c)).join("")}<th></th></tr></thead>
       <tbody id="rows"></tbody>
     </table>
-    <div class="pager" id="pager"></div>`;
+    <div class="pager" id="pager"></div>
+    <dialog id="confirm" class="confirm"><form method="dialog"><p id="confirm-text"></p>
+      <div class="buttons"><button value="no" class="btn" id="confirm-no">Cancel</button> <button value="yes" class="btn danger" id="confirm-yes">OK</button></div></form></dialog>`;
   const dayEl = document.getElementById("dayfilter");
   if (p.get("day")) {
     dayEl.innerHTML = `<span class="chip">received ${esc(p.get("day"))} <button aria-label="Clear day" id="clearday">×</button></span>`;
-    document.getElementById("clearday").onclick = () => { setParam(p, "day", ""); refresh(); };
+    document.getElementById("clearday").onclick = () => { setParam(p, "day", ""); refilter(); };
   }
+  const sel = { names: new Set(), all: false, total: 0, page: [] }; // what the bulk bar acts on
+  const refilter = () => { sel.names.clear(); sel.all = false; refresh(); }; // a new filter: a new selection
   let debounce = null;
   document.getElementById("q").addEventListener("input", (e) => {
     clearTimeout(debounce);
-    debounce = setTimeout(() => { setParam(p, "q", e.target.value.trim()); refresh(); }, 250);
+    debounce = setTimeout(() => { setParam(p, "q", e.target.value.trim()); refilter(); }, 250);
   });
-  document.getElementById("state").onchange = (e) => { setParam(p, "state", e.target.value); refresh(); };
+  document.getElementById("state").onchange = (e) => { setParam(p, "state", e.target.value); refilter(); };
+  document.getElementById("bucket").onchange = (e) => { setParam(p, "bucket", e.target.value); refilter(); };
+  const sortBy = (key, order) => {
+    setParam(p, "sort", key);
+    if (key) p.set("order", order); else p.delete("order");
+    history.replaceState(null, "", "#/jobs?" + p.toString());
+    for (const th of main.querySelectorAll("table.list thead th[aria-sort]")) {
+      const c = COLUMNS.find(([, k]) => k === th.querySelector("button").dataset.sort);
+      th.outerHTML = sortHeader(p, c);
+    }
+    bindSort();
+    refresh();
+  };
+  function bindSort() {
+    for (const b of main.querySelectorAll("button.sort")) {
+      b.onclick = () => {
+        const key = b.dataset.sort;
+        const order = p.get("sort") === key && (p.get("order") || "desc") === "desc" ? "asc" : "desc";
+        sortBy(key, order);
+      };
+    }
+  }
+  bindSort();
+  document.getElementById("sortby").onchange = (e) => { const [key, order] = e.target.value.split(":"); sortBy(key, order); };
   for (const b of main.querySelectorAll(".letters button")) {
     b.onclick = () => {
       setParam(p, "initial", b.dataset.letter);
       for (const o of main.querySelectorAll(".letters button")) o.classList.toggle("on", o === b);
-      refresh();
+      refilter();
+    };
+  }
+  const rowsEl = document.getElementById("rows");
+  rowsEl.addEventListener("change", (e) => {
+    if (!e.target.matches("input.pick")) return;
+    if (e.target.checked) sel.names.add(e.target.value);
+    else { // out of "all matching": the rest of this page stays selected
+      if (sel.all) for (const n of sel.page) sel.names.add(n);
+      sel.names.delete(e.target.value);
+      sel.all = false;
+    }
+    drawPicks(sel);
+    drawBulkBar(p, sel, bucketNames, refresh);
+  });
+  // The page's checkbox: in the header, and above the cards on a phone (no header there).
+  for (const box of main.querySelectorAll("input.pickpage")) {
+    box.onchange = (e) => {
+      for (const name of sel.page) if (e.target.checked) sel.names.add(name); else sel.names.delete(name);
+      if (!e.target.checked) sel.all = false;
+      drawPicks(sel);
+      drawBulkBar(p, sel, bucketNames, refresh);
     };
   }
   const token = viewToken;
+  getJSON("/buckets?all=true").then((buckets) => {
+    if (token !== viewToken) return;
+    const names = new Set([...bucketNames, ...buckets.map((b) => b.aetitle)]);
+    bucketNames.splice(0, bucketNames.length, ...[...names].sort());
+    document.getElementById("bucket").innerHTML = bucketOptions();
+    document.getElementById("bulkbar").dataset.key = ""; // its "Run again with" list too
+    drawBulkBar(p, sel, bucketNames, refresh);
+  }).catch(onError);
   let asked = 0;
   async function refresh() {
     const mine = ++asked; // only the newest answer is drawn (typing sends many)
-    const [data, sends] = await Promise.all([getJSON("/jobs?" + jobsQuery(p)), getJSON("/receiving")]);
+    // The rows first: what is still arriving is drawn when its answer comes.
+    const sendsP = getJSON("/receiving").catch(() => null);
+    const data = await getJSON("/jobs?" + jobsQuery(p));
     if (token !== viewToken || mine !== asked) return;
+    sel.total = data.total;
+    sel.page = data.jobs.map((j) => j.scratchdir);
     drawRows(data);
+    drawPicks(sel);
     drawPager(p, data, refresh);
-    drawReceiving(sends);
+    drawBulkBar(p, sel, bucketNames, refresh);
+    const sends = await sendsP;
+    if (sends && token === viewToken && mine === asked) drawReceiving(sends);
   }
   await refresh();
   every(refresh);
@@ -180,14 +268,17 @@ async function viewJobs(p) {
 function drawRows(data) {
   const rows = document.getElementById("rows");
   if (!data.jobs.length) {
-    rows.innerHTML = `<tr><td colspan="9" class="empty">No jobs match.</td></tr>`;
+    rows.innerHTML = `<tr><td colspan="${COLUMNS.length + 2}" class="empty">No jobs match.</td></tr>`;
     return;
   }
   rows.innerHTML = data.jobs.map((j) => {
     const href = `#/job/${encodeURIComponent(j.scratchdir)}`;
+    const who = [j.patient_id, personName(j.patient_name)].filter(Boolean).join(" · ");
     return `<tr data-job="${esc(j.scratchdir)}" data-state="${esc(j.state)}">
-      <td data-label="State">${badge(j.state)}</td>
-      <td data-label="Job"><a href="${href}" class="mono">${esc(j.scratchdir)}</a><div class="sub mono" title="StudyInstanceUID">${esc(j.study_uid || j.jobname)}</div>${j.patient_id ? `<div class="sub" title="PatientID, modalities">${esc(j.patient_id)}${(j.modalities || []).length ? " · " + esc(j.modalities.join(" ")) : ""}</div>` : ""}</td>
+      <td class="pick"><input type="checkbox" class="pick" value="${esc(j.scratchdir)}" aria-label="Select ${esc(j.scratchdir)}"></td>
+      <td data-label="State"><div class="cell">${badge(j.state)}${j.state === "failed" && j.reason ? `<div class="sub why" title="${esc(j.reason)}">${esc(j.reason)}</div>` : ""}</div></td>
+      <td data-label="Job"><div class="cell"><a href="${href}" class="mono">${esc(j.scratchdir)}</a><div class="sub mono" title="StudyInstanceUID">${esc(j.study_uid || j.jobname)}</div></div></td>
+      <td data-label="Patient"><div class="cell">${esc(who)}${(j.modalities || []).length ? `<div class="sub" title="modalities">${esc(j.modalities.join(" "))}</div>` : ""}</div></td>
       <td data-label="Bucket">${esc(j.bucket)}</td>
       <td data-label="Sender">${esc(j.caller_aet)}</td>
       <td data-label="Peer IP" class="mono">${esc(j.caller_ip)}</td>
@@ -199,13 +290,99 @@ function drawRows(data) {
   }).join("");
 }
 
+// The checkboxes as the selection says (the rows are drawn again at every poll).
+function drawPicks(sel) {
+  for (const box of document.querySelectorAll("#rows input.pick")) box.checked = sel.all || sel.names.has(box.value);
+  const picked = sel.page.filter((n) => sel.all || sel.names.has(n)).length;
+  for (const page of document.querySelectorAll("input.pickpage")) {
+    page.checked = sel.page.length > 0 && picked === sel.page.length;
+    page.indeterminate = picked > 0 && picked < sel.page.length;
+  }
+}
+
+const jobsWord = (n) => `${num(n)} job${n === 1 ? "" : "s"}`;
+
+// What is selected, and what can be done to it: retry, delete, download, run again.
+function drawBulkBar(p, sel, bucketNames, refresh) {
+  const bar = document.getElementById("bulkbar");
+  const count = sel.all ? sel.total : sel.names.size;
+  bar.hidden = count === 0;
+  if (!count) { bar.dataset.key = ""; return; }
+  const offerAll = !sel.all && sel.total > sel.names.size && sel.page.every((n) => sel.names.has(n));
+  const key = `${count}|${sel.all}|${offerAll}`;
+  if (bar.dataset.key === key) return; // unchanged: keep what the user chose in the bar
+  bar.dataset.key = key;
+  bar.innerHTML = `<span id="bulkcount"><b>${jobsWord(count)}</b> ${sel.all ? "(all matching the filter)" : "selected"}</span>
+    ${offerAll ? `<button class="btn small" id="pickall">Select all ${jobsWord(sel.total)} matching</button>` : ""}
+    <button class="btn small" id="picknone">Clear</button>
+    <span class="group"><button class="btn" id="bulk-download">Download outputs</button></span>
+    ${myRole === "viewer" ? "" : `<span class="group"><button class="btn" id="bulk-retry">Retry</button>
+    <button class="btn danger" id="bulk-delete">Delete</button></span>
+    <span class="group"><label for="bulk-bucket">Run again with</label>
+    <select id="bulk-bucket">${bucketNames.map((b) => `<option value="${esc(b)}">${esc(b)}</option>`).join("")}</select>
+    <button class="btn" id="bulk-run">Run</button></span>`}`;
+  const pickAll = document.getElementById("pickall");
+  if (pickAll) pickAll.onclick = () => { sel.all = true; drawPicks(sel); drawBulkBar(p, sel, bucketNames, refresh); };
+  document.getElementById("picknone").onclick = () => { sel.all = false; sel.names.clear(); drawPicks(sel); drawBulkBar(p, sel, bucketNames, refresh); };
+  const which = () => (sel.all ? { filter: filterFields(p) } : { scratchdirs: [...sel.names] });
+  const act = async (action, question, extra = {}) => {
+    if (question && !(await confirmed(question))) return;
+    bulkMessage("Working…");
+    try {
+      const res = await (await api("/jobs/bulk", { method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ action, ...which(), ...extra }) })).json();
+      const failed = res.failed.length ? `; ${jobsWord(res.failed.length)} could not: ` + res.failed.slice(0, 3).map((f) => `${f.scratchdir}: ${f.reason}`).join("; ") : "";
+      const verb = { retry: "Queued again", delete: "Deleted", run: "New jobs made for" }[action];
+      bulkMessage(`${verb}: ${jobsWord(res.done.length)}${failed}`, res.failed.length > 0);
+      sel.all = false; sel.names.clear();
+      await refresh();
+    } catch (e) { bulkMessage(e.message, true); }
+  };
+  document.getElementById("bulk-download").onclick = () => downloadOutputs(p, sel);
+  if (myRole === "viewer") return;
+  document.getElementById("bulk-retry").onclick = () => act("retry",
+    `Run ${jobsWord(count)} again? Each OUTPUT is replaced, and the results of done jobs are routed (sent) again.`);
+  document.getElementById("bulk-delete").onclick = () => act("delete",
+    `Delete ${jobsWord(count)} and all their files? This cannot be undone.`);
+  document.getElementById("bulk-run").onclick = () => {
+    const bucket = document.getElementById("bulk-bucket").value;
+    act("run", `Make ${jobsWord(count)} of bucket ${bucket} from the same studies in the archive?`, { run: { bucket } });
+  };
+}
+
+// One zip of the selected jobs' OUTPUTs, streamed by the box: the browser saves it.
+function downloadOutputs(p, sel) {
+  const q = sel.all ? new URLSearchParams(filterFields(p)) : new URLSearchParams([...sel.names].map((n) => ["scratchdir", n]));
+  const a = document.createElement("a");
+  a.href = `${API}/jobs.zip?${q}`;
+  a.download = "";
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+}
+
+function bulkMessage(text, bad) {
+  const m = document.getElementById("bulkmsg");
+  if (m) { m.textContent = text; m.className = "msg " + (bad ? "bad" : "good"); }
+}
+
+// A question in a dialog of the page (says what and how many); resolves true for OK.
+function confirmed(question) {
+  const dlg = document.getElementById("confirm");
+  document.getElementById("confirm-text").textContent = question;
+  dlg.returnValue = "";
+  dlg.showModal();
+  return new Promise((resolve) => dlg.addEventListener("close", () => resolve(dlg.returnValue === "yes"), { once: true }));
+}
+
 function drawPager(p, data, refresh) {
   const el = document.getElementById("pager");
   const from = data.total ? data.offset + 1 : 0;
   const to = data.offset + data.jobs.length;
+  const first = p.get("sort") ? "‹ Previous" : "‹ Newer", next = p.get("sort") ? "Next ›" : "Older ›";
   el.innerHTML = `<span id="count">${num(from)}–${num(to)} of ${num(data.total)} jobs</span>
-    <button id="prev" ${data.offset ? "" : "disabled"}>‹ Newer</button>
-    <button id="next" ${to < data.total ? "" : "disabled"}>Older ›</button>`;
+    <button id="prev" ${data.offset ? "" : "disabled"}>${first}</button>
+    <button id="next" ${to < data.total ? "" : "disabled"}>${next}</button>`;
   const go = (offset) => { setParam(p, "offset", offset ? String(offset) : ""); refresh(); };
   document.getElementById("prev").onclick = () => go(Math.max(0, data.offset - PAGE_SIZE));
   document.getElementById("next").onclick = () => go(data.offset + PAGE_SIZE);
@@ -902,6 +1079,7 @@ window.addEventListener("hashchange", route);
   try {
     const me = await getJSON("/me");
     csrf = me.csrf || "";
+    myRole = me.role || "";
     const el = document.getElementById("who");
     el.hidden = false;
     el.querySelector(".user").textContent = `${me.name} (${me.role})`;
