@@ -23,6 +23,29 @@ needs_slurm = pytest.mark.skipif(
 )
 
 
+# The box asks squeue five times a second (1 s by default) and groups a study after 0.3 s
+# of quiet: the tests wait for Slurm, not for the box's pace.
+FAST_ENV = {"MAGICKBOX_SLURM_POLL_SECONDS": "0.2"}
+QUIET = 0.3
+
+
+def gated_sh(before: str = "") -> str:
+    """Notes the run, then waits until the test opens the gate ($MB_MEMORY/go): a job that
+    is surely still running in Slurm at whatever moment the test needs it to be."""
+    return f"""#!/bin/sh
+echo "$MB_SCRATCHDIR" >> "$MB_MEMORY/runs.txt"
+{before}
+for i in $(seq 3000); do [ -e "$MB_MEMORY/go" ] && break; sleep 0.1; done
+cp -r "$1/." "$2/"
+touch "$2/slept"
+echo '[{{"success": "success"}}]' > "$MB_PROC_JSON"
+"""
+
+
+def open_gate(home: Path, bucket: str) -> None:
+    (home / "memory" / bucket / "go").touch()
+
+
 def sleep_sh(seconds: int) -> str:
     return f"""#!/bin/sh
 echo "$MB_SCRATCHDIR" >> "$MB_MEMORY/runs.txt"
@@ -44,6 +67,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
         os.environ.pop("SLURM_CONF", None)
     else:
         os.environ["SLURM_CONF"] = old
+
+
+@pytest.fixture
+def slurm_box(box_factory, cluster: SlurmCluster):  # type: ignore[no-untyped-def]
+    """box_factory with the fast polling above (``env`` given adds to it)."""
+
+    def make(**kw: object) -> BoxServer:
+        kw["env"] = {**FAST_ENV, **kw.get("env", {})}  # type: ignore[dict-item]
+        kw.setdefault("quiet", QUIET)
+        return box_factory(**kw)  # type: ignore[no-any-return]
+
+    return make
 
 
 @pytest.fixture

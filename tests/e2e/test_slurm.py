@@ -20,20 +20,35 @@ from magickbox.config import Settings
 from magickbox.testing.dicomgen import write_study
 from magickbox.testing.slurmcluster import SlurmCluster
 from tests.conftest import dcmtk
-from tests.e2e.peers import api_job, api_jobs, install_buckets, job_dir, wait_for, wait_jobs
+from tests.e2e.destinations import StoreSCP
+from tests.e2e.peers import (
+    api_job,
+    api_jobs,
+    install_buckets,
+    job_dir,
+    send_files,
+    wait_for,
+    wait_jobs,
+)
 from tests.e2e.slurm import (
     cluster,
     empty_queue,
+    gated_sh,
     needs_slurm,
+    open_gate,
     running_in_slurm,
     runs,
     send,
     sleep_sh,
+    slurm_box,
     slurm_bucket,
     squeue_names,
 )
 from tests.e2e.test_containers import ENV as CONTAINER_ENV
 from tests.e2e.test_containers import image, install
+from tests.e2e.test_routing import FAST as ROUTING_FAST
+from tests.e2e.test_routing import dest as route_to
+from tests.e2e.test_routing import save_table, wait_sends
 
 pytestmark = [
     pytest.mark.e2e,
@@ -41,7 +56,7 @@ pytestmark = [
     needs_slurm,
     pytest.mark.usefixtures(empty_queue.__name__),
 ]
-__all__ = ["cluster", "empty_queue", "image"]  # fixtures used by name
+__all__ = ["cluster", "empty_queue", "image", "slurm_box"]  # fixtures used by name
 
 COPY_SH = """#!/bin/sh
 set -eu
@@ -52,11 +67,11 @@ echo "$MB_SCRATCHDIR" >> "$MB_MEMORY/runs.txt"
 
 
 def test_storescu_to_a_slurm_bucket_runs_as_a_slurm_job(
-    box_factory, tmp_path: Path, cluster: SlurmCluster
+    slurm_box, tmp_path: Path, cluster: SlurmCluster
 ) -> None:  # type: ignore[no-untyped-def]
     home = tmp_path / "home"
     install_buckets(home, Copy=(COPY_SH, slurm_bucket()))
-    box = box_factory(home=home)
+    box = slurm_box(home=home)
     study = write_study(tmp_path / "study", n_images=2, rows=16, cols=16)
     res = box.storescu(study.paths[0].parent, "Copy", "ip44")
     assert res.returncode == 0, res.stderr
@@ -72,12 +87,12 @@ def test_storescu_to_a_slurm_bucket_runs_as_a_slurm_job(
 
 
 def test_max_submitted_caps_the_jobs_in_slurm(
-    box_factory, tmp_path: Path, cluster: SlurmCluster
+    slurm_box, tmp_path: Path, cluster: SlurmCluster
 ) -> None:  # type: ignore[no-untyped-def]
     """20 studies, slurm_max_submitted = 4: never more than 4 in Slurm, submitted FIFO."""
     home = tmp_path / "home"
     install_buckets(home, Nap=(sleep_sh(1), slurm_bucket(concurrency=20)))
-    box = box_factory(home=home, env={"MAGICKBOX_SLURM_MAX_SUBMITTED": "4"})
+    box = slurm_box(home=home, env={"MAGICKBOX_SLURM_MAX_SUBMITTED": "4"})
     most = 0
     stop = threading.Event()
 
@@ -103,11 +118,11 @@ def test_max_submitted_caps_the_jobs_in_slurm(
 
 
 def test_delete_of_a_running_job_cancels_it_in_slurm(
-    box_factory, tmp_path: Path, cluster: SlurmCluster
+    slurm_box, tmp_path: Path, cluster: SlurmCluster
 ) -> None:  # type: ignore[no-untyped-def]
     home = tmp_path / "home"
     install_buckets(home, Long=(sleep_sh(300), slurm_bucket()))
-    box = box_factory(home=home)
+    box = slurm_box(home=home)
     send(box, tmp_path, "Long", "del")
     scratchdir = running_in_slurm(home, "Long", cluster)
     res = box.delete(f"/api/v1/jobs/{scratchdir}", timeout=60)
@@ -116,11 +131,11 @@ def test_delete_of_a_running_job_cancels_it_in_slurm(
 
 
 def test_scancel_from_outside_fails_the_job_with_the_reason(
-    box_factory, tmp_path: Path, cluster: SlurmCluster
+    slurm_box, tmp_path: Path, cluster: SlurmCluster
 ) -> None:  # type: ignore[no-untyped-def]
     home = tmp_path / "home"
     install_buckets(home, Long=(sleep_sh(300), slurm_bucket()))
-    box = box_factory(home=home)
+    box = slurm_box(home=home)
     send(box, tmp_path, "Long", "ext")
     scratchdir = running_in_slurm(home, "Long", cluster)
     cluster.cmd("scancel", f"--name={scratchdir}")
@@ -129,21 +144,35 @@ def test_scancel_from_outside_fails_the_job_with_the_reason(
 
 
 def test_kill9_of_the_box_while_a_job_runs_in_slurm_finishes_it_once(
-    box_factory, tmp_path: Path, cluster: SlurmCluster
+    slurm_box, tmp_path: Path, cluster: SlurmCluster
 ) -> None:  # type: ignore[no-untyped-def]
+    """The job runs on in Slurm while the box is down; the restarted box adopts it (not
+    run again), and its OUTPUT is routed once, as if nothing had happened."""
     home = tmp_path / "home"
-    install_buckets(home, Nap=(sleep_sh(6), slurm_bucket()))
-    box = box_factory(home=home)
-    send(box, tmp_path, "Nap", "crash")
-    scratchdir = running_in_slurm(home, "Nap", cluster)
-    box.kill9()
-    assert scratchdir in squeue_names(cluster), "the Slurm job must outlive the box"
-    again = box_factory(home=home, web_port=box.web_port, dicom_port=box.dicom_port)
-    (job,) = wait_jobs(again, 1, timeout=90)
-    assert job["state"] == "done", job
-    assert runs(home, "Nap") == [scratchdir]  # adopted, not run again
-    assert (job_dir(again, scratchdir) / "OUTPUT" / "slept").exists()
-    assert "watching Slurm job" in (job_dir(again, scratchdir) / "processing.log").read_text()
+    install_buckets(home, Gate=(gated_sh(), slurm_bucket()))
+    dest = StoreSCP(tmp_path / "dest", "DEST").start()
+    try:
+        box = slurm_box(home=home, env=ROUTING_FAST)
+        save_table(box, [{"send": [{"success": route_to(dest.port, "DEST")}]}])
+        study = write_study(tmp_path / "crash", n_images=2, rows=16, cols=16)
+        assert len(send_files(box.dicom_port, "Gate", study.paths, calling="crash").ok) == 2
+        scratchdir = running_in_slurm(home, "Gate", cluster)
+        box.kill9()
+        assert scratchdir in squeue_names(cluster), "the Slurm job must outlive the box"
+        again = slurm_box(home=home, env=ROUTING_FAST, web_port=box.web_port,
+                          dicom_port=box.dicom_port)  # fmt: skip
+        log = job_dir(again, scratchdir) / "processing.log"
+        wait_for("the adoption", lambda: "watching Slurm job" in log.read_text(), 60)
+        assert scratchdir in squeue_names(cluster)  # still running: adopted, not re-run
+        open_gate(home, "Gate")
+        (job,) = wait_jobs(again, 1, timeout=90)
+        assert job["state"] == "done", job
+        wait_sends(again, scratchdir, "done")
+        assert runs(home, "Gate") == [scratchdir]  # ran once
+        assert (job_dir(again, scratchdir) / "OUTPUT" / "slept").exists()
+        assert dest.sop_uids() == sorted(study.sop_uids)  # routed once, nothing lost
+    finally:
+        dest.stop()
 
 
 def test_sbatch_missing_keeps_the_job_waiting_with_a_reason(tmp_path: Path) -> None:
@@ -161,14 +190,14 @@ def test_sbatch_missing_keeps_the_job_waiting_with_a_reason(tmp_path: Path) -> N
 
 
 def test_slurm_state_shows_in_the_api_getscratch_and_getstatus_and_delete_empties_squeue(
-    box_factory, tmp_path: Path, cluster: SlurmCluster
+    slurm_box, tmp_path: Path, cluster: SlurmCluster
 ) -> None:  # type: ignore[no-untyped-def]
     """Held jobs are PENDING in Slurm: queued for getStatus; one released runs on the node.
     Deleting the pending one and the running one leaves nothing in squeue."""
     home = tmp_path / "home"
     held = slurm_bucket(concurrency=2, slurm={"extra": ["--hold"]})
     install_buckets(home, Held=(sleep_sh(300), held))
-    box = box_factory(home=home)
+    box = slurm_box(home=home)
     send(box, tmp_path, "Held", "held1")
     send(box, tmp_path, "Held", "held2")
     wait_for("two jobs in Slurm", lambda: cluster.squeue_count() == 2, 60)
@@ -274,11 +303,11 @@ def slurm_job_id(folder: Path) -> int:
 
 
 def test_slurmctld_down_at_submit_the_job_waits_with_a_reason_and_goes_when_it_is_back(
-    box_factory, tmp_path: Path, cluster: SlurmCluster
+    slurm_box, tmp_path: Path, cluster: SlurmCluster
 ) -> None:  # type: ignore[no-untyped-def]
     home = tmp_path / "home"
     install_buckets(home, Copy=(COPY_SH, slurm_bucket()))
-    box = box_factory(home=home, env={"MAGICKBOX_SLURM_CHECK_SECONDS": "0"})
+    box = slurm_box(home=home, env={"MAGICKBOX_SLURM_CHECK_SECONDS": "0"})
     cluster.stop_daemon("slurmctld")
     try:
         send(box, tmp_path, "Copy", "down")
@@ -293,7 +322,7 @@ def test_slurmctld_down_at_submit_the_job_waits_with_a_reason_and_goes_when_it_i
 
 
 def test_the_seed_commands_verbatim_with_procbucket_on_slurm(
-    box_factory, tmp_path: Path, cluster: SlurmCluster
+    slurm_box, tmp_path: Path, cluster: SlurmCluster
 ) -> None:  # type: ignore[no-untyped-def]
     """storescu, getScratch | jq and the getOutputZip loop, as the manual has them."""
     from tests.e2e.test_seed import DOWNLOAD, FILE_LIST, SEND, bash, fill
@@ -301,7 +330,7 @@ def test_the_seed_commands_verbatim_with_procbucket_on_slurm(
     bindir = tmp_path / "bin"
     bindir.mkdir()
     (bindir / "storescu").symlink_to(dcmtk("storescu"))
-    box = box_factory(home=tmp_path / "home", env={"MAGICKBOX_EXECUTOR": "slurm"})
+    box = slurm_box(home=tmp_path / "home", env={"MAGICKBOX_EXECUTOR": "slurm"})
     study = write_study(tmp_path / "subject", n_images=2, rows=32, cols=32)
     work = tmp_path / "work"
     work.mkdir()
@@ -317,12 +346,12 @@ def test_the_seed_commands_verbatim_with_procbucket_on_slurm(
 
 @pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed")
 def test_a_container_bucket_on_slurm_runs_podman_on_the_node(
-    box_factory, tmp_path: Path, cluster: SlurmCluster, image: str
+    slurm_box, tmp_path: Path, cluster: SlurmCluster, image: str
 ) -> None:  # type: ignore[no-untyped-def]
     """The image's probe: INPUT read-only, only a loopback interface, /memory kept."""
     home = tmp_path / "home"
     install(home, "Probe", image, "probe.sh", executor="slurm")
-    box = box_factory(home=home, env=CONTAINER_ENV)
+    box = slurm_box(home=home, env=CONTAINER_ENV)
     send(box, tmp_path, "Probe", "probe")
     (job,) = wait_jobs(box, 1, timeout=120)
     folder = job_dir(box, job["scratchdir"])

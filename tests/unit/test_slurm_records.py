@@ -91,6 +91,12 @@ def test_a_job_slurm_cancelled_while_the_box_was_down_fails_with_slurms_word(
     assert result.reason == "Slurm job 42 ended CANCELLED" and result.exit_code == 143, result
 
 
+def test_slurms_own_time_limit_while_the_box_was_down_is_a_timeout(tmp_path: Path) -> None:
+    bin_dir = fake_bin(tmp_path / "bin", sacct="echo 'TIMEOUT|0:15|TimeLimit'")
+    result = adopted_end(tmp_path, bin_dir)
+    assert result.timed_out and result.reason == "Slurm time limit reached", result
+
+
 def test_a_job_slurm_forgot_fails_with_a_clear_reason(tmp_path: Path) -> None:
     result = adopted_end(tmp_path, fake_bin(tmp_path / "bin"))
     assert result.exit_code is None
