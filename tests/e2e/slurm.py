@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from magickbox.buckets.runner import RunRequest
 from magickbox.testing.dicomgen import write_study
 from magickbox.testing.slurmcluster import SlurmCluster, available
 from tests.conftest import BoxServer
-from tests.e2e.peers import send_files, wait_for
+from tests.e2e.peers import api_jobs, send_files, wait_for
 
 # Skipped only where Slurm is not installed and CI is not set: install.sh installs it.
 needs_slurm = pytest.mark.skipif(
@@ -109,3 +110,38 @@ def running_in_slurm(home: Path, bucket: str, cluster: SlurmCluster) -> str:
 
 def squeue_names(cluster: SlurmCluster) -> str:
     return cluster.cmd("squeue", "-h", "-o", "%j", check=False).stdout
+
+
+COPY_SH = """#!/bin/sh
+set -eu
+echo "on $(hostname) as slurm job $SLURM_JOB_ID"
+cp -r "$1/." "$2/"
+echo "$MB_SCRATCHDIR" >> "$MB_MEMORY/runs.txt"
+"""
+
+
+def slurm_of(box, status: str, contains: str = "") -> list[dict]:  # type: ignore[no-untyped-def]
+    """The jobs whose Slurm status (in /api/v1/jobs) is ``status`` (or contains
+    ``contains``), oldest first."""
+    found = reversed(api_jobs(box))
+    if contains:
+        return [j for j in found if contains in (j["slurm"] or "")]
+    return [j for j in found if j["slurm"] == status]
+
+
+def status_row(box, bucket: str) -> list:  # type: ignore[no-untyped-def]
+    rows = box.get("/code/php/getStatus.php").json()
+    return next(r for r in rows if r[0] == bucket)
+
+
+def one_job(tmp_path: Path, name: str, script: str = "") -> tuple[RunRequest, Path]:
+    """A job folder for a SlurmExecutor of its own; its work.sh (``script``, by default one
+    that notes each run in ``runs`` beside it)."""
+    job = tmp_path / name
+    (job / "INPUT").mkdir(parents=True)
+    (job / "OUTPUT").mkdir()
+    work = job / "work.sh"
+    noting = f'#!/bin/sh\necho run >> {job}/runs\nsleep 1\ntouch "$2/done"\n'
+    work.write_text(script or noting)
+    work.chmod(0o755)
+    return RunRequest(name, job, work, [], {}, 60.0, executor="slurm"), job / "runs"

@@ -1,6 +1,6 @@
-"""How a job ends when the box, not the job, says so: the bucket's timeout (scancel) and a
-job whose exit code file never came (Slurm's own record, by scontrol: the test cluster has
-no accounting, so sacct refuses and the fallback after it answers).
+"""How a job ends when not the job itself says so: a delete, a scancel from outside, the
+bucket's timeout (scancel), and a job whose exit code file never came (then Slurm's own
+record tells, by scontrol: the test cluster has no accounting, so sacct refuses first).
 
 Slurm's own time limit (the script's --time, the backstop for when the box is down) counts
 in whole minutes and is checked every 30 s, so no test waits for it: the unit tests check
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from magickbox.buckets.runner import RunRequest, RunResult
+from magickbox.buckets.runner import RunResult
 from magickbox.buckets.slurm import SlurmExecutor
 from magickbox.config import Settings
 from magickbox.testing.slurmcluster import SlurmCluster
@@ -22,6 +22,7 @@ from tests.e2e.slurm import (
     cluster,
     empty_queue,
     needs_slurm,
+    one_job,
     running_in_slurm,
     send,
     sleep_sh,
@@ -60,13 +61,8 @@ def test_a_job_whose_exit_code_file_never_came_ends_from_slurms_record(
 ) -> None:
     """work.sh takes the exit file's place (a folder where slurm.sh writes it) and exits 3:
     the exit code comes from scontrol."""
-    job = tmp_path / "sd-lost"
-    (job / "INPUT").mkdir(parents=True)
-    (job / "OUTPUT").mkdir()
-    work = job / "work.sh"
-    work.write_text("#!/bin/sh\nmkdir .slurm-exit.tmp\nexit 3\n")
-    work.chmod(0o755)
-    req = RunRequest("sd-lost", job, work, [], {}, 60.0, executor="slurm")
+    req, _ = one_job(tmp_path, "sd-lost", "#!/bin/sh\nmkdir .slurm-exit.tmp\nexit 3\n")
+    job = req.job_dir
     results: list[RunResult] = []
     ex = SlurmExecutor(Settings(home=tmp_path), poll=0.2)
     try:
@@ -76,3 +72,29 @@ def test_a_job_whose_exit_code_file_never_came_ends_from_slurms_record(
         ex.shutdown()
     assert results[0].exit_code == 3 and not (job / ".slurm-exit").is_file(), results
     assert "no exit code file: Slurm says FAILED, exit 3" in (job / "processing.log").read_text()
+
+
+def test_delete_of_a_running_job_cancels_it_in_slurm(
+    slurm_box, tmp_path: Path, cluster: SlurmCluster
+) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    install_buckets(home, Long=(sleep_sh(300), slurm_bucket()))
+    box = slurm_box(home=home)
+    send(box, tmp_path, "Long", "del")
+    scratchdir = running_in_slurm(home, "Long", cluster)
+    res = box.delete(f"/api/v1/jobs/{scratchdir}", timeout=60)
+    assert res.status_code in (200, 204), res.text
+    wait_for("Slurm to forget the running job", lambda: cluster.squeue_count() == 0, 60)
+
+
+def test_scancel_from_outside_fails_the_job_with_the_reason(
+    slurm_box, tmp_path: Path, cluster: SlurmCluster
+) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    install_buckets(home, Long=(sleep_sh(300), slurm_bucket()))
+    box = slurm_box(home=home)
+    send(box, tmp_path, "Long", "ext")
+    scratchdir = running_in_slurm(home, "Long", cluster)
+    cluster.cmd("scancel", f"--name={scratchdir}")
+    (job,) = wait_jobs(box, 1, timeout=60)
+    assert job["state"] == "failed" and "CANCELLED" in job["reason"], job
