@@ -123,16 +123,8 @@ def test_the_scrub_frees_down_to_the_low_mark_and_spares_running_and_unsent_jobs
         nowhere = free_port()  # nothing listens: the send fails and is retried in an hour
         to_nowhere = {"IP": "127.0.0.1", "PORT": nowhere, "AETitleSender": "MB",
                       "AETitleTo": "NOWHERE"}  # fmt: skip
-        table = {
-            "routing": [
-                {
-                    "name": "to nowhere",
-                    "AETitleIn": "^Unsent$",
-                    "RouteDirectory": "INPUT",
-                    "send": [{".*": to_nowhere}],
-                }
-            ]
-        }
+        table = {"routing": [{"name": "to nowhere", "AETitleIn": "^Unsent$",
+                              "RouteDirectory": "INPUT", "send": [{".*": to_nowhere}]}]}
         (home / "routing.json").write_text(json.dumps(table))
         settings = {"scrub_high": 50, "scrub_low": 30, "sweep_seconds": 0.3,
                     "disk_reserve": 0, "routing_retry_delay": 3600}  # fmt: skip
@@ -160,7 +152,6 @@ def test_the_scrub_frees_down_to_the_low_mark_and_spares_running_and_unsent_jobs
 
 def scrub_scene(box: BoxServer, tmp_path: Path) -> dict:
     """Send the studies: one to Gated (left running), one to Unsent, six to Keep."""
-
     def send(bucket: str, n: int) -> None:
         study = tmp_path / f"s{n}"
         write_study(study, n_images=10, rows=IMAGE, cols=IMAGE, seed=100 + n)
@@ -172,12 +163,8 @@ def scrub_scene(box: BoxServer, tmp_path: Path) -> dict:
     send("Unsent", 1)
     unsent = wait_jobs(box, 1, bucket="Unsent")[0]
     sends = f"/api/v1/jobs/{unsent['scratchdir']}/sends"
-    first = wait_for(
-        "the failed first try",
-        lambda: [
-            s for s in box.get(sends).json() if s["attempts"] >= 1 and s["state"] == "pending"
-        ],
-    )[0]
+    first = wait_for("the failed first try", lambda: [
+        s for s in box.get(sends).json() if s["attempts"] >= 1 and s["state"] == "pending"])[0]
     assert first["reason"], first  # it failed, and its retry is in an hour
     for n in range(2, 8):
         send("Keep", n)

@@ -97,7 +97,7 @@ def test_a_trickled_body_is_timed_out(box: BoxServer) -> None:
     head = (
         "POST /code/php/processZip.php HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         "Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 1000000\r\n\r\n"
-        '--XyZ\r\nContent-Disposition: form-data; name="theFile"; filename="a.zip"\r\n\r\n'
+        "--XyZ\r\nContent-Disposition: form-data; name=\"theFile\"; filename=\"a.zip\"\r\n\r\n"
     )
     with socket.create_connection(("127.0.0.1", box.web_port), timeout=30) as conn:
         conn.sendall(head.encode())
