@@ -15,7 +15,7 @@ from magickbox.buckets.runner import RunRequest
 from magickbox.testing.dicomgen import write_study
 from magickbox.testing.slurmcluster import SlurmCluster, available
 from tests.conftest import BoxServer
-from tests.e2e.peers import api_jobs, send_files, wait_for
+from tests.e2e.peers import api_jobs, install_buckets, send_files, wait_for
 
 # Skipped only where Slurm is not installed and CI is not set: install.sh installs it.
 needs_slurm = pytest.mark.skipif(
@@ -45,6 +45,23 @@ echo '[{{"success": "success"}}]' > "$MB_PROC_JSON"
 
 def open_gate(home: Path, bucket: str) -> None:
     (home / "memory" / bucket / "go").touch()
+
+
+def slurm_module_marks() -> list[pytest.MarkDecorator]:
+    """The pytestmark of a Slurm test module: e2e, long (handed out first under pytest -n),
+    skipped without Slurm, and the cluster's queue emptied after each test."""
+    usefixtures = pytest.mark.usefixtures("empty_queue")
+    return [pytest.mark.e2e, pytest.mark.long, needs_slurm, usefixtures]
+
+
+def long_job_running(make_box, tmp_path: Path, cluster: SlurmCluster, name: str):  # type: ignore[no-untyped-def]
+    """A box whose bucket Long sleeps 300 s, and the scratchdir of its one job, once it runs
+    in Slurm."""
+    home = tmp_path / "home"
+    install_buckets(home, Long=(sleep_sh(300), slurm_bucket()))
+    box = make_box(home=home)
+    send(box, tmp_path, "Long", name)
+    return box, running_in_slurm(home, "Long", cluster)
 
 
 def sleep_sh(seconds: int) -> str:

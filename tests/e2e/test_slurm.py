@@ -34,24 +34,19 @@ from tests.e2e.slurm import (
     COPY_SH,
     cluster,
     empty_queue,
-    needs_slurm,
     runs,
     send,
     sleep_sh,
     slurm_box,
     slurm_bucket,
+    slurm_module_marks,
     slurm_of,
     status_row,
 )
 from tests.e2e.test_containers import ENV as CONTAINER_ENV
 from tests.e2e.test_containers import image, install
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.long,
-    needs_slurm,
-    pytest.mark.usefixtures(empty_queue.__name__),
-]
+pytestmark = slurm_module_marks()
 __all__ = ["cluster", "empty_queue", "image", "slurm_box"]  # fixtures used by name
 
 

@@ -26,7 +26,6 @@ from tests.e2e.slurm import (
     cluster,
     empty_queue,
     gated_sh,
-    needs_slurm,
     one_job,
     open_gate,
     running_in_slurm,
@@ -34,6 +33,7 @@ from tests.e2e.slurm import (
     send,
     slurm_box,
     slurm_bucket,
+    slurm_module_marks,
     slurm_of,
     squeue_names,
     status_row,
@@ -42,12 +42,7 @@ from tests.e2e.test_routing import FAST as ROUTING_FAST
 from tests.e2e.test_routing import dest as route_to
 from tests.e2e.test_routing import save_table, wait_sends
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.long,
-    needs_slurm,
-    pytest.mark.usefixtures(empty_queue.__name__),
-]
+pytestmark = slurm_module_marks()
 __all__ = ["cluster", "empty_queue", "slurm_box"]  # fixtures used by name
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from magickbox.buckets.runner import RunResult
 from magickbox.buckets.slurm import SlurmExecutor
 from magickbox.config import Settings
@@ -21,21 +19,17 @@ from tests.e2e.peers import install_buckets, job_dir, wait_for, wait_jobs
 from tests.e2e.slurm import (
     cluster,
     empty_queue,
-    needs_slurm,
+    long_job_running,
     one_job,
     running_in_slurm,
     send,
     sleep_sh,
     slurm_box,
     slurm_bucket,
+    slurm_module_marks,
 )
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.long,
-    needs_slurm,
-    pytest.mark.usefixtures(empty_queue.__name__),
-]
+pytestmark = slurm_module_marks()
 __all__ = ["cluster", "empty_queue", "slurm_box"]  # fixtures used by name
 
 
@@ -77,11 +71,7 @@ def test_a_job_whose_exit_code_file_never_came_ends_from_slurms_record(
 def test_delete_of_a_running_job_cancels_it_in_slurm(
     slurm_box, tmp_path: Path, cluster: SlurmCluster
 ) -> None:  # type: ignore[no-untyped-def]
-    home = tmp_path / "home"
-    install_buckets(home, Long=(sleep_sh(300), slurm_bucket()))
-    box = slurm_box(home=home)
-    send(box, tmp_path, "Long", "del")
-    scratchdir = running_in_slurm(home, "Long", cluster)
+    box, scratchdir = long_job_running(slurm_box, tmp_path, cluster, "del")
     res = box.delete(f"/api/v1/jobs/{scratchdir}", timeout=60)
     assert res.status_code in (200, 204), res.text
     wait_for("Slurm to forget the running job", lambda: cluster.squeue_count() == 0, 60)
@@ -90,11 +80,7 @@ def test_delete_of_a_running_job_cancels_it_in_slurm(
 def test_scancel_from_outside_fails_the_job_with_the_reason(
     slurm_box, tmp_path: Path, cluster: SlurmCluster
 ) -> None:  # type: ignore[no-untyped-def]
-    home = tmp_path / "home"
-    install_buckets(home, Long=(sleep_sh(300), slurm_bucket()))
-    box = slurm_box(home=home)
-    send(box, tmp_path, "Long", "ext")
-    scratchdir = running_in_slurm(home, "Long", cluster)
+    box, scratchdir = long_job_running(slurm_box, tmp_path, cluster, "ext")
     cluster.cmd("scancel", f"--name={scratchdir}")
     (job,) = wait_jobs(box, 1, timeout=60)
     assert job["state"] == "failed" and "CANCELLED" in job["reason"], job
