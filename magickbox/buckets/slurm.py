@@ -74,6 +74,9 @@ class SlurmExecutor:
         self._poll = poll or settings.slurm_poll_seconds
         self._waiting: deque[Tracked] = deque()
         self._submitted: dict[str, Tracked] = {}  # scratchdir -> submitted job
+        # The job sbatch is handing over right now (seconds when slurmctld does not
+        # answer): still shown, counted as queued, and cancellable meanwhile.
+        self._in_flight: Tracked | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -92,7 +95,7 @@ class SlurmExecutor:
             waiting = next((t for t in self._waiting if t.req.scratchdir == scratchdir), None)
             if waiting is not None:
                 self._waiting.remove(waiting)
-            tracked = self._submitted.get(scratchdir)
+            tracked = self._submitted.get(scratchdir) or self._flying(scratchdir)
             if tracked is not None:
                 tracked.cancelled = True
         if waiting is not None:  # never reached Slurm: it ends here
@@ -117,15 +120,20 @@ class SlurmExecutor:
     def status(self, scratchdir: str) -> str | None:
         """E.g. "PENDING (Resources)" or "RUNNING on node1"; None: not a job of this executor."""
         with self._lock:
-            tracked = self._submitted.get(scratchdir)
+            tracked = self._submitted.get(scratchdir) or self._flying(scratchdir)
             if tracked is None:
                 tracked = next((t for t in self._waiting if t.req.scratchdir == scratchdir), None)
             return tracked.status if tracked else None
 
+    def _flying(self, scratchdir: str) -> Tracked | None:
+        t = self._in_flight
+        return t if t is not None and t.req.scratchdir == scratchdir else None
+
     def statuses(self) -> dict[str, SlurmStatus]:
         """Every job of this executor (waiting in the box or handed to Slurm), by scratchdir."""
         with self._lock:
-            found = {t.req.scratchdir: t.view() for t in self._waiting}
+            flying = [self._in_flight] if self._in_flight else []
+            found = {t.req.scratchdir: t.view() for t in [*self._waiting, *flying]}
             found.update({name: t.view() for name, t in self._submitted.items()})
         return found
 
@@ -170,24 +178,35 @@ class SlurmExecutor:
             with self._lock:
                 if not self._waiting or len(self._submitted) >= self.settings.slurm_max_submitted:
                     return
-                tracked = self._waiting.popleft()
+                tracked = self._in_flight = self._waiting.popleft()
             try:
                 if tracked.prepared:  # adopted: slurm.sh and its token are there already
                     tracked.job_id = self._submit(tracked.req)
                 else:
                     tracked.job_id = self._sbatch(tracked.req)
             except SubmitError as exc:
-                # slurmctld down or refusing: the job waits in the box, first in line.
-                tracked.status = f"waiting: sbatch failed ({exc}); retrying"
-                with self._lock:
-                    self._waiting.appendleft(tracked)
-                self._next_try = time.monotonic() + RETRY_POLLS * self._poll
+                self._submit_failed(tracked, str(exc))
                 return
             tracked.status = "submitted"
             (tracked.req.job_dir / JOB_ID_FILE).write_text(tracked.job_id + "\n")
             log_line(tracked.req.job_dir, f"submitted to Slurm as job {tracked.job_id}")
             with self._lock:
                 self._submitted[tracked.req.scratchdir] = tracked
+                self._in_flight = None
+            if tracked.cancelled:  # deleted during sbatch: the monitor reports its end
+                self._run(["scancel", tracked.job_id])
+
+    def _submit_failed(self, tracked: Tracked, why: str) -> None:
+        """slurmctld down or refusing: the job waits in the box, first in line (or ends, when
+        it was deleted meanwhile)."""
+        tracked.status = f"waiting: sbatch failed ({why}); retrying"
+        with self._lock:
+            self._in_flight = None
+            if not tracked.cancelled:
+                self._waiting.appendleft(tracked)
+        if tracked.cancelled:
+            tracked.done(tracked.req, RunResult(None, "cancelled", cancelled=True))
+        self._next_try = time.monotonic() + RETRY_POLLS * self._poll
 
     def _check_submitted(self) -> None:
         with self._lock:

@@ -132,3 +132,30 @@ def test_squeue_times_in_seconds(tmp_path: Path) -> None:
     assert [slurm_seconds(t) for t in ("0:05", "1:02:03", "2-00:00:01")] == [5, 3723, 172801]
     assert slurm_seconds("INVALID") is None and slurm_seconds("5") is None
     assert script_timeout(tmp_path) == 0.0  # no slurm.sh: no timeout of the box's own
+
+
+def test_a_job_in_sbatch_is_still_shown_and_a_delete_meanwhile_ends_it(tmp_path: Path) -> None:
+    """sbatch takes seconds when slurmctld does not answer: the job must not vanish from
+    the statuses (getStatus would count it as running), and a delete must not be lost."""
+    slow = "while [ ! -e release ]; do sleep 0.02; done; echo 'sbatch: error: no ctld' >&2; exit 1"
+    bin_dir = fake_bin(tmp_path / "bin", sbatch=f"touch started; {slow}")
+    job = tmp_path / "scratch" / "sd1"
+    job.mkdir(parents=True)
+    ex = SlurmExecutor(Settings(home=tmp_path, slurm_bin=str(bin_dir)), poll=0.02)
+    results: list[RunResult] = []
+    ended = threading.Event()
+    req = RunRequest("sd1", job, job / "work.sh", [], {}, 60.0, executor="slurm")
+    try:
+        ex.start(req, lambda r, res: (results.append(res), ended.set()))
+        for _ in range(500):
+            if (bin_dir / "started").exists():
+                break
+            threading.Event().wait(0.01)
+        assert (bin_dir / "started").exists(), "sbatch never ran"
+        assert "sd1" in ex.statuses() and not ex.statuses()["sd1"].running
+        assert ex.cancel("sd1")
+        (bin_dir / "release").touch()
+        assert ended.wait(10), "the deleted job never ended"
+    finally:
+        ex.shutdown()
+    assert results[0].cancelled and ex.statuses() == {}, results
