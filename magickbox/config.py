@@ -319,6 +319,12 @@ class Settings(BaseModel):
         default_factory=list,
         description='"BOXPATH=NODEPATH": where the nodes mount folders of the box.',
     )
+    slurm_poll_seconds: float = Field(
+        default=1.0,
+        description="How often the box asks squeue about its jobs (Slurm has no push); "
+        "a failed sbatch is retried after 5 of these.",
+        gt=0,
+    )
     slurm_check_seconds: float = Field(
         default=120.0,
         description="At start, how long a test job may take to show that the nodes see "
@@ -545,6 +551,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "slurm_gres",
         "slurm_extra",
         "slurm_path_map",
+        "slurm_poll_seconds",
         "slurm_check_seconds",
     ),
     "Monitoring, notifications and logs": (

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import shlex
 import subprocess
 import threading
@@ -35,8 +36,7 @@ SCRIPT = "slurm.sh"
 EXIT_FILE = ".slurm-exit"
 JOB_ID_FILE = ".slurm-job"
 SUBMIT_FILE = ".slurm-submit"  # the token of a submission that may not have an id yet
-POLL_SECONDS = 1.0
-RETRY_SECONDS = 5.0
+RETRY_POLLS = 5  # a failed sbatch is tried again after this many polls
 # A finished job whose exit file is not there yet (shared storage lags): polls to wait.
 EXIT_FILE_PATIENCE = 5
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
@@ -62,17 +62,21 @@ class Tracked:
     running: bool = False  # last seen RUNNING/COMPLETING on a node
     token: str = ""  # adopted without an id: the submission's token, to find it in squeue
     prepared: bool = False  # slurm.sh and the token are written: submit the script as it is
+    timed_out: bool = False  # the box scancelled it at the bucket's timeout
 
     def view(self) -> SlurmStatus:
         return SlurmStatus(self.status, self.running)
 
 
 class SlurmExecutor:
-    def __init__(self, settings: Settings, poll: float = POLL_SECONDS) -> None:
+    def __init__(self, settings: Settings, poll: float | None = None) -> None:
         self.settings = settings
-        self._poll = poll
+        self._poll = poll or settings.slurm_poll_seconds
         self._waiting: deque[Tracked] = deque()
         self._submitted: dict[str, Tracked] = {}  # scratchdir -> submitted job
+        # The job sbatch is handing over right now (seconds when slurmctld does not
+        # answer): still shown, counted as queued, and cancellable meanwhile.
+        self._in_flight: Tracked | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -91,7 +95,7 @@ class SlurmExecutor:
             waiting = next((t for t in self._waiting if t.req.scratchdir == scratchdir), None)
             if waiting is not None:
                 self._waiting.remove(waiting)
-            tracked = self._submitted.get(scratchdir)
+            tracked = self._submitted.get(scratchdir) or self._flying(scratchdir)
             if tracked is not None:
                 tracked.cancelled = True
         if waiting is not None:  # never reached Slurm: it ends here
@@ -116,15 +120,20 @@ class SlurmExecutor:
     def status(self, scratchdir: str) -> str | None:
         """E.g. "PENDING (Resources)" or "RUNNING on node1"; None: not a job of this executor."""
         with self._lock:
-            tracked = self._submitted.get(scratchdir)
+            tracked = self._submitted.get(scratchdir) or self._flying(scratchdir)
             if tracked is None:
                 tracked = next((t for t in self._waiting if t.req.scratchdir == scratchdir), None)
             return tracked.status if tracked else None
 
+    def _flying(self, scratchdir: str) -> Tracked | None:
+        t = self._in_flight
+        return t if t is not None and t.req.scratchdir == scratchdir else None
+
     def statuses(self) -> dict[str, SlurmStatus]:
         """Every job of this executor (waiting in the box or handed to Slurm), by scratchdir."""
         with self._lock:
-            found = {t.req.scratchdir: t.view() for t in self._waiting}
+            flying = [self._in_flight] if self._in_flight else []
+            found = {t.req.scratchdir: t.view() for t in [*self._waiting, *flying]}
             found.update({name: t.view() for name, t in self._submitted.items()})
         return found
 
@@ -140,7 +149,8 @@ class SlurmExecutor:
             job_id, token = _read(job_dir / JOB_ID_FILE), _read(job_dir / SUBMIT_FILE)
             if not job_id and not token:
                 continue  # never prepared for Slurm: the queue re-runs it
-            req = RunRequest(scratchdir, job_dir, job_dir / "work.sh", [], {}, 0.0, None)
+            timeout = script_timeout(job_dir)  # the box's timeout holds after a restart too
+            req = RunRequest(scratchdir, job_dir, job_dir / "work.sh", [], {}, timeout, None)
             tracked = Tracked(req, done, job_id, "adopted after restart", token=token)
             with self._lock:
                 self._submitted[scratchdir] = tracked
@@ -168,24 +178,35 @@ class SlurmExecutor:
             with self._lock:
                 if not self._waiting or len(self._submitted) >= self.settings.slurm_max_submitted:
                     return
-                tracked = self._waiting.popleft()
+                tracked = self._in_flight = self._waiting.popleft()
             try:
                 if tracked.prepared:  # adopted: slurm.sh and its token are there already
                     tracked.job_id = self._submit(tracked.req)
                 else:
                     tracked.job_id = self._sbatch(tracked.req)
             except SubmitError as exc:
-                # slurmctld down or refusing: the job waits in the box, first in line.
-                tracked.status = f"waiting: sbatch failed ({exc}); retrying"
-                with self._lock:
-                    self._waiting.appendleft(tracked)
-                self._next_try = time.monotonic() + RETRY_SECONDS
+                self._submit_failed(tracked, str(exc))
                 return
             tracked.status = "submitted"
             (tracked.req.job_dir / JOB_ID_FILE).write_text(tracked.job_id + "\n")
             log_line(tracked.req.job_dir, f"submitted to Slurm as job {tracked.job_id}")
             with self._lock:
                 self._submitted[tracked.req.scratchdir] = tracked
+                self._in_flight = None
+            if tracked.cancelled:  # deleted during sbatch: the monitor reports its end
+                self._run(["scancel", tracked.job_id])
+
+    def _submit_failed(self, tracked: Tracked, why: str) -> None:
+        """slurmctld down or refusing: the job waits in the box, first in line (or ends, when
+        it was deleted meanwhile)."""
+        tracked.status = f"waiting: sbatch failed ({why}); retrying"
+        with self._lock:
+            self._in_flight = None
+            if not tracked.cancelled:
+                self._waiting.appendleft(tracked)
+        if tracked.cancelled:
+            tracked.done(tracked.req, RunResult(None, "cancelled", cancelled=True))
+        self._next_try = time.monotonic() + RETRY_POLLS * self._poll
 
     def _check_submitted(self) -> None:
         with self._lock:
@@ -200,15 +221,28 @@ class SlurmExecutor:
         for t in jobs:
             if not t.job_id and not self._find(t, states):
                 continue
-            state, reason, node = states.get(t.job_id, ("", "", "", "", ""))[:3]
+            state, reason, node, used = states.get(t.job_id, ("", "", "", ""))[:4]
             if state in ACTIVE:
                 t.status = describe(state, reason, node)
                 t.running = state in ON_NODE
+                self._enforce_timeout(t, used)
                 continue
             result = self._result(t, state, reason)
             if result is None:
                 continue
             self._end(t, result)
+
+    def _enforce_timeout(self, t: Tracked, used: str) -> None:
+        """The bucket's timeout, to the second: Slurm's own limit (--time) counts in whole
+        minutes and is checked about every 30 s, so the box scancels on time itself; Slurm's
+        limit stays as the backstop for when the box is down."""
+        if t.timed_out or t.cancelled or t.req.timeout <= 0:
+            return
+        seconds = slurm_seconds(used)
+        if seconds is not None and seconds >= t.req.timeout:
+            t.timed_out = True
+            log_line(t.req.job_dir, f"running {seconds} s, over the timeout: scancel {t.job_id}")
+            self._run(["scancel", t.job_id])
 
     def _end(self, t: Tracked, result: RunResult) -> None:
         with self._lock:
@@ -225,7 +259,7 @@ class SlurmExecutor:
         prepared script is submitted now (first in line). Ended already: finished here.
         """
         comment = home_comment(self.settings, t.token)
-        found = [i for i, v in states.items() if v[3:] == (t.req.scratchdir, comment)]
+        found = [i for i, v in states.items() if v[4:] == (t.req.scratchdir, comment)]
         if found:
             t.job_id = max(found, key=int)
             (t.req.job_dir / JOB_ID_FILE).write_text(t.job_id + "\n")
@@ -245,22 +279,65 @@ class SlurmExecutor:
         log_line(t.req.job_dir, "Slurm never got this job: submitting it now")
         self._wake.set()
         return False
+
     def _result(self, t: Tracked, state: str, reason: str) -> RunResult | None:
         """The end of a job that left Slurm's queue; None: not sure yet."""
         code = read_exit(t.req.job_dir)
         if t.cancelled:
             return RunResult(code, "cancelled", cancelled=True)
-        if state == "TIMEOUT":
-            return RunResult(code, "Slurm time limit reached", timed_out=True)
-        if state in ("CANCELLED", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "OUT_OF_MEMORY"):
-            why = f" ({reason})" if reason and reason != "None" else ""
-            return RunResult(code, f"Slurm job {t.job_id} ended {state}{why}")
-        if code is not None:
-            return RunResult(code)
+        if t.timed_out:  # the box's own timeout scancelled it
+            why = f"timed out after {t.req.timeout:g} s: scancelled at the bucket's time limit"
+            return RunResult(code, why, timed_out=True)
+        ended = slurm_end(t.job_id, state, reason, code)
+        if ended is not None or code is not None:
+            return ended or RunResult(code)
         t.missing_polls += 1
         if t.missing_polls < EXIT_FILE_PATIENCE:
+            return None  # shared storage may show the exit file a little late
+        return self._from_records(t, state)
+
+    def _from_records(self, t: Tracked, state: str) -> RunResult | None:
+        """No exit file (lost, or never written): ask Slurm's records, sacct then scontrol.
+
+        sacct needs accounting (slurmdbd); scontrol knows a job until MinJobAge after its
+        end. The box may have been down longer than both remember: then say so.
+        """
+        for record in (self._sacct, self._scontrol):
+            found = record(t.job_id)
+            if found is not None:
+                end_state, code, why = found
+                if end_state in ACTIVE:  # squeue missed it for a moment: not over
+                    return None
+                log_line(t.req.job_dir, f"no exit code file: Slurm says {end_state}, exit {code}")
+                return slurm_end(t.job_id, end_state, why, code) or RunResult(code)
+        return RunResult(None, f"Slurm job {t.job_id} ended {state or 'while the box was down'} "
+                         "without an exit code file, and neither sacct nor scontrol "
+                         "remembers it")  # fmt: skip
+
+    def _sacct(self, job_id: str) -> tuple[str, int | None, str] | None:
+        """(state, exit code, reason) from accounting; None: no accounting or no record."""
+        proc = self._ask(["sacct", "-j", job_id, "-n", "-P", "-X", "-o", "State,ExitCode,Reason"])
+        line = proc.stdout.strip().splitlines()[0] if proc and proc.stdout.strip() else ""
+        parts = line.split("|")
+        if len(parts) != 3 or not parts[0]:
             return None
-        return RunResult(None, f"Slurm job {t.job_id} ended {state or 'unseen'} without exit code")
+        return parts[0].split()[0], exit_of(parts[1]), parts[2]
+
+    def _scontrol(self, job_id: str) -> tuple[str, int | None, str] | None:
+        """(state, exit code, reason) from slurmctld's memory of an ended job; None: forgotten."""
+        proc = self._ask(["scontrol", "-o", "show", "job", job_id])
+        fields = dict(re.findall(r"(\w+)=(\S*)", proc.stdout)) if proc else {}
+        if fields.get("JobId") != job_id or "JobState" not in fields:
+            return None
+        return fields["JobState"], exit_of(fields.get("ExitCode", "")), fields.get("Reason", "")
+
+    def _ask(self, argv: list[str]) -> subprocess.CompletedProcess[str] | None:
+        """A Slurm query; None when it cannot run or refuses (e.g. accounting disabled)."""
+        try:
+            proc = self._run(argv)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return proc if proc.returncode == 0 else None
 
     # -- Slurm commands --------------------------------------------------------------
     def _cmd(self, name: str) -> str:
@@ -293,23 +370,46 @@ class SlurmExecutor:
         return proc.stdout.strip().split(";")[0]
 
     def _squeue(self) -> dict[str, tuple[str, ...]] | None:
-        """Job id -> (state, reason, nodes, name, comment) for all jobs Slurm remembers."""
+        """Job id -> (state, reason, nodes, time used, name, comment) for all jobs Slurm
+        remembers."""
         try:
-            proc = self._run(["squeue", "-h", "--states=all", "-o", "%i|%T|%r|%N|%j|%k"])
+            proc = self._run(["squeue", "-h", "--states=all", "-o", "%i|%T|%r|%N|%M|%j|%k"])
         except (OSError, subprocess.TimeoutExpired):
             return None
         if proc.returncode != 0:
             return None
         states = {}
         for line in proc.stdout.splitlines():
-            parts = line.strip().split("|", 5)
-            if len(parts) == 6:
+            parts = line.strip().split("|", 6)
+            if len(parts) == 7:
                 states[parts[0]] = tuple(parts[1:])
         return states
 
 
 class SubmitError(Exception):
     pass
+
+
+FAILED_BY_SLURM = ("CANCELLED", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "OUT_OF_MEMORY", "DEADLINE")
+
+
+def slurm_end(job_id: str, state: str, reason: str, code: int | None) -> RunResult | None:
+    """The result of a job Slurm itself ended (time limit, scancel, node failure, memory);
+    None: it ended on its own (COMPLETED, FAILED) and its exit code tells."""
+    if state == "TIMEOUT":
+        return RunResult(code, "Slurm time limit reached", timed_out=True)
+    if state in FAILED_BY_SLURM:
+        why = f" ({reason})" if reason and reason != "None" else ""
+        return RunResult(code, f"Slurm job {job_id} ended {state}{why}")
+    return None
+
+
+def exit_of(text: str) -> int | None:
+    """Slurm's "CODE:SIGNAL" exit code as the box counts it: the code, or 128+signal."""
+    code, _, sig = text.partition(":")
+    if not code.isdigit():
+        return None
+    return 128 + int(sig) if sig.isdigit() and int(sig) and not int(code) else int(code)
 
 
 def describe(state: str, reason: str, node: str) -> str:
@@ -361,6 +461,25 @@ def sbatch_options(req: RunRequest, settings: Settings, token: str = "") -> list
     extra = own.get("extra", settings.slurm_extra)
     opts.extend(str(x) for x in extra) if isinstance(extra, list) else None
     return opts
+
+
+def slurm_seconds(text: str) -> int | None:
+    """squeue's time used ("5:07", "1:02:03", "2-01:02:03") in seconds; None: not a time."""
+    days, _, clock = text.rpartition("-")
+    parts = clock.split(":")
+    numbers = [*parts, days or "0"]
+    if not all(p.isdigit() for p in numbers) or not 2 <= len(parts) <= 3:
+        return None
+    seconds = 0
+    for part in parts:
+        seconds = seconds * 60 + int(part)
+    return int(days or 0) * 86400 + seconds
+
+
+def script_timeout(job_dir: Path) -> float:
+    """The timeout a prepared slurm.sh carries (its --time); 0: none found."""
+    found = re.search(r"^#SBATCH --time=(\S+)$", _read(job_dir / SCRIPT), re.MULTILINE)
+    return float(slurm_seconds(found.group(1)) or 0) if found else 0.0
 
 
 def slurm_time(seconds: float) -> str:

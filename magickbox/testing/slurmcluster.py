@@ -53,7 +53,7 @@ def ensure_munge() -> None:
 
 
 class SlurmCluster:
-    def __init__(self, root: Path, cpus: int = 2) -> None:
+    def __init__(self, root: Path, cpus: int = 4) -> None:
         self.root = root
         self.cpus = cpus
         self.conf = root / "slurm.conf"
@@ -85,10 +85,18 @@ class SlurmCluster:
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_Core",
             "ReturnToService=2",
-            # Time limits checked often, so a limit test ends soon after its limit.
+            # Time limits end a job at its limit (Slurm still checks them only every 30 s).
             "OverTimeLimit=0",
             "InactiveLimit=0",
             "KillWait=2",
+            # Start jobs at once: no batching of submissions, and the pending ones (held and
+            # released, or waiting for a free CPU) tried every second instead of every minute.
+            "SchedulerParameters=batch_sched_delay=0,sched_interval=1",
+            # Clients give up on a stopped slurmctld after seconds, not the default 10.
+            "MessageTimeout=3",
+            # The node has the CPUs the conf says (more than the machine's: jobs of tests
+            # mostly sleep), so that a few run side by side.
+            "SlurmdParameters=config_overrides",
             f"NodeName={self.host} CPUs={self.cpus} RealMemory=2000 State=UNKNOWN",
             f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
         ]
@@ -110,7 +118,7 @@ class SlurmCluster:
             out = self.cmd("sinfo", "-h", "-o", "%t", check=False).stdout
             if out.strip() in ("idle", "mix", "alloc"):
                 return
-            time.sleep(0.5)
+            time.sleep(0.1)
         raise TimeoutError(f"slurm node not idle: {out!r}")
 
     def cmd(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -123,25 +131,32 @@ class SlurmCluster:
         out = self.cmd("squeue", "-h", "-o", "%j", check=False).stdout
         return sum(1 for name in out.split() if name != "magickbox-check")
 
-    def stop_daemon(self, which: str) -> None:
-        pid_file = self.root / f"{which}.pid"
+    def stop_daemon(self, *which: str) -> None:
+        """SIGTERM to each daemon named, at once; then wait for all (SIGKILL after 10 s)."""
+        pids = [pid for name in which if (pid := self._signal(name, signal.SIGTERM))]
+        deadline = time.monotonic() + 10
+        while pids and time.monotonic() < deadline:
+            pids = [pid for pid in pids if _alive(pid)]
+            time.sleep(0.05)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+
+    def _signal(self, which: str, sig: int) -> int | None:
         try:
-            pid = int(pid_file.read_text().strip())
+            pid = int((self.root / f"{which}.pid").read_text().strip())
+            os.kill(pid, sig)
         except (OSError, ValueError):
-            return
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        for _ in range(100):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
-        os.kill(pid, signal.SIGKILL)
+            return None
+        return pid
 
     def stop(self) -> None:
         self.cmd("scancel", "--user=root", check=False)
-        self.stop_daemon("slurmd")
-        self.stop_daemon("slurmctld")
+        self.stop_daemon("slurmd", "slurmctld")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

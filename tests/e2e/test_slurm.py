@@ -1,12 +1,18 @@
-"""The Slurm executor against a private single-node cluster (slurmctld + slurmd + munged).
+"""The Slurm executor against a private single-node cluster (slurmctld + slurmd + munged):
+a job's way through Slurm, what the box shows of it, the cap, the start-up check, the seed's
+commands and a container bucket.
 
-The cluster and the shared helpers are in tests/e2e/slurm.py; the time-limit case is in
-test_slurm_timelimit.py, with a cluster of its own, so it runs beside these.
+The cluster and the shared helpers are in tests/e2e/slurm.py. Restarts are in
+test_slurm_restarts.py, jobs ended early (delete, scancel, timeout, a lost exit code) in
+test_slurm_timelimit.py: each module has a cluster of its own, so they run side by side
+under pytest -n.
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -14,49 +20,42 @@ from pathlib import Path
 
 import pytest
 
-from magickbox.buckets.runner import RunRequest, RunResult
-from magickbox.buckets.slurm import SlurmExecutor
-from magickbox.config import Settings
 from magickbox.testing.dicomgen import write_study
 from magickbox.testing.slurmcluster import SlurmCluster
 from tests.conftest import dcmtk
-from tests.e2e.peers import api_job, api_jobs, install_buckets, job_dir, wait_for, wait_jobs
+from tests.e2e.peers import (
+    api_job,
+    install_buckets,
+    job_dir,
+    wait_for,
+    wait_jobs,
+)
 from tests.e2e.slurm import (
+    COPY_SH,
     cluster,
     empty_queue,
-    needs_slurm,
-    running_in_slurm,
     runs,
     send,
     sleep_sh,
+    slurm_box,
     slurm_bucket,
-    squeue_names,
+    slurm_module_marks,
+    slurm_of,
+    status_row,
 )
 from tests.e2e.test_containers import ENV as CONTAINER_ENV
 from tests.e2e.test_containers import image, install
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.long,
-    needs_slurm,
-    pytest.mark.usefixtures(empty_queue.__name__),
-]
-__all__ = ["cluster", "empty_queue", "image"]  # fixtures used by name
-
-COPY_SH = """#!/bin/sh
-set -eu
-echo "on $(hostname) as slurm job $SLURM_JOB_ID"
-cp -r "$1/." "$2/"
-echo "$MB_SCRATCHDIR" >> "$MB_MEMORY/runs.txt"
-"""
+pytestmark = slurm_module_marks()
+__all__ = ["cluster", "empty_queue", "image", "slurm_box"]  # fixtures used by name
 
 
 def test_storescu_to_a_slurm_bucket_runs_as_a_slurm_job(
-    box_factory, tmp_path: Path, cluster: SlurmCluster
+    slurm_box, tmp_path: Path, cluster: SlurmCluster
 ) -> None:  # type: ignore[no-untyped-def]
     home = tmp_path / "home"
     install_buckets(home, Copy=(COPY_SH, slurm_bucket()))
-    box = box_factory(home=home)
+    box = slurm_box(home=home)
     study = write_study(tmp_path / "study", n_images=2, rows=16, cols=16)
     res = box.storescu(study.paths[0].parent, "Copy", "ip44")
     assert res.returncode == 0, res.stderr
@@ -72,12 +71,12 @@ def test_storescu_to_a_slurm_bucket_runs_as_a_slurm_job(
 
 
 def test_max_submitted_caps_the_jobs_in_slurm(
-    box_factory, tmp_path: Path, cluster: SlurmCluster
+    slurm_box, tmp_path: Path, cluster: SlurmCluster
 ) -> None:  # type: ignore[no-untyped-def]
     """20 studies, slurm_max_submitted = 4: never more than 4 in Slurm, submitted FIFO."""
     home = tmp_path / "home"
     install_buckets(home, Nap=(sleep_sh(1), slurm_bucket(concurrency=20)))
-    box = box_factory(home=home, env={"MAGICKBOX_SLURM_MAX_SUBMITTED": "4"})
+    box = slurm_box(home=home, env={"MAGICKBOX_SLURM_MAX_SUBMITTED": "4"})
     most = 0
     stop = threading.Event()
 
@@ -102,73 +101,15 @@ def test_max_submitted_caps_the_jobs_in_slurm(
     assert ids == sorted(ids), ids
 
 
-def test_delete_of_a_running_job_cancels_it_in_slurm(
-    box_factory, tmp_path: Path, cluster: SlurmCluster
-) -> None:  # type: ignore[no-untyped-def]
-    home = tmp_path / "home"
-    install_buckets(home, Long=(sleep_sh(300), slurm_bucket()))
-    box = box_factory(home=home)
-    send(box, tmp_path, "Long", "del")
-    scratchdir = running_in_slurm(home, "Long", cluster)
-    res = box.delete(f"/api/v1/jobs/{scratchdir}", timeout=60)
-    assert res.status_code in (200, 204), res.text
-    wait_for("Slurm to forget the running job", lambda: cluster.squeue_count() == 0, 60)
-
-
-def test_scancel_from_outside_fails_the_job_with_the_reason(
-    box_factory, tmp_path: Path, cluster: SlurmCluster
-) -> None:  # type: ignore[no-untyped-def]
-    home = tmp_path / "home"
-    install_buckets(home, Long=(sleep_sh(300), slurm_bucket()))
-    box = box_factory(home=home)
-    send(box, tmp_path, "Long", "ext")
-    scratchdir = running_in_slurm(home, "Long", cluster)
-    cluster.cmd("scancel", f"--name={scratchdir}")
-    (job,) = wait_jobs(box, 1, timeout=60)
-    assert job["state"] == "failed" and "CANCELLED" in job["reason"], job
-
-
-def test_kill9_of_the_box_while_a_job_runs_in_slurm_finishes_it_once(
-    box_factory, tmp_path: Path, cluster: SlurmCluster
-) -> None:  # type: ignore[no-untyped-def]
-    home = tmp_path / "home"
-    install_buckets(home, Nap=(sleep_sh(6), slurm_bucket()))
-    box = box_factory(home=home)
-    send(box, tmp_path, "Nap", "crash")
-    scratchdir = running_in_slurm(home, "Nap", cluster)
-    box.kill9()
-    assert scratchdir in squeue_names(cluster), "the Slurm job must outlive the box"
-    again = box_factory(home=home, web_port=box.web_port, dicom_port=box.dicom_port)
-    (job,) = wait_jobs(again, 1, timeout=90)
-    assert job["state"] == "done", job
-    assert runs(home, "Nap") == [scratchdir]  # adopted, not run again
-    assert (job_dir(again, scratchdir) / "OUTPUT" / "slept").exists()
-    assert "watching Slurm job" in (job_dir(again, scratchdir) / "processing.log").read_text()
-
-
-def test_sbatch_missing_keeps_the_job_waiting_with_a_reason(tmp_path: Path) -> None:
-    """Not a cluster case: a submit that fails leaves the job in the box, retried."""
-    job = tmp_path / "job"
-    job.mkdir()
-    settings = Settings(home=tmp_path, slurm_bin=str(tmp_path / "nobin"))
-    ex = SlurmExecutor(settings, poll=0.1)
-    req = RunRequest("sd1", job, job / "work.sh", [], {}, 60.0)
-    ex.start(req, lambda r, res: None)
-    status = wait_for("a reason", lambda: "sbatch failed" in (ex.status("sd1") or "") and 1, 10)
-    assert status
-    assert ex.cancel("sd1")
-    ex.shutdown()
-
-
 def test_slurm_state_shows_in_the_api_getscratch_and_getstatus_and_delete_empties_squeue(
-    box_factory, tmp_path: Path, cluster: SlurmCluster
+    slurm_box, tmp_path: Path, cluster: SlurmCluster
 ) -> None:  # type: ignore[no-untyped-def]
     """Held jobs are PENDING in Slurm: queued for getStatus; one released runs on the node.
     Deleting the pending one and the running one leaves nothing in squeue."""
     home = tmp_path / "home"
     held = slurm_bucket(concurrency=2, slurm={"extra": ["--hold"]})
     install_buckets(home, Held=(sleep_sh(300), held))
-    box = box_factory(home=home)
+    box = slurm_box(home=home)
     send(box, tmp_path, "Held", "held1")
     send(box, tmp_path, "Held", "held2")
     wait_for("two jobs in Slurm", lambda: cluster.squeue_count() == 2, 60)
@@ -189,59 +130,6 @@ def test_slurm_state_shows_in_the_api_getscratch_and_getstatus_and_delete_emptie
         res = box.delete(f"/api/v1/jobs/{job['scratchdir']}")
         assert res.status_code in (200, 204), res.text
     wait_for("Slurm to forget both", lambda: cluster.squeue_count() == 0, 60)
-
-
-def slurm_of(box, status: str, contains: str = "") -> list[dict]:  # type: ignore[no-untyped-def]
-    """The jobs whose Slurm status (in /api/v1/jobs) is ``status`` (or contains
-    ``contains``), oldest first."""
-    found = reversed(api_jobs(box))
-    if contains:
-        return [j for j in found if contains in (j["slurm"] or "")]
-    return [j for j in found if j["slurm"] == status]
-
-
-def status_row(box, bucket: str) -> list:  # type: ignore[no-untyped-def]
-    rows = box.get("/code/php/getStatus.php").json()
-    return next(r for r in rows if r[0] == bucket)
-
-
-def one_job(tmp_path: Path, name: str) -> tuple[RunRequest, Path]:
-    """A job folder whose work.sh notes each run in ``runs`` beside it."""
-    job = tmp_path / name
-    (job / "INPUT").mkdir(parents=True)
-    (job / "OUTPUT").mkdir()
-    work = job / "work.sh"
-    work.write_text(f'#!/bin/sh\necho run >> {job}/runs\nsleep 1\ntouch "$2/done"\n')
-    work.chmod(0o755)
-    return RunRequest(name, job, work, [], {}, 60.0, executor="slurm"), job / "runs"
-
-
-@pytest.mark.parametrize("reached_slurm", [True, False])
-def test_a_kill_between_sbatch_and_the_id_file_neither_loses_nor_reruns(
-    tmp_path: Path, cluster: SlurmCluster, reached_slurm: bool
-) -> None:
-    """The id file is missing after a crash: the job is found by name and comment when
-    sbatch got through, and submitted (once) from its prepared script when it did not."""
-    settings = Settings(home=tmp_path)
-    req, runs_file = one_job(tmp_path, f"sd-{reached_slurm}")
-    first = SlurmExecutor(settings, poll=0.2)
-    if reached_slurm:
-        first.start(req, lambda r, res: None)
-        wait_for("the id file", lambda: (req.job_dir / ".slurm-job").exists(), 30)
-        (req.job_dir / ".slurm-job").unlink()  # as if killed right after sbatch returned
-    else:
-        first.prepare(req)  # as if killed just before sbatch
-    first.shutdown()
-    results: list[RunResult] = []
-    again = SlurmExecutor(settings, poll=0.2)
-    assert again.adopt({req.scratchdir: req.job_dir}, lambda r, res: results.append(res))
-    wait_for("the adopted job to end", lambda: results, 60)
-    again.shutdown()
-    assert results[0].exit_code == 0 and (req.job_dir / "OUTPUT" / "done").exists(), results
-    assert runs_file.read_text().split() == ["run"]  # once
-    log = (req.job_dir / "processing.log").read_text()
-    assert ("found Slurm job" if reached_slurm else "Slurm never got this job") in log, log
-    assert not (req.job_dir / ".slurm-submit").exists()
 
 
 @pytest.mark.parametrize(
@@ -273,27 +161,8 @@ def slurm_job_id(folder: Path) -> int:
     return int(log.split("submitted to Slurm as job ")[1].split()[0])
 
 
-def test_slurmctld_down_at_submit_the_job_waits_with_a_reason_and_goes_when_it_is_back(
-    box_factory, tmp_path: Path, cluster: SlurmCluster
-) -> None:  # type: ignore[no-untyped-def]
-    home = tmp_path / "home"
-    install_buckets(home, Copy=(COPY_SH, slurm_bucket()))
-    box = box_factory(home=home, env={"MAGICKBOX_SLURM_CHECK_SECONDS": "0"})
-    cluster.stop_daemon("slurmctld")
-    try:
-        send(box, tmp_path, "Copy", "down")
-        (job,) = wait_for("the reason", lambda: slurm_of(box, "", contains="sbatch failed"), 90)
-        assert job["state"] == "running" and "retrying" in job["slurm"], job
-        assert status_row(box, "Copy")[1:3] == [1, 0]  # queued, as far as getStatus tells
-    finally:
-        cluster.start_ctld()
-    (job,) = wait_jobs(box, 1, timeout=120)
-    assert job["state"] == "done", job
-    assert runs(home, "Copy") == [job["scratchdir"]]
-
-
 def test_the_seed_commands_verbatim_with_procbucket_on_slurm(
-    box_factory, tmp_path: Path, cluster: SlurmCluster
+    slurm_box, tmp_path: Path, cluster: SlurmCluster
 ) -> None:  # type: ignore[no-untyped-def]
     """storescu, getScratch | jq and the getOutputZip loop, as the manual has them."""
     from tests.e2e.test_seed import DOWNLOAD, FILE_LIST, SEND, bash, fill
@@ -301,7 +170,7 @@ def test_the_seed_commands_verbatim_with_procbucket_on_slurm(
     bindir = tmp_path / "bin"
     bindir.mkdir()
     (bindir / "storescu").symlink_to(dcmtk("storescu"))
-    box = box_factory(home=tmp_path / "home", env={"MAGICKBOX_EXECUTOR": "slurm"})
+    box = slurm_box(home=tmp_path / "home", env={"MAGICKBOX_EXECUTOR": "slurm"})
     study = write_study(tmp_path / "subject", n_images=2, rows=32, cols=32)
     work = tmp_path / "work"
     work.mkdir()
@@ -317,12 +186,12 @@ def test_the_seed_commands_verbatim_with_procbucket_on_slurm(
 
 @pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed")
 def test_a_container_bucket_on_slurm_runs_podman_on_the_node(
-    box_factory, tmp_path: Path, cluster: SlurmCluster, image: str
+    slurm_box, tmp_path: Path, cluster: SlurmCluster, image: str
 ) -> None:  # type: ignore[no-untyped-def]
     """The image's probe: INPUT read-only, only a loopback interface, /memory kept."""
     home = tmp_path / "home"
     install(home, "Probe", image, "probe.sh", executor="slurm")
-    box = box_factory(home=home, env=CONTAINER_ENV)
+    box = slurm_box(home=home, env=CONTAINER_ENV)
     send(box, tmp_path, "Probe", "probe")
     (job,) = wait_jobs(box, 1, timeout=120)
     folder = job_dir(box, job["scratchdir"])
@@ -333,3 +202,20 @@ def test_a_container_bucket_on_slurm_runs_podman_on_the_node(
     assert (out / "count.txt").read_text().strip() == "1"
     assert (home / "memory" / "Probe" / "count").read_text().strip() == "1"
     assert "podman" in (folder / "slurm.sh").read_text()
+
+
+def test_buckets_run_with_the_slurm_executor_runs_it_on_the_cluster_with_its_log_on_stdout(
+    tmp_path: Path, cluster: SlurmCluster
+) -> None:
+    home = tmp_path / "home"
+    install_buckets(home, Copy=COPY_SH)  # a local bucket: --executor sends it to Slurm
+    study = write_study(tmp_path / "in", n_images=2, rows=16, cols=16)
+    out = tmp_path / "out"
+    where = [str(study.paths[0].parent), str(out), "--home", str(home)]
+    argv = [sys.executable, "-m", "magickbox.cli", "buckets", "run", "Copy", *where]
+    argv += ["--executor", "slurm"]
+    proc = subprocess.run(argv, env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert "as slurm job" in proc.stdout, proc.stdout
+    assert {p.name for p in study.paths} <= {p.name for p in out.iterdir()}
+    assert len(runs(home, "Copy")) == 1
