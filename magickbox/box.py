@@ -19,7 +19,7 @@ from typing import Any
 
 from magickbox import config
 from magickbox.announce import Announcer
-from magickbox.auth.audit import AuditFilter
+from magickbox.auth.audit import AuditFilter, bucket_action
 from magickbox.auth.principal import Principal
 from magickbox.auth.roles import Role
 from magickbox.auth.service import Authority
@@ -382,6 +382,13 @@ class Box:
     def buckets(self, enabled_only: bool = True) -> list[registry.Bucket]:
         found = registry.all_buckets(self.settings.streams).values()
         return [b for b in found if b.enabled or not enabled_only]
+
+    def set_bucket_enabled(self, who: Principal, aetitle: str, enable: bool) -> dict[str, Any]:
+        """Enable or disable a bucket (what ``magickbox buckets enable|disable`` does), in the
+        audit trail; the bucket as /api/v1/buckets shows it now."""
+        bucket = registry.set_enabled(self.settings.streams, aetitle, enable)
+        self.audit(who, bucket_action(enable), bucket.aetitle)
+        return health.view(health.check_folder(bucket.path, self.settings))
 
     def slurm_status(self, scratchdir: str) -> str | None:
         """The job's place in Slurm ("PENDING (Resources)", "RUNNING on node1"), if it has one."""

@@ -18,8 +18,13 @@ from magickbox.auth.principal import Principal
 ACTIONS = (
     "login", "login_failed", "logout", "download", "delete", "retry", "upload", "send_retry",
     "routing_change", "user_add", "user_remove", "user_password", "token_create",
-    "token_revoke",
+    "token_revoke", "bucket_enable", "bucket_disable",
 )  # fmt: skip
+
+
+def bucket_action(enable: bool) -> str:
+    """The audit action of a bucket's enable or disable."""
+    return "bucket_enable" if enable else "bucket_disable"
 
 
 @dataclass(frozen=True)

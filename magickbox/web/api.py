@@ -26,6 +26,7 @@ NOSNIFF = {"X-Content-Type-Options": "nosniff"}  # a file is what its type says,
 VIEW, OPERATE, ADMIN = [require(Role.viewer)], [require(Role.operator)], [require(Role.admin)]
 Viewer = Annotated[Principal, require(Role.viewer)]
 Operator = Annotated[Principal, require(Role.operator)]
+Admin = Annotated[Principal, require(Role.admin)]
 
 
 @router.get("/jobs", dependencies=VIEW)
@@ -213,6 +214,19 @@ def delete_study(box: BoxDep, who: Operator, study_uid: str) -> Response:
 def buckets(box: BoxDep, all: bool = False) -> list[dict[str, Any]]:
     """Installed buckets (only the enabled ones unless ``all=true``)."""
     return box.bucket_overview(enabled_only=not all)
+
+
+@router.post("/buckets/{name}/enable")
+def enable_bucket(box: BoxDep, who: Admin, name: str) -> dict[str, Any]:
+    """Enable a bucket: sends to its AE title become jobs again (audited)."""
+    return box.set_bucket_enabled(who, name, True)
+
+
+@router.post("/buckets/{name}/disable")
+def disable_bucket(box: BoxDep, who: Admin, name: str) -> dict[str, Any]:
+    """Disable a bucket: sends to its AE title are refused from now on, and jobs of it
+    still queued fail when their turn comes (audited)."""
+    return box.set_bucket_enabled(who, name, False)
 
 
 @router.get("/queue", dependencies=VIEW)

@@ -333,3 +333,40 @@ def test_a_new_home_prints_its_admin_password_once(tmp_path: Path) -> None:
     finally:
         box.stop()
     assert free_port()
+
+
+# -- buckets enabled and disabled by an admin on the page --------------------------------------
+
+
+def test_an_admin_disables_and_enables_a_bucket_on_the_page(untrusted: BoxServer, browser) -> None:  # type: ignore[no-untyped-def]
+    folder = copy_bucket(untrusted.home, "Switch", QUICK)
+    untrusted.add_user("ada", Role.admin, "ada's password")
+    untrusted.add_user("vic", Role.viewer, "vic's password")
+    ctx = browser.new_context()
+    ctx.add_cookies([untrusted.login_cookie("ada", "ada's password")])
+    page = ctx.new_page()
+    page.set_default_timeout(60_000)
+    page.on("dialog", lambda d: d.accept())  # "Disable bucket Switch?"
+    page.goto(untrusted.url + "/#/buckets")
+    card = page.locator('article[data-bucket="Switch"]')
+    card.locator('button[data-toggle="disable"]').click()
+    card.locator('button[data-toggle="enable"]').wait_for()  # drawn again, now disabled
+    card.locator(".badge").filter(has_text="disabled").wait_for()
+    assert json.loads((folder / "info.json").read_text())["enabled"] == 0
+    card.locator('button[data-toggle="enable"]').click()
+    card.locator('button[data-toggle="disable"]').wait_for()
+    assert json.loads((folder / "info.json").read_text())["enabled"] == 1
+    ctx.close()
+    trail = untrusted.get("/api/v1/audit", params={"target": "Switch"}).json()["events"]
+    assert [(e["action"], e["actor"]) for e in trail] == [
+        ("bucket_enable", "user:ada"), ("bucket_disable", "user:ada")]  # fmt: skip
+    # A viewer sees the bucket but no button to change it.
+    ctx = browser.new_context()
+    ctx.add_cookies([untrusted.login_cookie("vic", "vic's password")])
+    page = ctx.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(untrusted.url + "/#/buckets")
+    page.locator('article[data-bucket="Switch"]').wait_for()
+    page.locator("#who .user").filter(has_text="vic (viewer)").wait_for()
+    assert page.locator("button[data-toggle]").count() == 0
+    ctx.close()
