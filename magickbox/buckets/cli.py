@@ -251,19 +251,16 @@ def cmd_enable(args: argparse.Namespace, settings: Settings) -> int:
     from magickbox.auth.audit import AuditLog, bucket_action
     from magickbox.auth.principal import Principal
     from magickbox.auth.roles import Role
-    from magickbox.home import init_home
     from magickbox.jobs.db import open_database
 
     enable = args.bucket_command == "enable"
+    db = open_database(settings.db_url)  # first: no change the audit trail cannot record
     try:
         bucket = registry.set_enabled(settings.streams, args.name, enable)
-    except NotFound as exc:
-        raise CliError(str(exc), EXIT_MISSING) from exc
-    init_home(settings)  # the audit trail is in the home's database
-    db = open_database(settings.db_url)
-    try:
         me = Principal("cli", getpass.getuser(), Role.admin, "local")
         AuditLog(db).record(me, bucket_action(enable), bucket.aetitle)
+    except NotFound as exc:
+        raise CliError(str(exc), EXIT_MISSING) from exc
     finally:
         db.kw["bind"].dispose()
     print(f"{bucket.aetitle}: {args.bucket_command}d")

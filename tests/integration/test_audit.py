@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
+
+from magickbox.auth.audit import AuditFilter
+from magickbox.auth.principal import Principal
 from magickbox.auth.roles import Role
-from tests.conftest import InProcessBox, copy_bucket
+from tests.conftest import InProcessBox, copy_bucket, tmpfs
 from tests.integration.test_app_inprocess import study_zip, wait_state
 
 QUICK = '#!/bin/sh\necho ok > "$2/out.txt"\n'
@@ -75,3 +79,35 @@ def test_a_trusted_network_is_named_in_the_trail(app_factory: Callable[..., InPr
     viewer = ibox.box.auth.store.create_token("v", Role.viewer)[0]
     res = ibox.client.get("/api/v1/audit", headers={"Authorization": f"Bearer {viewer}"})
     assert res.status_code == 403  # the trail is for admins
+
+
+@pytest.fixture
+def scrub_home(tmp_path: Path) -> Iterator[Path]:
+    """A home on a small filesystem of its own, so the scrub's high mark can be passed."""
+    with tmpfs(tmp_path / "disk") as disk:
+        copy_bucket(disk / "home", "Keep", QUICK)
+        yield disk / "home"
+
+
+def test_the_scrub_never_deletes_audit_rows(scrub_home: Path) -> None:
+    """Jobs the scrub removes (and their archived studies) keep every audit row naming them."""
+    from tests.integration.test_retention import DAY, add_job, end, make_box
+
+    box = make_box(scrub_home, scrub_high=50, scrub_low=30)
+    who = Principal("token", "scrubtest", Role.operator, "10.0.0.1")
+    names = [add_job(box, n) for n in range(8)]
+    for age, name in enumerate(names):
+        end(box, name, (9 - age) * DAY)
+        box.audit(who, "download", name, part="OUTPUT")
+        box.audit(who, "retry", name)
+    before = box.audit_page(AuditFilter(), limit=1000, offset=0)
+
+    removed = box.sweep()
+
+    gone = [r.name for r in removed if r.kind == "job"]
+    assert gone and [r for r in removed if r.kind == "study"]  # the scrub did remove things
+    assert all(box.store.get(name) is None for name in gone)
+    after = box.audit_page(AuditFilter(), limit=1000, offset=0)
+    assert after == before and after["total"] == 2 * len(names)
+    for name in gone:
+        assert box.audit_page(AuditFilter(target=name), 10, 0)["total"] == 2
