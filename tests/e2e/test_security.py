@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from magickbox.auth.store import PASSWORD_FILE
 from magickbox.testing.dicomgen import write_study
 from tests.conftest import BoxServer, copy_bucket, dcmtk, free_port
 from tests.e2e.peers import QUICK, wait_for
-from tests.e2e.test_seed import DELETE, SEND, bash, fill
+from tests.e2e.test_seed import DELETE, DOWNLOAD, FILE_LIST, LIST_FINISHED, SEND, bash, fill
 
 pytestmark = pytest.mark.e2e
 
@@ -101,6 +102,49 @@ def test_the_seeds_commands_from_an_untrusted_address_get_401(
         curl_status(f"{base}/getScratch.php", "-H", f"Authorization: Bearer {untrusted.token}")
         == "200"
     )
+
+
+LAB = "127.0.0.2"  # a second loopback address: the "lab network" of the next test
+
+
+def curl_from(bindir: Path, address: str) -> None:
+    """``curl`` on the shell's PATH, sending from ``address`` (the seed's lines stay verbatim)."""
+    real = subprocess.run(["sh", "-c", "command -v curl"], capture_output=True, text=True)
+    wrapper = bindir / "curl"
+    wrapper.write_text(f'#!/bin/sh\nexec {real.stdout.strip()} --interface {address} "$@"\n')
+    wrapper.chmod(0o755)
+
+
+def test_the_seeds_commands_from_a_trusted_network_pass_and_from_elsewhere_get_401(
+    tmp_path: Path, bindir: Path
+) -> None:
+    """One box trusting only 127.0.0.2/32 (not 127.0.0.1): the seed's list, download and
+    delete loops run verbatim from 127.0.0.2, and the same lines from 127.0.0.1 get 401."""
+    trusted = ["--set", f'trusted_networks=["{LAB}/32=operator"]']
+    box = started(tmp_path / "home", extra_args=trusted)
+    try:
+        work = tmp_path / "work"
+        work.mkdir()
+        study = write_study(tmp_path / "s", n_images=2, rows=16, cols=16)
+        bash(fill(SEND.replace("MySelf", "ip44"), box, study.paths[0].parent), work, bindir)
+        box.wait_jobs(1, finished=True, timeout=120)
+        sd = box.jobs()[0]["scratchdir"]
+        url = f"http://127.0.0.1:{box.web_port}/code/php/getScratch.php"
+        assert curl_status(url) == "401"  # from 127.0.0.1: not trusted
+        assert curl_status(url, "--interface", LAB) == "200"
+        curl_from(bindir, LAB)
+        finished = bash(fill(LIST_FINISHED, box), work, bindir)
+        assert finished.count('"AETitleCaller": "ip44"') == 1
+        bash(fill(FILE_LIST, box) + "\n" + fill(DOWNLOAD, box), work, bindir)
+        with zipfile.ZipFile(work / study.study_uid / f"{study.study_uid}.zip") as zf:
+            assert zf.testzip() is None and zf.namelist()[0].startswith(f"{sd}/OUTPUT/")
+        out = bash(fill(FILE_LIST, box) + "\n" + fill(DELETE, box), work, bindir)
+        assert out.count('"ok":true') == 1 and box.jobs() == []
+        trail = box.get("/api/v1/audit", params={"target": sd}).json()["events"]
+        assert {e["actor"] for e in trail} == {f"trusted:{LAB}/32"}
+        assert [e["action"] for e in trail] == ["delete", "download"]
+    finally:
+        box.stop()
 
 
 # -- a hostile page in a real browser --------------------------------------------------------
