@@ -414,3 +414,32 @@ def test_an_admin_disables_and_enables_a_bucket_on_the_page(untrusted: BoxServer
     page.locator("#who .user").filter(has_text="vic (viewer)").wait_for()
     assert page.locator("button[data-toggle]").count() == 0
     ctx.close()
+
+
+# -- Host names, secrets in URLs and logs ------------------------------------------------------
+
+
+def test_foreign_hosts_and_tokens_in_urls_are_refused_and_no_secret_is_logged(
+    untrusted: BoxServer,
+) -> None:
+    url = f"http://127.0.0.1:{untrusted.web_port}/api/v1/jobs"
+    auth = ["-H", f"Authorization: Bearer {untrusted.token}"]
+    assert curl_status(url, *auth) == "200"
+    # DNS rebinding: a name that resolves to the box but is not one of its names.
+    assert curl_status(url, *auth, "-H", "Host: rebound.evil.example") == "400"
+    assert curl_status(url, *auth, "-H", f"Host: localhost:{untrusted.web_port}") == "200"
+    # A token is never taken from the URL (URLs end up in logs, histories and Referers).
+    for name in ("token", "access_token", "api_key"):
+        assert curl_status(f"{url}?{name}={untrusted.token}") == "401", name
+    untrusted.add_user("lou", Role.viewer, "lou's password")
+    assert curl_status(f"http://127.0.0.1:{untrusted.web_port}/api/v1/login",
+                       "-d", "name=lou", "-d", "password=lou's password") == "200"  # fmt: skip
+    assert curl_status(f"http://127.0.0.1:{untrusted.web_port}/api/v1/login",
+                       "-d", "name=lou", "-d", "password=not lou's") == "401"  # fmt: skip
+    logs = (untrusted.home / "logs" / "magickbox.log").read_text() + untrusted.log_path.read_text()
+    assert "lou's password" not in logs and "not lou's" not in logs
+    assert untrusted.token not in logs
+    trail = untrusted.get("/api/v1/audit", params={"target": "lou"}).json()["events"]
+    assert [(e["action"], e["address"]) for e in trail] == [
+        ("login_failed", "127.0.0.1"), ("login", "127.0.0.1")]  # fmt: skip
+    assert "not lou's" not in json.dumps(trail) and "lou's password" not in json.dumps(trail)
