@@ -443,3 +443,32 @@ def test_foreign_hosts_and_tokens_in_urls_are_refused_and_no_secret_is_logged(
     assert [(e["action"], e["address"]) for e in trail] == [
         ("login_failed", "127.0.0.1"), ("login", "127.0.0.1")]  # fmt: skip
     assert "not lou's" not in json.dumps(trail) and "lou's password" not in json.dumps(trail)
+
+
+# -- page logins and restarts ----------------------------------------------------------------
+
+
+def test_a_page_login_survives_a_restart_of_the_box(tmp_path: Path) -> None:
+    from magickbox.auth.sessions import COOKIE
+
+    box = started(tmp_path / "home")
+    try:
+        box.add_user("rita", Role.operator, "rita's password")
+        res = httpx.post(f"{box.url}/api/v1/login",
+                         data={"name": "rita", "password": "rita's password"})  # fmt: skip
+        assert res.status_code == 200
+        cookie, csrf = {COOKIE: res.cookies[COOKIE]}, res.json()["csrf"]
+        box.stop()
+        box.start()
+        me = httpx.get(f"{box.url}/api/v1/me", cookies=cookie)
+        assert me.status_code == 200 and me.json()["name"] == "rita"
+        assert me.json()["csrf"] == csrf  # the page's CSRF token still holds too
+        gone = httpx.delete(f"{box.url}/api/v1/jobs/tmp.nothere0", cookies=cookie,
+                            headers={"X-CSRF-Token": csrf})  # fmt: skip
+        assert gone.status_code == 404  # let through (no such job)
+        out = httpx.post(f"{box.url}/api/v1/logout", cookies=cookie,
+                         headers={"X-CSRF-Token": csrf})  # fmt: skip
+        assert out.status_code == 204
+        assert httpx.get(f"{box.url}/api/v1/me", cookies=cookie).status_code == 401
+    finally:
+        box.stop()
