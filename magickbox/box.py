@@ -513,9 +513,10 @@ class Box:
     def setup(self) -> dict[str, Any]:
         return config.setup_view(self.settings)
 
-    def change_settings(self, changes: dict[str, object]) -> dict[str, Any]:
+    def change_settings(self, who: Principal, changes: dict[str, object]) -> dict[str, Any]:
         """Check every change, then apply them to the running box and keep them in the
-        home's magickbox.toml; a bad one changes nothing."""
+        home's magickbox.toml; a bad one changes nothing. In the audit trail with the old
+        and new values."""
         if not changes:
             raise Invalid("no setting to change")
         checked = {}
@@ -524,12 +525,14 @@ class Box:
                 checked[name] = config.live_change(self.settings, name, value)
             except ValueError as exc:
                 raise Invalid(f"{name}: {_first_line(exc)}") from exc
+        old = {name: getattr(self.settings, name) for name in checked}
         for name, value in checked.items():
             setattr(self.settings, name, value)
             config.write_setting(self.settings.home / config.CONFIG_FILE, name, value)
         self.grouper.quiet = self.settings.quiet_seconds
         self.dispatcher.wake()  # more workers may be free now
         log.info("settings changed: %s", checked)
+        self.audit(who, "settings_change", ", ".join(checked), old=old, new=checked)
         overridden = [n for n in checked if config.env_name(n) in os.environ]
         return {"changed": checked, "overridden_at_start": overridden}
 

@@ -18,7 +18,7 @@ from magickbox.auth.principal import Principal
 ACTIONS = (
     "login", "login_failed", "logout", "download", "delete", "retry", "upload", "send_retry",
     "routing_change", "user_add", "user_remove", "user_password", "token_create",
-    "token_revoke", "bucket_enable", "bucket_disable",
+    "token_revoke", "bucket_enable", "bucket_disable", "settings_change",
 )  # fmt: skip
 
 
@@ -52,7 +52,7 @@ class AuditLog:
             address=(who.address if who else "") or address,
             action=action,
             target=target[:256],
-            detail=orjson.dumps(detail).decode(),
+            detail=orjson.dumps(detail, default=str).decode(),  # a setting may be no JSON type
         )
         with self.sessions.begin() as s:
             s.add(row)

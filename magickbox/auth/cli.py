@@ -2,7 +2,8 @@
 
 They change the home's database directly, so they work whether or not the box runs (a
 running box sees new users and tokens at once, and a removed user's or a new password's
-page logins end at once). Exit codes: 0 ok; 2 bad arguments; 3 exists already; 4 no such user or token.
+page logins end at once). Exit codes: 0 ok; 2 bad arguments; 3 exists already; 4 no
+such user or token.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ def refuse_browser_get_change(request: Request, who: Principal) -> None:
     if cross_site(request):
         raise Forbidden("a cross-site request never changes anything")
     if who.kind == "user":  # a browser session: the page uses DELETE /api/v1 instead
-        raise Forbidden("a page login changes nothing by GET: use the API's DELETE")
+        raise Forbidden("a page login changes nothing by GET (the page uses POST, PUT, DELETE)")
 
 
 def allow_get_change(request: Request, who: Principal, role: Role) -> None:

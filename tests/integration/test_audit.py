@@ -111,3 +111,22 @@ def test_the_scrub_never_deletes_audit_rows(scrub_home: Path) -> None:
     assert after == before and after["total"] == 2 * len(names)
     for name in gone:
         assert box.audit_page(AuditFilter(target=name), 10, 0)["total"] == 2
+
+
+def test_settings_changes_are_recorded_with_old_and_new(
+    app_factory: Callable[..., InProcessBox],
+) -> None:
+    ibox = app_factory(concurrency=2)
+    assert ibox.client.patch("/api/v1/setup", json={"concurrency": 3}).status_code == 200
+    res = ibox.client.get("/code/php/setup.php",
+                          params={"command": "set", "value": "container_memory='1g'"})  # fmt: skip
+    assert res.status_code == 200, res.text
+    refused = ibox.client.patch("/api/v1/setup", json={"concurrency": -1})
+    assert refused.status_code == 400  # nothing changed: nothing recorded
+    events = audit(ibox, action="settings_change")["events"]
+    assert [(e["target"], e["detail"]["new"]) for e in events] == [
+        ("container_memory", {"container_memory": "1g"}),
+        ("concurrency", {"concurrency": 3}),
+    ]
+    assert events[1]["detail"]["old"] == {"concurrency": 2}
+    assert all(e["actor"] == "token:tests" for e in events)
