@@ -58,13 +58,15 @@ class AuditLog:
             s.add(row)
 
     def page(self, flt: AuditFilter, limit: int, offset: int) -> dict[str, Any]:
-        """Newest first: ``{"total", "limit", "offset", "events"}``."""
+        """Newest first: ``{"total", "limit", "offset", "events", "actions"}`` (``actions``:
+        every action name, for the page's filter)."""
         query = _filtered(select(AuditEvent), flt)
         with self.sessions() as s:
             total = s.scalar(_filtered(select(func.count(AuditEvent.id)), flt)) or 0
             rows = s.scalars(query.order_by(AuditEvent.id.desc()).limit(limit).offset(offset))
             events = [_view(r) for r in rows]
-        return {"total": total, "limit": limit, "offset": offset, "events": events}
+        return {"total": total, "limit": limit, "offset": offset, "events": events,
+                "actions": list(ACTIONS)}  # fmt: skip
 
     def lines(self, flt: AuditFilter) -> Iterator[bytes]:
         """Every matching row, oldest first, one JSON object a line (the export)."""

@@ -123,7 +123,9 @@ def test_settings_changes_are_recorded_with_old_and_new(
     assert res.status_code == 200, res.text
     refused = ibox.client.patch("/api/v1/setup", json={"concurrency": -1})
     assert refused.status_code == 400  # nothing changed: nothing recorded
-    events = audit(ibox, action="settings_change")["events"]
+    page = audit(ibox, action="settings_change")
+    assert "settings_change" in page["actions"]  # the page's filter offers it
+    events = page["events"]
     assert [(e["target"], e["detail"]["new"]) for e in events] == [
         ("container_memory", {"container_memory": "1g"}),
         ("concurrency", {"concurrency": 3}),

@@ -859,7 +859,7 @@ async function adminAudit(el, offset = 0, action = "") {
     el.innerHTML = `<section class="card"><h2>Audit</h2><p class="msg bad">${esc(e.message)}</p></section>`;
     return;
   }
-  const actions = ["", "login", "login_failed", "logout", "download", "upload", "delete", "retry", "send_retry", "routing_change", "user_add", "user_remove", "user_password", "token_create", "token_revoke"];
+  const actions = ["", ...data.actions]; // every name the box records
   el.innerHTML = `<section class="card"><h2>Audit <span class="sub">${num(data.total)}</span></h2>
     <p><label>Action <select id="audit-action">${actions.map((a) => `<option value="${a}" ${a === action ? "selected" : ""}>${a || "all"}</option>`).join("")}</select></label>
       <a class="btn small" href="${API}/audit.jsonl" download id="audit-export">Export (JSON lines)</a></p>
