@@ -472,3 +472,41 @@ def test_a_page_login_survives_a_restart_of_the_box(tmp_path: Path) -> None:
         assert httpx.get(f"{box.url}/api/v1/me", cookies=cookie).status_code == 401
     finally:
         box.stop()
+
+
+# -- the role matrix over a real socket ---------------------------------------------------------
+
+
+def test_the_role_matrix_over_every_route_of_a_running_box(tmp_path: Path) -> None:
+    """The same matrix as tests/integration/test_route_roles.py, sent by httpx to a real
+    ``magickbox serve`` that trusts no network (the routes are read off the app)."""
+    from magickbox.auth.store import AuthStore
+    from magickbox.box import Box
+    from magickbox.config import load_settings
+    from magickbox.jobs.db import open_database
+    from magickbox.testing.server import settings_of
+    from magickbox.web.app import create_app
+    from tests.integration.test_route_roles import calls, matrix_tokens, role_matrix
+
+    box = started(tmp_path / "home", extra_args=["--set", "trusted_networks=[]"])
+    try:
+        db = open_database(settings_of(box.home, box.extra_env, box.extra_args).db_url)
+        try:
+            tokens = matrix_tokens(AuthStore(db))
+        finally:
+            db.kw["bind"].dispose()
+        routes = calls(create_app(Box(load_settings(tmp_path / "other", announce=False))))
+        assert len(routes) > 40
+        client = httpx.Client(base_url=box.url, timeout=60)
+
+        def status_of(method: str, path: str, token: str | None) -> int:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            return client.request(method, path, headers=headers).status_code
+
+        try:
+            assert role_matrix(routes, status_of, tokens) == []
+        finally:
+            client.close()
+        assert box.get("/api/v1/health").status_code == 200  # still serving after all that
+    finally:
+        box.stop()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from starlette.routing import Mount
 
 from magickbox.auth.roles import Role
+from magickbox.auth.store import AuthStore
 from magickbox.web.app import PUBLIC_MOUNTS
 from magickbox.web.security import Requirement, endpoints, requirement_of
 from tests.conftest import InProcessBox, in_process_box
@@ -44,7 +45,11 @@ def untrusted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessBox
 
 @pytest.fixture(scope="module")
 def tokens(untrusted: InProcessBox) -> dict[str, str]:
-    store = untrusted.box.auth.store
+    return matrix_tokens(untrusted.box.auth.store)
+
+
+def matrix_tokens(store: AuthStore) -> dict[str, str]:
+    """A token of each role (named after it), a revoked and an expired admin token."""
     made = {role.name: store.create_token(role.name, role)[0] for role in Role if role}
     made["revoked"] = store.create_token("gone", Role.admin)[0]
     store.revoke_token("gone")
@@ -85,21 +90,33 @@ def test_the_walk_does_see_a_route_without_a_role(untrusted: InProcessBox) -> No
     assert requirement_of(route) == []
 
 
-def test_the_role_matrix_over_every_route(untrusted: InProcessBox, tokens: dict[str, str]) -> None:
-    client, wrong = untrusted.client, []
-    for method, path, needed in calls(client.app):
+def role_matrix(
+    routes: list[tuple[str, str, Requirement]],
+    status_of: Callable[[str, str, str | None], int],
+    tokens: dict[str, str],
+) -> list[str]:
+    """Every route as nobody, each role, a revoked and an expired token: what answered
+    otherwise than the route's requirement says (``status_of(method, path, token)``)."""
+    wrong = []
+    for method, path, needed in routes:
         cases: list[tuple[str, str | None, bool]] = [("none", None, False)]
         cases += [(r.name, tokens[r.name], r >= needed.role) for r in Role if r]
         cases += [("revoked", tokens["revoked"], False), ("expired", tokens["expired"], False)]
         for who, token, allowed in cases:
-            status = call(client, method, path, token).status_code
+            status = status_of(method, path, token)
             if needed.role is Role.public or allowed:
                 ok = status not in (401, 403)
             else:
                 ok = status == (403 if who in ("viewer", "operator") else 401)
             if not ok:
                 wrong.append(f"{method} {path} as {who} (needs {needed.role.name}): {status}")
-    assert wrong == []
+    return wrong
+
+
+def test_the_role_matrix_over_every_route(untrusted: InProcessBox, tokens: dict[str, str]) -> None:
+    client = untrusted.client
+    routes = calls(client.app)
+    assert role_matrix(routes, lambda m, p, t: call(client, m, p, t).status_code, tokens) == []
 
 
 def test_a_role_too_low_is_told_which_it_needs(untrusted: InProcessBox, tokens: dict) -> None:
