@@ -127,9 +127,10 @@ def job_files(
     return json_bytes(box.job_files(scratchdir, part))
 
 
-@router.get("/jobs/{scratchdir}/files/{name:path}", dependencies=VIEW)
+@router.get("/jobs/{scratchdir}/files/{name:path}")
 def job_file(
     box: BoxDep,
+    who: Viewer,
     scratchdir: str,
     name: str,
     part: Annotated[str, Query(pattern="^(OUTPUT|INPUT)$")] = "OUTPUT",
@@ -140,13 +141,15 @@ def job_file(
     """One file of OUTPUT or INPUT; ``render=png`` draws a DICOM image as PNG (for the page).
 
     Only PNG and JPEG are shown inline: anything else is sent as a download, never as a
-    page the browser would run."""
+    page the browser would run. A download (not a picture shown on the page) is audited."""
     path = box.job_file(scratchdir, part, name)
     if render:
         return Response(dicom_png(path, frame), media_type="image/png", headers=NOSNIFF)
     media = IMAGE_SUFFIXES.get(path.suffix.lower())
     inline = media is not None and not download
     kind = "inline" if inline else "attachment"
+    if not inline:
+        box.audit(who, "download", scratchdir, part=part, file=name)
     return FileResponse(
         path,
         media_type=media or "application/octet-stream",

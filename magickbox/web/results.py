@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import PurePosixPath
 from typing import Annotated
 
@@ -34,7 +35,9 @@ def measures(
     ``row``). Jobs without measures have empty cells: the missing subjects show."""
     result = box.measures_table(bucket)
     if format == "csv":
-        name = f"measures-{bucket}.csv" if bucket else "measures.csv"
+        # The bucket name is the caller's text: in a header only as safe ASCII (a
+        # non-Latin-1 or quote character would break the header, a CR LF split it).
+        name = f"measures-{_ascii_name(bucket)}.csv" if bucket else "measures.csv"
         return Response(
             table_csv(result),
             media_type="text/csv; charset=utf-8",
@@ -78,6 +81,10 @@ def db_php(
         found = box.job_measures(_job_key(query))
         return json_bytes({} if found is None else {"measures.json": found})
     raise Invalid("give query=<scratchdir> or parse=<scratchdir>")
+
+
+def _ascii_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
 
 
 def _job_key(value: str) -> str:

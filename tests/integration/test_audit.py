@@ -69,6 +69,28 @@ def test_each_action_leaves_a_row(app_factory: Callable[..., InProcessBox], tmp_
     assert audit(ibox, target=sd)["total"] == 5
 
 
+def test_a_single_file_download_is_audited_a_picture_on_the_page_not(
+    app_factory: Callable[..., InProcessBox], tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    copy_bucket(home, "Quick", '#!/bin/sh\nprintf png > "$2/pic.png"\necho ok > "$2/out.txt"\n')
+    ibox = app_factory(home=home)
+    client = ibox.client
+    upload = {"theFile": ("s.zip", study_zip(tmp_path), "application/zip")}
+    sd = client.post("/code/php/processZip.php", data={"aetitle": "Quick"},
+                     files=upload).json()["scratchdir"]  # fmt: skip
+    wait_state(client, sd, {"done"})
+    (first,) = client.get(f"/api/v1/jobs/{sd}/files", params={"part": "INPUT"}).json()["files"][:1]
+    base = f"/api/v1/jobs/{sd}/files"
+    assert client.get(f"{base}/{first['name']}", params={"part": "INPUT"}).status_code == 200
+    assert client.get(f"{base}/out.txt").status_code == 200
+    assert client.get(f"{base}/pic.png").status_code == 200  # shown inline: not a download
+    assert client.get(f"{base}/pic.png", params={"download": 1}).status_code == 200
+    rows = [(e["detail"]["part"], e["detail"].get("file")) for e in
+            reversed(audit(ibox, action="download", target=sd)["events"])]  # fmt: skip
+    assert rows == [("INPUT", first["name"]), ("OUTPUT", "out.txt"), ("OUTPUT", "pic.png")]
+
+
 def test_a_trusted_network_is_named_in_the_trail(app_factory: Callable[..., InProcessBox]) -> None:
     ibox = app_factory()
     del ibox.client.headers["Authorization"]  # the seed's curl: no credentials, from 127.0.0.1
