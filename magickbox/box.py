@@ -20,7 +20,7 @@ from typing import Any
 
 from magickbox import config
 from magickbox.announce import Announcer
-from magickbox.auth.audit import AuditFilter
+from magickbox.auth.audit import AuditFilter, bucket_action
 from magickbox.auth.principal import Principal
 from magickbox.auth.roles import Role
 from magickbox.auth.service import Authority
@@ -434,6 +434,13 @@ class Box:
         found = registry.all_buckets(self.settings.streams).values()
         return [b for b in found if b.enabled or not enabled_only]
 
+    def set_bucket_enabled(self, who: Principal, aetitle: str, enable: bool) -> dict[str, Any]:
+        """Enable or disable a bucket (what ``magickbox buckets enable|disable`` does), in the
+        audit trail; the bucket as /api/v1/buckets shows it now."""
+        bucket = registry.set_enabled(self.settings.streams, aetitle, enable)
+        self.audit(who, bucket_action(enable), bucket.aetitle)
+        return health.view(health.check_folder(bucket.path, self.settings))
+
     def slurm_status(self, scratchdir: str) -> str | None:
         """The job's place in Slurm ("PENDING (Resources)", "RUNNING on node1"), if it has one."""
         return self.executor.status(scratchdir)
@@ -559,9 +566,10 @@ class Box:
     def setup(self) -> dict[str, Any]:
         return config.setup_view(self.settings)
 
-    def change_settings(self, changes: dict[str, object]) -> dict[str, Any]:
+    def change_settings(self, who: Principal, changes: dict[str, object]) -> dict[str, Any]:
         """Check every change, then apply them to the running box and keep them in the
-        home's magickbox.toml; a bad one changes nothing."""
+        home's magickbox.toml; a bad one changes nothing. In the audit trail with the old
+        and new values."""
         if not changes:
             raise Invalid("no setting to change")
         checked = {}
@@ -570,12 +578,14 @@ class Box:
                 checked[name] = config.live_change(self.settings, name, value)
             except ValueError as exc:
                 raise Invalid(f"{name}: {_first_line(exc)}") from exc
+        old = {name: getattr(self.settings, name) for name in checked}
         for name, value in checked.items():
             setattr(self.settings, name, value)
             config.write_setting(self.settings.home / config.CONFIG_FILE, name, value)
         self.grouper.quiet = self.settings.quiet_seconds
         self.dispatcher.wake()  # more workers may be free now
         log.info("settings changed: %s", checked)
+        self.audit(who, "settings_change", ", ".join(checked), old=old, new=checked)
         overridden = [n for n in checked if config.env_name(n) in os.environ]
         return {"changed": checked, "overridden_at_start": overridden}
 

@@ -18,8 +18,13 @@ from magickbox.auth.principal import Principal
 ACTIONS = (
     "login", "login_failed", "logout", "download", "delete", "retry", "upload", "send_retry",
     "routing_change", "user_add", "user_remove", "user_password", "token_create",
-    "token_revoke",
+    "token_revoke", "bucket_enable", "bucket_disable", "settings_change",
 )  # fmt: skip
+
+
+def bucket_action(enable: bool) -> str:
+    """The audit action of a bucket's enable or disable."""
+    return "bucket_enable" if enable else "bucket_disable"
 
 
 @dataclass(frozen=True)
@@ -47,19 +52,21 @@ class AuditLog:
             address=(who.address if who else "") or address,
             action=action,
             target=target[:256],
-            detail=orjson.dumps(detail).decode(),
+            detail=orjson.dumps(detail, default=str).decode(),  # a setting may be no JSON type
         )
         with self.sessions.begin() as s:
             s.add(row)
 
     def page(self, flt: AuditFilter, limit: int, offset: int) -> dict[str, Any]:
-        """Newest first: ``{"total", "limit", "offset", "events"}``."""
+        """Newest first: ``{"total", "limit", "offset", "events", "actions"}`` (``actions``:
+        every action name, for the page's filter)."""
         query = _filtered(select(AuditEvent), flt)
         with self.sessions() as s:
             total = s.scalar(_filtered(select(func.count(AuditEvent.id)), flt)) or 0
             rows = s.scalars(query.order_by(AuditEvent.id.desc()).limit(limit).offset(offset))
             events = [_view(r) for r in rows]
-        return {"total": total, "limit": limit, "offset": offset, "events": events}
+        return {"total": total, "limit": limit, "offset": offset, "events": events,
+                "actions": list(ACTIONS)}  # fmt: skip
 
     def lines(self, flt: AuditFilter) -> Iterator[bytes]:
         """Every matching row, oldest first, one JSON object a line (the export)."""

@@ -1,8 +1,9 @@
 """``magickbox users`` and ``magickbox tokens``: who may use the box's web API and page.
 
 They change the home's database directly, so they work whether or not the box runs (a
-running box sees new users and tokens at once; sessions of a removed user end at its
-restart). Exit codes: 0 ok; 2 bad arguments; 3 exists already; 4 no such user or token.
+running box sees new users and tokens at once, and a removed user's or a new password's
+page logins end at once). Exit codes: 0 ok; 2 bad arguments; 3 exists already; 4 no
+such user or token.
 """
 
 from __future__ import annotations

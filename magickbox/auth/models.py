@@ -35,6 +35,19 @@ class ApiToken(Base):
     last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
+class LoginSession(Base):
+    """A page login. Its id is only in the browser's cookie; the table keeps its SHA-256."""
+
+    __tablename__ = "login_sessions"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_name: Mapped[str] = mapped_column(String(64), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    csrf: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
 class AuditEvent(Base):
     """One thing someone did. Rows are only ever added: no scrub or delete removes them."""
 

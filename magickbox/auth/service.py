@@ -49,7 +49,7 @@ class Authority:
         self.settings = settings
         self.store = AuthStore(db)
         self.log = AuditLog(db)
-        self.sessions = Sessions(settings.session_minutes * 60)
+        self.sessions = Sessions(db, settings.session_minutes * 60)
         self.throttle = LoginThrottle(settings.login_max_failures, settings.login_window_seconds)
         self.trusted = parse_trusted(settings.trusted_networks)
 

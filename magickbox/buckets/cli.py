@@ -8,8 +8,8 @@ engine is missing or failed, or an info.json is unusable.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
-import os
 import re
 import secrets
 import shutil
@@ -24,6 +24,7 @@ from magickbox.buckets.container import ContainerError
 from magickbox.buckets.runner import LocalExecutor, RunRequest, RunResult, build_request
 from magickbox.buckets.slurm import SlurmExecutor
 from magickbox.config import Settings
+from magickbox.errors import NotFound
 from magickbox.jobfolder import MEASURES_JSON, PROC_JSON, JobFolder, RunFacts
 
 EXIT_FAILED, EXIT_USAGE, EXIT_CLASH, EXIT_MISSING, EXIT_ENGINE = 1, 2, 3, 4, 5
@@ -116,13 +117,6 @@ def check_free(settings: Settings, aetitle: str) -> Path:
     return folder
 
 
-def write_info(folder: Path, info: dict[str, Any]) -> None:
-    """Replace info.json in one step: the box reads it on every lookup."""
-    tmp = folder / ".info.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, folder / "info.json")
-
-
 # -- create --------------------------------------------------------------------------------
 
 STARTER_WORK_SH = """#!/bin/sh
@@ -185,7 +179,7 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
         "license": "MIT",
         "enabled": 1,
     }
-    write_info(folder, info)
+    registry.write_info(folder, info)
     (folder / "work.sh").write_text(STARTER_WORK_SH.format(**values))
     (folder / "work.sh").chmod(0o755)
     (folder / "Containerfile").write_text(STARTER_CONTAINERFILE.format(**values))
@@ -227,7 +221,7 @@ def cmd_install(args: argparse.Namespace, settings: Settings) -> int:
     info.setdefault("name", aetitle)
     container.make_spec(info, settings, "check", settings.memory / aetitle)  # bad fields?
     folder.mkdir(parents=True)
-    write_info(folder, info)
+    registry.write_info(folder, info)
     print(f"installed {args.image} as bucket {aetitle} ({folder})")
     return 0
 
@@ -253,9 +247,22 @@ def removable_folder(settings: Settings, name: str) -> Path:
 
 
 def cmd_enable(args: argparse.Namespace, settings: Settings) -> int:
-    bucket = find(settings, args.name)
-    info = dict(bucket.info, enabled=1 if args.bucket_command == "enable" else 0)
-    write_info(bucket.path, info)
+    """What ``POST /api/v1/buckets/{name}/enable`` does, by the one who runs the command."""
+    from magickbox.auth.audit import AuditLog, bucket_action
+    from magickbox.auth.principal import Principal
+    from magickbox.auth.roles import Role
+    from magickbox.jobs.db import open_database
+
+    enable = args.bucket_command == "enable"
+    db = open_database(settings.db_url)  # first: no change the audit trail cannot record
+    try:
+        bucket = registry.set_enabled(settings.streams, args.name, enable)
+        me = Principal("cli", getpass.getuser(), Role.admin, "local")
+        AuditLog(db).record(me, bucket_action(enable), bucket.aetitle)
+    except NotFound as exc:
+        raise CliError(str(exc), EXIT_MISSING) from exc
+    finally:
+        db.kw["bind"].dispose()
     print(f"{bucket.aetitle}: {args.bucket_command}d")
     return 0
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from magickbox.errors import NotFound
+
 log = logging.getLogger(__name__)
 
 
@@ -111,6 +113,24 @@ def enabled_bucket(streams: Path, aetitle: str) -> Bucket | None:
     direct = read_bucket(streams / f"bucket{aetitle}") if _plain_name(aetitle) else None
     bucket = direct if direct and direct.aetitle == aetitle else all_buckets(streams).get(aetitle)
     return bucket if bucket and bucket.enabled else None
+
+
+def write_info(folder: Path, info: dict[str, Any]) -> None:
+    """Replace info.json in one step: the box reads it on every lookup."""
+    tmp = folder / ".info.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, folder / "info.json")
+
+
+def set_enabled(streams: Path, aetitle: str, enabled: bool) -> Bucket:
+    """Enable or disable the bucket ``aetitle`` (its info.json "enabled"); the bucket as it
+    is now. The one way both the box (over HTTP) and ``magickbox buckets`` do it."""
+    bucket = all_buckets(streams).get(aetitle)
+    if bucket is None:
+        raise NotFound(f"no bucket {aetitle!r} in {streams}")
+    info = dict(bucket.info, enabled=1 if enabled else 0)
+    write_info(bucket.path, info)
+    return Bucket(aetitle=bucket.aetitle, path=bucket.path, info=info)
 
 
 def _plain_name(aetitle: str) -> bool:

@@ -25,6 +25,7 @@ NOSNIFF = {"X-Content-Type-Options": "nosniff"}  # a file is what its type says,
 VIEW, OPERATE, ADMIN = [require(Role.viewer)], [require(Role.operator)], [require(Role.admin)]
 Viewer = Annotated[Principal, require(Role.viewer)]
 Operator = Annotated[Principal, require(Role.operator)]
+Admin = Annotated[Principal, require(Role.admin)]
 
 
 @router.get("/jobs", dependencies=VIEW)
@@ -95,9 +96,10 @@ def job_files(
     return json_bytes(box.job_files(scratchdir, part))
 
 
-@router.get("/jobs/{scratchdir}/files/{name:path}", dependencies=VIEW)
+@router.get("/jobs/{scratchdir}/files/{name:path}")
 def job_file(
     box: BoxDep,
+    who: Viewer,
     scratchdir: str,
     name: str,
     part: Annotated[str, Query(pattern="^(OUTPUT|INPUT)$")] = "OUTPUT",
@@ -108,13 +110,15 @@ def job_file(
     """One file of OUTPUT or INPUT; ``render=png`` draws a DICOM image as PNG (for the page).
 
     Only PNG and JPEG are shown inline: anything else is sent as a download, never as a
-    page the browser would run."""
+    page the browser would run. A download (not a picture shown on the page) is audited."""
     path = box.job_file(scratchdir, part, name)
     if render:
         return Response(dicom_png(path, frame), media_type="image/png", headers=NOSNIFF)
     media = IMAGE_SUFFIXES.get(path.suffix.lower())
     inline = media is not None and not download
     kind = "inline" if inline else "attachment"
+    if not inline:
+        box.audit(who, "download", scratchdir, part=part, file=name)
     return FileResponse(
         path,
         media_type=media or "application/octet-stream",
@@ -182,6 +186,19 @@ def delete_study(box: BoxDep, who: Operator, study_uid: str) -> Response:
 def buckets(box: BoxDep, all: bool = False) -> list[dict[str, Any]]:
     """Installed buckets (only the enabled ones unless ``all=true``)."""
     return box.bucket_overview(enabled_only=not all)
+
+
+@router.post("/buckets/{name}/enable")
+def enable_bucket(box: BoxDep, who: Admin, name: str) -> dict[str, Any]:
+    """Enable a bucket: sends to its AE title become jobs again (audited)."""
+    return box.set_bucket_enabled(who, name, True)
+
+
+@router.post("/buckets/{name}/disable")
+def disable_bucket(box: BoxDep, who: Admin, name: str) -> dict[str, Any]:
+    """Disable a bucket: sends to its AE title are refused from now on, and jobs of it
+    still queued fail when their turn comes (audited)."""
+    return box.set_bucket_enabled(who, name, False)
 
 
 @router.get("/queue", dependencies=VIEW)

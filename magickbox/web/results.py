@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import PurePosixPath
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
+from magickbox.auth.principal import Principal
 from magickbox.auth.roles import Role
 from magickbox.errors import Invalid
 from magickbox.jobs.measures import Table
 from magickbox.web.deps import BoxDep, json_bytes
-from magickbox.web.security import require
+from magickbox.web.security import allow_get_change, require
 
 router = APIRouter(tags=["measures and timing"])
 VIEW = [require(Role.viewer)]
-LEGACY_VIEW = [require(Role.viewer, legacy=True)]  # original endpoints: trusted networks too
+# Original endpoints: trusted networks too.
+LegacyViewer = Annotated[Principal, require(Role.viewer, legacy=True)]
 
 
 @router.get("/api/v1/measures", dependencies=VIEW)
@@ -32,7 +35,9 @@ def measures(
     ``row``). Jobs without measures have empty cells: the missing subjects show."""
     result = box.measures_table(bucket)
     if format == "csv":
-        name = f"measures-{bucket}.csv" if bucket else "measures.csv"
+        # The bucket name is the caller's text: in a header only as safe ASCII (a
+        # non-Latin-1 or quote character would break the header, a CR LF split it).
+        name = f"measures-{_ascii_name(bucket)}.csv" if bucket else "measures.csv"
         return Response(
             table_csv(result),
             media_type="text/csv; charset=utf-8",
@@ -56,9 +61,11 @@ def job_measures(box: BoxDep, scratchdir: str) -> Response:
     return json_bytes(box.job_measures(scratchdir))
 
 
-@router.get("/code/php/db.php", dependencies=LEGACY_VIEW)
+@router.get("/code/php/db.php")
 def db_php(
+    request: Request,
     box: BoxDep,
+    who: LegacyViewer,
     query: Annotated[str | None, Query(description="a job's scratchdir (or a path to it)")] = None,
     parse: Annotated[str | None, Query(description="read this job's measures.json again")] = None,
     sender: Annotated[str | None, Query(description="accepted as the original did; unused")] = None,
@@ -66,8 +73,9 @@ def db_php(
 ) -> Response:
     """The original's measures database: ``query=<scratchdir>`` answers
     ``{"measures.json": <measures>}`` (``{}`` when the job has none); ``parse=<scratchdir>``
-    reads the job's measures.json again."""
+    reads the job's measures.json again (a change: operator, never from a browser)."""
     if parse:
+        allow_get_change(request, who, Role.operator)
         return json_bytes({"ok": True, "message": box.reread_measures(_job_key(parse))})
     if query:
         found = box.job_measures(_job_key(query))
@@ -75,24 +83,31 @@ def db_php(
     raise Invalid("give query=<scratchdir> or parse=<scratchdir>")
 
 
+def _ascii_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
+
+
 def _job_key(value: str) -> str:
     """The original took the last part of a path (``/data/scratch/tmp.X``) as the key."""
     return PurePosixPath(value.rstrip("/")).name or value
 
 
-@router.get("/code/php/timing.php", dependencies=LEGACY_VIEW)
+@router.get("/code/php/timing.php")
 def timing_php(
+    request: Request,
     box: BoxDep,
+    who: LegacyViewer,
     aetitle: Annotated[str | None, Query(description="the bucket")] = None,
     time: Annotated[str | None, Query(description="add this processing time, in seconds")] = None,
 ) -> Response:
     """The bucket's running mean (``avg``) and standard deviation (``std``) of processing
     time in seconds, as the original answered (``[]`` for a bucket without runs);
-    ``time=`` adds a processing time by hand."""
+    ``time=`` adds a processing time by hand (a change: operator, never from a browser)."""
     name = (aetitle or "").strip('\\"')
     if not name:
         raise Invalid("aetitle is required")
     if time is not None:
+        allow_get_change(request, who, Role.operator)
         return json_bytes(box.add_timing(name, _seconds(time)).original())
     figures = box.bucket_timing(name)
     return json_bytes([] if figures is None else figures.original())

@@ -88,16 +88,34 @@ def authorize(request: Request, needed: Requirement) -> Principal:
     who = identify(request, needed)
     if who is None:
         raise Unauthorized("log in, or send Authorization: Bearer <token>")
-    if who.role < needed.role:
-        if who.kind == "trusted":  # a trusted network is no identity: credentials would do
-            raise Unauthorized(f"this needs the {needed.role.name} role: send credentials")
-        raise Forbidden(f"this needs the {needed.role.name} role; {who.label} is {who.role.name}")
+    check_role(who, needed.role)
     if needed.get_changes_state:
-        if cross_site(request):
-            raise Forbidden("a cross-site request never changes anything")
-        if who.kind == "user":  # a browser session: the page uses DELETE /api/v1 instead
-            raise Forbidden("a page login changes nothing by GET: use the API's DELETE")
+        refuse_browser_get_change(request, who)
     return who
+
+
+def refuse_browser_get_change(request: Request, who: Principal) -> None:
+    """A legacy GET that changes state: never cross-site, never by a page login (an
+    ``<img>`` on any page would do it with the user's cookie)."""
+    if cross_site(request):
+        raise Forbidden("a cross-site request never changes anything")
+    if who.kind == "user":  # a browser session: the page uses DELETE /api/v1 instead
+        raise Forbidden("a page login changes nothing by GET (the page uses POST, PUT, DELETE)")
+
+
+def allow_get_change(request: Request, who: Principal, role: Role) -> None:
+    """For a legacy GET that only sometimes changes state (``timing.php?time=``,
+    ``db.php?parse=``): the same rules as ``get_changes_state``, checked when it does, with
+    ``role`` (more than the route's reading role)."""
+    check_role(who, role)
+    refuse_browser_get_change(request, who)
+
+
+def check_role(who: Principal, role: Role) -> None:
+    if who.role < role:
+        if who.kind == "trusted":  # a trusted network is no identity: credentials would do
+            raise Unauthorized(f"this needs the {role.name} role: send credentials")
+        raise Forbidden(f"this needs the {role.name} role; {who.label} is {who.role.name}")
 
 
 def identify(request: Request, needed: Requirement) -> Principal | None:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response
 
+from magickbox.auth.principal import Principal
 from magickbox.auth.roles import Role
 from magickbox.config import parse_assignment
 from magickbox.errors import Invalid
@@ -16,15 +17,16 @@ from magickbox.web.security import require
 
 router = APIRouter(tags=["setup"])
 # Settings are an admin's; set by GET (the original's form) is refused cross-site.
-ADMIN_GET_SET = [require(Role.admin, get_changes_state=True)]
-ADMIN = [require(Role.admin)]
+ADMIN_GET_SET = require(Role.admin, get_changes_state=True)
+ADMIN = require(Role.admin)
 
 SET_HELP = "NAME=VALUE, one per line (or separated by ';'): the live settings to change"
 
 
-@router.get("/code/php/setup.php", dependencies=ADMIN_GET_SET)
+@router.get("/code/php/setup.php")
 def setup_php(
     box: BoxDep,
+    who: Annotated[Principal, ADMIN_GET_SET],
     command: Annotated[str | None, Query(description="get or set")] = None,
     value: Annotated[str | None, Query(description=SET_HELP)] = None,
 ) -> Response:
@@ -35,7 +37,7 @@ def setup_php(
     if command == "set":
         if not value or not value.strip():
             raise Invalid("no value to set: give value=NAME=VALUE")
-        return json_bytes(box.change_settings(assignments(value)))
+        return json_bytes(box.change_settings(who, assignments(value)))
     raise Invalid("command must be get or set")
 
 
@@ -52,11 +54,12 @@ def assignments(text: str) -> dict[str, object]:
     return changes
 
 
-@router.patch("/api/v1/setup", dependencies=ADMIN)
+@router.patch("/api/v1/setup")
 def patch_setup(
     box: BoxDep,
+    who: Annotated[Principal, ADMIN],
     changes: Annotated[dict[str, Any], Body(description="{name: new value} of live settings")],
 ) -> Response:
     """Change settings that take effect at once (``live`` in ``GET /api/v1/setup``); they
     are kept in magickbox.toml. A bad name or value changes nothing (400)."""
-    return json_bytes(box.change_settings(changes))
+    return json_bytes(box.change_settings(who, changes))

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from magickbox.auth.store import PASSWORD_FILE
 from magickbox.testing.dicomgen import write_study
 from tests.conftest import BoxServer, copy_bucket, dcmtk, free_port
 from tests.e2e.peers import QUICK, wait_for
-from tests.e2e.test_seed import DELETE, SEND, bash, fill
+from tests.e2e.test_seed import DELETE, DOWNLOAD, FILE_LIST, LIST_FINISHED, SEND, bash, fill
 
 pytestmark = pytest.mark.e2e
 
@@ -101,6 +102,49 @@ def test_the_seeds_commands_from_an_untrusted_address_get_401(
         curl_status(f"{base}/getScratch.php", "-H", f"Authorization: Bearer {untrusted.token}")
         == "200"
     )
+
+
+LAB = "127.0.0.2"  # a second loopback address: the "lab network" of the next test
+
+
+def curl_from(bindir: Path, address: str) -> None:
+    """``curl`` on the shell's PATH, sending from ``address`` (the seed's lines stay verbatim)."""
+    real = subprocess.run(["sh", "-c", "command -v curl"], capture_output=True, text=True)
+    wrapper = bindir / "curl"
+    wrapper.write_text(f'#!/bin/sh\nexec {real.stdout.strip()} --interface {address} "$@"\n')
+    wrapper.chmod(0o755)
+
+
+def test_the_seeds_commands_from_a_trusted_network_pass_and_from_elsewhere_get_401(
+    tmp_path: Path, bindir: Path
+) -> None:
+    """One box trusting only 127.0.0.2/32 (not 127.0.0.1): the seed's list, download and
+    delete loops run verbatim from 127.0.0.2, and the same lines from 127.0.0.1 get 401."""
+    trusted = ["--set", f'trusted_networks=["{LAB}/32=operator"]']
+    box = started(tmp_path / "home", extra_args=trusted)
+    try:
+        work = tmp_path / "work"
+        work.mkdir()
+        study = write_study(tmp_path / "s", n_images=2, rows=16, cols=16)
+        bash(fill(SEND.replace("MySelf", "ip44"), box, study.paths[0].parent), work, bindir)
+        box.wait_jobs(1, finished=True, timeout=120)
+        sd = box.jobs()[0]["scratchdir"]
+        url = f"http://127.0.0.1:{box.web_port}/code/php/getScratch.php"
+        assert curl_status(url) == "401"  # from 127.0.0.1: not trusted
+        assert curl_status(url, "--interface", LAB) == "200"
+        curl_from(bindir, LAB)
+        finished = bash(fill(LIST_FINISHED, box), work, bindir)
+        assert finished.count('"AETitleCaller": "ip44"') == 1
+        bash(fill(FILE_LIST, box) + "\n" + fill(DOWNLOAD, box), work, bindir)
+        with zipfile.ZipFile(work / study.study_uid / f"{study.study_uid}.zip") as zf:
+            assert zf.testzip() is None and zf.namelist()[0].startswith(f"{sd}/OUTPUT/")
+        out = bash(fill(FILE_LIST, box) + "\n" + fill(DELETE, box), work, bindir)
+        assert out.count('"ok":true') == 1 and box.jobs() == []
+        trail = box.get("/api/v1/audit", params={"target": sd}).json()["events"]
+        assert {e["actor"] for e in trail} == {f"trusted:{LAB}/32"}
+        assert [e["action"] for e in trail] == ["delete", "download"]
+    finally:
+        box.stop()
 
 
 # -- a hostile page in a real browser --------------------------------------------------------
@@ -333,3 +377,136 @@ def test_a_new_home_prints_its_admin_password_once(tmp_path: Path) -> None:
     finally:
         box.stop()
     assert free_port()
+
+
+# -- buckets enabled and disabled by an admin on the page --------------------------------------
+
+
+def test_an_admin_disables_and_enables_a_bucket_on_the_page(untrusted: BoxServer, browser) -> None:  # type: ignore[no-untyped-def]
+    folder = copy_bucket(untrusted.home, "Switch", QUICK)
+    untrusted.add_user("ada", Role.admin, "ada's password")
+    untrusted.add_user("vic", Role.viewer, "vic's password")
+    ctx = browser.new_context()
+    ctx.add_cookies([untrusted.login_cookie("ada", "ada's password")])
+    page = ctx.new_page()
+    page.set_default_timeout(60_000)
+    page.on("dialog", lambda d: d.accept())  # "Disable bucket Switch?"
+    page.goto(untrusted.url + "/#/buckets")
+    card = page.locator('article[data-bucket="Switch"]')
+    card.locator('button[data-toggle="disable"]').click()
+    card.locator('button[data-toggle="enable"]').wait_for()  # drawn again, now disabled
+    card.locator(".badge").filter(has_text="disabled").wait_for()
+    assert json.loads((folder / "info.json").read_text())["enabled"] == 0
+    card.locator('button[data-toggle="enable"]').click()
+    card.locator('button[data-toggle="disable"]').wait_for()
+    assert json.loads((folder / "info.json").read_text())["enabled"] == 1
+    ctx.close()
+    trail = untrusted.get("/api/v1/audit", params={"target": "Switch"}).json()["events"]
+    assert [(e["action"], e["actor"]) for e in trail] == [
+        ("bucket_enable", "user:ada"), ("bucket_disable", "user:ada")]  # fmt: skip
+    # A viewer sees the bucket but no button to change it.
+    ctx = browser.new_context()
+    ctx.add_cookies([untrusted.login_cookie("vic", "vic's password")])
+    page = ctx.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(untrusted.url + "/#/buckets")
+    page.locator('article[data-bucket="Switch"]').wait_for()
+    page.locator("#who .user").filter(has_text="vic (viewer)").wait_for()
+    assert page.locator("button[data-toggle]").count() == 0
+    ctx.close()
+
+
+# -- Host names, secrets in URLs and logs ------------------------------------------------------
+
+
+def test_foreign_hosts_and_tokens_in_urls_are_refused_and_no_secret_is_logged(
+    untrusted: BoxServer,
+) -> None:
+    url = f"http://127.0.0.1:{untrusted.web_port}/api/v1/jobs"
+    auth = ["-H", f"Authorization: Bearer {untrusted.token}"]
+    assert curl_status(url, *auth) == "200"
+    # DNS rebinding: a name that resolves to the box but is not one of its names.
+    assert curl_status(url, *auth, "-H", "Host: rebound.evil.example") == "400"
+    assert curl_status(url, *auth, "-H", f"Host: localhost:{untrusted.web_port}") == "200"
+    # A token is never taken from the URL (URLs end up in logs, histories and Referers).
+    for name in ("token", "access_token", "api_key"):
+        assert curl_status(f"{url}?{name}={untrusted.token}") == "401", name
+    untrusted.add_user("lou", Role.viewer, "lou's password")
+    assert curl_status(f"http://127.0.0.1:{untrusted.web_port}/api/v1/login",
+                       "-d", "name=lou", "-d", "password=lou's password") == "200"  # fmt: skip
+    assert curl_status(f"http://127.0.0.1:{untrusted.web_port}/api/v1/login",
+                       "-d", "name=lou", "-d", "password=not lou's") == "401"  # fmt: skip
+    logs = (untrusted.home / "logs" / "magickbox.log").read_text() + untrusted.log_path.read_text()
+    assert "lou's password" not in logs and "not lou's" not in logs
+    assert untrusted.token not in logs
+    trail = untrusted.get("/api/v1/audit", params={"target": "lou"}).json()["events"]
+    assert [(e["action"], e["address"]) for e in trail] == [
+        ("login_failed", "127.0.0.1"), ("login", "127.0.0.1")]  # fmt: skip
+    assert "not lou's" not in json.dumps(trail) and "lou's password" not in json.dumps(trail)
+
+
+# -- page logins and restarts ----------------------------------------------------------------
+
+
+def test_a_page_login_survives_a_restart_of_the_box(tmp_path: Path) -> None:
+    from magickbox.auth.sessions import COOKIE
+
+    box = started(tmp_path / "home")
+    try:
+        box.add_user("rita", Role.operator, "rita's password")
+        res = httpx.post(f"{box.url}/api/v1/login",
+                         data={"name": "rita", "password": "rita's password"})  # fmt: skip
+        assert res.status_code == 200
+        cookie, csrf = {COOKIE: res.cookies[COOKIE]}, res.json()["csrf"]
+        box.stop()
+        box.start()
+        me = httpx.get(f"{box.url}/api/v1/me", cookies=cookie)
+        assert me.status_code == 200 and me.json()["name"] == "rita"
+        assert me.json()["csrf"] == csrf  # the page's CSRF token still holds too
+        gone = httpx.delete(f"{box.url}/api/v1/jobs/tmp.nothere0", cookies=cookie,
+                            headers={"X-CSRF-Token": csrf})  # fmt: skip
+        assert gone.status_code == 404  # let through (no such job)
+        out = httpx.post(f"{box.url}/api/v1/logout", cookies=cookie,
+                         headers={"X-CSRF-Token": csrf})  # fmt: skip
+        assert out.status_code == 204
+        assert httpx.get(f"{box.url}/api/v1/me", cookies=cookie).status_code == 401
+    finally:
+        box.stop()
+
+
+# -- the role matrix over a real socket ---------------------------------------------------------
+
+
+def test_the_role_matrix_over_every_route_of_a_running_box(tmp_path: Path) -> None:
+    """The same matrix as tests/integration/test_route_roles.py, sent by httpx to a real
+    ``magickbox serve`` that trusts no network (the routes are read off the app)."""
+    from magickbox.auth.store import AuthStore
+    from magickbox.box import Box
+    from magickbox.config import load_settings
+    from magickbox.jobs.db import open_database
+    from magickbox.testing.server import settings_of
+    from magickbox.web.app import create_app
+    from tests.integration.test_route_roles import calls, matrix_tokens, role_matrix
+
+    box = started(tmp_path / "home", extra_args=["--set", "trusted_networks=[]"])
+    try:
+        db = open_database(settings_of(box.home, box.extra_env, box.extra_args).db_url)
+        try:
+            tokens = matrix_tokens(AuthStore(db))
+        finally:
+            db.kw["bind"].dispose()
+        routes = calls(create_app(Box(load_settings(tmp_path / "other", announce=False))))
+        assert len(routes) > 40
+        client = httpx.Client(base_url=box.url, timeout=60)
+
+        def status_of(method: str, path: str, token: str | None) -> int:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            return client.request(method, path, headers=headers).status_code
+
+        try:
+            assert role_matrix(routes, status_of, tokens) == []
+        finally:
+            client.close()
+        assert box.get("/api/v1/health").status_code == 200  # still serving after all that
+    finally:
+        box.stop()

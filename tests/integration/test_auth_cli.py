@@ -65,3 +65,27 @@ def test_each_command_has_help(capsys) -> None:  # type: ignore[no-untyped-def]
             main([group, cmd, "--help"])
         assert done.value.code == 0
         assert "--home" in capsys.readouterr().out
+
+
+def test_the_commands_changes_are_in_the_audit_trail(tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import getpass
+
+    from magickbox.auth.audit import AuditFilter, AuditLog
+    from magickbox.config import load_settings
+    from magickbox.jobs.db import open_database
+
+    home = tmp_path / "home"
+    for args, stdin in ((("users", "add", "ann", "--password-stdin"), "a long password\n"),
+                        (("users", "passwd", "ann", "--password-stdin"), "another password\n"),
+                        (("tokens", "create", "ci"), ""), (("tokens", "revoke", "ci"), ""),
+                        (("users", "remove", "ann"), "")):  # fmt: skip
+        assert run(capsys, monkeypatch, home, *args, stdin=stdin)[0] == 0, args
+    db = open_database(load_settings(home).db_url)
+    try:
+        events = AuditLog(db).page(AuditFilter(actor=f"cli:{getpass.getuser()}"), 100, 0)
+    finally:
+        db.kw["bind"].dispose()
+    trail = [(e["action"], e["target"]) for e in reversed(events["events"])]
+    assert [a for a, _ in trail] == ["user_add", "user_password", "token_create",
+                                     "token_revoke", "user_remove"]  # fmt: skip
+    assert "a long password" not in str(events) and "another password" not in str(events)

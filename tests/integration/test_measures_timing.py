@@ -294,6 +294,17 @@ def test_setup_php_refuses_a_bad_change(app: InProcessBox, value: str, says: str
     assert app.get("/code/php/setup.php", params={"command": "nope"}).status_code == 400
 
 
+@pytest.mark.parametrize("bucket", ["\u0100x", 'a"b', "a\r\nSet-Cookie: x=1", "ü"])
+def test_a_csv_for_any_bucket_name_keeps_its_header_whole(app: InProcessBox, bucket: str) -> None:
+    """The bucket is the caller's text: a name no header may carry is not a 500 (found by
+    schemathesis with "\u0100") and never splits the header."""
+    res = app.get("/api/v1/measures", params={"bucket": bucket, "format": "csv"})
+    assert res.status_code == 200, res.text
+    disposition = res.headers["content-disposition"]
+    assert disposition.startswith('attachment; filename="measures-') and disposition.isascii()
+    assert "set-cookie" not in res.headers
+
+
 @pytest.mark.parametrize(
     ("method", "path", "kw", "status"),
     [

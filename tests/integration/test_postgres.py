@@ -108,3 +108,12 @@ def test_box_runs_on_postgresql(box_factory, postgres_url: str, tmp_path: Path) 
     for params, n in (({"modality": "MR"}, 1), ({"modality": "M"}, 0), ({"q": "mb-0001"}, 1)):
         found = box.get("/api/v1/jobs", params=params).json()["total"]
         assert found == n, params
+    # page logins are rows there too (login_sessions)
+    from magickbox.auth.roles import Role
+
+    box.add_user("pg", Role.viewer, "pg's password")
+    cookie = box.login_cookie("pg", "pg's password")
+    import httpx
+
+    me = httpx.get(f"{box.url}/api/v1/me", cookies={cookie["name"]: cookie["value"]})
+    assert me.status_code == 200 and me.json()["name"] == "pg"

@@ -110,17 +110,34 @@ def test_a_new_home_gets_one_admin_with_a_private_password_file(
     assert store.ensure_first_admin(tmp_path) is None  # once only
 
 
-def test_sessions_end_when_idle_and_on_logout() -> None:
-    sessions = Sessions(idle_seconds=0.05)
+def test_sessions_end_when_idle_and_on_logout(db: sessionmaker) -> None:
+    sessions = Sessions(db, idle_seconds=0.5)
     sid, session = sessions.create("ann", Role.viewer)
-    assert sessions.get(sid) is session and session.csrf and session.csrf != sid
-    time.sleep(0.1)
+    assert sessions.get(sid) == session and session.csrf and session.csrf != sid
+    time.sleep(0.6)
     assert sessions.get(sid) is None
-    sid, _ = Sessions(60).create("ann", Role.viewer)
-    other = Sessions(60)
+    other = Sessions(db, 60)
     sid, _ = other.create("ann", Role.viewer)
+    kept, _ = other.create("bob", Role.viewer)
     other.end(sid)
-    assert other.get(sid) is None
+    assert other.get(sid) is None and other.get(kept) is not None
+    assert other.get("") is None and other.get("made up") is None
+    other.end_user("bob")
+    assert other.get(kept) is None
+
+
+def test_sessions_outlive_the_process_and_keep_no_session_id(db: sessionmaker) -> None:
+    """What a restart does: a new Sessions over the same database knows the login (and its
+    CSRF token); the table holds the id's digest only."""
+    from magickbox.auth.models import LoginSession
+
+    sid, session = Sessions(db, 60).create("ann", Role.operator)
+    again = Sessions(db, 60).get(sid)
+    assert again is not None and (again.user, again.role, again.csrf) == ("ann", Role.operator,
+                                                                          session.csrf)  # fmt: skip
+    with db() as s:
+        (row,) = s.query(LoginSession).all()
+    assert row.digest == hashing.token_digest(sid) and sid not in (row.digest, row.csrf)
 
 
 def test_failed_logins_are_throttled_per_address_and_user() -> None:

@@ -15,6 +15,8 @@ const esc = (v) =>
 
 let csrf = ""; // the session's CSRF token (from /me): sent back on every change
 let myRole = ""; // from /me: a viewer is offered no change (the API would refuse it)
+let whoami = null; // the promise of /me (null until the page starts): views ask it for the role
+const isAdmin = async () => { try { return (await whoami)?.role === "admin"; } catch (_) { return false; } };
 
 async function api(path, opts = {}) {
   const method = (opts.method || "GET").toUpperCase();
@@ -780,7 +782,7 @@ function meanTime(b) {
 
 async function viewBuckets() {
   // /health (anyone) has the DICOM port; /setup is for admins.
-  const [buckets, setup] = await Promise.all([getJSON("/buckets?all=true"), getJSON("/health")]);
+  const [buckets, setup, admin] = await Promise.all([getJSON("/buckets?all=true"), getJSON("/health"), isAdmin()]);
   const host = location.hostname;
   const broken = buckets.filter((b) => b.problems.some((t) => !t.startsWith("disabled"))).length;
   main.innerHTML = `<h1>Buckets</h1><p class="sub">Send a study to a bucket's AE title on this box (${esc(host)}, DICOM port ${esc(setup.dicom_port)}).</p>
@@ -798,12 +800,32 @@ async function viewBuckets() {
           ${b.timing ? `<dt>All runs</dt><dd>${esc(duration(b.timing.mean_seconds))} ± ${esc(duration(b.timing.std_seconds))} over ${esc(num(b.timing.n))}</dd>` : ""}
           <dt>Folder</dt><dd class="mono">${esc(b.folder)}</dd></dl>
         <div class="cmd"><code>${esc(line)}</code><button class="btn small copy" data-line="${esc(line)}">Copy</button></div>
+        ${admin && i.AETitle ? `<p class="bucket-admin">${b.enabled
+          ? `<button class="btn small danger" data-toggle="disable">Disable</button>`
+          : `<button class="btn small" data-toggle="enable">Enable</button>`}</p>` : ""}
       </article>`;
-    }).join("") || `<p class="notice">No buckets installed.</p>`}</div>`;
+    }).join("") || `<p class="notice">No buckets installed.</p>`}</div>
+    <p id="buckets-msg" class="msg" role="status"></p>`;
+  for (const btn of main.querySelectorAll("button[data-toggle]")) btn.onclick = () => toggleBucket(btn);
   for (const b of main.querySelectorAll("button.copy")) {
     b.onclick = async () => {
       try { await navigator.clipboard.writeText(b.dataset.line); b.textContent = "Copied"; } catch (_) { b.textContent = "Select and copy"; }
     };
+  }
+}
+
+// An admin's enable or disable of a bucket (audited by the box); then the view again.
+async function toggleBucket(btn) {
+  const name = btn.closest("article").dataset.bucket, verb = btn.dataset.toggle;
+  if (verb === "disable" && !confirm(`Disable bucket ${name}? Sends to its AE title are refused until it is enabled again.`)) return;
+  btn.disabled = true;
+  try {
+    await api(`/buckets/${encodeURIComponent(name)}/${verb}`, { method: "POST" });
+    await viewBuckets();
+    document.getElementById("buckets-msg").textContent = `${name}: ${verb}d.`;
+  } catch (e) {
+    const m = document.getElementById("buckets-msg");
+    m.textContent = e.message; m.className = "msg bad"; btn.disabled = false;
   }
 }
 
@@ -1017,7 +1039,7 @@ async function adminAudit(el, offset = 0, action = "") {
     el.innerHTML = `<section class="card"><h2>Audit</h2><p class="msg bad">${esc(e.message)}</p></section>`;
     return;
   }
-  const actions = ["", "login", "login_failed", "logout", "download", "upload", "delete", "retry", "send_retry", "routing_change", "user_add", "user_remove", "user_password", "token_create", "token_revoke"];
+  const actions = ["", ...data.actions]; // every name the box records
   el.innerHTML = `<section class="card"><h2>Audit <span class="sub">${num(data.total)}</span></h2>
     <p><label>Action <select id="audit-action">${actions.map((a) => `<option value="${a}" ${a === action ? "selected" : ""}>${a || "all"}</option>`).join("")}</select></label>
       <a class="btn small" href="${API}/audit.jsonl" download id="audit-export">Export (JSON lines)</a></p>
@@ -1075,9 +1097,10 @@ async function checkDisk() {
 window.addEventListener("hashchange", route);
 
 // Who is logged in, and the way out.
+whoami = getJSON("/me");
 (async () => {
   try {
-    const me = await getJSON("/me");
+    const me = await whoami;
     csrf = me.csrf || "";
     myRole = me.role || "";
     const el = document.getElementById("who");
