@@ -174,7 +174,7 @@ class Box:
             "dispatcher": lambda: _problem_state(self.dispatcher.problem(s.heartbeat_timeout)),
             "router": lambda: _problem_state(self.router.problem(self._router_hang_after())),
             "database": lambda: database_state(self.store.sessions),
-            "disk": lambda: disk_state(s.scratch, s.disk_warn_percent),
+            "disk": lambda: disk_state(s.scratch, s.disk_warn_percent, self.disk_status),
         }
 
     def _repairs(self) -> dict[str, Callable[[], None]]:
