@@ -98,7 +98,8 @@ class Box:
         self.scratch_size = browse.ScratchSize(settings.scratch)
         self.disk_guard = guard_for(settings)  # the one answer to "may more data come?"
         self.sweeper = Sweeper(settings, self.store, self.disk_guard, self.router.unsettled_jobs,
-                               lambda: registry.all_buckets(settings.streams))  # fmt: skip
+                               lambda: registry.all_buckets(settings.streams),
+                               self.events)  # fmt: skip
         self.announcer: Announcer | None = None
         self.cluster_check = ClusterCheck("off")
         self._started = False
