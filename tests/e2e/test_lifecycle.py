@@ -175,6 +175,14 @@ def processes_of(folder: Path) -> list[int]:
     return found
 
 
+def ps_group(pgid: int) -> list[str]:
+    """``ps``'s lines of the live (not zombie) processes in process group ``pgid``."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,pgid=,stat=,args="], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    rows = [line.split(None, 3) for line in out.splitlines()]
+    return [" ".join(r) for r in rows if len(r) >= 3 and r[1] == str(pgid) and "Z" not in r[2]]
+
+
 def sigterm(box: BoxServer, within: float) -> float:
     """SIGTERM the box; the seconds it took to exit (it must within ``within``)."""
     assert box.proc is not None
@@ -203,8 +211,12 @@ def test_sigterm_during_a_job_stops_it_and_requeues_it_without_spending_an_attem
         wait_for(f"run {stop} of the bucket", lambda n=stop: len(runs.read_text().splitlines()) == n
                  if runs.exists() else False)  # fmt: skip
         assert api_job(box, job["scratchdir"])["attempts"] == 1
+        # work.sh leads its own process group: its pid is the group's id.
+        group = int(runs.read_text().splitlines()[-1].split()[1])
+        assert ps_group(group), "ps should show the running bucket before the stop"
         took = sigterm(box, within=10)
         assert not processes_of(folder), f"stop {stop} left processes of the job ({took:.1f} s)"
+        assert not ps_group(group), f"stop {stop} left the bucket's group: {ps_group(group)}"
         if stop == 2:
             (home / "memory" / "Long" / "fast").touch()  # the next run ends at once
         box.start()
