@@ -125,12 +125,25 @@ def test_second_box_on_one_home_refused_and_the_first_ones_job_runs_on_untouched
 
 @pytest.mark.parametrize("which", ["DICOM", "web"])
 def test_busy_port_named(first: tuple[Path, int, int], tmp_path: Path, which: str) -> None:
-    _home, dicom, web = first
+    home, dicom, web = first
     ports = (dicom, free_port()) if which == "DICOM" else (free_port(), web)
     code, err = second(tmp_path / "other", *ports)
     taken = dicom if which == "DICOM" else web
+    pid = (home / "magickbox.lock").read_text().strip()  # the first box holds the port
     assert code != 0 and f"{which} port {taken} is taken" in err
+    assert f"by pid {pid} (" in err and "magickbox.cli serve" in err, err
     assert "Traceback" not in err
+    assert not (tmp_path / "other" / "magickbox.db").exists()  # refused before anything
+
+
+def test_a_port_held_by_another_program_is_named_with_its_pid(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        code, err = second(tmp_path / "home", free_port(), port)
+    assert code != 0 and f"web port {port} is taken" in err, err
+    assert f"by pid {os.getpid()} (" in err and "pytest" in err, err
 
 
 def test_sigterm_runs_box_stop(tmp_path: Path) -> None:
