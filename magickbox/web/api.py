@@ -15,7 +15,15 @@ from magickbox.jobs.browse import IMAGE_SUFFIXES
 from magickbox.jobs.db import State
 from magickbox.jobs.render import dicom_png
 from magickbox.jobs.store import JobFilter
-from magickbox.web.deps import BIGGEST, BoxDep, Offset, json_bytes, upload_job, zip_response
+from magickbox.web.deps import (
+    BIGGEST,
+    ZIP_ANSWER,
+    BoxDep,
+    Offset,
+    json_bytes,
+    upload_job,
+    zip_response,
+)
 from magickbox.web.security import require
 from magickbox.web.uploads import openapi_form
 from magickbox.web.views import job_detail_view, job_view
@@ -170,14 +178,14 @@ def get_log(
     )
 
 
-@router.get("/jobs/{scratchdir}/output.zip")
+@router.get("/jobs/{scratchdir}/output.zip", response_class=StreamingResponse, responses=ZIP_ANSWER)
 def output_zip(box: BoxDep, who: Viewer, scratchdir: str) -> StreamingResponse:
     response = zip_response(box, scratchdir, "OUTPUT")
     box.audit(who, "download", scratchdir, part="OUTPUT")
     return response
 
 
-@router.get("/jobs/{scratchdir}/input.zip")
+@router.get("/jobs/{scratchdir}/input.zip", response_class=StreamingResponse, responses=ZIP_ANSWER)
 def input_zip(box: BoxDep, who: Viewer, scratchdir: str) -> StreamingResponse:
     response = zip_response(box, scratchdir, "INPUT")
     box.audit(who, "download", scratchdir, part="INPUT")
