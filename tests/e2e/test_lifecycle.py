@@ -147,13 +147,11 @@ def test_a_port_held_by_another_program_is_named_with_its_pid(tmp_path: Path) ->
 
 
 def test_sigterm_runs_box_stop(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    proc = serve(home, free_port(), free_port())
-    deadline = time.monotonic() + 30
-    while not (home / "magickbox.lock").is_file() or not (home / "magickbox.lock").read_text():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.1)
-    time.sleep(1)  # let uvicorn install its signal handlers
+    home, web = tmp_path / "home", free_port()
+    proc = serve(home, free_port(), web)
+    # Serving: uvicorn's signal handlers are in place (a loaded machine may take seconds
+    # migrating a new home first; a fixed sleep was not always enough).
+    wait_for("the box to serve", lambda: proc.poll() is None and listening(web))
     proc.terminate()
     _out, err = proc.communicate(timeout=30)
     assert f"MagickBox home {home}: stopped" in err, err
