@@ -112,7 +112,8 @@ class Box:
         self.scratch_size = browse.ScratchSize(settings.scratch)
         self.disk_guard = guard_for(settings)  # the one answer to "may more data come?"
         self.sweeper = Sweeper(settings, self.store, self.disk_guard, self.router.unsettled_jobs,
-                               lambda: registry.all_buckets(settings.streams))  # fmt: skip
+                               lambda: registry.all_buckets(settings.streams),
+                               self.events)  # fmt: skip
         self.announcer: Announcer | None = None
         self.cluster_check = ClusterCheck("off")
         self._started = False
@@ -188,7 +189,7 @@ class Box:
             "dispatcher": lambda: _problem_state(self.dispatcher.problem(s.heartbeat_timeout)),
             "router": lambda: _problem_state(self.router.problem(self._router_hang_after())),
             "database": lambda: database_state(self.store.sessions),
-            "disk": lambda: disk_state(s.scratch, s.disk_warn_percent),
+            "disk": lambda: disk_state(s.scratch, s.disk_warn_percent, self.disk_status),
         }
 
     def _repairs(self) -> dict[str, Callable[[], None]]:

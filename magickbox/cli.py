@@ -140,8 +140,41 @@ def _busy_port(settings: Settings) -> str | None:
             try:
                 sock.bind((host, port))
             except OSError as exc:
-                return f"{what} port {port} is taken ({exc.strerror})"
+                return f"{what} port {port} is taken ({exc.strerror}){_listener_of(port)}"
     return None
+
+
+def _listener_of(port: int) -> str:
+    """", by pid N (its command line)" for the process listening on TCP ``port``, read from
+    Linux's /proc; "" when it cannot be told (another OS, another user's process)."""
+    sockets = _listening_sockets(port)
+    pids = (entry.name for entry in os.scandir("/proc") if entry.name.isdigit()) if sockets else ()
+    for pid in pids:
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in sockets
+                   for fd in os.listdir(f"/proc/{pid}/fd")):  # fmt: skip
+                args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+                    errors="replace"
+                )
+                return f", by pid {pid} ({' '.join(args.split())[:200]})"
+        except OSError:
+            continue  # gone meanwhile, or not ours to look at
+    return ""
+
+
+def _listening_sockets(port: int) -> set[str]:
+    """The "socket:[inode]" names of TCP sockets listening on ``port`` (IPv4 and IPv6)."""
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()  # local address "HEX:PORT", state (0A: LISTEN), ..., inode
+            if len(fields) > 9 and fields[3] == "0A" and fields[1].endswith(f":{port:04X}"):
+                found.add(f"socket:[{fields[9]}]")
+    return found
 
 
 def _tls_problem(settings: Settings) -> str | None:

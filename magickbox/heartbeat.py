@@ -23,6 +23,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from magickbox.disk import DiskStatus
 from magickbox.events import DiskLow, EventBus, PartRestarted
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,8 @@ class Heartbeat:
         return after
 
     def _watch_disk(self, state: PartState | None) -> None:
-        low = state is not None and state.state == LOW
+        # Low: under disk_warn_percent, or below the reserve (down, but a disk still there).
+        low = state is not None and (state.state == LOW or bool(state.facts.get("low")))
         if low and not self._disk_low and state is not None:
             log.warning("heartbeat: the scratch disk is low: %s", state.detail)
             self.events.publish(DiskLow(state.facts.get("free", 0), state.facts.get("total", 0)))
@@ -157,8 +159,13 @@ def database(sessions: sessionmaker[Session]) -> PartState:
     return PartState(OK)
 
 
-def disk(scratch: Path, warn_percent: float) -> PartState:
-    """The scratch folder's filesystem: missing or read-only is down; under the mark, low."""
+def disk(
+    scratch: Path, warn_percent: float, reserve: Callable[[], DiskStatus] | None = None
+) -> PartState:
+    """The scratch folder's filesystem: missing or read-only is down, and so is a disk below
+    the box's reserve (``reserve``: the DiskGuard's answer, the very one the receiver and
+    uploads ask, so health says down exactly while new data is refused); under
+    ``warn_percent`` free it is low."""
     if not scratch.is_dir():
         return PartState(DOWN, f"the scratch folder {scratch} is missing")
     if not os.access(scratch, os.W_OK):
@@ -167,4 +174,10 @@ def disk(scratch: Path, warn_percent: float) -> PartState:
     percent = 100.0 * usage.free / usage.total if usage.total else 0.0
     detail = f"{usage.free} of {usage.total} bytes free ({percent:.1f} %)"
     facts = {"free": usage.free, "total": usage.total}
+    status = reserve() if reserve is not None else None
+    if status is not None and status.low:
+        detail = (f"{status.free} of {status.total} bytes free, below the reserve of "
+                  f"{status.reserve} (disk_reserve): refusing associations, C-STOREs and "
+                  "uploads")  # fmt: skip
+        return PartState(DOWN, detail, {"free": status.free, "total": status.total, "low": 1})
     return PartState(LOW if percent < warn_percent else OK, detail, facts)

@@ -34,6 +34,22 @@ MAX_STUDY_UID = 64
 _FOLDER_SAFE_RE = re.compile(r"^[\x20-\x2e\x30-\x5b\x5d-\x7e]+$")
 
 
+# An AE title (PS3.5 6.2, VR AE): at most 16 characters of printable ASCII, no backslash.
+AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+def aet_problem(value: str) -> str:
+    """Why ``value`` cannot be an AE title on the wire ("" when it can); blanks around it
+    do not count, as in DICOM."""
+    title = value.strip()
+    if not title:
+        return "must not be empty"
+    if not AE_TITLE_RE.match(title):
+        return (f"{title[:40]!r} is no AE title (at most 16 characters of printable ASCII, "
+                "no backslash)")  # fmt: skip
+    return ""
+
+
 class BadName(Invalid):
     """A job or study name that is not one MagickBox made or accepts: never used as a path."""
 

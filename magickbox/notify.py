@@ -2,7 +2,9 @@
 for good, or the disk runs low (``notify_events`` chooses which).
 
 Handlers only queue the event (they run on the publisher's thread); one worker builds the
-message and delivers it, retrying a URL that fails with a doubling delay. Without
+message and delivers it, retrying a URL that fails with a doubling delay. A message not
+yet delivered is kept in ``<home>/notify-outbox.json`` (rewritten whenever that changes),
+so its tries go on after a stop, a crash or an upgrade, to the URLs still configured. Without
 ``notify_phi`` a message carries only the box's own facts: no patient or study data (no
 study UID, job name or description; UIDs in reasons are masked).
 """
@@ -11,13 +13,16 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import logging
+import os
 import re
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,6 +32,7 @@ from magickbox.events import DiskLow, EventBus, JobFinished, SendEnded
 
 log = logging.getLogger(__name__)
 
+OUTBOX = "notify-outbox.json"  # in the home: messages still to be delivered
 UID_LIKE = re.compile(r"\b\d+(?:\.\d+){3,}\b")  # SOP/Study UIDs, e.g. in file names of reasons
 
 # What the notifier needs of a job: its facts as plain values (None: gone), and with
@@ -65,6 +71,8 @@ class Notifier:
         self.settings = settings
         self.job_facts, self.study_facts, self._post = job_facts, study_facts, post
         self._todo: list[_Delivery] = []  # a heap by due time
+        self._outbox = Path(settings.home) / OUTBOX
+        self._undelivered: dict[int, _Delivery] = {}  # built messages not yet delivered, by seq
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._stop = False
@@ -80,6 +88,7 @@ class Notifier:
         if not self.settings.notify:
             return
         self._stop = False
+        self._load_outbox()
         self._thread = threading.Thread(target=self._loop, name="notify", daemon=True)
         self._thread.start()
 
@@ -90,8 +99,10 @@ class Notifier:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=self.settings.notify_timeout + 5)
+        self._build_left()
         if left:
-            log.warning("notify: %d notifications not delivered before the stop", left)
+            log.warning("notify: %d notifications not delivered before the stop; kept in %s "
+                        "for the next start", left, self._outbox)  # fmt: skip
 
     # -- events in (quick: they only queue) ------------------------------------------
     def _job_finished(self, event: JobFinished) -> None:
@@ -159,11 +170,21 @@ class Notifier:
 
     def _handle(self, item: _Delivery) -> None:
         if item.build is not None:  # a new event: one delivery per URL
-            message = self.message(item.kind, item.build())
-            for url in self.settings.notify:
-                self._deliver(_Delivery(time.time(), next(self._seq), url, message))
+            for delivery in self._built(item):
+                self._deliver(delivery)
             return
         self._deliver(item)
+
+    def _built(self, item: _Delivery) -> list[_Delivery]:
+        """The event's message, one delivery per URL, kept in the outbox until delivered."""
+        assert item.build is not None
+        message = self.message(item.kind, item.build())
+        deliveries = [_Delivery(time.time(), next(self._seq), url, message)
+                      for url in self.settings.notify]  # fmt: skip
+        with self._cond:
+            self._undelivered.update((d.seq, d) for d in deliveries)
+            self._save_outbox()
+        return deliveries
 
     def _deliver(self, item: _Delivery) -> None:
         item.tries += 1
@@ -176,13 +197,82 @@ class Notifier:
         if not error:
             self.delivered += 1
             log.info("%s: delivered", what)
+            self._settled(item)
             return
         if item.tries > self.settings.notify_retries:
             log.error("%s: %s; giving up after %d tries", what, error, item.tries)
+            self._settled(item)
             return
         delay = self.settings.notify_retry_delay * 2 ** (item.tries - 1)
         log.warning("%s: %s; try %d again in %g s", what, error, item.tries + 1, delay)
         with self._cond:
             item.due = time.time() + delay
             heapq.heappush(self._todo, item)
+            self._save_outbox()  # its count of tries
             self._cond.notify_all()
+
+    def _settled(self, item: _Delivery) -> None:
+        """Delivered or given up: out of the outbox."""
+        with self._cond:
+            self._undelivered.pop(item.seq, None)
+            self._save_outbox()
+
+    # -- the outbox: what is not delivered survives the process -----------------------
+    def _save_outbox(self) -> None:
+        """Write the undelivered messages (caller holds ``_cond``); a failed write is a
+        warning, the messages stay in memory."""
+        rows = [{"url": d.url, "message": d.message, "tries": d.tries}
+                for d in sorted(self._undelivered.values(), key=lambda d: d.seq)]  # fmt: skip
+        try:
+            if not rows:
+                self._outbox.unlink(missing_ok=True)
+                return
+            part = self._outbox.with_name(f".{OUTBOX}.part")
+            part.write_text(json.dumps(rows))
+            os.replace(part, self._outbox)
+        except OSError as exc:
+            log.warning("notify: cannot keep undelivered messages in %s: %s", self._outbox, exc)
+
+    def _load_outbox(self) -> None:
+        """Queue what a previous run left undelivered, to the URLs still configured."""
+        try:
+            rows = json.loads(self._outbox.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.error("notify: %s is unreadable (%s): its messages are lost", self._outbox, exc)
+            return
+        now, kept = time.time(), 0
+        with self._cond:
+            for row in rows if isinstance(rows, list) else []:
+                if not _outbox_row(row) or row["url"] not in self.settings.notify:
+                    continue  # not one of ours, or a URL no longer configured
+                item = _Delivery(now, next(self._seq), row["url"], row["message"],
+                                 tries=row.get("tries", 0))  # fmt: skip
+                self._undelivered[item.seq] = item
+                heapq.heappush(self._todo, item)
+                kept += 1
+            self._save_outbox()
+        log.info("notify: %d undelivered notifications from before the start to deliver", kept)
+
+    def _build_left(self) -> None:
+        """At the stop: events whose message was not built yet go into the outbox too."""
+        with self._cond:
+            unbuilt = [item for item in self._todo if item.build is not None]
+            self._todo = [item for item in self._todo if item.build is None]
+        for item in unbuilt:
+            try:
+                self._built(item)
+            except Exception:  # e.g. the database gone: that one is lost, say so
+                log.exception("notify: a %s notification could not be kept", item.kind)
+
+
+def _outbox_row(row: Any) -> bool:
+    """Whether ``row`` of the outbox is a delivery: a URL, a message with its event, tries."""
+    return (
+        isinstance(row, dict)
+        and isinstance(row.get("url"), str)
+        and isinstance(row.get("message"), dict)
+        and "event" in row["message"]
+        and isinstance(row.get("tries", 0), int)
+    )

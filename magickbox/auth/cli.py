@@ -66,7 +66,11 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     from magickbox.jobs.db import open_database
 
     init_home(settings)  # a first "users add" may come before the first serve
-    db = open_database(settings.db_url)
+    try:
+        db = open_database(settings.db_url)
+    except MagickBoxError as exc:  # e.g. a database a newer MagickBox migrated
+        print(f"magickbox: {exc}", file=sys.stderr)
+        return _exit_code(exc)
     store, audit = AuthStore(db), AuditLog(db)
     me = Principal("cli", getpass.getuser(), Role.admin, "local")
     try:

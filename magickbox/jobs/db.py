@@ -13,9 +13,12 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, Float, Integer, String, Text, create_engine, event
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
+from magickbox.errors import Conflict
 from magickbox.tables import Base
 
 
@@ -115,10 +118,21 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest version (creates it in a new home)."""
+    """Bring the schema to the newest version (creates it in a new home). A database that a
+    newer MagickBox migrated is refused with Conflict (no traceback, nothing changed): this
+    version cannot know that schema."""
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    known = {rev.revision for rev in ScriptDirectory.from_config(cfg).walk_revisions()}
     with engine.begin() as conn:
+        unknown = set(MigrationContext.configure(conn).get_current_heads()) - known
+        if unknown:
+            raise Conflict(
+                f"the database {engine.url.render_as_string(hide_password=True)} has schema "
+                f"version {', '.join(sorted(unknown))}, which this MagickBox does not know: a "
+                "newer version migrated it. Run that version again, or restore the database "
+                "backed up before the upgrade (README, \"Running it for real\")"
+            )
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from magickbox.buckets.registry import Bucket
 from magickbox.config import Settings
 from magickbox.disk import DiskGuard
+from magickbox.events import EventBus, Scrubbed
 from magickbox.jobfolder import JobFolder
 from magickbox.jobs import scratch
 from magickbox.jobs.db import Job, State
@@ -65,8 +66,10 @@ class Sweeper:
         guard: DiskGuard,
         unsettled: Callable[[], set[str]],
         buckets: Callable[[], dict[str, Bucket]],
+        events: EventBus | None = None,
     ) -> None:
         self.settings = settings
+        self.events = events  # each removal is a Scrubbed event (the scrubbed bytes metric)
         self.store = store
         self.guard = guard
         self.unsettled = unsettled  # jobs whose routing is not over (Router.unsettled_jobs)
@@ -96,6 +99,9 @@ class Sweeper:
             removed = self.remove_leftovers()
             removed += self.expire()
             removed += self.scrub()
+        if self.events is not None:
+            for removal in removed:
+                self.events.publish(Scrubbed(removal.name, removal.freed))
         return removed
 
     # -- 1. leftovers --------------------------------------------------------------

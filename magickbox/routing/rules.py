@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from magickbox.errors import Invalid
+from magickbox.names import aet_problem
 from magickbox.tls import ClientFiles, client_context
 
 REQUIRED = ("IP", "PORT", "AETitleSender", "AETitleTo")
@@ -152,6 +153,8 @@ def _check_destination(where: str, dest: object) -> list[str]:
     for k in ("IP", "AETitleSender", "AETitleTo"):
         if k in dest and (not isinstance(dest[k], str) or not dest[k].strip()):
             problems.append(f"{where}.{k}: must be a non-empty string")
+        elif k != "IP" and k in dest and (problem := aet_problem(dest[k])):
+            problems.append(f"{where}.{k}: {problem}")  # pynetdicom would refuse it per send
     if "PORT" in dest and port_of(dest["PORT"], Placeholders("", 1)) is None:
         problems.append(f"{where}.PORT: must be a port number (1-65535) or $port")
     if "TLS" in dest:

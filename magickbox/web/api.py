@@ -13,7 +13,15 @@ from magickbox.buckets.slurm import SlurmStatus
 from magickbox.jobfolder import JobFolder
 from magickbox.jobs.browse import IMAGE_SUFFIXES
 from magickbox.jobs.render import dicom_png
-from magickbox.web.deps import BIGGEST, BoxDep, Offset, json_bytes, upload_job, zip_response
+from magickbox.web.deps import (
+    BIGGEST,
+    ZIP_ANSWER,
+    BoxDep,
+    Offset,
+    json_bytes,
+    upload_job,
+    zip_response,
+)
 from magickbox.web.filters import ListQuery
 from magickbox.web.security import require
 from magickbox.web.uploads import openapi_form
@@ -143,14 +151,14 @@ def get_log(
     )
 
 
-@router.get("/jobs/{scratchdir}/output.zip")
+@router.get("/jobs/{scratchdir}/output.zip", response_class=StreamingResponse, responses=ZIP_ANSWER)
 def output_zip(box: BoxDep, who: Viewer, scratchdir: str) -> StreamingResponse:
     response = zip_response(box, scratchdir, "OUTPUT")
     box.audit(who, "download", scratchdir, part="OUTPUT")
     return response
 
 
-@router.get("/jobs/{scratchdir}/input.zip")
+@router.get("/jobs/{scratchdir}/input.zip", response_class=StreamingResponse, responses=ZIP_ANSWER)
 def input_zip(box: BoxDep, who: Viewer, scratchdir: str) -> StreamingResponse:
     response = zip_response(box, scratchdir, "INPUT")
     box.audit(who, "download", scratchdir, part="INPUT")

@@ -11,12 +11,14 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import swagger_ui_bundle
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
 from magickbox.auth.roles import Role
@@ -34,7 +36,7 @@ from magickbox.web import (
     setup,
     studies,
 )
-from magickbox.web.security import Guard, require
+from magickbox.web.security import Guard, require, requirement_of
 from magickbox.web.views import ScratchRenderer
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,7 @@ def create_app(box: Box, dicom: bool = True) -> FastAPI:
 
     for router in ROUTERS:
         app.include_router(router)
+    _declare_errors(app)
     # The page: static files, no build step; everything it shows comes from /api/v1.
     app.mount("/page", StaticFiles(directory=PAGE_DIR), name="page")
 
@@ -137,6 +140,50 @@ def create_app(box: Box, dicom: bool = True) -> FastAPI:
     app.add_exception_handler(MagickBoxError, box_error)
     app.add_exception_handler(OSError, disk_error)
     return app
+
+
+# The answers of the one error handler: {"detail": "..."}.
+ERROR_CONTENT = {"application/json": {"schema": {
+    "type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}}}}
+CHANGES = frozenset({"post", "put", "patch", "delete"})
+
+
+def _declare_errors(app: FastAPI) -> None:
+    """Add to every operation of the OpenAPI document the errors it can answer: 401 and
+    403 unless it is public, 404 for a path naming a thing, 400 and 409 for a change;
+    a route's own declaration of a status wins."""
+    made = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = made()
+        roles = {(route.path, method.lower()): requirement_of(route)[0].role
+                 for router in ROUTERS for route in router.routes if isinstance(route, APIRoute)
+                 for method in route.methods or ()}  # fmt: skip
+        for path, operations in schema.get("paths", {}).items():
+            for method, operation in operations.items():
+                errors = _errors_of(path, method, roles.get((path, method), Role.public))
+                answers = operation.setdefault("responses", {})
+                for code, text in errors.items():
+                    answers.setdefault(code, {"description": text, "content": ERROR_CONTENT})
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _errors_of(path: str, method: str, role: Role) -> dict[str, str]:
+    errors = {}
+    if method in CHANGES:
+        errors["400"] = "the request is wrong (a bad name, argument, file or table)"
+    if role is not Role.public:
+        errors["401"] = "no credentials, or ones that are wrong, revoked or expired"
+        errors["403"] = "the credentials' role may not do this, or a cross-site request"
+    if "{" in path:
+        errors["404"] = "no such job, study, bucket, send or file"
+    if method in CHANGES:
+        errors["409"] = "the thing is in a state that does not allow this"
+    return errors
 
 
 def _wants_html(request: Request) -> bool:

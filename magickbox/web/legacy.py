@@ -11,7 +11,7 @@ from magickbox.auth.principal import Principal
 from magickbox.auth.roles import Role
 from magickbox.box import Invalid
 from magickbox.jobfolder import JobFolder
-from magickbox.web.deps import BoxDep, json_bytes, upload_job, zip_response
+from magickbox.web.deps import ZIP_ANSWER, BoxDep, json_bytes, upload_job, zip_response
 from magickbox.web.security import require
 from magickbox.web.uploads import openapi_form
 
@@ -29,7 +29,7 @@ def get_scratch(request: Request, box: BoxDep) -> Response:
     return Response(rendered, media_type="application/json")
 
 
-@router.get("/code/php/getOutputZip.php")
+@router.get("/code/php/getOutputZip.php", response_class=StreamingResponse, responses=ZIP_ANSWER)
 def get_output_zip(
     box: BoxDep,
     who: Annotated[Principal, require(Role.viewer, legacy=True)],

@@ -17,6 +17,7 @@ from magickbox.auth.principal import Principal
 from magickbox.auth.roles import Role
 from magickbox.box import Invalid
 from magickbox.errors import Forbidden
+from magickbox.names import aet_problem
 from magickbox.routing import sender
 from magickbox.routing.rules import (
     Placeholders,
@@ -159,6 +160,9 @@ def echo_destination(
         raise Invalid("PORT must be a port number (1-65535) or $port")
     timeout = min(box.settings.routing_timeout, 10.0)
     calling, called = resolve(dest.AETitleSender, ph), resolve(dest.AETitleTo, ph)
+    for key, title in (("AETitleSender", calling), ("AETitleTo", called)):
+        if problem := aet_problem(title):
+            raise Invalid(f"{key}: {problem}")
     tls = _tls(box, dest.TLS)
     target = sender.Target(resolve(dest.IP, ph), port, calling, called, timeout, tls)
     if not dest.any_destination and not box.is_destination(target.host, target.port):

@@ -125,22 +125,33 @@ def test_second_box_on_one_home_refused_and_the_first_ones_job_runs_on_untouched
 
 @pytest.mark.parametrize("which", ["DICOM", "web"])
 def test_busy_port_named(first: tuple[Path, int, int], tmp_path: Path, which: str) -> None:
-    _home, dicom, web = first
+    home, dicom, web = first
     ports = (dicom, free_port()) if which == "DICOM" else (free_port(), web)
     code, err = second(tmp_path / "other", *ports)
     taken = dicom if which == "DICOM" else web
+    pid = (home / "magickbox.lock").read_text().strip()  # the first box holds the port
     assert code != 0 and f"{which} port {taken} is taken" in err
+    assert f"by pid {pid} (" in err and "magickbox.cli serve" in err, err
     assert "Traceback" not in err
+    assert not (tmp_path / "other" / "magickbox.db").exists()  # refused before anything
+
+
+def test_a_port_held_by_another_program_is_named_with_its_pid(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        code, err = second(tmp_path / "home", free_port(), port)
+    assert code != 0 and f"web port {port} is taken" in err, err
+    assert f"by pid {os.getpid()} (" in err and "pytest" in err, err
 
 
 def test_sigterm_runs_box_stop(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    proc = serve(home, free_port(), free_port())
-    deadline = time.monotonic() + 30
-    while not (home / "magickbox.lock").is_file() or not (home / "magickbox.lock").read_text():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.1)
-    time.sleep(1)  # let uvicorn install its signal handlers
+    home, web = tmp_path / "home", free_port()
+    proc = serve(home, free_port(), web)
+    # Serving: uvicorn's signal handlers are in place (a loaded machine may take seconds
+    # migrating a new home first; a fixed sleep was not always enough).
+    wait_for("the box to serve", lambda: proc.poll() is None and listening(web))
     proc.terminate()
     _out, err = proc.communicate(timeout=30)
     assert f"MagickBox home {home}: stopped" in err, err
@@ -175,6 +186,14 @@ def processes_of(folder: Path) -> list[int]:
     return found
 
 
+def ps_group(pgid: int) -> list[str]:
+    """``ps``'s lines of the live (not zombie) processes in process group ``pgid``."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,pgid=,stat=,args="], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    rows = [line.split(None, 3) for line in out.splitlines()]
+    return [" ".join(r) for r in rows if len(r) >= 3 and r[1] == str(pgid) and "Z" not in r[2]]
+
+
 def sigterm(box: BoxServer, within: float) -> float:
     """SIGTERM the box; the seconds it took to exit (it must within ``within``)."""
     assert box.proc is not None
@@ -203,8 +222,12 @@ def test_sigterm_during_a_job_stops_it_and_requeues_it_without_spending_an_attem
         wait_for(f"run {stop} of the bucket", lambda n=stop: len(runs.read_text().splitlines()) == n
                  if runs.exists() else False)  # fmt: skip
         assert api_job(box, job["scratchdir"])["attempts"] == 1
+        # work.sh leads its own process group: its pid is the group's id.
+        group = int(runs.read_text().splitlines()[-1].split()[1])
+        assert ps_group(group), "ps should show the running bucket before the stop"
         took = sigterm(box, within=10)
         assert not processes_of(folder), f"stop {stop} left processes of the job ({took:.1f} s)"
+        assert not ps_group(group), f"stop {stop} left the bucket's group: {ps_group(group)}"
         if stop == 2:
             (home / "memory" / "Long" / "fast").touch()  # the next run ends at once
         box.start()

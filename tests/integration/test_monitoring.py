@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from magickbox.jobs.retention import STALE_SECONDS
 from magickbox.testing.dicomgen import write_study
 from tests.conftest import InProcessBox, copy_bucket, dcmtk, in_process_box
 from tests.e2e.peers import associate, dataset_part, wait_for
@@ -197,14 +200,16 @@ def test_metrics_jobs_by_state_histograms_and_sends(scene: Scene) -> None:
 
 
 def test_metrics_disk_and_scrubbed_bytes(scene: Scene) -> None:
-    import shutil
-
+    """The scrubbed bytes are what a real sweep freed: two stale leftovers of known size."""
     box = scene.app.box
     before = value(samples(scene.app), "magickbox_scrubbed_bytes_total")
-    box.metrics.count_scrubbed(1234)
-    from magickbox.events import Scrubbed
-
-    box.events.publish(Scrubbed("tmp.test", 766))
+    old = time.time() - STALE_SECONDS - 60
+    for folder, size in ((box.settings.uploads, 1234), (box.settings.partial, 766)):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "left-behind").write_bytes(os.urandom(size))
+        os.utime(folder / "left-behind", (old, old))
+    removed = box.sweep()
+    assert sorted(r.freed for r in removed) == [766, 1234], removed
     m = samples(scene.app)
     assert value(m, "magickbox_scrubbed_bytes_total") == before + 2000
     total = shutil.disk_usage(box.settings.scratch).total

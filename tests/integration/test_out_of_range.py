@@ -53,3 +53,26 @@ def test_a_big_offset_in_range_is_an_empty_page(client: TestClient) -> None:
 def test_a_long_search_is_answered(client: TestClient) -> None:
     answer = client.get("/api/v1/jobs", params={"q": "x" * 20_000})
     assert answer.status_code == 200 and answer.json()["total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "title"),
+    [("AETitleSender", "é"), ("AETitleSender", "A\\B"), ("AETitleTo", "X" * 17),
+     ("AETitleTo", "  "), ("AETitleTo", "TAB\tBED")],
+)  # fmt: skip
+def test_bad_ae_titles_in_an_echo_are_400_with_the_key_named(
+    client: TestClient, key: str, title: str
+) -> None:
+    dest = {"IP": "127.0.0.1", "PORT": free_port(), "AETitleSender": "MB", "AETitleTo": "PACS",
+            "any_destination": True, key: title}  # fmt: skip
+    answer = client.post("/api/v1/destinations/echo", json=dest)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["detail"].startswith(f"{key}: ")
+
+
+def test_a_routing_table_with_a_bad_ae_title_is_refused_on_save(client: TestClient) -> None:
+    dest = {"IP": "127.0.0.1", "PORT": 104, "AETitleSender": "ÄRZTE", "AETitleTo": "PACS"}
+    table = {"routing": [{"name": "r", "send": [{".*": dest}]}]}
+    answer = client.put("/api/v1/routing", json=table)
+    assert answer.status_code == 400, answer.text
+    assert "AETitleSender: 'ÄRZTE' is no AE title" in answer.text

@@ -192,3 +192,59 @@ def test_the_sweep_never_removes_a_job_queued_again_meanwhile(home: Path) -> Non
     assert box.store.requeue(name, "retry requested")
     assert box.sweeper.remove_job(job, "test", with_study=True) == []
     assert exists(box, name) and box.store.get(name).state == State.QUEUED  # type: ignore[union-attr]
+
+
+def test_the_scrub_removes_archived_studies_no_job_refers_to_oldest_first(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A study whose jobs were deleted by hand keeps its archive folder; the scrub takes it
+    in its turn by the folder's age, among the finished jobs by their end."""
+    box = make_box(home, scrub_high=50, scrub_low=30)
+    orphan = add_job(box, 0, size=12 * MB)
+    box.delete_job(orphan)  # its INPUT stays in the archive, no job refers to it
+    fresh_orphan = add_job(box, 1, size=MB)
+    box.delete_job(fresh_orphan)
+    month_ago = time.time() - 30 * DAY
+    os.utime(box.settings.archive / "1.2.3.0", (month_ago, month_ago))
+    done = [add_job(box, n) for n in range(2, 7)]
+    for age, name in enumerate(done):
+        end(box, name, (6 - age) * DAY)
+    assert used_percent(box) > 50
+
+    with caplog.at_level(logging.INFO, logger="magickbox"):
+        removed = box.sweep()
+
+    assert used_percent(box) < 30
+    first = removed[0]
+    assert (first.kind, first.name) == ("study", "1.2.3.0") and first.freed >= 12 * MB
+    assert "no job refers to it" in first.reason
+    assert not (box.settings.archive / "1.2.3.0").exists()
+    assert (box.settings.archive / "1.2.3.1").is_dir()  # newer than every job: its turn is later
+    gone = [r.name for r in removed if r.kind == "job"]
+    assert gone == done[: len(gone)] and len(gone) < len(done)
+    assert "scrub: removed archived study 1.2.3.0 (no job refers to it): freed" in caplog.text
+
+
+def test_a_buckets_keep_failed_days_and_keep_days_override_the_boxs(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    copy_bucket(home, "Brief", KEEP, keep_days=1, keep_failed_days=20)
+    box = make_box(home, keep_days=5)  # keep_failed_days 0: failed ones as keep_days
+    brief_done, brief_failed, brief_old_failed = (
+        add_job(box, n, size=1000, bucket="Brief") for n in range(3)
+    )
+    keep_done, keep_failed = (add_job(box, n, size=1000) for n in range(3, 5))
+    end(box, brief_done, 2 * DAY)  # Brief keeps done jobs 1 day
+    end(box, brief_failed, 10 * DAY, State.FAILED)  # ... and failed ones 20
+    end(box, brief_old_failed, 25 * DAY, State.FAILED)
+    end(box, keep_done, 2 * DAY)  # the box keeps everything 5 days
+    end(box, keep_failed, 6 * DAY, State.FAILED)
+
+    with caplog.at_level(logging.INFO, logger="magickbox"):
+        removed = box.sweep()
+
+    assert sorted(r.name for r in removed) == sorted([brief_done, brief_old_failed, keep_failed])
+    assert exists(box, brief_failed) and exists(box, keep_done)
+    for r in removed:  # each removal logged: which job, why, what it freed
+        assert f"removed job {r.name}" in caplog.text and f"freed {r.freed} bytes" in caplog.text
+    assert "kept 20 days after it ended (failed)" in caplog.text

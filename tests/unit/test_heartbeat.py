@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from magickbox.disk import DiskStatus
 from magickbox.events import DiskLow, EventBus, ImageReceived, PartRestarted
 from magickbox.heartbeat import DOWN, LOW, OK, Heartbeat, PartState, disk
 from magickbox.metrics import Metrics
@@ -134,3 +135,16 @@ def test_alive_while_rounds_go_on() -> None:
     assert len(rounds) >= 2 and beat.alive()
     beat.stop()
     assert not beat.alive()  # its thread ended: the systemd watchdog is no longer fed
+
+
+def test_the_disk_is_down_while_below_the_reserve_and_told_as_low(tmp_path: Path) -> None:
+    def status(low: bool) -> DiskStatus:
+        return DiskStatus(str(tmp_path), 100, 95, 5, 10, low)
+
+    below = disk(tmp_path, 0.0, lambda: status(True))
+    assert below.down and "below the reserve of 10" in below.detail
+    assert disk(tmp_path, 0.0, lambda: status(False)).state == OK
+    bus = EventBus()
+    lows = recorded(bus, DiskLow)
+    Heartbeat({"disk": lambda: below}, {}, bus, 0).run_once()
+    assert lows == [DiskLow(5, 100)]

@@ -3,8 +3,11 @@ the real HTTP delivery is in tests/integration/test_monitoring.py."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ import pytest
 
 from magickbox.config import Settings
 from magickbox.events import DiskLow, EventBus, JobFinished, SendEnded
-from magickbox.notify import Notifier
+from magickbox.notify import OUTBOX, Notifier
 
 JOB = {
     "scratchdir": "tmp.abc",
@@ -122,3 +125,31 @@ def test_no_url_no_worker(tmp_path: Path) -> None:
 def test_bad_settings_are_named(tmp_path: Path, name: str, value: list[str], problem: str) -> None:
     with pytest.raises(ValueError, match=re.escape(problem)):
         Settings(home=tmp_path, **{name: value})
+
+
+def test_the_outbox_keeps_what_is_undelivered_for_the_urls_still_configured(
+    tmp_path: Path,
+) -> None:
+    first = FakeHooks(500, 500)
+    n, bus = notifier(tmp_path, first, notify_retry_delay=3600)
+    bus.publish(DiskLow(5, 100))
+    first.wait(2)  # each URL refused once; the retries wait an hour
+    n.stop()
+    kept = json.loads((tmp_path / OUTBOX).read_text())
+    assert sorted(row["url"] for row in kept) == ["http://a.example/x", "http://b.example/y"]
+    assert {row["tries"] for row in kept} == {1}
+
+    again = FakeHooks()
+    n, _bus = notifier(tmp_path, again, notify=["http://b.example/y"])  # a was removed
+    ((url, message),) = again.wait(1)
+    assert url == "http://b.example/y" and message == kept[1]["message"]
+    wait_until(lambda: not (tmp_path / OUTBOX).exists())
+    n.stop()
+    assert len(again.posts) == 1
+
+
+def wait_until(probe: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not probe():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

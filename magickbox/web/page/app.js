@@ -39,6 +39,13 @@ async function api(path, opts = {}) {
   return res;
 }
 const getJSON = async (path) => (await api(path)).json();
+// /health answers 503 while a part is down (a disk below its reserve too), with the same
+// report as its body: read it either way.
+async function getHealth() {
+  const res = await fetch(API + "/health");
+  setStatus(true);
+  return res.json();
+}
 // For the few calls that read an error answer themselves (not through api()).
 const csrfHeader = () => (csrf ? { "X-CSRF-Token": csrf } : {});
 
@@ -782,7 +789,7 @@ function meanTime(b) {
 
 async function viewBuckets() {
   // /health (anyone) has the DICOM port; /setup is for admins.
-  const [buckets, setup, admin] = await Promise.all([getJSON("/buckets?all=true"), getJSON("/health"), isAdmin()]);
+  const [buckets, setup, admin] = await Promise.all([getJSON("/buckets?all=true"), getHealth(), isAdmin()]);
   const host = location.hostname;
   const broken = buckets.filter((b) => b.problems.some((t) => !t.startsWith("disabled"))).length;
   main.innerHTML = `<h1>Buckets</h1><p class="sub">Send a study to a bucket's AE title on this box (${esc(host)}, DICOM port ${esc(setup.dicom_port)}).</p>
@@ -1085,7 +1092,7 @@ const HEALTH_MS = 10000;
 async function checkDisk() {
   const el = document.getElementById("disk-low");
   try {
-    const { disk } = await getJSON("/health");
+    const { disk } = await getHealth();
     el.hidden = !disk.low;
     el.textContent = disk.low
       ? `Disk low: ${bytes(disk.free)} free, ${bytes(disk.reserve)} kept in reserve. ` +
