@@ -8,19 +8,26 @@ receiver goes on serving C-ECHO and C-STORE afterwards.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import random
 import socket
 import struct
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from magickbox import wire
 from magickbox.receive import acse, native
+from magickbox.routing import dimse
 from magickbox.testing.dicomgen import write_study
-from tests.conftest import InProcessBox, copy_bucket, dcmtk
+from tests.conftest import InProcessBox, copy_bucket, dcmtk, late_requestor_threads
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -255,3 +262,54 @@ def test_an_absurd_declared_length_and_random_bytes_do_not_stop_the_receiver(
     peer.associate()
     peer.sock.sendall(wire.pdv(1, 0x03, wire.store_command(MR, sop, 2)) + wire.pdv(1, 0x02, data))
     assert status(peer.response()) == 0x0000
+
+
+def pynetdicom_echo(port: int, called: str) -> Association:
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = 60
+    return ae.associate("127.0.0.1", port, ae_title=called)
+
+
+@pytest.mark.parametrize(("hold", "late"), [(native.REJECT_HOLD, native.REJECT_HOLD / 2),
+                                           (0.0, 0.5)])  # fmt: skip
+def test_a_pynetdicom_requestor_slow_to_resume_sees_the_rejection(
+    edge: InProcessBox, monkeypatch: pytest.MonkeyPatch, hold: float, late: float
+) -> None:
+    """The rejection pynetdicom 3.0 clients missed now and then: when the box's RJ came
+    before the requestor's thread ran again after its connect, that thread found the
+    connection closed by the RJ already and reported an abort. The box holds the RJ
+    REJECT_HOLD seconds, so a requestor as late as half of that reads a rejection; one
+    later than the RJ is still told "aborted", but the box's own requestors see through
+    it (dimse.rejected)."""
+    monkeypatch.setattr(native, "REJECT_HOLD", hold)
+    late_requestor_threads(monkeypatch, late)
+    assoc = pynetdicom_echo(edge.dicom_port, "NoSuchBucket")
+    assert not assoc.is_established
+    assert assoc.is_rejected == bool(hold)
+    assert dimse.rejected(assoc)
+
+
+def _burn(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_many_parallel_rejections_under_load_are_all_seen(edge: InProcessBox) -> None:
+    """Many pynetdicom requestors with a called AE that is no bucket, in parallel, while
+    other processes keep every core busy: each sees its rejection, none an abort."""
+    burners = [multiprocessing.Process(target=_burn, args=(60,), daemon=True)
+               for _ in range(2 * (os.cpu_count() or 1))]  # fmt: skip
+    for burner in burners:
+        burner.start()
+    try:
+        with ThreadPoolExecutor(24) as pool:
+            outcomes = list(pool.map(lambda _: pynetdicom_echo(edge.dicom_port, "Nobody"),
+                                     range(150)))  # fmt: skip
+    finally:
+        for burner in burners:
+            burner.kill()
+    missed = [a for a in outcomes if not a.is_rejected]
+    assert not missed, f"{len(missed)} of {len(outcomes)} rejections not seen"
+    still_serves(edge)
