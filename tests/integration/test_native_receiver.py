@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pydicom
 import pytest
 from pynetdicom import AE
 from pynetdicom.association import Association
@@ -113,8 +114,6 @@ def edge(app_factory: Callable[..., InProcessBox], tmp_path: Path) -> InProcessB
 @pytest.fixture
 def image(tmp_path: Path) -> tuple[str, bytes]:
     study = write_study(tmp_path / "s", n_images=1, rows=16, cols=16, transfer_syntax=EXPLICIT_LE)
-    import pydicom
-
     sop = str(pydicom.dcmread(study.paths[0], stop_before_pixels=True).SOPInstanceUID)
     return sop, dataset_of(study.paths[0])
 
@@ -313,3 +312,130 @@ def test_many_parallel_rejections_under_load_are_all_seen(edge: InProcessBox) ->
     missed = [a for a in outcomes if not a.is_rejected]
     assert not missed, f"{len(missed)} of {len(outcomes)} rejections not seen"
     still_serves(edge)
+
+
+def store_one(peer: Peer, sop: str, data: bytes, msg_id: int) -> int:
+    peer.sock.sendall(wire.pdv(1, 0x03, wire.store_command(MR, sop, msg_id))
+                      + wire.pdv(1, 0x02, data))  # fmt: skip
+    return status(peer.response())
+
+
+def user_items(ac: bytes) -> dict[int, bytes]:
+    """The sub-items of an A-ASSOCIATE-AC's user information item."""
+    offset, found = 68, {}
+    while offset < len(ac):
+        kind, _r, length = struct.unpack_from(">BBH", ac, offset)
+        if kind == 0x50:
+            sub, end = offset + 4, offset + 4 + length
+            while sub < end:
+                skind, _r, slen = struct.unpack_from(">BBH", ac, sub)
+                found[skind] = ac[sub + 4 : sub + 4 + slen]
+                sub += 4 + slen
+        offset += 4 + length
+    return found
+
+
+def test_a_release_collision_keeps_what_was_stored(
+    edge: InProcessBox, image: tuple[str, bytes]
+) -> None:
+    """A peer that answers a release it thinks we asked for too (PS3.8 7.2.2: both sides
+    sent A-RELEASE-RQ) gets its A-RELEASE-RP; the extra PDU is no error and the stored
+    data set becomes a job."""
+    sop, data = image
+    peer = Peer(edge.dicom_port)
+    peer.associate()
+    assert store_one(peer, sop, data, 1) == 0x0000
+    peer.sock.sendall(wire.release_rq() + wire.release_rp())
+    assert peer.recv_pdu()[0] == wire.RELEASE_RP
+    peer.sock.close()
+    [job] = wait_files(edge, 1)
+    assert job["files"] == 1
+    still_serves(edge)
+
+
+def test_an_abort_mid_data_set_keeps_the_earlier_ones(
+    edge: InProcessBox, image: tuple[str, bytes], tmp_path: Path
+) -> None:
+    sop, data = image
+    peer = Peer(edge.dicom_port)
+    peer.associate()
+    assert store_one(peer, sop, data, 1) == 0x0000
+    peer.sock.sendall(wire.pdv(1, 0x03, wire.store_command(MR, sop + ".2", 2))
+                      + wire.pdv(1, 0x00, data[:64]))  # fmt: skip
+    peer.sock.sendall(wire.abort())
+    assert peer.closed(5)
+    [job] = wait_files(edge, 1)
+    inputs = list((edge.home / "scratch" / job["scratchdir"] / "INPUT").iterdir())
+    assert [p.name for p in inputs] == [f"{sop}.dcm"] and dataset_of(inputs[0]) == data
+    time.sleep(0.5)
+    assert sum(j["files"] for j in edge.get("/api/v1/jobs").json()["jobs"]) == 1
+    assert not list((edge.home / "scratch" / ".partial").glob("*.part"))
+
+
+def test_the_asynchronous_window_is_one_and_pipelined_requests_are_answered_in_order(
+    edge: InProcessBox, image: tuple[str, bytes]
+) -> None:
+    """A peer proposing 8 outstanding operations is given the default, 1 (no item in the
+    AC); one that sends two requests without waiting still gets both answers, in order."""
+    sop, data = image
+    rq = bytearray(associate_rq("Edge", [(1, MR, EXPLICIT_LE)]))
+    window = item(0x53, struct.pack(">HH", 8, 8))
+    user_at = rq.rindex(b"\x50\x00")
+    (user_len,) = struct.unpack_from(">H", rq, user_at + 2)
+    rq[user_at + 2 : user_at + 4] = struct.pack(">H", user_len + len(window))
+    rq += window
+    rq[2:6] = struct.pack(">I", len(rq) - 6)
+    peer = Peer(edge.dicom_port)
+    peer.sock.sendall(bytes(rq))
+    kind, ac = peer.recv_pdu()
+    assert kind == wire.ASSOCIATE_AC
+    assert user_items(ac).get(0x53, struct.pack(">HH", 1, 1)) == struct.pack(">HH", 1, 1)
+    two = b"".join(wire.pdv(1, 0x03, wire.store_command(MR, uid, n)) + wire.pdv(1, 0x02, data)
+                   for n, uid in ((11, sop), (12, sop + ".9")))  # fmt: skip
+    peer.sock.sendall(two)
+    answered = [peer.response() for _ in range(2)]
+    assert [struct.unpack("<H", a[wire.MESSAGE_ID_RESPONDED])[0] for a in answered] == [11, 12]
+    assert [status(a) for a in answered] == [0x0000, 0x0000]
+
+
+def test_our_maximum_pdu_is_advertised_and_storescu_fits_its_pdus_to_it(
+    app_factory: Callable[..., InProcessBox], tmp_path: Path
+) -> None:
+    import subprocess
+
+    home = tmp_path / "home"
+    copy_bucket(home, "Edge", WORK_SH)
+    box = app_factory(home=home, dicom=True, quiet_seconds=0.2, max_pdu=16384)
+    peer = Peer(box.dicom_port)
+    assert struct.unpack(">I", user_items(peer.associate())[0x51])[0] == 16384
+    peer.sock.close()
+    # 32 KiB of pixels each: two PDUs or more each at our maximum
+    study = write_study(tmp_path / "big", n_images=2, rows=128, cols=128,
+                        transfer_syntax=EXPLICIT_LE)  # fmt: skip
+    done = subprocess.run([dcmtk("storescu"), "-v", "-aec", "Edge", "127.0.0.1",
+                           str(box.dicom_port), *map(str, study.paths)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 0 and "Max Send PDV: 16372" in out, out
+    [job] = wait_files(box, 2)
+    stored = {p.name: p for p in (box.home / "scratch" / job["scratchdir"] / "INPUT").iterdir()}
+    for path in study.paths:
+        sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        assert dataset_of(stored[f"{sop}.dcm"]) == dataset_of(path)
+
+
+def test_200_idle_connections_do_not_lock_out_a_sender(
+    edge: InProcessBox, image: tuple[str, bytes]
+) -> None:
+    idle = [socket.create_connection(("127.0.0.1", edge.dicom_port), timeout=10)
+            for _ in range(200)]  # fmt: skip
+    try:
+        time.sleep(0.5)  # all accepted and waiting for their requests
+        still_serves(edge)
+        sop, data = image
+        peer = Peer(edge.dicom_port)
+        peer.associate()
+        assert store_one(peer, sop, data, 1) == 0x0000
+    finally:
+        for sock in idle:
+            sock.close()
