@@ -439,3 +439,20 @@ def test_200_idle_connections_do_not_lock_out_a_sender(
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_a_request_sent_one_byte_a_second_is_let_go_after_artim(
+    edge: InProcessBox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(native, "ARTIM", 2.5)
+    peer = Peer(edge.dicom_port)
+    t0 = time.monotonic()
+    try:
+        for byte in associate_rq("Edge", [(1, MR, EXPLICIT_LE)])[:8]:
+            peer.sock.sendall(bytes([byte]))
+            time.sleep(1.0)
+    except OSError:
+        pass  # the box hung up while we were still sending
+    assert peer.closed(3), "a request trickled a byte a second must not hold its thread"
+    assert time.monotonic() - t0 < 8
+    still_serves(edge)
