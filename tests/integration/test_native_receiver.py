@@ -80,6 +80,15 @@ class Peer:
         assert control == wire.COMMAND_BIT | wire.LAST_BIT
         return wire.decode_command(data)
 
+    def trickle(self, data: bytes, gap: float) -> None:
+        """Send ``data`` a byte at a time, ``gap`` seconds apart, until the box hangs up."""
+        try:
+            for byte in data:
+                self.sock.sendall(bytes([byte]))
+                time.sleep(gap)
+        except OSError:
+            pass  # the box hung up while we were still sending
+
     def closed(self, within: float) -> bool:
         """The box closed the connection (after maybe one PDU, e.g. an A-ABORT)."""
         self.sock.settimeout(within)
@@ -225,14 +234,9 @@ def test_idle_and_trickling_peers_are_let_go(
     assert idle.closed(5), "a peer that never asks must be closed after ARTIM"
     trickle = Peer(edge.dicom_port)
     trickle.associate()
-    header = wire.pdv(1, 0x03, b"x" * 40)
     t0 = time.monotonic()
-    try:
-        for byte in header:  # a byte every 0.2 s: the PDU cannot arrive within PDU_TIMEOUT
-            trickle.sock.sendall(bytes([byte]))
-            time.sleep(0.2)
-    except OSError:
-        pass  # the box hung up while we were still trickling
+    # a byte every 0.2 s: the PDU cannot arrive within PDU_TIMEOUT
+    trickle.trickle(wire.pdv(1, 0x03, b"x" * 40), gap=0.2)
     assert trickle.closed(3), "a trickling peer must be let go"
     assert time.monotonic() - t0 < 6
     still_serves(edge)
@@ -447,12 +451,7 @@ def test_a_request_sent_one_byte_a_second_is_let_go_after_artim(
     monkeypatch.setattr(native, "ARTIM", 2.5)
     peer = Peer(edge.dicom_port)
     t0 = time.monotonic()
-    try:
-        for byte in associate_rq("Edge", [(1, MR, EXPLICIT_LE)])[:8]:
-            peer.sock.sendall(bytes([byte]))
-            time.sleep(1.0)
-    except OSError:
-        pass  # the box hung up while we were still sending
+    peer.trickle(associate_rq("Edge", [(1, MR, EXPLICIT_LE)])[:8], gap=1.0)
     assert peer.closed(3), "a request trickled a byte a second must not hold its thread"
     assert time.monotonic() - t0 < 8
     still_serves(edge)
