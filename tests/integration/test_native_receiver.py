@@ -281,9 +281,9 @@ def test_a_pynetdicom_requestor_slow_to_resume_sees_the_rejection(
 ) -> None:
     """The rejection pynetdicom 3.0 clients missed now and then: when the box's RJ came
     before the requestor's thread ran again after its connect, that thread found the
-    connection closed by the RJ already and reported an abort. The box holds the RJ
-    REJECT_HOLD seconds, so a requestor as late as half of that reads a rejection; one
-    later than the RJ is still told "aborted", but the box's own requestors see through
+    connection closed by the RJ already and reported an abort (the second case: no
+    hold, a requestor half a second late). Held REJECT_HOLD, a requestor as late as
+    half of that reads the rejection. Either way the box's own requestors see through
     it (dimse.rejected)."""
     monkeypatch.setattr(native, "REJECT_HOLD", hold)
     late_requestor_threads(monkeypatch, late)
