@@ -22,7 +22,7 @@ from pydicom import dcmread
 from magickbox import wire
 from magickbox.testing.dicomgen import write_study
 from tests.conftest import BoxServer
-from tests.e2e.peers import QUICK, echoscu, install_buckets, wait_jobs
+from tests.e2e.peers import echoscu, recv_box, wait_jobs
 from tests.integration.test_native_receiver import associate_rq, dataset_of
 
 pytestmark = pytest.mark.e2e
@@ -35,9 +35,7 @@ SEED = 1313
 
 @pytest.fixture
 def box(box_factory, tmp_path: Path) -> BoxServer:  # type: ignore[no-untyped-def]
-    home = tmp_path / "home"
-    install_buckets(home, Recv=QUICK)
-    return box_factory(home=home)
+    return recv_box(box_factory, tmp_path)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -21,13 +21,12 @@ from magickbox.testing.dicomgen import write_study
 from tests.conftest import BoxServer, dcmtk
 from tests.e2e.destinations import Orthanc
 from tests.e2e.peers import (
-    QUICK,
     api_jobs,
     dataset_part,
     echoscu,
     file_syntax,
     input_files,
-    install_buckets,
+    recv_box,
     send_files,
     wait_for,
 )
@@ -42,9 +41,7 @@ COMPRESSED = ["SC_rgb_jpeg_dcmtk.dcm", "JPEG-lossy.dcm", "JPEG2000.dcm",
 
 @pytest.fixture
 def box(box_factory, tmp_path: Path) -> BoxServer:  # type: ignore[no-untyped-def]
-    home = tmp_path / "home"
-    install_buckets(home, Recv=QUICK)
-    return box_factory(home=home)
+    return recv_box(box_factory, tmp_path)
 
 
 def compressed_files(folder: Path) -> list[Path]:
