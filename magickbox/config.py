@@ -102,10 +102,9 @@ class Settings(BaseModel):
         default=0, description="Largest PDU the receiver accepts, in bytes (0: no limit)."
     )
     receiver: Literal["native", "pynetdicom"] = Field(
-        default="pynetdicom",
-        description="The DICOM receiver: pynetdicom's server, or the box's own upper layer "
-        '("native": a thread per association on plain sockets, 3-4x faster; not yet the '
-        "default: pynetdicom clients now and then miss its rejections).",
+        default="native",
+        description="The DICOM receiver: the box's own upper layer (\"native\": a thread per "
+        "association on plain sockets, 3-4x faster than pynetdicom's) or pynetdicom's server.",
     )
     max_upload_bytes: int = Field(
         default=4 << 30,

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from magickbox.disk import DiskStatus
 from magickbox.events import DiskLow, EventBus, PartRestarted
+from magickbox.routing import dimse
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def echo(host: str, port: int, aet: str, timeout: float) -> PartState:
         if status and status.Status == 0:
             return PartState(OK, f"C-ECHO {aet}@{host}:{port} answered")
         return PartState(DOWN, f"C-ECHO {aet}@{host}:{port}: no success status")
-    if assoc.is_rejected:  # e.g. too many associations or the disk reserve: it listens
+    if dimse.rejected(assoc):  # e.g. too many associations or the disk reserve: it listens
         return PartState(OK, f"{aet}@{host}:{port} listens (association refused now)")
     return PartState(DOWN, f"no DICOM answer from {host}:{port} within {timeout:g} s")
 

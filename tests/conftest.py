@@ -7,6 +7,8 @@ import contextlib
 import os
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,3 +195,18 @@ def browser() -> Iterator:
     from tests.e2e.browser import launch
 
     yield from launch()
+
+
+def late_requestor_threads(monkeypatch: pytest.MonkeyPatch, delay: float) -> None:
+    """pynetdicom requestors made in this test resume ``delay`` seconds late after their
+    connection is made, as their threads do on a loaded machine: the window in which
+    pynetdicom 3.0 loses a quick A-ASSOCIATE-RJ, made wide enough to hit every time."""
+    from pynetdicom import transport
+
+    class LateWaker(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            done = super().wait(timeout)
+            time.sleep(delay)
+            return done
+
+    monkeypatch.setattr(transport.threading, "Event", LateWaker)

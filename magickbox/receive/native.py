@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 ARTIM = 10.0  # seconds for the association request (and the release) to arrive
 PDU_TIMEOUT = 60.0  # seconds for each PDU once associated: a stalled peer is let go
 LINGER = ARTIM  # seconds we wait for a peer to close after a rejection or a release
+# pynetdicom 3.0's requestor loses an A-ASSOCIATE-RJ that arrives before its ACSE thread
+# has looked at the fresh connection (it then reports an abort): a rejection is held
+# this long so a peer's requestor thread has run by the time it is read.
+REJECT_HOLD = 0.1
 MAX_ASSOCIATIONS = 64  # established at once; more are rejected as transient
 MAX_CONNECTIONS = 256  # sockets at once, associated or not; more are closed at once
 MAX_REQUEST = 1 << 16  # bytes of an A-ASSOCIATE-RQ (a few hundred contexts)
@@ -297,6 +301,7 @@ class Association:
             reason, rejection = f"{MAX_ASSOCIATIONS} associations are open", acse.LOCAL_LIMIT
         if reason:
             self.rx.refuse(self.peer, self.port, reason)
+            time.sleep(REJECT_HOLD)
             self.conn.sendall(acse.reject(*rejection))
             self._linger()
             return False

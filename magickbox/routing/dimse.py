@@ -16,6 +16,7 @@ import time
 from typing import BinaryIO
 
 from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from magickbox import wire
 from magickbox.routing.select import DicomFile
@@ -152,3 +153,21 @@ def _park_threads(assoc: Association) -> None:
             break
     assoc.dul._kill_thread = True
     assoc.dul.join(5)
+
+
+def rejected(assoc: Association) -> bool:
+    """Did the peer reject the association, even if pynetdicom says it was aborted?
+
+    pynetdicom 3.0's requestor checks that its connection is open only after the DUL
+    thread has connected and sent the request; a peer quick enough to answer with an
+    A-ASSOCIATE-RJ (which makes the DUL close the connection) before that check ran is
+    reported as an abort, the rejection left unread in the DUL's queue to the user.
+    """
+    if assoc.is_rejected:
+        return True
+    if assoc.is_established:
+        return False
+    return any(
+        isinstance(item, A_ASSOCIATE) and item.result in (0x01, 0x02)
+        for item in list(assoc.dul.to_user_queue.queue)
+    )

@@ -21,6 +21,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from magickbox.routing import dimse
 from magickbox.routing.dimse import Link, LinkError
 from magickbox.routing.select import DicomFile, dicom_files
 
@@ -139,7 +140,7 @@ def _associate(ae: AE, target: Target, report: SendReport) -> Association | None
     if assoc.is_established:
         return assoc
     where = f"{target.called_aet}@{target.host}:{target.port}"
-    if assoc.is_rejected:
+    if dimse.rejected(assoc):
         report.error = f"association with {where} rejected"
     else:  # pynetdicom says "aborted" for a refused connection too: tell which it was
         report.error = f"association with {where} failed: {_reachability(target)}"

@@ -64,9 +64,12 @@ class StoreSCP:
 class Orthanc:
     """An Orthanc of its own (ports, storage) for one test; its REST API says what arrived."""
 
-    def __init__(self, folder: Path, aet: str = "ORTHANC") -> None:
+    def __init__(
+        self, folder: Path, aet: str = "ORTHANC", modalities: dict[str, list] | None = None
+    ) -> None:
         self.folder, self.aet = folder, aet
         self.port, self.http_port = free_port(), free_port()
+        self.modalities = modalities or {}  # name: [AE title, host, port], to send to
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Orthanc:
@@ -77,7 +80,7 @@ class Orthanc:
             "HttpPort": self.http_port, "StorageDirectory": str(self.folder / "storage"),
             "IndexDirectory": str(self.folder / "index"), "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False, "DicomCheckCalledAet": True, "Plugins": [],
-            "HttpServerEnabled": True, "StableAge": 1,
+            "HttpServerEnabled": True, "StableAge": 1, "DicomModalities": self.modalities,
         }  # fmt: skip
         (self.folder / "config.json").write_text(json.dumps(config))
         log = (self.folder / "orthanc.log").open("ab")
@@ -95,6 +98,20 @@ class Orthanc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def upload(self, path: Path) -> str:
+        """Put a file into Orthanc over its REST API; its instance ID."""
+        answer = httpx.post(f"http://127.0.0.1:{self.http_port}/instances",
+                            content=path.read_bytes(), timeout=30)  # fmt: skip
+        answer.raise_for_status()
+        return str(answer.json()["ID"])
+
+    def store_to(self, modality: str, ids: list[str]) -> dict:
+        """C-STORE instances to one of the DicomModalities (Orthanc as the sender)."""
+        answer = httpx.post(f"http://127.0.0.1:{self.http_port}/modalities/{modality}/store",
+                            json={"Resources": ids, "Synchronous": True}, timeout=120)  # fmt: skip
+        answer.raise_for_status()
+        return dict(answer.json())
 
     def instances(self) -> list[dict]:
         base = f"http://127.0.0.1:{self.http_port}"

@@ -129,6 +129,13 @@ echo '[{"success": "success", "message": "listed"}]' > "$MB_PROC_JSON"
 """
 
 
+def recv_box(box_factory: Callable[..., BoxServer], tmp_path: Path) -> BoxServer:
+    """A started box with one QUICK bucket, Recv: what the receive tests send to."""
+    home = tmp_path / "home"
+    install_buckets(home, Recv=QUICK)
+    return box_factory(home=home)
+
+
 def install_buckets(home: Path, **buckets: str | tuple[str, dict]) -> None:
     """Install test buckets before the box starts: name=work.sh or name=(work.sh, info)."""
     for name, spec in buckets.items():

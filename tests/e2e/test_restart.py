@@ -257,3 +257,55 @@ def test_a_restart_kills_the_whole_group_even_when_work_sh_had_exited(
     output = box.home / "scratch" / job["scratchdir"] / "OUTPUT"
     time.sleep(1.0)  # the child wrote every 0.1 s: a survivor would have written by now
     assert sorted(p.name for p in output.iterdir()) == ["done.txt"]
+
+
+@pytest.mark.timeout(300)
+def test_kill9_during_four_concurrent_associations_loses_no_acknowledged_file(
+    box_factory, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    home = tmp_path / "home"
+    install_buckets(home, Recv=QUICK)
+    box: BoxServer = box_factory(home=home)
+    total = 2000  # the native receiver takes ~1000 images/s: none may be done at the kill
+    senders: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    # every study written before the first send starts, so the four run side by side
+    studies = {f"SEND{n}": write_study(tmp_path / f"SEND{n}", n_images=total, rows=32, cols=32)
+               for n in range(4)}  # fmt: skip
+    for caller in studies:
+        log = tmp_path / f"{caller}.out"
+        proc = subprocess.Popen(
+            [dcmtk("storescu"), "-v", "+sd", "+r", "-nh", "-aet", caller, "-aec", "Recv",
+             "127.0.0.1", str(box.dicom_port), str(studies[caller].paths[0].parent)],
+            stdout=log.open("w"), stderr=subprocess.STDOUT,
+            env={**os.environ, "TCP_NODELAY": "1"},
+        )  # fmt: skip
+        senders[caller] = (proc, log)
+
+    def all_going() -> bool:  # every association has had some files acknowledged
+        return all(len(acknowledged(log.read_text())) >= 5 for _, log in senders.values())
+
+    try:
+        wait_for("every association under way", all_going)
+        box.kill9()
+        for proc, _log in senders.values():
+            proc.wait(60)
+    finally:
+        for proc, _log in senders.values():
+            if proc.poll() is None:
+                proc.kill()
+    acked = {caller: acknowledged(log.read_text()) for caller, (_p, log) in senders.items()}
+    counts = {caller: len(names) for caller, names in acked.items()}
+    assert all(n < total for n in counts.values()), f"a send ended before the kill: {counts}"
+
+    box.start()
+    jobs = wait_jobs(box, 4)
+    for caller, names in acked.items():
+        (job,) = [j for j in jobs if j["caller_aet"] == caller]
+        assert job["study_uid"] == studies[caller].study_uid
+        stored = input_files(box, job["scratchdir"])
+        missing = names - set(stored)
+        assert not missing, f"{caller}: {len(missing)} acknowledged files lost"
+        sent = {p.name: p for p in studies[caller].paths}
+        for name, path in stored.items():  # nothing half-written made it into a job
+            assert dataset_part(path) == dataset_part(sent[name]), name
+    assert not any((box.home / "scratch" / ".partial").iterdir())

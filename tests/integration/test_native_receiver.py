@@ -8,19 +8,27 @@ receiver goes on serving C-ECHO and C-STORE afterwards.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import random
 import socket
 import struct
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pydicom
 import pytest
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from magickbox import wire
 from magickbox.receive import acse, native
+from magickbox.routing import dimse
 from magickbox.testing.dicomgen import write_study
-from tests.conftest import InProcessBox, copy_bucket, dcmtk
+from tests.conftest import InProcessBox, copy_bucket, dcmtk, late_requestor_threads
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -72,6 +80,15 @@ class Peer:
         assert control == wire.COMMAND_BIT | wire.LAST_BIT
         return wire.decode_command(data)
 
+    def trickle(self, data: bytes, gap: float) -> None:
+        """Send ``data`` a byte at a time, ``gap`` seconds apart, until the box hangs up."""
+        try:
+            for byte in data:
+                self.sock.sendall(bytes([byte]))
+                time.sleep(gap)
+        except OSError:
+            pass  # the box hung up while we were still sending
+
     def closed(self, within: float) -> bool:
         """The box closed the connection (after maybe one PDU, e.g. an A-ABORT)."""
         self.sock.settimeout(within)
@@ -106,8 +123,6 @@ def edge(app_factory: Callable[..., InProcessBox], tmp_path: Path) -> InProcessB
 @pytest.fixture
 def image(tmp_path: Path) -> tuple[str, bytes]:
     study = write_study(tmp_path / "s", n_images=1, rows=16, cols=16, transfer_syntax=EXPLICIT_LE)
-    import pydicom
-
     sop = str(pydicom.dcmread(study.paths[0], stop_before_pixels=True).SOPInstanceUID)
     return sop, dataset_of(study.paths[0])
 
@@ -219,14 +234,9 @@ def test_idle_and_trickling_peers_are_let_go(
     assert idle.closed(5), "a peer that never asks must be closed after ARTIM"
     trickle = Peer(edge.dicom_port)
     trickle.associate()
-    header = wire.pdv(1, 0x03, b"x" * 40)
     t0 = time.monotonic()
-    try:
-        for byte in header:  # a byte every 0.2 s: the PDU cannot arrive within PDU_TIMEOUT
-            trickle.sock.sendall(bytes([byte]))
-            time.sleep(0.2)
-    except OSError:
-        pass  # the box hung up while we were still trickling
+    # a byte every 0.2 s: the PDU cannot arrive within PDU_TIMEOUT
+    trickle.trickle(wire.pdv(1, 0x03, b"x" * 40), gap=0.2)
     assert trickle.closed(3), "a trickling peer must be let go"
     assert time.monotonic() - t0 < 6
     still_serves(edge)
@@ -255,3 +265,193 @@ def test_an_absurd_declared_length_and_random_bytes_do_not_stop_the_receiver(
     peer.associate()
     peer.sock.sendall(wire.pdv(1, 0x03, wire.store_command(MR, sop, 2)) + wire.pdv(1, 0x02, data))
     assert status(peer.response()) == 0x0000
+
+
+def pynetdicom_echo(port: int, called: str) -> Association:
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = 60
+    return ae.associate("127.0.0.1", port, ae_title=called)
+
+
+@pytest.mark.parametrize(("hold", "late"), [(native.REJECT_HOLD, native.REJECT_HOLD / 2),
+                                           (0.0, 0.5)])  # fmt: skip
+def test_a_pynetdicom_requestor_slow_to_resume_sees_the_rejection(
+    edge: InProcessBox, monkeypatch: pytest.MonkeyPatch, hold: float, late: float
+) -> None:
+    """The rejection pynetdicom 3.0 clients missed now and then: when the box's RJ came
+    before the requestor's thread ran again after its connect, that thread found the
+    connection closed by the RJ already and reported an abort (the second case: no
+    hold, a requestor half a second late). Held REJECT_HOLD, a requestor as late as
+    half of that reads the rejection. Either way the box's own requestors see through
+    it (dimse.rejected)."""
+    monkeypatch.setattr(native, "REJECT_HOLD", hold)
+    late_requestor_threads(monkeypatch, late)
+    assoc = pynetdicom_echo(edge.dicom_port, "NoSuchBucket")
+    assert not assoc.is_established
+    assert assoc.is_rejected == bool(hold)
+    assert dimse.rejected(assoc)
+
+
+def _burn(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_many_parallel_rejections_under_load_are_all_seen(edge: InProcessBox) -> None:
+    """Many pynetdicom requestors with a called AE that is no bucket, in parallel, while
+    other processes keep every core busy: each sees its rejection, none an abort."""
+    burners = [multiprocessing.Process(target=_burn, args=(60,), daemon=True)
+               for _ in range(2 * (os.cpu_count() or 1))]  # fmt: skip
+    for burner in burners:
+        burner.start()
+    try:
+        with ThreadPoolExecutor(24) as pool:
+            outcomes = list(pool.map(lambda _: pynetdicom_echo(edge.dicom_port, "Nobody"),
+                                     range(150)))  # fmt: skip
+    finally:
+        for burner in burners:
+            burner.kill()
+    missed = [a for a in outcomes if not a.is_rejected]
+    assert not missed, f"{len(missed)} of {len(outcomes)} rejections not seen"
+    still_serves(edge)
+
+
+def store_one(peer: Peer, sop: str, data: bytes, msg_id: int) -> int:
+    peer.sock.sendall(wire.pdv(1, 0x03, wire.store_command(MR, sop, msg_id))
+                      + wire.pdv(1, 0x02, data))  # fmt: skip
+    return status(peer.response())
+
+
+def user_items(ac: bytes) -> dict[int, bytes]:
+    """The sub-items of an A-ASSOCIATE-AC's user information item."""
+    offset, found = 68, {}
+    while offset < len(ac):
+        kind, _r, length = struct.unpack_from(">BBH", ac, offset)
+        if kind == 0x50:
+            sub, end = offset + 4, offset + 4 + length
+            while sub < end:
+                skind, _r, slen = struct.unpack_from(">BBH", ac, sub)
+                found[skind] = ac[sub + 4 : sub + 4 + slen]
+                sub += 4 + slen
+        offset += 4 + length
+    return found
+
+
+def test_a_release_collision_keeps_what_was_stored(
+    edge: InProcessBox, image: tuple[str, bytes]
+) -> None:
+    """A peer that answers a release it thinks we asked for too (PS3.8 7.2.2: both sides
+    sent A-RELEASE-RQ) gets its A-RELEASE-RP; the extra PDU is no error and the stored
+    data set becomes a job."""
+    sop, data = image
+    peer = Peer(edge.dicom_port)
+    peer.associate()
+    assert store_one(peer, sop, data, 1) == 0x0000
+    peer.sock.sendall(wire.release_rq() + wire.release_rp())
+    assert peer.recv_pdu()[0] == wire.RELEASE_RP
+    peer.sock.close()
+    [job] = wait_files(edge, 1)
+    assert job["files"] == 1
+    still_serves(edge)
+
+
+def test_an_abort_mid_data_set_keeps_the_earlier_ones(
+    edge: InProcessBox, image: tuple[str, bytes], tmp_path: Path
+) -> None:
+    sop, data = image
+    peer = Peer(edge.dicom_port)
+    peer.associate()
+    assert store_one(peer, sop, data, 1) == 0x0000
+    peer.sock.sendall(wire.pdv(1, 0x03, wire.store_command(MR, sop + ".2", 2))
+                      + wire.pdv(1, 0x00, data[:64]))  # fmt: skip
+    peer.sock.sendall(wire.abort())
+    assert peer.closed(5)
+    [job] = wait_files(edge, 1)
+    inputs = list((edge.home / "scratch" / job["scratchdir"] / "INPUT").iterdir())
+    assert [p.name for p in inputs] == [f"{sop}.dcm"] and dataset_of(inputs[0]) == data
+    time.sleep(0.5)
+    assert sum(j["files"] for j in edge.get("/api/v1/jobs").json()["jobs"]) == 1
+    assert not list((edge.home / "scratch" / ".partial").glob("*.part"))
+
+
+def test_the_asynchronous_window_is_one_and_pipelined_requests_are_answered_in_order(
+    edge: InProcessBox, image: tuple[str, bytes]
+) -> None:
+    """A peer proposing 8 outstanding operations is given the default, 1 (no item in the
+    AC); one that sends two requests without waiting still gets both answers, in order."""
+    sop, data = image
+    rq = bytearray(associate_rq("Edge", [(1, MR, EXPLICIT_LE)]))
+    window = item(0x53, struct.pack(">HH", 8, 8))
+    user_at = rq.rindex(b"\x50\x00")
+    (user_len,) = struct.unpack_from(">H", rq, user_at + 2)
+    rq[user_at + 2 : user_at + 4] = struct.pack(">H", user_len + len(window))
+    rq += window
+    rq[2:6] = struct.pack(">I", len(rq) - 6)
+    peer = Peer(edge.dicom_port)
+    peer.sock.sendall(bytes(rq))
+    kind, ac = peer.recv_pdu()
+    assert kind == wire.ASSOCIATE_AC
+    assert user_items(ac).get(0x53, struct.pack(">HH", 1, 1)) == struct.pack(">HH", 1, 1)
+    two = b"".join(wire.pdv(1, 0x03, wire.store_command(MR, uid, n)) + wire.pdv(1, 0x02, data)
+                   for n, uid in ((11, sop), (12, sop + ".9")))  # fmt: skip
+    peer.sock.sendall(two)
+    answered = [peer.response() for _ in range(2)]
+    assert [struct.unpack("<H", a[wire.MESSAGE_ID_RESPONDED])[0] for a in answered] == [11, 12]
+    assert [status(a) for a in answered] == [0x0000, 0x0000]
+
+
+def test_our_maximum_pdu_is_advertised_and_storescu_fits_its_pdus_to_it(
+    app_factory: Callable[..., InProcessBox], tmp_path: Path
+) -> None:
+    import subprocess
+
+    home = tmp_path / "home"
+    copy_bucket(home, "Edge", WORK_SH)
+    box = app_factory(home=home, dicom=True, quiet_seconds=0.2, max_pdu=16384)
+    peer = Peer(box.dicom_port)
+    assert struct.unpack(">I", user_items(peer.associate())[0x51])[0] == 16384
+    peer.sock.close()
+    # 32 KiB of pixels each: two PDUs or more each at our maximum
+    study = write_study(tmp_path / "big", n_images=2, rows=128, cols=128,
+                        transfer_syntax=EXPLICIT_LE)  # fmt: skip
+    done = subprocess.run([dcmtk("storescu"), "-v", "-aec", "Edge", "127.0.0.1",
+                           str(box.dicom_port), *map(str, study.paths)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 0 and "Max Send PDV: 16372" in out, out
+    [job] = wait_files(box, 2)
+    stored = {p.name: p for p in (box.home / "scratch" / job["scratchdir"] / "INPUT").iterdir()}
+    for path in study.paths:
+        sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        assert dataset_of(stored[f"{sop}.dcm"]) == dataset_of(path)
+
+
+def test_200_idle_connections_do_not_lock_out_a_sender(
+    edge: InProcessBox, image: tuple[str, bytes]
+) -> None:
+    idle = [socket.create_connection(("127.0.0.1", edge.dicom_port), timeout=10)
+            for _ in range(200)]  # fmt: skip
+    try:
+        time.sleep(0.5)  # all accepted and waiting for their requests
+        still_serves(edge)
+        sop, data = image
+        peer = Peer(edge.dicom_port)
+        peer.associate()
+        assert store_one(peer, sop, data, 1) == 0x0000
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_request_sent_one_byte_a_second_is_let_go_after_artim(
+    edge: InProcessBox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(native, "ARTIM", 2.5)
+    peer = Peer(edge.dicom_port)
+    t0 = time.monotonic()
+    peer.trickle(associate_rq("Edge", [(1, MR, EXPLICIT_LE)])[:8], gap=1.0)
+    assert peer.closed(3), "a request trickled a byte a second must not hold its thread"
+    assert time.monotonic() - t0 < 8
+    still_serves(edge)

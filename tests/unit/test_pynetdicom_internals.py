@@ -9,12 +9,17 @@ pyproject.toml pins the minor version this was checked with.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import struct
 import threading
 
 import pytest
 from pynetdicom import AE, __version__
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+
+from tests.conftest import late_requestor_threads
 
 
 @pytest.fixture
@@ -58,7 +63,7 @@ def test_only_dimse_touches_the_internals() -> None:
 
     import magickbox.routing
 
-    internals = ("_reactor_checkpoint", "_is_paused", "_kill_thread", "._kill")
+    internals = ("_reactor_checkpoint", "_is_paused", "_kill_thread", "._kill", "to_user_queue")
     package = Path(magickbox.routing.__file__).parent
     touching = sorted(
         path.name
@@ -81,3 +86,42 @@ def test_the_receivers_data_set_file_is_made_where_the_disk_guard_expects() -> N
     )
     source = inspect.getsource(dimse_messages.DIMSEMessage.decode_msg)
     assert "NamedTemporaryFile(" in source and "._data_set_file.file.flush()" in source
+
+
+def _reject_at_once(listener: socket.socket) -> None:
+    """An acceptor that answers every A-ASSOCIATE-RQ with an RJ at once, then waits."""
+    conn, _ = listener.accept()
+    with conn:
+        header = conn.recv(6, socket.MSG_WAITALL)
+        conn.recv(struct.unpack(">I", header[2:])[0], socket.MSG_WAITALL)
+        conn.sendall(bytes([0x03, 0, 0, 0, 0, 4, 0, 1, 1, 7]))  # permanent, called AE
+        conn.settimeout(5)
+        with contextlib.suppress(OSError):
+            while conn.recv(4096):
+                pass
+
+
+def test_a_rejection_pynetdicom_reports_as_an_abort_is_still_a_rejection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pynetdicom 3.0 looks at its connection only once its ACSE thread runs again after
+    the connect: if the RJ came (and closed the connection) before, it says "aborted"
+    and leaves the RJ in its queue. dimse.rejected reads it there."""
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    from magickbox.routing import dimse
+
+    late_requestor_threads(monkeypatch, 0.3)
+    listener = socket.create_server(("127.0.0.1", 0))
+    peer = threading.Thread(target=_reject_at_once, args=(listener,), daemon=True)
+    peer.start()
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", listener.getsockname()[1], ae_title="NOBODY")
+    peer.join(10)
+    listener.close()
+    assert not assoc.is_rejected and not assoc.is_established  # the race, as it is
+    assert dimse.rejected(assoc)
+    monkeypatch.undo()
+    accepted = Association(AE(), mode="requestor")
+    assert not dimse.rejected(accepted)
