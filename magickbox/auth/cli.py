@@ -66,7 +66,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
 
     init_home(settings)  # a first "users add" may come before the first serve
     db = open_database(settings.db_url)
-    store, audit = AuthStore(db), AuditLog(db)
+    store, audit = AuthStore(db, settings.password_hash_cost), AuditLog(db)
     me = Principal("cli", getpass.getuser(), Role.admin, "local")
     try:
         if args.command == "users":

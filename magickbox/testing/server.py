@@ -138,9 +138,10 @@ class BoxServer:
         from magickbox.auth.store import AuthStore
         from magickbox.jobs.db import open_database
 
-        db = open_database(settings_of(self.home, self.extra_env, self.extra_args).db_url)
+        settings = settings_of(self.home, self.extra_env, self.extra_args)
+        db = open_database(settings.db_url)
         try:
-            AuthStore(db).add_user(name, role, password)
+            AuthStore(db, settings.password_hash_cost).add_user(name, role, password)
         finally:
             db.kw["bind"].dispose()
 
