@@ -143,8 +143,10 @@ def box_factory(tmp_path: Path) -> Iterator:
         return server.start()
 
     yield make
+    for server in servers:  # all at once: each takes a while to shut down
+        server.ask_to_stop()
     for server in servers:
-        server.stop()
+        server.wait_stopped()
 
 
 @pytest.fixture
