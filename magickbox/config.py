@@ -282,6 +282,12 @@ class Settings(BaseModel):
     session_minutes: float = Field(
         default=480.0, description="A page login ends after this many minutes without use."
     )
+    password_hash_cost: Literal["standard", "test"] = Field(
+        default="standard",
+        description='Cost of new password hashes (argon2id): "standard" is RFC 9106\'s '
+        'low-memory profile (64 MiB, 3 passes); "test" is the cheapest one, for test '
+        "suites only: never on a real box. A stored hash keeps its own cost either way.",
+    )
     login_max_failures: int = Field(
         default=5,
         description="Failed logins (per address, and per user name) before logins wait.",
@@ -533,6 +539,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "trusted_networks",
         "allowed_hosts",
         "session_minutes",
+        "password_hash_cost",
         "login_max_failures",
         "login_window_seconds",
         "tls_cert",

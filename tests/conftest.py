@@ -23,6 +23,11 @@ from magickbox.config import load_settings
 from magickbox.testing.server import BoxServer, dcmtk_tool, free_port
 from magickbox.web.app import create_app
 
+# Every box these tests start, in this process or as a child, hashes passwords with the
+# cheapest argon2id (the setting password_hash_cost): a standard hash costs a good part
+# of a CPU second, and the tests hash many. tests/unit/test_auth.py checks the standard one.
+os.environ.setdefault("MAGICKBOX_PASSWORD_HASH_COST", "test")
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Longest first: modules marked ``long``, then the other e2e modules, then the rest.
@@ -140,8 +145,10 @@ def box_factory(tmp_path: Path) -> Iterator:
         return server.start()
 
     yield make
+    for server in servers:  # all at once: each takes a while to shut down
+        server.ask_to_stop()
     for server in servers:
-        server.stop()
+        server.wait_stopped()
 
 
 @pytest.fixture

@@ -71,7 +71,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     except MagickBoxError as exc:  # e.g. a database a newer MagickBox migrated
         print(f"magickbox: {exc}", file=sys.stderr)
         return _exit_code(exc)
-    store, audit = AuthStore(db), AuditLog(db)
+    store, audit = AuthStore(db, settings.password_hash_cost), AuditLog(db)
     me = Principal("cli", getpass.getuser(), Role.admin, "local")
     try:
         if args.command == "users":

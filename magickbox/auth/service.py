@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from magickbox.config import Settings
 from magickbox.errors import Invalid, Unauthorized
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,10 @@ def parse_trusted(items: list[str]) -> list[TrustedNetwork]:
 class Authority:
     def __init__(self, settings: Settings, db: sessionmaker) -> None:
         self.settings = settings
-        self.store = AuthStore(db)
+        self.store = AuthStore(db, settings.password_hash_cost)
+        if settings.password_hash_cost != "standard":
+            log.warning("password_hash_cost=%s: new passwords are hashed cheaply (tests only)",
+                        settings.password_hash_cost)  # fmt: skip
         self.log = AuditLog(db)
         self.sessions = Sessions(db, settings.session_minutes * 60)
         self.throttle = LoginThrottle(settings.login_max_failures, settings.login_window_seconds)

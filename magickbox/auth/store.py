@@ -60,12 +60,14 @@ def check_password(password: str) -> str:
 
 
 class AuthStore:
-    def __init__(self, sessions: sessionmaker) -> None:
+    def __init__(self, sessions: sessionmaker, hash_cost: str = "standard") -> None:
         self.sessions = sessions
+        self.hash_cost = hash_cost  # the setting password_hash_cost
 
     # -- users -------------------------------------------------------------------------
     def add_user(self, name: str, role: Role, password: str) -> None:
-        name, digest = check_name(name), hashing.hash_password(check_password(password))
+        name = check_name(name)
+        digest = hashing.hash_password(check_password(password), self.hash_cost)
         with self.sessions.begin() as s:
             if s.scalar(select(User).where(User.name == name)) is not None:
                 raise Conflict(f"user {name!r} exists already")
@@ -87,7 +89,7 @@ class AuthStore:
             s.delete(user)
 
     def set_password(self, name: str, password: str) -> None:
-        digest = hashing.hash_password(check_password(password))
+        digest = hashing.hash_password(check_password(password), self.hash_cost)
         with self.sessions.begin() as s:
             user = s.scalar(select(User).where(User.name == name))
             if user is None:
@@ -98,7 +100,9 @@ class AuthStore:
         """The user's role when the password is right; None otherwise (same time either way)."""
         with self.sessions() as s:
             user = s.scalar(select(User).where(User.name == name))
-        if not hashing.verify_password(user.password_hash if user else None, password):
+        if not hashing.verify_password(
+            user.password_hash if user else None, password, self.hash_cost
+        ):
             return None
         assert user is not None
         return Role[user.role]

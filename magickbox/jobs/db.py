@@ -7,15 +7,14 @@ newer MagickBox opens an older home.
 
 from __future__ import annotations
 
+import ast
 import enum
+import functools
 import time
 from pathlib import Path
+from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, Float, Integer, String, Text, create_engine, event
+from sqlalchemy import Engine, Float, Integer, String, Text, create_engine, event, inspect, text
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
 from magickbox.errors import Conflict
@@ -117,12 +116,59 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cur.close()
 
 
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@functools.cache
+def script_heads() -> frozenset[str]:
+    """The revisions no migration builds on (alembic's "heads"), read from the files'
+    ``revision``/``down_revision`` lines: enough to know a schema is current."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        for name, value in _assignments(path, ("revision", "down_revision")):
+            if name == "revision":
+                revisions.add(value)
+            elif value:
+                parents.update([value] if isinstance(value, str) else value)
+    return frozenset(revisions - parents)
+
+
+def _assignments(path: Path, names: tuple[str, ...]) -> list[tuple[str, Any]]:
+    """The literal values given to ``names`` at the top of a Python file."""
+    found = []
+    for node in ast.parse(path.read_text()).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        value = getattr(node, "value", None)
+        if isinstance(target, ast.Name) and target.id in names and value is not None:
+            found.append((target.id, ast.literal_eval(value)))
+    return found
+
+
+def at_head(engine: Engine) -> bool:
+    """Whether the database's schema is the newest already (nothing to migrate)."""
+    if not inspect(engine).has_table("alembic_version"):
+        return False
+    with engine.connect() as conn:
+        current = {row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))}
+    return current == script_heads()
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest version (creates it in a new home). A database that a
+    """Bring the schema to the newest version (creates it in a new home). Alembic (a
+    good part of a second of imports) is loaded only when there is something to do:
+    every start of a box but the first finds its schema current. A database that a
     newer MagickBox migrated is refused with Conflict (no traceback, nothing changed): this
     version cannot know that schema."""
+    if at_head(engine):
+        return
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
     cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.set_main_option("script_location", str(MIGRATIONS))
     known = {rev.revision for rev in ScriptDirectory.from_config(cfg).walk_revisions()}
     with engine.begin() as conn:
         unknown = set(MigrationContext.configure(conn).get_current_heads()) - known

@@ -117,6 +117,7 @@ class BoxServer:
         self.token = ""
         self.admin_token = admin_token  # False: a home with no credentials (first start)
         self.ca_file = ca_file
+        self._asked = False  # SIGTERM sent to this start's process
 
     @property
     def url(self) -> str:
@@ -138,9 +139,10 @@ class BoxServer:
         from magickbox.auth.store import AuthStore
         from magickbox.jobs.db import open_database
 
-        db = open_database(settings_of(self.home, self.extra_env, self.extra_args).db_url)
+        settings = settings_of(self.home, self.extra_env, self.extra_args)
+        db = open_database(settings.db_url)
         try:
-            AuthStore(db).add_user(name, role, password)
+            AuthStore(db, settings.password_hash_cost).add_user(name, role, password)
         finally:
             db.kw["bind"].dispose()
 
@@ -174,6 +176,7 @@ class BoxServer:
             *self.extra_args,
         ]
         logfh = self.log_path.open("ab")
+        self._asked = False
         self.proc = subprocess.Popen(cmd, env=env, stdout=logfh, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -190,8 +193,18 @@ class BoxServer:
         raise RuntimeError(f"magickbox did not start: {self.log_path.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
+        self.ask_to_stop()
+        self.wait_stopped()
+
+    def ask_to_stop(self) -> None:
+        """SIGTERM, once (a second one would make uvicorn skip its graceful shutdown):
+        several boxes asked first, then waited for, stop at the same time."""
+        if self.proc and self.proc.poll() is None and not self._asked:
+            self._asked = True
             self.proc.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self) -> None:
+        if self.proc and self._asked:
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:

@@ -12,6 +12,7 @@ import json
 import socket
 import struct
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom.config
@@ -71,17 +72,35 @@ printf '%s\\n' "$MB_AETITLE_CALLER" > "$2/caller.txt"
 """
 
 
-@pytest.fixture
-def box(box_factory, tmp_path: Path) -> BoxServer:  # type: ignore[no-untyped-def]
-    home = tmp_path / "home"
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BoxServer]:
+    """One box for the module (a start costs more than most tests here): each test looks
+    only at the jobs and archive folders its own sends add."""
+    beside = tmp_path_factory.mktemp("hostile")
+    home = beside / "home"
     install_buckets(home, Recv=QUICK, Evil=EVIL, Args=ARGS)
     # Canaries beside the home: a traversal that reaches them must not read or delete them.
-    (tmp_path / "canary.txt").write_text(SECRET)
-    (tmp_path / "x").mkdir()
-    (tmp_path / "x" / "processing.log").write_text(SECRET)
-    (tmp_path / "etc").mkdir()
-    (tmp_path / "etc" / "processing.log").write_text(SECRET)
-    return box_factory(home=home, quiet=QUIET)
+    (beside / "canary.txt").write_text(SECRET)
+    (beside / "x").mkdir()
+    (beside / "x" / "processing.log").write_text(SECRET)
+    (beside / "etc").mkdir()
+    (beside / "etc" / "processing.log").write_text(SECRET)
+    server = BoxServer(home, quiet=QUIET).start()
+    yield server
+    server.stop()
+
+
+def scratchdirs(box: BoxServer) -> set[str]:
+    return {j["scratchdir"] for j in api_jobs(box)}
+
+
+def archived(box: BoxServer) -> set[str]:
+    return {p.name for p in (box.home / "scratch" / "archive").iterdir()}
+
+
+def new_jobs(box: BoxServer, before: set[str], n: int) -> list[dict]:
+    """Wait for exactly ``n`` finished jobs more than ``before``; those ``n``."""
+    return [j for j in wait_jobs(box, len(before) + n) if j["scratchdir"] not in before]
 
 
 def raw_get(box: BoxServer, target: str) -> tuple[int, bytes, str]:
@@ -102,10 +121,11 @@ def assert_json_error(status: int, body: bytes, ctype: str, target: str) -> None
     assert SECRET.encode() not in body and b"root:" not in body, target
 
 
-def canaries_intact(tmp_path: Path, box: BoxServer) -> None:
-    assert (tmp_path / "canary.txt").read_text() == SECRET
-    assert (tmp_path / "x" / "processing.log").read_text() == SECRET
-    assert (tmp_path / "etc" / "processing.log").read_text() == SECRET
+def canaries_intact(box: BoxServer) -> None:
+    beside = box.home.parent
+    assert (beside / "canary.txt").read_text() == SECRET
+    assert (beside / "x" / "processing.log").read_text() == SECRET
+    assert (beside / "etc" / "processing.log").read_text() == SECRET
     assert (box.home / "magickbox.db").is_file()
     assert (box.home / "scratch" / "archive").is_dir()
     assert (box.home / "streams" / "bucketRecv" / "work.sh").is_file()
@@ -115,9 +135,10 @@ def canaries_intact(tmp_path: Path, box: BoxServer) -> None:
 
 
 def test_zip_downloads_stay_inside_the_job(box: BoxServer, tmp_path: Path) -> None:
+    before = scratchdirs(box)
     study = write_study(tmp_path / "s", n_images=1, rows=16, cols=16)
     assert send_files(box.dicom_port, "Evil", study.paths).ok
-    (job,) = wait_jobs(box, 1)
+    (job,) = new_jobs(box, before, 1)
     sd = job["scratchdir"]
     # A folder that looks like a job but is none (no row in the database) is not served.
     planted = box.home / "scratch" / "tmp.Planted1"
@@ -144,9 +165,10 @@ def test_zip_downloads_stay_inside_the_job(box: BoxServer, tmp_path: Path) -> No
 
 
 def test_delete_refuses_names_that_are_not_jobs_or_studies(box: BoxServer, tmp_path: Path) -> None:
+    before = scratchdirs(box)
     study = write_study(tmp_path / "s", n_images=1, rows=16, cols=16)
     assert send_files(box.dicom_port, "Recv", study.paths).ok
-    (job,) = wait_jobs(box, 1)
+    (job,) = new_jobs(box, before, 1)
     sd = job["scratchdir"]
 
     for query in ["scratchdir=../../x", "scratchdir=..%2F..%2Fx", "scratchdir=/tmp",
@@ -156,19 +178,19 @@ def test_delete_refuses_names_that_are_not_jobs_or_studies(box: BoxServer, tmp_p
                   "SIUID=..", "", "scratchdir=&SIUID="]:  # fmt: skip
         target = f"/code/php/deleteStudy.php?{query}"
         assert_json_error(*raw_get(box, target), target)
-        canaries_intact(tmp_path, box)
+        canaries_intact(box)
     res = box.delete("/api/v1/studies/..%2F..")
     assert 400 <= res.status_code < 500
-    canaries_intact(tmp_path, box)
+    canaries_intact(box)
 
     # Nothing was deleted on the way; a real name still works.
-    assert [j["scratchdir"] for j in api_jobs(box)] == [sd]
+    assert scratchdirs(box) == before | {sd}
     assert (box.home / "scratch" / "archive" / study.study_uid).is_dir()
     res = box.get("/code/php/deleteStudy.php", params={"SIUID": study.study_uid})
     assert res.status_code == 200 and res.json()["deleted_jobs"] == [sd]
     assert not (box.home / "scratch" / sd).exists()
     assert not (box.home / "scratch" / "archive" / study.study_uid).exists()
-    canaries_intact(tmp_path, box)
+    canaries_intact(box)
 
 
 # -- DICOM data ----------------------------------------------------------------------------
@@ -197,6 +219,7 @@ def bad_files(folder: Path) -> dict[str, Path]:
 def test_malformed_datasets_fail_and_the_association_carries_on(
     box: BoxServer, tmp_path: Path
 ) -> None:
+    before, archived_before = scratchdirs(box), archived(box)
     bad = bad_files(tmp_path / "bad")
     good = write_study(tmp_path / "good", n_images=1, rows=16, cols=16).paths[0]
     contexts = contexts_for([*bad.values(), good])
@@ -213,14 +236,12 @@ def test_malformed_datasets_fail_and_the_association_carries_on(
     assert sorted(refused) == sorted(bad), f"accepted: {set(bad) - set(refused)}"
     assert (good_status, echo_status) == (0x0000, 0x0000)
 
-    (job,) = wait_jobs(box, 1)
+    (job,) = new_jobs(box, before, 1)
     stored = input_files(box, job["scratchdir"])
     assert list(stored) == [good.name]
     assert dataset_part(stored[good.name]) == dataset_part(good)
-    assert sorted(p.name for p in (box.home / "scratch" / "archive").iterdir()) == [
-        job["study_uid"]
-    ]
-    assert not (box.home / "etc").exists() and not (tmp_path / "etc" / "x").exists()
+    assert sorted(archived(box) - archived_before) == [job["study_uid"]]
+    assert not (box.home / "etc").exists() and not (box.home.parent / "etc" / "x").exists()
     assert not any((box.home / "scratch" / ".partial").iterdir())
     assert echo(box.dicom_port, "Recv") == 0x0000
 
@@ -254,6 +275,7 @@ def raw_associate(port: int, called: str, calling: str, sop_class: str, syntax: 
 
 
 def test_peers_that_vanish_mid_send_leave_the_box_serving(box: BoxServer, tmp_path: Path) -> None:
+    before = scratchdirs(box)
     # 1. A raw peer: C-STORE command, part of the data set, then the connection just closes
     #    in the middle of a P-DATA-TF PDU.
     ds = make_dataset(study_uid=generate_uid(), series_uid=generate_uid(), rows=128, cols=128)
@@ -283,7 +305,7 @@ def test_peers_that_vanish_mid_send_leave_the_box_serving(box: BoxServer, tmp_pa
     assert len(acked) == 2
 
     assert echoscu(box, "Recv").returncode == 0
-    (job,) = wait_jobs(box, 1)
+    (job,) = new_jobs(box, before, 1)
     assert job["caller_aet"] == "ABORTER"
     assert sorted(input_files(box, job["scratchdir"])) == sorted(p.name for p in acked)
     assert not api_jobs(box, caller_aet="RAWPEER")
@@ -305,10 +327,11 @@ def test_caller_ae_titles_with_shell_characters_are_plain_data(
     box: BoxServer, tmp_path: Path
 ) -> None:
     callers = ["a;rm -rf", "$(touch PWNED)", "`touch PWN`|x>y"]
+    before = scratchdirs(box)
     study = write_study(tmp_path / "s", n_images=1, rows=16, cols=16)
     for calling in callers:
         assert send_files(box.dicom_port, "Args", study.paths, calling=calling).ok
-    jobs = wait_jobs(box, len(callers))
+    jobs = new_jobs(box, before, len(callers))
     listing = {j["scratchdir"]: j for j in box.jobs()}
     assert sorted(j["caller_aet"] for j in jobs) == sorted(callers)
     for job in jobs:

@@ -67,9 +67,9 @@ echo ok > "$2/done.txt"
 """
 
 
-@pytest.fixture
-def first(tmp_path: Path) -> Iterator[tuple[Path, int, int]]:
-    home, dicom, web = tmp_path / "home", free_port(), free_port()
+def serving(home: Path) -> Iterator[tuple[Path, int, int]]:
+    """A box on ``home`` that holds its lock (and, soon, its ports) until the end."""
+    dicom, web = free_port(), free_port()
     install_buckets(home, Hold=HOLD)
     proc = serve(home, dicom, web)
     deadline = time.monotonic() + 30
@@ -79,6 +79,21 @@ def first(tmp_path: Path) -> Iterator[tuple[Path, int, int]]:
     yield home, dicom, web
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture
+def first(tmp_path: Path) -> Iterator[tuple[Path, int, int]]:
+    yield from serving(tmp_path / "home")
+
+
+@pytest.fixture(scope="module")
+def ports_taken(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int, int]]:
+    """One running box for the tests that only need its ports taken (it never changes)."""
+    running = serving(tmp_path_factory.mktemp("taken") / "home")
+    taken = next(running)
+    wait_for("both ports to listen", lambda: listening(taken[1]) and listening(taken[2]))
+    yield taken
+    next(running, None)  # stops it
 
 
 def second(home: Path, dicom: int, web: int) -> tuple[int, str]:
@@ -124,8 +139,8 @@ def test_second_box_on_one_home_refused_and_the_first_ones_job_runs_on_untouched
 
 
 @pytest.mark.parametrize("which", ["DICOM", "web"])
-def test_busy_port_named(first: tuple[Path, int, int], tmp_path: Path, which: str) -> None:
-    home, dicom, web = first
+def test_busy_port_named(ports_taken: tuple[Path, int, int], tmp_path: Path, which: str) -> None:
+    home, dicom, web = ports_taken
     ports = (dicom, free_port()) if which == "DICOM" else (free_port(), web)
     code, err = second(tmp_path / "other", *ports)
     taken = dicom if which == "DICOM" else web
@@ -149,8 +164,9 @@ def test_a_port_held_by_another_program_is_named_with_its_pid(tmp_path: Path) ->
 def test_sigterm_runs_box_stop(tmp_path: Path) -> None:
     home, web = tmp_path / "home", free_port()
     proc = serve(home, free_port(), web)
-    # Serving: uvicorn's signal handlers are in place (a loaded machine may take seconds
-    # migrating a new home first; a fixed sleep was not always enough).
+    # Serving: uvicorn installs its signal handlers before it binds the web port, so a
+    # SIGTERM now goes through its shutdown (a loaded machine may take seconds migrating a
+    # new home first; a fixed sleep was not always enough).
     wait_for("the box to serve", lambda: proc.poll() is None and listening(web))
     proc.terminate()
     _out, err = proc.communicate(timeout=30)
@@ -210,7 +226,7 @@ def test_sigterm_during_a_job_stops_it_and_requeues_it_without_spending_an_attem
     home = tmp_path / "home"
     install_buckets(home, Long=LONG)
     runs = home / "memory" / "Long" / "runs.txt"
-    box: BoxServer = box_factory(home=home)
+    box: BoxServer = box_factory(home=home, quiet=0.3)  # a send is a job soon
     study = write_study(tmp_path / "study", n_images=1, rows=16, cols=16)
     assert len(send_files(box.dicom_port, "Long", study.paths).ok) == 1
     (job,) = wait_for("the job", lambda: api_jobs(box))

@@ -33,6 +33,10 @@ from tests.e2e.peers import (
 
 pytestmark = pytest.mark.e2e
 
+# Each send is one association, each job its own caller or study: a short quiet period
+# (the harness's default is 1 s) makes every wait for a job shorter.
+QUIET = 0.3
+
 # Runs while $MB_MEMORY/hold exists; records its start and end (with its pid) in runs.txt.
 SLOW = """#!/bin/sh
 echo "start $MB_SCRATCHDIR $$" >> "$MB_MEMORY/runs.txt"
@@ -75,7 +79,7 @@ def test_kill9_during_jobs_reruns_the_running_one_and_runs_the_queued(
     hold = home / "memory" / "Slow" / "hold"
     hold.parent.mkdir(parents=True)
     hold.touch()
-    box: BoxServer = box_factory(home=home)
+    box: BoxServer = box_factory(quiet=QUIET, home=home)
 
     failed_uid = send_study(box, tmp_path, "failer", "Fail")
     failed = one_job(box, failed_uid, "failed")
@@ -141,7 +145,7 @@ def test_a_job_killed_on_its_last_attempt_is_failed_with_the_reason(
     hold = home / "memory" / "Slow" / "hold"
     hold.parent.mkdir(parents=True)
     hold.touch()
-    box: BoxServer = box_factory(home=home)
+    box: BoxServer = box_factory(quiet=QUIET, home=home)
 
     uid = send_study(box, tmp_path, "twice", "Slow")
     for attempt in (1, 2):
@@ -175,7 +179,7 @@ def acknowledged(storescu_output: str) -> set[str]:
 def test_kill9_during_a_receive_loses_no_acknowledged_file(box_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     home = tmp_path / "home"
     install_buckets(home, Recv=QUICK)
-    box: BoxServer = box_factory(home=home)
+    box: BoxServer = box_factory(quiet=QUIET, home=home)
 
     earlier = write_study(tmp_path / "earlier", n_images=2, rows=16, cols=16)
     assert len(send_files(box.dicom_port, "Recv", earlier.paths).ok) == 2
@@ -237,7 +241,7 @@ def test_a_restart_kills_the_whole_group_even_when_work_sh_had_exited(
     memory = home / "memory" / "Child"
     memory.mkdir(parents=True)
     (memory / "hold").touch()
-    box: BoxServer = box_factory(home=home)
+    box: BoxServer = box_factory(quiet=QUIET, home=home)
 
     uid = send_study(box, tmp_path, "child", "Child")
     job = one_job(box, uid, "running")

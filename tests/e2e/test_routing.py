@@ -19,6 +19,10 @@ from tests.e2e.peers import api_jobs, install_buckets, send_files, wait_for, wai
 
 pytestmark = pytest.mark.e2e
 
+# Each send is one association, each job its own caller or study: a short quiet period
+# (the harness's default is 1 s) makes every wait for a job shorter.
+QUIET = 0.3
+
 COPY = """#!/bin/sh
 cp "$1"/* "$2"/
 echo "not DICOM" > "$2/notes.txt"
@@ -94,7 +98,7 @@ def test_success_and_failure_routes_error_image_and_me_port(box_factory, tmp_pat
     errors = peers(StoreSCP(tmp_path / "errors", "ERRORS"))
     home = tmp_path / "home"
     install_buckets(home, copy=COPY, fail=FAIL, Sink=SINK)
-    box = box_factory(home=home, env=FAST)
+    box = box_factory(quiet=QUIET, home=home, env=FAST)
     save_table(
         box,
         [
@@ -166,7 +170,7 @@ def test_which_input_sender_and_compressed_to_orthanc(box_factory, tmp_path, pee
     orthanc = peers(Orthanc(tmp_path / "orthanc"))
     home = tmp_path / "home"
     install_buckets(home, Proc=SINK)
-    box = box_factory(home=home, env=FAST)
+    box = box_factory(quiet=QUIET, home=home, env=FAST)
     save_table(
         box,
         [
@@ -222,7 +226,7 @@ def test_a_destination_down_at_first_gets_every_file_once(box_factory, tmp_path,
     later = StoreSCP(tmp_path / "later", "LATER")
     home = tmp_path / "home"
     install_buckets(home, copy=COPY)
-    box = box_factory(home=home, env=FAST)
+    box = box_factory(quiet=QUIET, home=home, env=FAST)
     save_table(box, [{"send": [{"success": dest(later.port, "LATER")}]}])
     study = write_study(tmp_path / "s", n_images=5, rows=32, cols=32)
     assert box.storescu(study.paths[0].parent, "copy").returncode == 0
@@ -241,7 +245,7 @@ def test_refused_files_keep_the_send_failed_until_a_retry_sends_the_rest(
     picky = peers(PickySCP(lambda ds: int(ds.InstanceNumber) % 2 == 1))
     home = tmp_path / "home"
     install_buckets(home, copy=COPY)
-    box = box_factory(home=home, env={**FAST, "MAGICKBOX_ROUTING_RETRIES": "1"})
+    box = box_factory(quiet=QUIET, home=home, env={**FAST, "MAGICKBOX_ROUTING_RETRIES": "1"})
     save_table(box, [{"send": [{"success": dest(picky.port, "PICKY")}]}])
     study = write_study(tmp_path / "s", n_images=4, rows=32, cols=32)
     assert box.storescu(study.paths[0].parent, "copy").returncode == 0
@@ -265,7 +269,7 @@ def test_sends_pending_at_a_kill_go_on_after_the_restart(box_factory, tmp_path, 
     home = tmp_path / "home"
     install_buckets(home, copy=COPY)
     env = {**FAST, "MAGICKBOX_ROUTING_RETRY_DELAY": "0.5"}
-    box = box_factory(home=home, env=env)
+    box = box_factory(quiet=QUIET, home=home, env=env)
     save_table(box, [{"send": [{"success": dest(later.port, "LATER")}]}])
     study = write_study(tmp_path / "s", n_images=3, rows=32, cols=32)
     assert box.storescu(study.paths[0].parent, "copy").returncode == 0
@@ -273,7 +277,8 @@ def test_sends_pending_at_a_kill_go_on_after_the_restart(box_factory, tmp_path, 
     wait_for("a failed try", lambda: sends_of(box, job["scratchdir"])[0]["attempts"] >= 1)
     box.kill9()
     peers(later)
-    again = box_factory(home=home, env=env, web_port=box.web_port, dicom_port=box.dicom_port)
+    again = box_factory(quiet=QUIET, home=home, env=env,
+                        web_port=box.web_port, dicom_port=box.dicom_port)  # fmt: skip
     wait_sends(again, job["scratchdir"], "done")
     assert later.sop_uids() == sorted(study.sop_uids)
     assert len(api_jobs(again)) == 1
@@ -281,7 +286,7 @@ def test_sends_pending_at_a_kill_go_on_after_the_restart(box_factory, tmp_path, 
 
 def test_saving_a_broken_table_is_refused_and_echo_tells_reachability(box_factory, tmp_path, peers):
     scp = peers(StoreSCP(tmp_path / "scp", "ECHOME"))
-    box = box_factory()
+    box = box_factory(quiet=QUIET)
     good = {"routing": [{"name": "a", "send": [{"success": dest(104, "PACS")}]}]}
     assert post(box, "/code/php/saveRouting.php", data={"text": json.dumps(good)}).json()["ok"]
     for text, problem in [
@@ -312,7 +317,7 @@ def test_a_job_failed_by_a_restart_takes_the_failure_route(box_factory, tmp_path
     home = tmp_path / "home"
     install_buckets(home, slow='#!/bin/sh\necho "working on it"\nsleep 60\n')
     env = {**FAST, "MAGICKBOX_RERUN_INTERRUPTED": "false"}
-    box = box_factory(home=home, env=env)
+    box = box_factory(quiet=QUIET, home=home, env=env)
     save_table(
         box,
         [
@@ -330,7 +335,8 @@ def test_a_job_failed_by_a_restart_takes_the_failure_route(box_factory, tmp_path
     assert box.storescu(study.paths[0].parent, "slow").returncode == 0
     wait_for("the job to run", lambda: [j for j in api_jobs(box) if j["state"] == "running"])
     box.kill9()
-    again = box_factory(home=home, env=env, web_port=box.web_port, dicom_port=box.dicom_port)
+    again = box_factory(quiet=QUIET, home=home, env=env,
+                        web_port=box.web_port, dicom_port=box.dicom_port)  # fmt: skip
     (job,) = wait_jobs(again, 1)
     assert job["state"] == "failed" and "interrupted" in job["reason"]
     (send,) = wait_sends(again, job["scratchdir"], "done")

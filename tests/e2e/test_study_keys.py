@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,14 @@ from pydicom import dcmread
 from magickbox.names import study_key
 from magickbox.testing.dicomgen import write_study
 from tests.conftest import BoxServer
-from tests.e2e.peers import QUICK, input_files, install_buckets, send_files, wait_jobs
+from tests.e2e.peers import QUICK, api_jobs, input_files, install_buckets, send_files, wait_jobs
 
 # The peers are told to send values pydicom finds invalid: that is the point.
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore:Invalid value for VR UI")]
+
+# Each send is one association, each job its own caller or study: a short quiet period
+# (the harness's default is 1 s) makes every wait for a job shorter.
+QUIET = 0.3
 
 HEX_UID = hashlib.sha256(b"a study from the wild").hexdigest()
 
@@ -30,7 +35,7 @@ HEX_UID = hashlib.sha256(b"a study from the wild").hexdigest()
 def box(box_factory, tmp_path: Path) -> BoxServer:  # type: ignore[no-untyped-def]
     home = tmp_path / "home"
     install_buckets(home, Recv=QUICK)
-    return box_factory(home=home)
+    return box_factory(quiet=QUIET, home=home)
 
 
 def archive_of(box: BoxServer) -> Path:
@@ -94,15 +99,34 @@ def test_deleting_a_hex_study_by_its_real_uid(box: BoxServer, tmp_path: Path) ->
     assert not (box.home / "scratch" / job["scratchdir"]).exists()
 
 
+@pytest.fixture(scope="module")
+def refusing_box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BoxServer]:
+    """One box for the refusals below: each looks only at the job and archive folder its
+    own send adds (a box start costs more than the test)."""
+    home = tmp_path_factory.mktemp("refusals") / "home"
+    install_buckets(home, Recv=QUICK)
+    box = BoxServer(home, quiet=QUIET).start()
+    yield box
+    box.stop()
+
+
+def archived(box: BoxServer) -> set[str]:
+    folder = archive_of(box)
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
 @pytest.mark.parametrize("bad", ["1.2.3\n4", "1.2\x1b[31m3", "\x01"])
 def test_a_study_uid_with_control_characters_is_refused(
-    box: BoxServer, tmp_path: Path, bad: str
+    refusing_box: BoxServer, tmp_path: Path, bad: str
 ) -> None:
+    box = refusing_box
+    jobs_before, archive_before = {j["scratchdir"] for j in api_jobs(box)}, archived(box)
     study = write_study(tmp_path / "bad", n_images=1, rows=16, cols=16, study_uid=bad)
     sent = send_files(box.dicom_port, "Recv", study.paths)
     assert [s for _, s in sent.statuses] == [0xC000]
     good = write_study(tmp_path / "good", n_images=1, rows=16, cols=16)
     assert send_files(box.dicom_port, "Recv", good.paths).ok  # the box goes on receiving
-    (job,) = wait_jobs(box, 1)
+    jobs = wait_jobs(box, len(jobs_before) + 1)
+    (job,) = [j for j in jobs if j["scratchdir"] not in jobs_before]
     assert job["study_uid"] == good.study_uid
-    assert [p.name for p in archive_of(box).iterdir()] == [good.study_uid]
+    assert sorted(archived(box) - archive_before) == [good.study_uid]

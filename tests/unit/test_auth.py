@@ -37,8 +37,16 @@ def test_roles_are_ordered_and_parsed() -> None:
             Role.parse(bad)
 
 
-def test_passwords_are_argon2_and_checked(db: sessionmaker) -> None:
-    store = AuthStore(db)
+# The argon2id parameters each password_hash_cost writes into a new hash: "standard" is
+# argon2-cffi's default (RFC 9106, low memory); the tests below, whose point is not the hash,
+# use "test" (what tests/conftest.py sets for every box the suite starts).
+PARAMETERS = {"standard": "$m=65536,t=3,p=4$", "test": "$m=8,t=1,p=1$"}
+CHEAP = "test"
+
+
+@pytest.mark.parametrize("cost", sorted(PARAMETERS))
+def test_passwords_are_argon2_and_checked(db: sessionmaker, cost: str) -> None:
+    store = AuthStore(db, cost)
     store.add_user("ann", Role.operator, "correct horse")
     assert store.login("ann", "correct horse") is Role.operator
     assert store.login("ann", "wrong horse!") is None
@@ -48,13 +56,23 @@ def test_passwords_are_argon2_and_checked(db: sessionmaker) -> None:
 
         stored = s.query(User).one().password_hash
     assert stored.startswith("$argon2id$") and "correct horse" not in stored
+    assert PARAMETERS[cost] in stored
+    # A hash keeps its own cost: a box with the other setting checks it all the same.
+    other = AuthStore(db, next(c for c in PARAMETERS if c != cost))
+    assert other.login("ann", "correct horse") is Role.operator
+    assert other.login("ann", "wrong horse!") is None
     store.set_password("ann", "battery staple")
     assert store.login("ann", "correct horse") is None
     assert store.login("ann", "battery staple") is Role.operator
 
 
+def test_the_default_cost_is_standard() -> None:
+    assert Settings().password_hash_cost == "standard"
+    assert AuthStore(sessionmaker()).hash_cost == "standard"
+
+
 def test_user_rules(db: sessionmaker) -> None:
-    store = AuthStore(db)
+    store = AuthStore(db, CHEAP)
     with pytest.raises(Invalid):
         store.add_user("bob", Role.viewer, "short")
     with pytest.raises(Invalid):
@@ -72,7 +90,7 @@ def test_user_rules(db: sessionmaker) -> None:
 
 
 def test_tokens_are_shown_once_stored_hashed_and_revocable(db: sessionmaker) -> None:
-    store = AuthStore(db)
+    store = AuthStore(db, CHEAP)
     secret, info = store.create_token("backup", Role.viewer)
     assert secret.startswith(hashing.TOKEN_PREFIX) and len(secret) > 40
     with db() as s:
@@ -90,7 +108,7 @@ def test_tokens_are_shown_once_stored_hashed_and_revocable(db: sessionmaker) -> 
 
 
 def test_expired_tokens_do_not_work(db: sessionmaker) -> None:
-    store = AuthStore(db)
+    store = AuthStore(db, CHEAP)
     old, _ = store.create_token("old", Role.admin, expires_at=time.time() - 1)
     new, _ = store.create_token("new", Role.admin, expires_at=time.time() + 3600)
     assert store.token_role(old) is None
@@ -101,7 +119,7 @@ def test_expired_tokens_do_not_work(db: sessionmaker) -> None:
 def test_a_new_home_gets_one_admin_with_a_private_password_file(
     db: sessionmaker, tmp_path: Path
 ) -> None:
-    store = AuthStore(db)
+    store = AuthStore(db, CHEAP)
     password = store.ensure_first_admin(tmp_path)
     assert password and store.login("admin", password) is Role.admin
     path = tmp_path / PASSWORD_FILE
@@ -154,7 +172,7 @@ def test_failed_logins_are_throttled_per_address_and_user() -> None:
 
 
 def test_login_audits_both_outcomes(db: sessionmaker, tmp_path: Path) -> None:
-    auth = Authority(Settings(home=tmp_path, login_max_failures=2), db)
+    auth = Authority(Settings(home=tmp_path, login_max_failures=2, password_hash_cost=CHEAP), db)
     auth.store.add_user("ann", Role.viewer, "long enough")
     with pytest.raises(Unauthorized):
         auth.login("ann", "wrong password", "10.1.1.1")
@@ -186,7 +204,9 @@ def test_trusted_networks() -> None:
 
 def test_a_trusted_network_gives_its_role(db: sessionmaker, tmp_path: Path) -> None:
     settings = Settings(
-        home=tmp_path, trusted_networks=["10.0.0.0/8=viewer", "10.1.0.0/16=operator"]
+        home=tmp_path,
+        trusted_networks=["10.0.0.0/8=viewer", "10.1.0.0/16=operator"],
+        password_hash_cost=CHEAP,
     )
     auth = Authority(settings, db)
     assert auth.by_network("10.1.2.3").role is Role.operator  # type: ignore[union-attr]
@@ -205,7 +225,7 @@ def test_host_of() -> None:
 def test_a_removed_user_or_a_new_password_ends_its_sessions(
     db: sessionmaker, tmp_path: Path
 ) -> None:
-    auth = Authority(Settings(home=tmp_path), db)
+    auth = Authority(Settings(home=tmp_path, password_hash_cost=CHEAP), db)
     auth.store.add_user("ann", Role.operator, "long enough")
     auth.store.add_user("bob", Role.admin, "long enough")
     ann, _ = auth.login("ann", "long enough", "10.1.1.1")

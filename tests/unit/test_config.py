@@ -161,6 +161,7 @@ TYPE_CASES: dict[str, tuple[str, str, str, str, Any]] = {
         "pynetdicom",
         "pynetdicom",
     ),
+    '"standard" | "test"': ("password_hash_cost", '"test"', "test", "test", "test"),
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -48,6 +50,38 @@ def test_a_new_database_is_at_head(tmp_path: Path) -> None:
     assert current_revision(engine) == head_revision()
     assert "jobs" in inspect(engine).get_table_names()
     engine.dispose()
+
+
+def test_the_heads_read_from_the_files_are_alembics() -> None:
+    """migrate() skips alembic when the schema is at these heads: they must be its own."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert db.script_heads() == set(ScriptDirectory.from_config(cfg).get_heads())
+
+
+def test_a_database_at_head_opens_without_alembic(tmp_path: Path) -> None:
+    """A box's every start but the first: the schema is current, alembic is not imported."""
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    engine = make_engine(url)
+    assert not db.at_head(engine)  # no schema yet
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:  # an older home: not at head, migrated
+        cfg.attributes["connection"] = conn
+        from alembic import command
+
+        command.upgrade(cfg, "0002")
+    assert not db.at_head(engine)
+    migrate(engine)
+    assert db.at_head(engine) and current_revision(engine) == head_revision()
+    engine.dispose()
+    code = (
+        "import sys; from magickbox.jobs.db import open_database; "
+        f"open_database({url!r}); print(sorted(m for m in sys.modules if 'alembic' in m))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_migrated_schema_matches_the_model(tmp_path: Path) -> None:

@@ -1,14 +1,14 @@
 """Page logins kept in the database, so a restart of the box logs nobody out.
 
-Revision ID: 0007_security_sessions
-Revises: 0003_views
+Revision ID: 0008_sessions
+Revises: 0007_console
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_security_sessions"
-down_revision = "0003_views"
+revision = "0008_sessions"
+down_revision = "0007_console"
 branch_labels = None
 depends_on = None
 
