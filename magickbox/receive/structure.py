@@ -16,6 +16,7 @@ business: real modalities send such things and other receivers keep them).
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zlib
@@ -113,7 +114,25 @@ def check_dataset(fh: BinaryIO, syntax: UID, capture: tuple[int, ...] = ()) -> d
 def walk_dataset(
     fh: BinaryIO, syntax: UID, capture: frozenset[int] | tuple[int, ...] = ()
 ) -> Header:
-    reader = _Inflating(fh) if syntax.is_deflated else _Plain(fh)
+    return _walk(_Inflating(fh) if syntax.is_deflated else _Plain(fh), syntax, capture)
+
+
+def walk_buffer(
+    data: bytes | bytearray | memoryview,
+    syntax: str,
+    capture: frozenset[int] | tuple[int, ...] = (),
+) -> Header:
+    """:func:`walk_dataset` over a data set held in memory (the native receiver checks a
+    data set this way before it writes it, instead of reading its file back)."""
+    uid = UID(syntax)
+    if uid.is_deflated:  # rare: the inflater reads a stream, give it one
+        return _walk(_Inflating(io.BytesIO(data)), uid, capture)
+    return _walk(_Memory(memoryview(data)), uid, capture)
+
+
+def _walk(
+    reader: _Plain | _Inflating | _Memory, syntax: UID, capture: frozenset[int] | tuple[int, ...]
+) -> Header:
     walker = _Walker(reader, implicit=syntax.is_implicit_VR, little=syntax.is_little_endian)
     walker.capture = frozenset(capture)
     walker.header_out = Header(implicit=walker.implicit, little=syntax.is_little_endian)
@@ -139,6 +158,28 @@ class _Plain:
             self.fh.seek(self.pos)
             self.buf, self.start, off = self.fh.read(max(n, self.WINDOW)), self.pos, 0
         data = self.buf[off : off + n]
+        self.pos += len(data)
+        return data
+
+    def skip(self, n: int) -> None:
+        if self.pos + n > self.size:
+            raise Malformed(f"a length of {n} runs past the end of the data set")
+        self.pos += n
+
+    def finish(self) -> None:
+        pass
+
+
+class _Memory:
+    """A data set already in memory: a header is a slice, a skipped value only arithmetic."""
+
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
+        self.pos = 0
+        self.size = len(data)
+
+    def read(self, n: int) -> bytes:
+        data = bytes(self.data[self.pos : self.pos + n])  # a copy: the buffer is reused
         self.pos += len(data)
         return data
 
@@ -201,7 +242,7 @@ class _Inflating:
 
 
 class _Walker:
-    def __init__(self, reader: _Plain | _Inflating, implicit: bool, little: bool) -> None:
+    def __init__(self, reader: _Plain | _Inflating | _Memory, implicit: bool, little: bool) -> None:
         self.r = reader
         self.implicit = implicit
         e = "<" if little else ">"
