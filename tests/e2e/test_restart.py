@@ -22,6 +22,7 @@ from tests.e2e.peers import (
     QUICK,
     api_job,
     api_jobs,
+    assert_receiver,
     dataset_part,
     input_files,
     install_buckets,
@@ -172,10 +173,13 @@ def acknowledged(storescu_output: str) -> set[str]:
     return acked
 
 
-def test_kill9_during_a_receive_loses_no_acknowledged_file(box_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("receiver", ["pynetdicom", "native"])
+def test_kill9_during_a_receive_loses_no_acknowledged_file(box_factory, tmp_path: Path,
+                                                           receiver: str) -> None:  # type: ignore[no-untyped-def]  # fmt: skip
     home = tmp_path / "home"
     install_buckets(home, Recv=QUICK)
-    box: BoxServer = box_factory(home=home)
+    box: BoxServer = box_factory(home=home, extra_args=["--set", f"receiver={receiver}"])
+    assert_receiver(box, receiver)
 
     earlier = write_study(tmp_path / "earlier", n_images=2, rows=16, cols=16)
     assert len(send_files(box.dicom_port, "Recv", earlier.paths).ok) == 2
