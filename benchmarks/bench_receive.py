@@ -149,9 +149,16 @@ class TimedOut(Exception):
 
 
 def storescu(
-    port: int, folder: Path, *, nodelay: bool = True, called: str = BUCKET, timeout: float = 600
+    port: int,
+    folder: Path,
+    *,
+    nodelay: bool = True,
+    called: str = BUCKET,
+    timeout: float = 600,
+    copies: int = 1,
 ) -> float:
-    """Send ``folder`` over one association with the seed's command form; wall seconds."""
+    """Send ``folder`` (``copies`` times over) over one association with the seed's
+    command form; wall seconds."""
     cmd = [
         STORESCU,
         "+sd",
@@ -163,7 +170,7 @@ def storescu(
         called,
         "127.0.0.1",
         str(port),
-        str(folder),
+        *[str(folder)] * copies,
     ]
     t0 = time.perf_counter()
     try:
@@ -432,6 +439,44 @@ def measure_throughput(
                 )
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), in MB (10^6 bytes)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / 1e6
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def measure_memory(work: Path, corpus: Corpus, copies: int = 3) -> dict:
+    """Peak RSS of a fresh box (native receiver) after its start, after one send of
+    ``corpus``, and after one association carrying it ``copies`` times over (the same
+    files again: duplicates of acknowledged data sets, stored once): constant memory
+    means the last two peaks are alike whatever the size of the send."""
+    box = Box(work / "home-memory", env={"MAGICKBOX_RECEIVER": "native"}).start()
+    try:
+        started = peak_rss_mb(box.pid)
+        storescu(box.dicom_port, corpus.path)
+        box.settle(corpus.files)
+        one = peak_rss_mb(box.pid)
+        storescu(box.dicom_port, corpus.path, copies=copies)
+        box.settle()
+        many = peak_rss_mb(box.pid)
+    finally:
+        box.stop()
+    entry = {
+        "corpus": corpus.name,
+        "images": corpus.files,
+        "copies": copies,
+        "peak_rss_mb": {
+            "after start": round(started, 1),
+            f"after 1 send of {corpus.files}": round(one, 1),
+            f"after 1 send of {copies * corpus.files}": round(many, 1),
+        },
+    }
+    log(f"peak RSS: {entry['peak_rss_mb']}")
+    return entry
+
+
 def send_concurrently(port: int, folder: Path, n: int, timeout: float = 600) -> float:
     """``n`` storescu sends of ``folder`` at once, each its own calling AE; wall seconds."""
     t0 = time.perf_counter()
@@ -621,10 +666,11 @@ def measure_api(work: Path, njobs: int, requests: int) -> dict:
 # -- 4. profile and settings -------------------------------------------------------------
 def profile_receiver(work: Path, corpus: Corpus) -> dict:
     """py-spy samples of the server (all threads, idle ones too) during one send."""
-    pyspy = shutil.which("py-spy")
+    beside = Path(sys.executable).parent / "py-spy"  # pip install py-spy into the venv
+    pyspy = shutil.which("py-spy") or (str(beside) if beside.exists() else None)
     if not pyspy:
         return {"skipped": "py-spy is not installed (pip install py-spy)"}
-    box = Box(work / "home-profile").start()
+    box = Box(work / "home-profile", env={"MAGICKBOX_RECEIVER": "native"}).start()
     raw = RESULTS / "receive-profile.txt"
     try:
         spy = subprocess.Popen(
@@ -676,6 +722,21 @@ ASSOC_RULES = [
     ("service_class.py", "pynetdicom: storage service, events, status"),
     ("", "pynetdicom: reactor loop checks"),
 ]
+# The native receiver's association thread (receive/native.py)
+NATIVE_RULES = [
+    ("_recv_into", "socket: waiting for and reading the peer's PDUs"),
+    ("_respond", "socket: send the C-STORE-RSP"),
+    ("walk_buffer", "structure walk + StudyInstanceUID (in memory)"),
+    ("write_file", "write the file (create + one writev)"),
+    ("refused_store", "disk reserve check (statfs)"),
+    ("SeriesSet.add", "series views"),
+    ("add_file", "grouping + link into the arrival folder"),
+    ("Intake.received", "metrics (after the response)"),
+    ("parse_request", "command set decode"),
+    ("file_meta", "file meta of the stored file"),
+    ("_fragment", "copy fragments into the data set buffer"),
+    ("", "rest of the transfer loop"),
+]
 DUL_RULES = [
     ("SLEEP", "waiting: reactor's 1 ms polling sleep when idle"),
     ("tempfile.py", "pynetdicom: NamedTemporaryFile per dataset (incl. GIL wait)"),
@@ -723,14 +784,18 @@ def classify(stack: str, leaf: str, rules: list[tuple[str, str]]) -> str:
 
 def summarize_profile(raw: Path, images: int, rate: int = PROFILE_RATE) -> dict:
     kinds: Counter[str] = Counter()
-    cats: dict[str, Counter[str]] = {"association": Counter(), "dul": Counter()}
+    cats: dict[str, Counter[str]] = {"association": Counter(), "dul": Counter(),
+                                     "native": Counter()}  # fmt: skip
     for line in raw.read_text().splitlines():
         stack, _, count_s = line.rpartition(" ")
         if not stack or not count_s.isdigit():
             continue
         count = int(count_s)
         leaf = stack.rsplit(";", 1)[-1]
-        if "DULServiceProvider.run_reactor" in stack:
+        if "receive/native.py" in stack and "_transfer" in stack:
+            kind = "native association"
+            cats["native"][classify(stack, leaf, NATIVE_RULES)] += count
+        elif "DULServiceProvider.run_reactor" in stack:
             kind = "dul"
             cats[kind][classify(stack, leaf, DUL_RULES)] += count
         elif "Association.run_reactor" in stack:
@@ -760,6 +825,7 @@ def summarize_profile(raw: Path, images: int, rate: int = PROFILE_RATE) -> dict:
         "samples_by_thread": dict(kinds.most_common()),
         "association_thread": table(cats["association"]),
         "dul_thread": table(cats["dul"]),
+        "native_thread": table(cats["native"]),
     }
 
 
@@ -888,6 +954,17 @@ def report(data: dict) -> str:
             ratio_rows,
         )
     )
+    if data.get("memory"):
+        rows = [
+            [m["corpus"], *(fmt(v, 1) for v in m["peak_rss_mb"].values())] for m in data["memory"]
+        ]
+        parts.append(
+            print_table(
+                "   Peak RSS of the box (VmHWM, MB), native receiver, a fresh box per corpus",
+                ["corpus", *data["memory"][0]["peak_rss_mb"].keys()],
+                rows,
+            )
+        )
     if data.get("settings"):
         rows = [
             [
@@ -954,6 +1031,7 @@ def report(data: dict) -> str:
     for key, title in (
         ("association_thread", "association reactor thread"),
         ("dul_thread", "DUL reactor thread"),
+        ("native_thread", "native receiver's association thread"),
     ):
         if prof.get(key):
             rows = [
@@ -1085,6 +1163,7 @@ def main() -> int:
             extra.stop()
             boxes.remove(extra)
         data["concurrent"] = [measure_concurrent(ours_box, work, c, 4, reps) for c in corpora]
+        data["memory"] = [measure_memory(work, c) for c in corpora]
         if not quick:
             for c in corpora:
                 entry: dict = {"corpus": c.name, "timeout_s": args.nagle_timeout}
