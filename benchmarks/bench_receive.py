@@ -50,6 +50,7 @@ RESULTS = HERE / "results"
 # pip's pynetdicom installs "storescu"/"storescp" scripts that may shadow dcmtk on PATH.
 STORESCU = "/usr/bin/storescu"
 STORESCP = "/usr/bin/storescp"
+NATIVE = {"MAGICKBOX_RECEIVER": "native"}  # "ours" (the default is still pynetdicom's)
 BUCKET = "ProcBucket"  # the seed's called AE title; its work.sh is replaced by a no-op
 LATENCY_BUCKET = "Latency"
 NOOP_WORK_SH = "#!/bin/sh\nexit 0\n"
@@ -452,7 +453,7 @@ def measure_memory(work: Path, corpus: Corpus, copies: int = 3) -> dict:
     ``corpus``, and after one association carrying it ``copies`` times over (the same
     files again: duplicates of acknowledged data sets, stored once): constant memory
     means the last two peaks are alike whatever the size of the send."""
-    box = Box(work / "home-memory", env={"MAGICKBOX_RECEIVER": "native"}).start()
+    box = Box(work / "home-memory", env=NATIVE).start()
     try:
         started = peak_rss_mb(box.pid)
         storescu(box.dicom_port, corpus.path)
@@ -576,7 +577,7 @@ def per_image(cpu_seconds: list[float], images: int) -> float | None:
 
 # -- 2. latency ------------------------------------------------------------------------
 def measure_latency(work: Path, corpora: list[Corpus], quiet: float, reps: int) -> dict:
-    box = Box(work / f"home-latency-{quiet:g}", quiet=quiet).start()
+    box = Box(work / f"home-latency-{quiet:g}", quiet=quiet, env=NATIVE).start()
     starts = box.home / "memory" / LATENCY_BUCKET / "starts"
     out: dict = {"quiet_seconds": quiet, "corpora": {}}
     try:
@@ -670,7 +671,7 @@ def profile_receiver(work: Path, corpus: Corpus) -> dict:
     pyspy = shutil.which("py-spy") or (str(beside) if beside.exists() else None)
     if not pyspy:
         return {"skipped": "py-spy is not installed (pip install py-spy)"}
-    box = Box(work / "home-profile", env={"MAGICKBOX_RECEIVER": "native"}).start()
+    box = Box(work / "home-profile", env=NATIVE).start()
     raw = RESULTS / "receive-profile.txt"
     try:
         spy = subprocess.Popen(
@@ -830,37 +831,23 @@ def summarize_profile(raw: Path, images: int, rate: int = PROFILE_RATE) -> dict:
 
 
 def settings_variants(work: Path) -> list[tuple[str, str, Box]]:
-    """Receiver variants for the settings experiment: (key, label, box)."""
+    """Native receiver variants for the settings experiment: (key, label, box)."""
     me = str(Path(__file__).resolve())
-
-    def patched(spec: str) -> list[str]:
-        return [me, "--patched-serve", spec]
-
     return [
         (
             "pdu16k",
             "ours, max_pdu=16382 (pynetdicom's default)",
-            Box(work / "home-pdu16k", env={"MAGICKBOX_MAX_PDU": "16382"}),
+            Box(work / "home-pdu16k", env={"MAGICKBOX_MAX_PDU": "16382", **NATIVE}),
         ),
         (
             "pdu1m",
             "ours, max_pdu=1048576",
-            Box(work / "home-pdu1m", env={"MAGICKBOX_MAX_PDU": "1048576"}),
+            Box(work / "home-pdu1m", env={"MAGICKBOX_MAX_PDU": "1048576", **NATIVE}),
         ),
         (
             "switch",
             "ours, GIL switch interval 0.5 ms (what-if)",
-            Box(work / "home-switch", wrapper=patched("switch=0.0005")),
-        ),
-        (
-            "poll",
-            "ours, pynetdicom sleeps capped at 0.1 ms (what-if)",
-            Box(work / "home-poll", wrapper=patched("sleep=0.0001")),
-        ),
-        (
-            "poll+switch",
-            "ours, both what-ifs above",
-            Box(work / "home-pollswitch", wrapper=patched("sleep=0.0001,switch=0.0005")),
+            Box(work / "home-switch", env=NATIVE, wrapper=[me, "--patched-serve", "switch=0.0005"]),
         ),
     ]
 
@@ -1127,7 +1114,7 @@ def main() -> int:
             )
 
         # 1. throughput
-        ours_box = Box(work / "home-ours", env={"MAGICKBOX_RECEIVER": "native"}).start()
+        ours_box = Box(work / "home-ours", env=NATIVE).start()
         boxes.append(ours_box)
         # The same box on pynetdicom's server (receiver = "pynetdicom"): the native
         # receiver's gain, measured in the same run.
@@ -1220,7 +1207,7 @@ def main() -> int:
 
 
 # -- 5. series views ------------------------------------------------------------------
-NO_VIEWS = {"MAGICKBOX_SERIES_VIEWS": "false"}
+NO_VIEWS = {"MAGICKBOX_SERIES_VIEWS": "false", **NATIVE}
 
 
 def views_cost(rows: list[dict], corpora: list[Corpus]) -> dict:
@@ -1288,7 +1275,7 @@ def views_only(images: int, reps: int, work_root: Path | None, keep: bool) -> in
         mr = make_corpus(work, "MR", "MR", 2, images, 1)  # one series per study
         ct = make_corpus(work, "CT", "CT", 1, max(1, images // 5), 2)
         corpora = [mr, ct]
-        on = Box(work / "home-on").start()
+        on = Box(work / "home-on", env=NATIVE).start()
         boxes.append(on)
         off = Box(work / "home-off", env=NO_VIEWS).start()
         boxes.append(off)
