@@ -56,6 +56,7 @@ MAX_REQUEST = 1 << 16  # bytes of an A-ASSOCIATE-RQ (a few hundred contexts)
 MAX_COMMAND = 1 << 16  # bytes of a command set
 INBOX = 1 << 18  # bytes read from the socket at a time (PDV headers and fragments)
 DIRECT = 1 << 14  # a fragment part at least this large is received straight into its data set
+QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 KNOWN_SYNTAXES = frozenset(str(uid) for uid in AllTransferSyntaxes)
 # Services whose SOP classes are not storage (PS3.4): query/retrieve, worklist, MPPS,
 # storage commitment, print, ... are refused per context; everything else, private and
@@ -503,6 +504,13 @@ class Association:
             if abs(self.timeout - left) > 1.0:
                 self.timeout = left
                 self.conn.settimeout(left)
+            if QUICKACK is not None:
+                # A sender with Nagle's algorithm on (dcmtk without TCP_NODELAY=1) holds the
+                # tail of a PDU until its data is acknowledged, while Linux delays the ACK
+                # for a reply to ride on: ~40 ms lost per image. Quick-ack mode is dropped by
+                # the kernel after a while, so it is asked for again before each read.
+                with contextlib.suppress(OSError):
+                    self.conn.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
             try:
                 got = self.conn.recv_into(view)
             except TimeoutError:
