@@ -152,7 +152,22 @@ def _walk(
     return walker.header_out
 
 
-class _Plain:
+class _Bounded:
+    """A data set whose size is known: a skipped value is arithmetic, checked against it."""
+
+    pos: int
+    size: int
+
+    def skip(self, n: int) -> None:
+        if self.pos + n > self.size:
+            raise Malformed(f"a length of {n} runs past the end of the data set")
+        self.pos += n
+
+    def finish(self) -> None:
+        pass
+
+
+class _Plain(_Bounded):
     """The file itself, read through a window so that a header costs one read."""
 
     WINDOW = 1 << 16
@@ -172,16 +187,8 @@ class _Plain:
         self.pos += len(data)
         return data
 
-    def skip(self, n: int) -> None:
-        if self.pos + n > self.size:
-            raise Malformed(f"a length of {n} runs past the end of the data set")
-        self.pos += n
 
-    def finish(self) -> None:
-        pass
-
-
-class _Memory:
+class _Memory(_Bounded):
     """A data set already in memory: a header is a slice, a skipped value only arithmetic."""
 
     def __init__(self, data: memoryview) -> None:
@@ -193,14 +200,6 @@ class _Memory:
         data = bytes(self.data[self.pos : self.pos + n])  # a copy: the buffer is reused
         self.pos += len(data)
         return data
-
-    def skip(self, n: int) -> None:
-        if self.pos + n > self.size:
-            raise Malformed(f"a length of {n} runs past the end of the data set")
-        self.pos += n
-
-    def finish(self) -> None:
-        pass
 
 
 class _Inflating:
