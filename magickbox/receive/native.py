@@ -55,6 +55,7 @@ MAX_CONNECTIONS = 256  # sockets at once, associated or not; more are closed at 
 MAX_REQUEST = 1 << 16  # bytes of an A-ASSOCIATE-RQ (a few hundred contexts)
 MAX_COMMAND = 1 << 16  # bytes of a command set
 INBOX = 1 << 18  # bytes read from the socket at a time (PDV headers and fragments)
+FIRST_INBOX = 1 << 12  # the inbox of a connection not yet associated (idle ones cost little)
 DIRECT = 1 << 14  # a fragment part at least this large is received straight into its data set
 QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 KNOWN_SYNTAXES = frozenset(str(uid) for uid in AllTransferSyntaxes)
@@ -255,7 +256,7 @@ class Association:
         self.memory: bytearray | None = None  # the data sets' buffer, made at the first
         # What has come from the socket and is not yet used: inbox[head:tail]. One recv
         # usually brings several PDV headers and fragments, so most reads make no call.
-        self.inbox = bytearray(INBOX)
+        self.inbox = bytearray(FIRST_INBOX)  # INBOX once associated (_transfer)
         self.inview = memoryview(self.inbox)
         self.head = self.tail = 0
         self.timeout = -1.0  # the socket's timeout as last set (set only when it must change)
@@ -321,7 +322,16 @@ class Association:
         self.conn.sendall(acse.accept(req, answers, self.rx.settings.max_pdu))
         return True
 
+    def _grow_inbox(self) -> None:
+        """The full inbox, once associated (what it holds already moves along)."""
+        left = bytes(self.inview[self.head : self.tail])
+        self.inbox = bytearray(INBOX)
+        self.inview = memoryview(self.inbox)
+        self.inbox[: len(left)] = left
+        self.head, self.tail = 0, len(left)
+
     def _transfer(self) -> None:
+        self._grow_inbox()
         command = bytearray()
         request: wire.Command | None = None
         while True:
@@ -448,10 +458,10 @@ class Association:
         return kind, length
 
     def _fill(self, n: int) -> None:
-        """Have at least ``n`` (at most INBOX) bytes in the inbox."""
+        """Have at least ``n`` (at most the inbox's size) bytes in the inbox."""
         if self.head == self.tail:
             self.head = self.tail = 0
-        elif self.head + n > INBOX:  # too little room behind: move what is left to the front
+        elif self.head + n > len(self.inbox):  # too little room behind: move the rest to the front
             left = self.tail - self.head
             self.inbox[:left] = bytes(self.inview[self.head : self.tail])
             self.head, self.tail = 0, left
@@ -461,7 +471,7 @@ class Association:
     def _read(self, n: int) -> bytes:
         """The next ``n`` bytes (any number: a peer's declared length is not buffered whole
         beyond the inbox)."""
-        if n <= INBOX:
+        if n <= len(self.inbox):
             self._fill(n)
             data = bytes(self.inview[self.head : self.head + n])
             self.head += n
