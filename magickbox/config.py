@@ -104,8 +104,8 @@ class Settings(BaseModel):
     receiver: Literal["native", "pynetdicom"] = Field(
         default="pynetdicom",
         description="The DICOM receiver: pynetdicom's server, or the box's own upper layer "
-        '("native": a thread per association on plain sockets, 4-7x faster in the receive '
-        "benchmark, 0.85-1.05x dcmtk storescp on one association; not yet the default: "
+        '("native": a thread per association on plain sockets, 3-7x faster in the receive '
+        "benchmark, 0.84-1.05x dcmtk storescp on one association; not yet the default: "
         "pynetdicom clients now and then miss its rejections).",
     )
     max_upload_bytes: int = Field(
