@@ -50,6 +50,7 @@ RESULTS = HERE / "results"
 # pip's pynetdicom installs "storescu"/"storescp" scripts that may shadow dcmtk on PATH.
 STORESCU = "/usr/bin/storescu"
 STORESCP = "/usr/bin/storescp"
+NATIVE = {"MAGICKBOX_RECEIVER": "native"}  # "ours" (the default is still pynetdicom's)
 BUCKET = "ProcBucket"  # the seed's called AE title; its work.sh is replaced by a no-op
 LATENCY_BUCKET = "Latency"
 NOOP_WORK_SH = "#!/bin/sh\nexit 0\n"
@@ -149,9 +150,16 @@ class TimedOut(Exception):
 
 
 def storescu(
-    port: int, folder: Path, *, nodelay: bool = True, called: str = BUCKET, timeout: float = 600
+    port: int,
+    folder: Path,
+    *,
+    nodelay: bool = True,
+    called: str = BUCKET,
+    timeout: float = 600,
+    copies: int = 1,
 ) -> float:
-    """Send ``folder`` over one association with the seed's command form; wall seconds."""
+    """Send ``folder`` (``copies`` times over) over one association with the seed's
+    command form; wall seconds."""
     cmd = [
         STORESCU,
         "+sd",
@@ -163,7 +171,7 @@ def storescu(
         called,
         "127.0.0.1",
         str(port),
-        str(folder),
+        *[str(folder)] * copies,
     ]
     t0 = time.perf_counter()
     try:
@@ -432,6 +440,44 @@ def measure_throughput(
                 )
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), in MB (10^6 bytes)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / 1e6
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def measure_memory(work: Path, corpus: Corpus, copies: int = 3) -> dict:
+    """Peak RSS of a fresh box (native receiver) after its start, after one send of
+    ``corpus``, and after one association carrying it ``copies`` times over (the same
+    files again: duplicates of acknowledged data sets, stored once): constant memory
+    means the last two peaks are alike whatever the size of the send."""
+    box = Box(work / "home-memory", env=NATIVE).start()
+    try:
+        started = peak_rss_mb(box.pid)
+        storescu(box.dicom_port, corpus.path)
+        box.settle(corpus.files)
+        one = peak_rss_mb(box.pid)
+        storescu(box.dicom_port, corpus.path, copies=copies)
+        box.settle()
+        many = peak_rss_mb(box.pid)
+    finally:
+        box.stop()
+    entry = {
+        "corpus": corpus.name,
+        "images": corpus.files,
+        "copies": copies,
+        "peak_rss_mb": {
+            "after start": round(started, 1),
+            f"after 1 send of {corpus.files}": round(one, 1),
+            f"after 1 send of {copies * corpus.files}": round(many, 1),
+        },
+    }
+    log(f"peak RSS: {entry['peak_rss_mb']}")
+    return entry
+
+
 def send_concurrently(port: int, folder: Path, n: int, timeout: float = 600) -> float:
     """``n`` storescu sends of ``folder`` at once, each its own calling AE; wall seconds."""
     t0 = time.perf_counter()
@@ -531,7 +577,7 @@ def per_image(cpu_seconds: list[float], images: int) -> float | None:
 
 # -- 2. latency ------------------------------------------------------------------------
 def measure_latency(work: Path, corpora: list[Corpus], quiet: float, reps: int) -> dict:
-    box = Box(work / f"home-latency-{quiet:g}", quiet=quiet).start()
+    box = Box(work / f"home-latency-{quiet:g}", quiet=quiet, env=NATIVE).start()
     starts = box.home / "memory" / LATENCY_BUCKET / "starts"
     out: dict = {"quiet_seconds": quiet, "corpora": {}}
     try:
@@ -621,10 +667,11 @@ def measure_api(work: Path, njobs: int, requests: int) -> dict:
 # -- 4. profile and settings -------------------------------------------------------------
 def profile_receiver(work: Path, corpus: Corpus) -> dict:
     """py-spy samples of the server (all threads, idle ones too) during one send."""
-    pyspy = shutil.which("py-spy")
+    beside = Path(sys.executable).parent / "py-spy"  # pip install py-spy into the venv
+    pyspy = shutil.which("py-spy") or (str(beside) if beside.exists() else None)
     if not pyspy:
         return {"skipped": "py-spy is not installed (pip install py-spy)"}
-    box = Box(work / "home-profile").start()
+    box = Box(work / "home-profile", env=NATIVE).start()
     raw = RESULTS / "receive-profile.txt"
     try:
         spy = subprocess.Popen(
@@ -676,6 +723,21 @@ ASSOC_RULES = [
     ("service_class.py", "pynetdicom: storage service, events, status"),
     ("", "pynetdicom: reactor loop checks"),
 ]
+# The native receiver's association thread (receive/native.py)
+NATIVE_RULES = [
+    ("_recv_into", "socket: waiting for and reading the peer's PDUs"),
+    ("_respond", "socket: send the C-STORE-RSP"),
+    ("walk_buffer", "structure walk + StudyInstanceUID (in memory)"),
+    ("write_file", "write the file (create + one writev)"),
+    ("refused_store", "disk reserve check (statfs)"),
+    ("SeriesSet.add", "series views"),
+    ("add_file", "grouping + link into the arrival folder"),
+    ("Intake.received", "metrics (after the response)"),
+    ("parse_request", "command set decode"),
+    ("file_meta", "file meta of the stored file"),
+    ("_fragment", "copy fragments into the data set buffer"),
+    ("", "rest of the transfer loop"),
+]
 DUL_RULES = [
     ("SLEEP", "waiting: reactor's 1 ms polling sleep when idle"),
     ("tempfile.py", "pynetdicom: NamedTemporaryFile per dataset (incl. GIL wait)"),
@@ -723,14 +785,18 @@ def classify(stack: str, leaf: str, rules: list[tuple[str, str]]) -> str:
 
 def summarize_profile(raw: Path, images: int, rate: int = PROFILE_RATE) -> dict:
     kinds: Counter[str] = Counter()
-    cats: dict[str, Counter[str]] = {"association": Counter(), "dul": Counter()}
+    cats: dict[str, Counter[str]] = {"association": Counter(), "dul": Counter(),
+                                     "native": Counter()}  # fmt: skip
     for line in raw.read_text().splitlines():
         stack, _, count_s = line.rpartition(" ")
         if not stack or not count_s.isdigit():
             continue
         count = int(count_s)
         leaf = stack.rsplit(";", 1)[-1]
-        if "DULServiceProvider.run_reactor" in stack:
+        if "receive/native.py" in stack and "_transfer" in stack:
+            kind = "native association"
+            cats["native"][classify(stack, leaf, NATIVE_RULES)] += count
+        elif "DULServiceProvider.run_reactor" in stack:
             kind = "dul"
             cats[kind][classify(stack, leaf, DUL_RULES)] += count
         elif "Association.run_reactor" in stack:
@@ -760,41 +826,28 @@ def summarize_profile(raw: Path, images: int, rate: int = PROFILE_RATE) -> dict:
         "samples_by_thread": dict(kinds.most_common()),
         "association_thread": table(cats["association"]),
         "dul_thread": table(cats["dul"]),
+        "native_thread": table(cats["native"]),
     }
 
 
 def settings_variants(work: Path) -> list[tuple[str, str, Box]]:
-    """Receiver variants for the settings experiment: (key, label, box)."""
+    """Native receiver variants for the settings experiment: (key, label, box)."""
     me = str(Path(__file__).resolve())
-
-    def patched(spec: str) -> list[str]:
-        return [me, "--patched-serve", spec]
-
     return [
         (
             "pdu16k",
             "ours, max_pdu=16382 (pynetdicom's default)",
-            Box(work / "home-pdu16k", env={"MAGICKBOX_MAX_PDU": "16382"}),
+            Box(work / "home-pdu16k", env={"MAGICKBOX_MAX_PDU": "16382", **NATIVE}),
         ),
         (
             "pdu1m",
             "ours, max_pdu=1048576",
-            Box(work / "home-pdu1m", env={"MAGICKBOX_MAX_PDU": "1048576"}),
+            Box(work / "home-pdu1m", env={"MAGICKBOX_MAX_PDU": "1048576", **NATIVE}),
         ),
         (
             "switch",
             "ours, GIL switch interval 0.5 ms (what-if)",
-            Box(work / "home-switch", wrapper=patched("switch=0.0005")),
-        ),
-        (
-            "poll",
-            "ours, pynetdicom sleeps capped at 0.1 ms (what-if)",
-            Box(work / "home-poll", wrapper=patched("sleep=0.0001")),
-        ),
-        (
-            "poll+switch",
-            "ours, both what-ifs above",
-            Box(work / "home-pollswitch", wrapper=patched("sleep=0.0001,switch=0.0005")),
+            Box(work / "home-switch", env=NATIVE, wrapper=[me, "--patched-serve", "switch=0.0005"]),
         ),
     ]
 
@@ -888,6 +941,17 @@ def report(data: dict) -> str:
             ratio_rows,
         )
     )
+    if data.get("memory"):
+        rows = [
+            [m["corpus"], *(fmt(v, 1) for v in m["peak_rss_mb"].values())] for m in data["memory"]
+        ]
+        parts.append(
+            print_table(
+                "   Peak RSS of the box (VmHWM, MB), native receiver, a fresh box per corpus",
+                ["corpus", *data["memory"][0]["peak_rss_mb"].keys()],
+                rows,
+            )
+        )
     if data.get("settings"):
         rows = [
             [
@@ -954,6 +1018,7 @@ def report(data: dict) -> str:
     for key, title in (
         ("association_thread", "association reactor thread"),
         ("dul_thread", "DUL reactor thread"),
+        ("native_thread", "native receiver's association thread"),
     ):
         if prof.get(key):
             rows = [
@@ -1049,7 +1114,7 @@ def main() -> int:
             )
 
         # 1. throughput
-        ours_box = Box(work / "home-ours", env={"MAGICKBOX_RECEIVER": "native"}).start()
+        ours_box = Box(work / "home-ours", env=NATIVE).start()
         boxes.append(ours_box)
         # The same box on pynetdicom's server (receiver = "pynetdicom"): the native
         # receiver's gain, measured in the same run.
@@ -1085,6 +1150,7 @@ def main() -> int:
             extra.stop()
             boxes.remove(extra)
         data["concurrent"] = [measure_concurrent(ours_box, work, c, 4, reps) for c in corpora]
+        data["memory"] = [measure_memory(work, c) for c in corpora]
         if not quick:
             for c in corpora:
                 entry: dict = {"corpus": c.name, "timeout_s": args.nagle_timeout}
@@ -1141,7 +1207,7 @@ def main() -> int:
 
 
 # -- 5. series views ------------------------------------------------------------------
-NO_VIEWS = {"MAGICKBOX_SERIES_VIEWS": "false"}
+NO_VIEWS = {"MAGICKBOX_SERIES_VIEWS": "false", **NATIVE}
 
 
 def views_cost(rows: list[dict], corpora: list[Corpus]) -> dict:
@@ -1209,7 +1275,7 @@ def views_only(images: int, reps: int, work_root: Path | None, keep: bool) -> in
         mr = make_corpus(work, "MR", "MR", 2, images, 1)  # one series per study
         ct = make_corpus(work, "CT", "CT", 1, max(1, images // 5), 2)
         corpora = [mr, ct]
-        on = Box(work / "home-on").start()
+        on = Box(work / "home-on", env=NATIVE).start()
         boxes.append(on)
         off = Box(work / "home-off", env=NO_VIEWS).start()
         boxes.append(off)

@@ -19,7 +19,7 @@ from magickbox.events import EventBus, ImageReceived
 from magickbox.names import BadName, check_study_uid, check_uid
 from magickbox.receive.grouping import ArrivalKey, Grouper
 from magickbox.receive.rejections import Rejection
-from magickbox.receive.structure import Malformed, dataset_bytes, walk_stored_file
+from magickbox.receive.structure import Header, Malformed, dataset_bytes, walk_stored_file
 from magickbox.study.series import VIEW_TAGS, RawHeader
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ SOP_UID_TAG = 0x00080018
 SUCCESS = 0x0000
 CANNOT_UNDERSTAND = 0xC000
 OUT_OF_RESOURCES = 0xA700
+# What makes a received data set one that is not kept (answered C000)
+NOT_KEPT = (ValueError, BadName, Malformed, OSError, EOFError)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,16 @@ def sop_uid_of(raw: bytes | None, requested: str) -> str:
     raise ValueError(f"no valid SOP Instance UID in the data set or the request ({requested!r})")
 
 
+@dataclass(frozen=True)
+class Checked:
+    """A data set whose structure passed: where it goes and under which name."""
+
+    key: ArrivalKey
+    sop_uid: str
+    header: RawHeader | None  # the series views' elements (None: views are off)
+    size: int  # bytes of the data set as it came on the wire
+
+
 class Intake:
     def __init__(self, own_aet: str, grouper: Grouper, events: EventBus, views: bool) -> None:
         self.own_aet = own_aet
@@ -78,17 +90,25 @@ class Intake:
         The file is gone from ``path`` afterwards: moved into its arrival, or removed.
         """
         try:
-            walked = walk_stored_file(path, syntax, self.capture)
-            found = walked.values
-            study_uid = study_uid_of(found.get(STUDY_UID_TAG, b""))
-            sop_uid = sop_uid_of(found.get(SOP_UID_TAG), requested)
-            size = dataset_bytes(path)  # before the file moves into its arrival
-            if peer.called == self.own_aet:  # an association to the own title stores nothing
-                raise ValueError("the box's own AE title names no bucket")
-        except (ValueError, BadName, Malformed, OSError, EOFError) as exc:
+            checked = self.examine(walk_stored_file(path, syntax, self.capture), requested,
+                                   peer, dataset_bytes(path))  # fmt: skip
+        except NOT_KEPT as exc:
             refused(peer, requested, exc, logging.WARNING)
             path.unlink(missing_ok=True)
             return CANNOT_UNDERSTAND
+        status = self.keep(path, checked, peer, assoc_id)
+        if status == SUCCESS:
+            self.received(checked, peer)
+        return status
+
+    def examine(self, walked: Header, requested: str, peer: Peer, size: int) -> Checked:
+        """What a walked data set is kept as; raises ValueError (or BadName) when it is
+        not to be kept (no StudyInstanceUID, no usable SOP Instance UID, own title)."""
+        found = walked.values
+        study_uid = study_uid_of(found.get(STUDY_UID_TAG, b""))
+        sop_uid = sop_uid_of(found.get(SOP_UID_TAG), requested)
+        if peer.called == self.own_aet:  # an association to the own title stores nothing
+            raise ValueError("the box's own AE title names no bucket")
         key = ArrivalKey(
             caller_aet=peer.calling,
             called_aet=peer.called,
@@ -98,14 +118,23 @@ class Intake:
         header = (
             RawHeader(found, walked.vrs, walked.implicit, walked.little) if self.views else None
         )
+        return Checked(key, sop_uid, header, size)
+
+    def keep(self, path: Path, checked: Checked, peer: Peer, assoc_id: int) -> int:
+        """Move the checked file at ``path`` into its arrival: SUCCESS once it is there
+        (a kill -9 from then on loses nothing: a restart makes the arrival a job)."""
         try:
-            self.grouper.add_file(assoc_id, key, path, f"{sop_uid}.dcm", header)
+            self.grouper.add_file(assoc_id, checked.key, path, f"{checked.sop_uid}.dcm",
+                                  checked.header)  # fmt: skip
         except OSError as exc:  # disk full or gone: the sender is told and may try again
-            refused(peer, sop_uid, exc, logging.ERROR)
+            refused(peer, checked.sop_uid, exc, logging.ERROR)
             path.unlink(missing_ok=True)
             return OUT_OF_RESOURCES
-        self.events.publish(ImageReceived(peer.calling, peer.called, size))
         return SUCCESS
+
+    def received(self, checked: Checked, peer: Peer) -> None:
+        """The metrics of a kept data set: may wait until its response has gone out."""
+        self.events.publish(ImageReceived(peer.calling, peer.called, checked.size))
 
 
 def refused(peer: Peer, sop_uid: str, reason: Exception, level: int) -> None:

@@ -20,23 +20,29 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
 import ssl
 import struct
-import tempfile
 import threading
 import time
-from pathlib import Path
-from typing import BinaryIO
 
 from pydicom.uid import AllTransferSyntaxes
 
 from magickbox import disk, wire
 from magickbox.receive import acse
 from magickbox.receive.admission import VERIFICATION, Request, admit
-from magickbox.receive.intake import OUT_OF_RESOURCES, SUCCESS, Peer, ReceiverBase
+from magickbox.receive.incoming import MEMORY, Incoming, partial_path, write_file
+from magickbox.receive.intake import (
+    CANNOT_UNDERSTAND,
+    NOT_KEPT,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    Peer,
+    ReceiverBase,
+    refused,
+)
 from magickbox.receive.rejections import Rejection
+from magickbox.receive.structure import walk_buffer
 from magickbox.receive.tlsserver import HANDSHAKE_SECONDS, tls_context
 
 log = logging.getLogger(__name__)
@@ -52,7 +58,10 @@ MAX_ASSOCIATIONS = 64  # established at once; more are rejected as transient
 MAX_CONNECTIONS = 256  # sockets at once, associated or not; more are closed at once
 MAX_REQUEST = 1 << 16  # bytes of an A-ASSOCIATE-RQ (a few hundred contexts)
 MAX_COMMAND = 1 << 16  # bytes of a command set
-CHUNK = 1 << 18  # bytes read from the socket at a time while a data set streams to disk
+INBOX = 1 << 18  # bytes read from the socket at a time (PDV headers and fragments)
+FIRST_INBOX = 1 << 12  # the inbox of a connection not yet associated (idle ones cost little)
+DIRECT = 1 << 14  # a fragment part at least this large is received straight into its data set
+QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 KNOWN_SYNTAXES = frozenset(str(uid) for uid in AllTransferSyntaxes)
 # Services whose SOP classes are not storage (PS3.4): query/retrieve, worklist, MPPS,
 # storage commitment, print, ... are refused per context; everything else, private and
@@ -145,8 +154,12 @@ class NativeReceiver(ReceiverBase):
     def _listen(self, port: int, tls: ssl.SSLContext | None) -> None:
         sock = socket.create_server((self.settings.host, port), backlog=128)
         self.listeners.append(sock)
+        port = int(sock.getsockname()[1])  # now: a quick stop may close it before the loop runs
         loop = threading.Thread(
-            target=self._accept_loop, args=(sock, tls), name=f"dicom-accept-{port}", daemon=True
+            target=self._accept_loop,
+            args=(sock, port, tls),
+            name=f"dicom-accept-{port}",
+            daemon=True,
         )
         loop.start()
         self.threads.append(loop)
@@ -181,8 +194,7 @@ class NativeReceiver(ReceiverBase):
         with self.lock:
             return self.associated
 
-    def _accept_loop(self, listener: socket.socket, tls: ssl.SSLContext | None) -> None:
-        port = int(listener.getsockname()[1])
+    def _accept_loop(self, listener: socket.socket, port: int, tls: ssl.SSLContext | None) -> None:
         while not self.stopping.is_set():
             try:
                 conn, addr = listener.accept()
@@ -247,8 +259,14 @@ class Association:
         self.contexts: dict[int, acse.Answer] = {}
         self.peer_max = 0
         self.deadline = 0.0
-        self.partial: tuple[Path, BinaryIO] | None = None
-        self.write_error: OSError | None = None  # of the data set being written
+        self.incoming: Incoming | None = None  # the data set of the C-STORE under way
+        self.memory: bytearray | None = None  # the data sets' buffer, made at the first
+        # What has come from the socket and is not yet used: inbox[head:tail]. One recv
+        # usually brings several PDV headers and fragments, so most reads make no call.
+        self.inbox = bytearray(FIRST_INBOX)  # INBOX once associated (_transfer)
+        self.inview = memoryview(self.inbox)
+        self.head = self.tail = 0
+        self.timeout = -1.0  # the socket's timeout as last set (set only when it must change)
         self.slot = False
 
     # -- the life of an association ------------------------------------------------------
@@ -312,7 +330,16 @@ class Association:
         self.conn.sendall(acse.accept(req, answers, self.rx.settings.max_pdu))
         return True
 
+    def _grow_inbox(self) -> None:
+        """The full inbox, once associated (what it holds already moves along)."""
+        left = bytes(self.inview[self.head : self.tail])
+        self.inbox = bytearray(INBOX)
+        self.inview = memoryview(self.inbox)
+        self.inbox[: len(left)] = left
+        self.head, self.tail = 0, len(left)
+
     def _transfer(self) -> None:
+        self._grow_inbox()
         command = bytearray()
         request: wire.Command | None = None
         while True:
@@ -340,7 +367,9 @@ class Association:
         while left:
             if left < 6:
                 raise wire.WireError("a PDV header cut by its PDU's end")
-            item, context_id, control = wire.PDV_HEADER.unpack(self._read(6))
+            self._fill(6)
+            item, context_id, control = wire.PDV_HEADER.unpack_from(self.inbox, self.head)
+            self.head += 6
             size = item - 2
             if item < 2 or size > left - 6:
                 raise wire.WireError(f"a PDV of length {item} does not fit its PDU")
@@ -355,9 +384,9 @@ class Association:
                     request = self._command(context_id, bytes(command))
                     command.clear()
             else:
-                if request is None or self.partial is None:
+                if request is None or self.incoming is None:
                     raise wire.WireError("a data set fragment without a C-STORE request")
-                self._stream_into(self.partial[1], size)
+                self._fragment(self.incoming, size)
                 if control & wire.LAST_BIT:
                     self._stored(context_id, request)
                     request = None
@@ -371,33 +400,58 @@ class Association:
         if request.field != wire.C_STORE_RQ or not request.has_data:
             raise wire.WireError(f"a DIMSE request this box does not serve (0x{request.field:04X})")
         syntax = self.contexts[context_id].transfer_syntax
-        fd, name = tempfile.mkstemp(dir=self.rx.settings.partial, suffix=".part")
-        fh = os.fdopen(fd, "wb", buffering=1 << 20)
-        self.partial = (Path(name), fh)
-        self.write_error = None
-        fh.write(file_meta(request.sop_class, request.sop_instance, syntax, self.peer.calling))
+        if self.memory is None:
+            self.memory = bytearray(MEMORY)
+        meta = file_meta(request.sop_class, request.sop_instance, syntax, self.peer.calling)
+        self.incoming = Incoming(self.memory, meta, self.rx.settings.partial)
         return request
 
     def _stored(self, context_id: int, request: wire.Command) -> None:
-        assert self.partial is not None
-        path, fh = self.partial
-        self.partial = None
+        """Answer a complete data set: checked, on disk and in its arrival first."""
+        incoming, self.incoming = self.incoming, None
+        assert incoming is not None
+        if incoming.path is not None:  # spilled to its file while it came
+            self._respond(context_id, request, self._stored_spilled(context_id, request,
+                                                                    incoming))  # fmt: skip
+            return
+        intake, settings = self.rx.intake, self.rx.settings
+        syntax = self.contexts[context_id].transfer_syntax
         try:
-            fh.close()
-        except OSError as exc:
-            self.write_error = self.write_error or exc
-        if self.write_error is not None:  # the disk filled while writing: not acknowledged
-            log.error("could not write a data set from %s: %s", self._who(), self.write_error)
-            self.write_error = None
+            walked = walk_buffer(incoming.data, syntax, intake.capture)
+            checked = intake.examine(walked, request.sop_instance, self.peer, incoming.size)
+        except NOT_KEPT as exc:
+            refused(self.peer, request.sop_instance, exc, logging.WARNING)
+            self._respond(context_id, request, CANNOT_UNDERSTAND)
+            return
+        path = partial_path(settings.partial)
+        try:
+            write_file(path, [incoming.meta, incoming.data])
+        except OSError as exc:  # the disk is full: not acknowledged, the sender may retry
+            log.error("could not write a data set from %s: %s", self._who(), exc)
             path.unlink(missing_ok=True)
             self._respond(context_id, request, OUT_OF_RESOURCES)
             return
-        if disk.refused_store(path, self.rx.settings):  # the disk went below its reserve
+        if disk.refused_store(path, settings):  # the disk went below its reserve
             self._respond(context_id, request, OUT_OF_RESOURCES)
             return
-        syntax = self.contexts[context_id].transfer_syntax
-        status = self.rx.intake.store(path, syntax, request.sop_instance, self.peer, id(self))
+        status = intake.keep(path, checked, self.peer, id(self))
         self._respond(context_id, request, status)
+        if status == SUCCESS:  # the metrics can wait until the sender has its answer
+            intake.received(checked, self.peer)
+
+    def _stored_spilled(self, context_id: int, request: wire.Command, incoming: Incoming) -> int:
+        """The status of a data set larger than memory, written to its file as it came."""
+        assert incoming.path is not None
+        incoming.finish()
+        if incoming.error is not None:  # the disk filled while writing: not acknowledged
+            log.error("could not write a data set from %s: %s", self._who(), incoming.error)
+            incoming.path.unlink(missing_ok=True)
+            return OUT_OF_RESOURCES
+        if disk.refused_store(incoming.path, self.rx.settings):  # below the reserve
+            return OUT_OF_RESOURCES
+        syntax = self.contexts[context_id].transfer_syntax
+        return self.rx.intake.store(incoming.path, syntax, request.sop_instance, self.peer,
+                                    id(self))  # fmt: skip
 
     def _respond(self, context_id: int, request: wire.Command, status: int) -> None:
         self.conn.sendall(wire.pdv(context_id, wire.COMMAND_BIT | wire.LAST_BIT,
@@ -406,42 +460,82 @@ class Association:
     # -- the socket ------------------------------------------------------------------------
 
     def _pdu_header(self) -> tuple[int, int]:
-        kind, _reserved, length = wire.PDU_HEADER.unpack(self._read(6))
+        self._fill(6)
+        kind, _reserved, length = wire.PDU_HEADER.unpack_from(self.inbox, self.head)
+        self.head += 6
         return kind, length
 
+    def _fill(self, n: int) -> None:
+        """Have at least ``n`` (at most the inbox's size) bytes in the inbox."""
+        if self.head == self.tail:
+            self.head = self.tail = 0
+        elif self.head + n > len(self.inbox):  # too little room behind: move the rest to the front
+            left = self.tail - self.head
+            self.inbox[:left] = bytes(self.inview[self.head : self.tail])
+            self.head, self.tail = 0, left
+        while self.tail - self.head < n:
+            self.tail += self._recv_into(self.inview[self.tail :])
+
     def _read(self, n: int) -> bytes:
+        """The next ``n`` bytes (any number: a peer's declared length is not buffered whole
+        beyond the inbox)."""
+        if n <= len(self.inbox):
+            self._fill(n)
+            data = bytes(self.inview[self.head : self.head + n])
+            self.head += n
+            return data
         buf = bytearray(n)
         view = memoryview(buf)
-        got = 0
+        got = self.tail - self.head
+        view[:got] = self.inview[self.head : self.tail]
+        self.head = self.tail = 0
         while got < n:
             got += self._recv_into(view[got:])
         return bytes(buf)
 
-    def _stream_into(self, fh: BinaryIO, n: int) -> None:
-        """Copy the next ``n`` bytes from the socket into ``fh``, CHUNK at a time."""
-        buf = bytearray(min(n, CHUNK))
-        view = memoryview(buf)
+    def _fragment(self, incoming: Incoming, n: int) -> None:
+        """Move the next ``n`` bytes (a data set fragment) from the socket into ``incoming``:
+        what the inbox holds first, then large parts straight from the socket."""
         while n:
-            got = self._recv_into(view[: min(n, CHUNK)])
-            if self.write_error is None:
-                try:
-                    fh.write(view[:got])
-                except OSError as exc:  # ENOSPC and the like: read on, answer A700 at the end
-                    self.write_error = exc
-            n -= got
+            avail = self.tail - self.head
+            if avail:
+                take = min(avail, n)
+                incoming.put(self.inview[self.head : self.head + take])
+                self.head += take
+                n -= take
+                continue
+            self.head = self.tail = 0
+            room = incoming.room(n) if n >= DIRECT else None
+            if room is not None:  # no copy through the inbox
+                got = self._recv_into(room)
+                incoming.advance(got)
+                n -= got
+            else:
+                self.tail = self._recv_into(self.inview)
 
     def _recv_into(self, view: memoryview) -> int:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise PeerGone("timed out")
-        self.conn.settimeout(left)
-        try:
-            got = self.conn.recv_into(view)
-        except TimeoutError as exc:
-            raise PeerGone("timed out") from exc
-        if not got:
-            raise PeerGone("the peer closed the connection")
-        return got
+        while True:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise PeerGone("timed out")
+            # settimeout costs a system call: only when the deadline moved by a second
+            if abs(self.timeout - left) > 1.0:
+                self.timeout = left
+                self.conn.settimeout(left)
+            if QUICKACK is not None:
+                # A sender with Nagle's algorithm on (dcmtk without TCP_NODELAY=1) holds the
+                # tail of a PDU until its data is acknowledged, while Linux delays the ACK
+                # for a reply to ride on: ~40 ms lost per image. Quick-ack mode is dropped by
+                # the kernel after a while, so it is asked for again before each read.
+                with contextlib.suppress(OSError):
+                    self.conn.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
+            try:
+                got = self.conn.recv_into(view)
+            except TimeoutError:
+                continue  # the deadline decides, at the top
+            if not got:
+                raise PeerGone("the peer closed the connection")
+            return got
 
     def _linger(self) -> None:
         """After a rejection or a release the requestor closes the connection (PS3.8 9.1,
@@ -462,13 +556,10 @@ class Association:
         return f"{self.peer.calling or '?'}@{self.address}"
 
     def _discard_partial(self) -> None:
-        if self.partial is None:
+        if self.incoming is None:
             return
-        path, fh = self.partial
-        self.partial = None
-        with contextlib.suppress(OSError):
-            fh.close()
-        path.unlink(missing_ok=True)
+        incoming, self.incoming = self.incoming, None
+        incoming.discard()
         log.info("discarded a data set cut off by %s", self._who())
 
     def _close(self) -> None:

@@ -16,6 +16,8 @@ business: real modalities send such things and other receivers keep them).
 
 from __future__ import annotations
 
+import functools
+import io
 import os
 import struct
 import zlib
@@ -113,16 +115,59 @@ def check_dataset(fh: BinaryIO, syntax: UID, capture: tuple[int, ...] = ()) -> d
 def walk_dataset(
     fh: BinaryIO, syntax: UID, capture: frozenset[int] | tuple[int, ...] = ()
 ) -> Header:
-    reader = _Inflating(fh) if syntax.is_deflated else _Plain(fh)
-    walker = _Walker(reader, implicit=syntax.is_implicit_VR, little=syntax.is_little_endian)
+    return _walk(_Inflating(fh) if _encoding(syntax)[2] else _Plain(fh), syntax, capture)
+
+
+def walk_buffer(
+    data: bytes | bytearray | memoryview,
+    syntax: str,
+    capture: frozenset[int] | tuple[int, ...] = (),
+) -> Header:
+    """:func:`walk_dataset` over a data set held in memory (the native receiver checks a
+    data set this way before it writes it, instead of reading its file back)."""
+    if _encoding(syntax)[2]:  # rare: the inflater reads a stream, give it one
+        return _walk(_Inflating(io.BytesIO(data)), syntax, capture)
+    return _walk(_Memory(memoryview(data)), syntax, capture)
+
+
+@functools.lru_cache(maxsize=64)
+def _encoding(syntax: str) -> tuple[bool, bool, bool]:
+    """(implicit VR, little endian, deflated) of a transfer syntax: asked once per data set,
+    and pydicom's UID properties cost more than the walk of a small header."""
+    uid = UID(syntax)
+    return uid.is_implicit_VR, uid.is_little_endian, uid.is_deflated
+
+
+def _walk(
+    reader: _Plain | _Inflating | _Memory, syntax: str, capture: frozenset[int] | tuple[int, ...]
+) -> Header:
+    implicit, little, _deflated = _encoding(syntax)
+    walker = _Walker(reader, implicit=implicit, little=little)
     walker.capture = frozenset(capture)
-    walker.header_out = Header(implicit=walker.implicit, little=syntax.is_little_endian)
-    walker.elements(end=None, depth=0, top=True)
+    if isinstance(reader, _Memory):
+        walker.top_in_memory(reader)
+    else:
+        walker.elements(end=None, depth=0, top=True)
     reader.finish()
     return walker.header_out
 
 
-class _Plain:
+class _Bounded:
+    """A data set whose size is known: a skipped value is arithmetic, checked against it."""
+
+    pos: int
+    size: int
+
+    def skip(self, n: int) -> None:
+        if self.pos + n > self.size:
+            raise Malformed(f"a length of {n} runs past the end of the data set")
+        self.pos += n
+
+    def finish(self) -> None:
+        pass
+
+
+class _Plain(_Bounded):
     """The file itself, read through a window so that a header costs one read."""
 
     WINDOW = 1 << 16
@@ -142,13 +187,19 @@ class _Plain:
         self.pos += len(data)
         return data
 
-    def skip(self, n: int) -> None:
-        if self.pos + n > self.size:
-            raise Malformed(f"a length of {n} runs past the end of the data set")
-        self.pos += n
 
-    def finish(self) -> None:
-        pass
+class _Memory(_Bounded):
+    """A data set already in memory: a header is a slice, a skipped value only arithmetic."""
+
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
+        self.pos = 0
+        self.size = len(data)
+
+    def read(self, n: int) -> bytes:
+        data = bytes(self.data[self.pos : self.pos + n])  # a copy: the buffer is reused
+        self.pos += len(data)
+        return data
 
 
 class _Inflating:
@@ -200,14 +251,18 @@ class _Inflating:
             n -= step
 
 
+_STRUCTS = {
+    little: (struct.Struct(e + "HHL"), struct.Struct(e + "H"), struct.Struct(e + "L"))
+    for little, e in ((True, "<"), (False, ">"))
+}
+
+
 class _Walker:
-    def __init__(self, reader: _Plain | _Inflating, implicit: bool, little: bool) -> None:
+    def __init__(self, reader: _Plain | _Inflating | _Memory, implicit: bool, little: bool) -> None:
         self.r = reader
         self.implicit = implicit
-        e = "<" if little else ">"
-        self.header = struct.Struct(e + "HHL")  # tag (group, element), 4-byte length
-        self.short = struct.Struct(e + "H")
-        self.long = struct.Struct(e + "L")
+        # tag (group, element) and 4-byte length; 2-byte length; 4-byte length
+        self.header, self.short, self.long = _STRUCTS[little]
         self.capture: frozenset[int] = frozenset()
         self.header_out = Header(implicit=implicit, little=little)
 
@@ -256,6 +311,48 @@ class _Walker:
                 self.r.skip(length)
         if self.r.pos != end:
             raise Malformed("an element runs past the end of its item")
+
+    def top_in_memory(self, r: _Memory) -> None:
+        """:meth:`elements` on top for a data set in memory, by the same rules: headers are
+        unpacked where they lie (the receiver walks every data set this way, so this loop
+        is its per-element cost); sequences and undefined lengths go the common way."""
+        data, size, pos = r.data, r.size, r.pos
+        unpack, short = self.header.unpack_from, self.short.unpack_from
+        long_ = self.long.unpack_from
+        capture, out, implicit = self.capture, self.header_out, self.implicit
+        while pos < size:
+            if pos + 8 > size:
+                raise Malformed("the data set ends inside an element header or a sequence")
+            group, element, length = unpack(data, pos)
+            tag = group << 16 | element
+            if tag in DELIMITERS:
+                raise Malformed(f"a delimiter ({tag:08X}) where an element should be")
+            pos += 8
+            vr = b""
+            if not implicit:
+                vr = bytes(data[pos - 4 : pos - 2])
+                if vr in LONG_VRS:
+                    if pos + 4 > size:
+                        raise Malformed("the data set ends inside an element header")
+                    (length,) = long_(data, pos)
+                    pos += 4
+                else:
+                    (length,) = short(data, pos - 2)
+            if length == UNDEFINED or vr == b"SQ":
+                r.pos = pos
+                if length == UNDEFINED:
+                    self._undefined(tag, vr, 0)
+                else:
+                    self.items(pos + length, 1)
+                pos = r.pos
+                continue
+            if pos + length > size:
+                raise Malformed(f"a length of {length} runs past the end of the data set")
+            if tag in capture:
+                out.values[tag] = bytes(data[pos : pos + length])
+                out.vrs[tag] = vr.decode("latin-1") if vr else None
+            pos += length
+        r.pos = pos
 
     def _within(self, end: int | None, length: int) -> None:
         if end is not None and self.r.pos + length > end:

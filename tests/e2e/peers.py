@@ -226,3 +226,9 @@ def dataset_with(ds: Dataset, **changes: object) -> Dataset:
         else:
             setattr(ds, keyword, value)
     return ds
+
+
+def assert_receiver(box: BoxServer, receiver: str) -> None:
+    """The box runs the receiver a test asked for (``--set receiver=...``): its log says."""
+    module = "native" if receiver == "native" else "scp"
+    assert f"magickbox.receive.{module}: DICOM receiver" in box.log_path.read_text(), receiver

@@ -133,7 +133,9 @@ def test_one_job_and_not_found(populated: Populated) -> None:
     job = populated.jobs["a1"]
     got = api_job(box, job["scratchdir"])
     verdict = got.pop("verdict")  # one job also carries its proc.json; lists do not
+    parts = got.pop("parts")  # ... and the other jobs of its study and bucket: none here
     assert got == job
+    assert parts == []
     assert verdict == {"success": "success", "message": "listed"}
     assert (got["state"], got["bucket"], got["caller_aet"], got["files"]) == (
         "done", "Alpha", "XRAY", 2)  # fmt: skip

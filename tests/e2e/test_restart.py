@@ -22,6 +22,7 @@ from tests.e2e.peers import (
     QUICK,
     api_job,
     api_jobs,
+    assert_receiver,
     dataset_part,
     input_files,
     install_buckets,
@@ -176,10 +177,16 @@ def acknowledged(storescu_output: str) -> set[str]:
     return acked
 
 
-def test_kill9_during_a_receive_loses_no_acknowledged_file(box_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("receiver", "senders"), [("pynetdicom", 1), ("native", 1)])
+def test_kill9_during_a_receive_loses_no_acknowledged_file(box_factory, tmp_path: Path,
+                                                           receiver: str, senders: int) -> None:  # type: ignore[no-untyped-def]  # fmt: skip
+    """``senders`` storescu at once (each its own calling AE, so its own job)."""
     home = tmp_path / "home"
     install_buckets(home, Recv=QUICK)
-    box: BoxServer = box_factory(quiet=QUIET, home=home)
+    box: BoxServer = box_factory(
+        quiet=QUIET, home=home, extra_args=["--set", f"receiver={receiver}"]
+    )
+    assert_receiver(box, receiver)
 
     earlier = write_study(tmp_path / "earlier", n_images=2, rows=16, cols=16)
     assert len(send_files(box.dicom_port, "Recv", earlier.paths).ok) == 2
@@ -187,36 +194,50 @@ def test_kill9_during_a_receive_loses_no_acknowledged_file(box_factory, tmp_path
 
     total = 1200
     study = write_study(tmp_path / "big", n_images=total, rows=16, cols=16)
-    out = (tmp_path / "storescu.out").open("w+")
-    sender = subprocess.Popen(
-        [dcmtk("storescu"), "-v", "+sd", "+r", "-nh", "-aet", "BIGSEND", "-aec", "Recv",
-         "127.0.0.1", str(box.dicom_port), str(study.paths[0].parent)],
-        stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "TCP_NODELAY": "1"},
-    )  # fmt: skip
+    logs = [tmp_path / f"storescu{i}.out" for i in range(senders)]
+    outs = [log.open("w") for log in logs]
+    def command(i: int) -> list[str]:
+        return [dcmtk("storescu"), "-v", "+sd", "+r", "-nh", "-aet", f"BIGSEND{i}", "-aec",
+                "Recv", "127.0.0.1", str(box.dicom_port), str(study.paths[0].parent)]  # fmt: skip
+
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    procs = [
+        subprocess.Popen(command(i), stdout=out, stderr=subprocess.STDOUT, env=env)
+        for i, out in enumerate(outs)
+    ]
+
+    def quarter() -> bool:
+        return sum(len(acknowledged(log.read_text())) for log in logs) >= total // 4
+
     try:
-        log = tmp_path / "storescu.out"
-        wait_for("a quarter acknowledged", lambda: len(acknowledged(log.read_text())) >= total // 4)
+        wait_for("a quarter acknowledged", quarter)
         box.kill9()
-        assert sender.wait(60) != 0, "the send finished before the kill: nothing was tested"
+        codes = [proc.wait(60) for proc in procs]
+        assert all(codes), f"a send finished before the kill: nothing was tested ({codes})"
     finally:
-        if sender.poll() is None:
-            sender.kill()
-    out.seek(0)
-    acked = acknowledged(out.read())
-    assert total // 4 <= len(acked) < total
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        for out in outs:
+            out.close()
+    acked = [acknowledged(log.read_text()) for log in logs]
+    assert total // 4 <= sum(map(len, acked)) < senders * total
 
     box.start()
-    jobs = wait_jobs(box, 2)
+    jobs = wait_jobs(box, 1 + sum(1 for a in acked if a))
     assert before["scratchdir"] in {j["scratchdir"] for j in jobs}
-    (partial,) = [j for j in jobs if j["study_uid"] == study.study_uid]
-    assert partial["caller_aet"] == "BIGSEND"
-    assert partial["state"] == "done"
-    stored = input_files(box, partial["scratchdir"])
-    missing = acked - set(stored)
-    assert not missing, f"{len(missing)} acknowledged files lost, e.g. {sorted(missing)[:3]}"
     sent = {p.name: p for p in study.paths}
-    for name, path in stored.items():  # nothing half-written made it into the job
-        assert dataset_part(path) == dataset_part(sent[name]), name
+    for i, names in enumerate(acked):
+        if not names:
+            continue
+        (partial,) = [j for j in jobs if j["caller_aet"] == f"BIGSEND{i}"]
+        assert partial["study_uid"] == study.study_uid
+        assert partial["state"] == "done"
+        stored = input_files(box, partial["scratchdir"])
+        missing = names - set(stored)
+        assert not missing, f"{len(missing)} acknowledged files lost, e.g. {sorted(missing)[:3]}"
+        for name, path in stored.items():  # nothing half-written made it into the job
+            assert dataset_part(path) == dataset_part(sent[name]), name
     assert not any((box.home / "scratch" / ".incoming").iterdir())
     assert not any((box.home / "scratch" / ".partial").iterdir())
 

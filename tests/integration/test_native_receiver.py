@@ -25,7 +25,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from magickbox import wire
-from magickbox.receive import acse, native
+from magickbox.receive import acse, incoming, native
 from magickbox.routing import dimse
 from magickbox.testing.dicomgen import write_study
 from tests.conftest import InProcessBox, copy_bucket, dcmtk, late_requestor_threads
@@ -210,6 +210,8 @@ def test_an_abort_in_the_middle_of_a_data_set_keeps_nothing(
     peer.associate()
     peer.sock.sendall(wire.pdv(1, 0x03, wire.store_command(MR, sop, 1)))
     peer.sock.sendall(wire.pdv(1, 0x00, data[:100]))
+    # past what the receiver holds in memory, so that the data set streams to its file
+    peer.sock.sendall(wire.pdv(1, 0x00, bytes(incoming.MEMORY)))
     partial = edge.home / "scratch" / ".partial"
     deadline = time.monotonic() + 5
     while not list(partial.glob("*.part")) and time.monotonic() < deadline:

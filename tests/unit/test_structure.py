@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pydicom
@@ -13,7 +15,14 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, generate_uid
 from pynetdicom.dsutils import split_dataset
 
-from magickbox.receive.structure import Malformed, check_dataset, check_stored_file
+from magickbox.receive.structure import (
+    Header,
+    Malformed,
+    check_dataset,
+    check_stored_file,
+    walk_buffer,
+    walk_stored_file,
+)
 from magickbox.testing.dicomgen import (
     MALFORMED_KINDS,
     SYNTAXES,
@@ -149,3 +158,63 @@ def test_pydicoms_deflated_test_file_passes(tmp_path: Path) -> None:
     (tmp_path / "cut.dcm").write_bytes(path.read_bytes()[:-40])
     with pytest.raises(Malformed):
         check_stored_file(tmp_path / "cut.dcm", DEFLATED)
+
+
+def outcome(walk: Callable[[], Header]) -> tuple[object, ...]:
+    """What a walk found (values and VRs), or the message of its refusal."""
+    try:
+        header = walk()
+    except Malformed as exc:
+        return ("refused", str(exc))
+    return ("passed", header.values, header.vrs)
+
+
+def in_memory_and_on_disk(tmp_path: Path) -> Iterator[tuple[str, Path, str]]:
+    """(case, file, syntax) of every kind of data set above, whole, cut and broken."""
+    for syntax in sorted(SYNTAXES):
+        ds = image(syntax)
+        ds.ReferencedImageSequence = Sequence([Dataset(), Dataset()])
+        ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID = generate_uid()
+        path = tmp_path / f"{syntax}.dcm"
+        save_dataset(ds, path)
+        yield syntax, path, SYNTAXES[syntax]
+        for cut in (3, 7, 200):
+            short = tmp_path / f"{syntax}-{cut}.dcm"
+            short.write_bytes(path.read_bytes()[:-cut])
+            yield f"{syntax} cut by {cut}", short, SYNTAXES[syntax]
+    for kind in MALFORMED_KINDS:
+        path = tmp_path / f"{kind}.dcm"
+        path.write_bytes(malformed_dataset_bytes(kind))
+        yield kind, path, SYNTAXES["explicit"]
+    for depth, syntax in ((10, "implicit"), (10, "bigendian"), (80, "explicit")):
+        ds = nested(depth)
+        ds.file_meta.TransferSyntaxUID = SYNTAXES[syntax]
+        for element in ds.iterall():
+            if element.VR == "SQ":
+                element.is_undefined_length = True
+        path = tmp_path / f"nested-{depth}-{syntax}.dcm"
+        save_dataset(ds, path)
+        yield f"{depth} nested sequences, {syntax}", path, SYNTAXES[syntax]
+    yield "pydicom's image_dfl.dcm", Path(get_testdata_file("image_dfl.dcm")), DEFLATED  # type: ignore[arg-type]
+
+
+def test_the_walk_in_memory_finds_and_refuses_what_the_walk_of_the_file_does(
+    tmp_path: Path,
+) -> None:
+    """The native receiver walks a data set in memory (walk_buffer, its own loop for the
+    top level): it must keep and refuse exactly what the walk of the stored file does."""
+    capture = (0x00080018, 0x0020000D, 0x00200011, 0x00280010, 0x00081140)
+    refused = meta_only = 0
+    for case, path, syntax in in_memory_and_on_disk(tmp_path):
+        raw = path.read_bytes()
+        (meta_length,) = struct.unpack_from("<I", raw, 140)
+        data = bytearray(raw[144 + meta_length :])
+        on_disk = outcome(lambda: walk_stored_file(path, syntax, capture))  # noqa: B023
+        if "file meta" in str(on_disk[1]):
+            meta_only += 1
+            continue  # a broken file meta: the receiver writes its own
+        assert outcome(lambda: walk_buffer(data, syntax, capture)) == on_disk, case  # noqa: B023
+        refused += on_disk[0] == "refused"
+        if on_disk[0] == "passed":
+            assert on_disk[1][0x00080018], case  # the capture did capture
+    assert refused + meta_only >= len(MALFORMED_KINDS) + 3 * len(SYNTAXES)  # cuts and broken
