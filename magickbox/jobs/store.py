@@ -372,22 +372,25 @@ class JobStore:
                 counts.setdefault(bucket, {})[state] = n
         return counts
 
-    def bucket_queue(self, bucket: str) -> tuple[list[tuple[str, float]], list[str]]:
-        """The bucket's running jobs (scratchdir, started_at) and its queued ones in the
-        order claim_next takes them."""
+    def bucket_queue(
+        self, bucket: str
+    ) -> tuple[list[tuple[str, float]], list[tuple[str, float | None]]]:
+        """The bucket's running jobs (scratchdir, started_at) and its queued ones
+        (scratchdir, queued_at: not before, a held job's is ahead) in the order
+        claim_next takes them."""
         query = (
-            select(Job.scratchdir, Job.state, Job.started_at)
+            select(Job.scratchdir, Job.state, Job.started_at, Job.queued_at)
             .where(Job.bucket == bucket, Job.state.in_([State.QUEUED, State.RUNNING]))
             .order_by(Job.queued_at, Job.id)
         )
         running: list[tuple[str, float]] = []
-        queued: list[str] = []
+        queued: list[tuple[str, float | None]] = []
         with self.sessions() as s:
-            for scratchdir, state, started in s.connection().execute(query):
+            for scratchdir, state, started, queued_at in s.connection().execute(query):
                 if state == State.RUNNING:
                     running.append((scratchdir, started or time.time()))
                 else:
-                    queued.append(scratchdir)
+                    queued.append((scratchdir, queued_at))
         return running, queued
 
     def state_counts(self) -> dict[str, dict[str, int]]:

@@ -5,7 +5,8 @@ mean and standard deviation, kept in ``bucket_timing`` with Welford's update (ex
 stable, no samples kept); timing.php's ``time=`` adds a sample by hand as the original's
 workers did. An ETA plays the bucket's queue forward: its running jobs end at their start
 plus the mean, and each queued job, first in first out, takes the first worker that
-comes free for one mean.
+comes free for one mean, but never before its not-before time (a job held by
+``merge_seconds`` waits for later parts of its study first).
 """
 
 from __future__ import annotations
@@ -98,14 +99,17 @@ class Eta:
 def plan(
     now: float,
     running: Sequence[tuple[str, float]],
-    queued: Sequence[str],
+    queued: Sequence[tuple[str, float | None]],
     mean: float,
     workers: int,
 ) -> dict[str, Eta]:
-    """ETAs of one bucket's jobs: ``running`` as (scratchdir, started_at), ``queued`` in the
-    order they will run, ``workers`` jobs at a time, each taking ``mean`` seconds.
+    """ETAs of one bucket's jobs: ``running`` as (scratchdir, started_at), ``queued`` as
+    (scratchdir, not before: its queued_at) in the order they will run, ``workers`` jobs
+    at a time, each taking ``mean`` seconds.
 
-    A running job past its mean is taken to end now (it is late, not known to be long).
+    A running job past its mean is taken to end now (it is late, not known to be long). A
+    worker free before a job's not-before time stays idle until then: the queue is in
+    queued_at order, so no later job could be taken meanwhile (claim_next's rule).
     """
     etas: dict[str, Eta] = {}
     free: list[float] = []  # when each worker comes free
@@ -115,8 +119,8 @@ def plan(
         free.append(end)
     free += [now] * max(0, workers - len(free))
     heapq.heapify(free)
-    for position, scratchdir in enumerate(queued):
-        start = heapq.heappop(free) if free else now
+    for position, (scratchdir, not_before) in enumerate(queued):
+        start = max(heapq.heappop(free) if free else now, not_before or now)
         etas[scratchdir] = Eta(start, start + mean, len(running) + position, mean)
         heapq.heappush(free, start + mean)
     return etas

@@ -39,17 +39,34 @@ def test_timing_php_shape_as_the_original(timing: Timing) -> None:
 
 
 def test_eta_of_queued_jobs_with_one_worker() -> None:
-    etas = plan(1000.0, [("r", 950.0)], ["q1", "q2"], mean=100.0, workers=1)
+    etas = plan(1000.0, [("r", 950.0)], [("q1", None), ("q2", 1000.0)], mean=100.0, workers=1)
     assert (etas["r"].starts_at, etas["r"].finishes_at, etas["r"].ahead) == (950.0, 1050.0, 0)
     assert (etas["q1"].starts_at, etas["q1"].finishes_at, etas["q1"].ahead) == (1050, 1150, 1)
     assert (etas["q2"].starts_at, etas["q2"].finishes_at, etas["q2"].ahead) == (1150, 1250, 2)
 
 
 def test_eta_spreads_over_workers_and_a_late_job_ends_now() -> None:
-    etas = plan(1000.0, [("late", 500.0)], ["a", "b", "c"], mean=60.0, workers=2)
+    queued = [("a", None), ("b", None), ("c", 990.0)]
+    etas = plan(1000.0, [("late", 500.0)], queued, mean=60.0, workers=2)
     assert etas["late"].finishes_at == 1000.0  # past its mean: taken to end now
     assert etas["a"].starts_at == 1000.0 and etas["b"].starts_at == 1000.0  # two free workers
     assert etas["c"].starts_at == 1060.0 and etas["c"].finishes_at == 1120.0
+
+
+def test_eta_of_a_held_job_waits_for_its_not_before_time() -> None:
+    """A job held by merge_seconds (queued_at ahead) cannot start before then, even with
+    a worker free; once the hold is over it takes the next free worker as any job."""
+    alone = plan(1000.0, [], [("held", 1045.0)], mean=60.0, workers=1)["held"]
+    assert (alone.starts_at, alone.finishes_at, alone.ahead) == (1045.0, 1105.0, 0)
+    # Two workers: "b" (queued before) starts now; the second worker idles until 1030.
+    two = plan(1000.0, [], [("b", 990.0), ("held", 1030.0)], mean=60.0, workers=2)
+    assert two["b"].starts_at == 1000.0 and two["held"].starts_at == 1030.0
+    # One worker busy past the hold: the held job starts when that worker comes free.
+    busy = plan(1000.0, [("r", 980.0)], [("held", 1010.0)], mean=60.0, workers=1)["held"]
+    assert (busy.starts_at, busy.finishes_at, busy.ahead) == (1040.0, 1100.0, 1)
+    # A hold already over (queued_at in the past) changes nothing.
+    over = plan(1000.0, [], [("h", 900.0)], mean=60.0, workers=1)["h"]
+    assert over.starts_at == 1000.0
 
 
 def test_an_upgraded_home_starts_its_figures_from_the_done_jobs(tmp_path: Path) -> None:
