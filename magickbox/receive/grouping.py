@@ -8,7 +8,8 @@ A bucket's own rule (its quiet window, one job per series, the series types it r
 ``completeness.py``) is asked through ``policy_for`` and ``types_of``.
 
 Each arrival lives in ``scratch/.incoming/<id>/`` beside ``<id>.json`` (its key) from its
-first file on, so a crash loses nothing: a restart turns every such folder into a job.
+first file on, so a crash loses nothing: a restart takes every such folder up again as a
+send that has been quiet since its last file, and the same rule decides when it is a job.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 from magickbox.jobs.scratch import place_file
 from magickbox.receive.completeness import SendPolicy, Verdict, decide
-from magickbox.study.series import RawHeader, SeriesSet, series_uid_of_file
+from magickbox.study.series import RawHeader, SeriesSet, collect_files, series_uid_of_file
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +316,10 @@ class Grouper:
             ]
 
     def recover(self) -> None:
-        """Arrivals a previous run had not yet turned into jobs become jobs now."""
+        """Sends a previous run had not yet turned into jobs are taken up again, each as
+        quiet since its last file arrived: the loop's rule (completeness.decide) makes them
+        jobs, so a bucket's ``requires`` wait goes on where it was instead of being skipped
+        or starting again from zero, and a per-series send stays its series' own."""
         for meta_path in sorted(self.incoming.glob("*.json")):
             folder = meta_path.with_suffix("")
             try:
@@ -329,4 +333,32 @@ class Grouper:
                 meta_path.unlink(missing_ok=True)  # the job was made; only the record was left
                 continue
             log.info("recovering arrival %s of study %s", folder.name, key.study_uid)
-            self._hand_over(folder, key, started)
+            arrival = self._recovered(folder, key, started)
+            with self._cond:
+                if key in self._arrivals:  # two sends of one key (one had failed to hand
+                    self._retries.append((0.0, arrival))  # over): the later goes as it is
+                else:
+                    self._arrivals[key] = arrival
+
+    def _recovered(self, folder: Path, key: ArrivalKey, started: float) -> Arrival:
+        """An arrival for a folder a previous run left, quiet since its last file. Its
+        views are read from the files once if its rule needs the series types (else the
+        job reads them, as for any send whose headers the receiver did not keep)."""
+        files = [entry for entry in os.scandir(folder) if entry.is_file()]
+        last_file = max([folder.stat().st_mtime, *(e.stat().st_mtime for e in files)])
+        policy = self._policy(key.called_aet)
+        series: SeriesSet | None = None
+        if policy is not None and policy.requires:
+            try:
+                series = collect_files(folder)
+            except Exception:  # the views are a summary: types_of reads the files itself
+                log.exception("arrival %s: series views not read", folder.name)
+        return Arrival(
+            key=key,
+            folder=folder,
+            started=started,
+            last=time.monotonic() - max(0.0, time.time() - last_file),
+            nfiles=len(files),
+            series=series,
+            policy=policy,
+        )

@@ -8,6 +8,7 @@ while an association holds an arrival back.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from magickbox.receive.completeness import SendPolicy, Verdict
 from magickbox.receive.grouping import ArrivalKey, Grouper
 from magickbox.study.series import RawHeader, SeriesSet
 
@@ -34,6 +36,7 @@ class Handed:
     files: list[str]
     moved_to: Path
     series: object = None
+    verdict: Verdict | None = None
 
 
 class FakeJobs:
@@ -46,16 +49,20 @@ class FakeJobs:
         self._cond = threading.Condition()
 
     def __call__(
-        self, folder: Path, key: ArrivalKey, started: float, series: object = None
+        self,
+        folder: Path,
+        key: ArrivalKey,
+        started: float,
+        series: object = None,
+        verdict: Verdict | None = None,
     ) -> None:
         if self.fail:
             raise RuntimeError("database is down")
         target = self.dest / f"job{len(self.handed)}"
         shutil.move(str(folder), target)
         with self._cond:
-            self.handed.append(
-                Handed(key, started, sorted(p.name for p in target.iterdir()), target, series)
-            )
+            names = sorted(p.name for p in target.iterdir())
+            self.handed.append(Handed(key, started, names, target, series, verdict))
             self._cond.notify_all()
 
     def wait_for(self, n: int, timeout: float = TIMEOUT) -> list[Handed]:
@@ -281,8 +288,11 @@ def test_failed_hand_over_keeps_folder_and_record_for_the_next_start(
     # The next start turns it into a job.
     jobs.fail = False
     g2 = Grouper(incoming, QUIET, jobs)
-    g2.recover()
-    [job] = jobs.wait_for(1)
+    g2.start()
+    try:
+        [job] = jobs.wait_for(1)
+    finally:
+        g2.stop()
     assert job.key == KEY_A
     assert job.files == ["a.dcm"]
     assert records_gone(incoming)
@@ -314,17 +324,21 @@ def test_recover_turns_leftover_sends_into_jobs(incoming: Path, jobs: FakeJobs) 
     assert by_key[KEY_A].started == 1000.0  # the arrival's own start, not the restart's time
     assert by_key[KEY_B].files == ["z.dcm"]
     assert by_key[KEY_B].started == 2000.0
-    assert list(incoming.iterdir()) == []
+    assert records_gone(incoming) and list(incoming.iterdir()) == []
 
 
 def test_recover_drops_records_whose_folder_is_gone(incoming: Path, jobs: FakeJobs) -> None:
     incoming.mkdir(parents=True)
     (incoming / f"{'c' * 32}.json").write_text(json.dumps({**asdict(KEY_A), "started": 1.0}))
     write_arrival(incoming, "d" * 32, KEY_B, 2.0, ["z.dcm"])
-    Grouper(incoming, QUIET, jobs).recover()
-    [job] = jobs.wait_for(1)
+    g = Grouper(incoming, QUIET, jobs)
+    g.start()
+    try:
+        [job] = jobs.wait_for(1)
+    finally:
+        g.stop()
     assert job.key == KEY_B
-    assert list(incoming.iterdir()) == []
+    assert records_gone(incoming) and list(incoming.iterdir()) == []
 
 
 def test_recover_leaves_an_unreadable_record_alone(incoming: Path, jobs: FakeJobs) -> None:
@@ -335,6 +349,54 @@ def test_recover_leaves_an_unreadable_record_alone(incoming: Path, jobs: FakeJob
     Grouper(incoming, QUIET, jobs).recover()
     assert jobs.count() == 0
     assert bad.exists()  # left for inspection, not deleted
+
+
+NEEDS_DWI = SendPolicy(quiet=QUIET, requires=("T1", "DWI"), wait=600.0)
+
+
+def recovering_grouper(incoming: Path, jobs: FakeJobs, types: set[str]) -> Grouper:
+    """A grouper whose bucket requires T1 and DWI; its sends' types are ``types``."""
+    return Grouper(incoming, QUIET, jobs, policy_for=lambda _aet: NEEDS_DWI,
+                   types_of=lambda _arrival: types)  # fmt: skip
+
+
+def test_a_recovered_send_waits_on_from_its_last_file_not_from_the_restart(
+    incoming: Path, jobs: FakeJobs
+) -> None:
+    """Its last file came 700 s before the restart: with wait_seconds 600 the wait is
+    over, so it is a failed job at once (counted from the restart, 600 s more)."""
+    folder = write_arrival(incoming, "f" * 32, KEY_A, 1000.0, ["t1.dcm"])
+    old = time.time() - 700
+    for path in (folder / "t1.dcm", folder):
+        os.utime(path, (old, old))
+    g = recovering_grouper(incoming, jobs, {"T1"})
+    g.start()
+    try:
+        [job] = jobs.wait_for(1)
+    finally:
+        g.stop()
+    assert job.verdict is not None and job.verdict.fail
+    assert job.verdict.reason == "missing series: DWI"
+    assert job.files == ["t1.dcm"] and job.started == 1000.0
+
+
+def test_a_recovered_send_missing_a_type_goes_on_waiting_until_it_comes(
+    incoming: Path, jobs: FakeJobs
+) -> None:
+    write_arrival(incoming, "g" * 32, KEY_A, 1000.0, ["t1.dcm"])
+    types = {"T1"}
+    g = recovering_grouper(incoming, jobs, types)
+    g.start()
+    try:
+        time.sleep(QUIET * 5)  # quiet for five windows: without DWI it is still waiting
+        assert jobs.count() == 0 and g.pending() == 1
+        assert g.snapshot()[0]["files"] == 1
+        types.add("DWI")  # as a later send's file would bring it
+        g.association_closed(999)  # a closed association wakes the grouper up
+        [job] = jobs.wait_for(1)
+    finally:
+        g.stop()
+    assert job.verdict is None and job.key == KEY_A  # complete: no missing series
 
 
 def _header(series_uid: str) -> RawHeader:
