@@ -28,7 +28,7 @@ from pydicom import dcmread
 
 from magickbox.names import study_key
 from magickbox.testing.dicomgen import write_study
-from tests.conftest import InProcessBox, copy_bucket, dcmtk, in_process_box
+from tests.conftest import BoxServer, InProcessBox, copy_bucket, dcmtk, in_process_box
 from tests.e2e.peers import wait_for
 
 # Keeps the manifest it was given and lists its INPUT.
@@ -69,6 +69,10 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessBox]:
 
 @pytest.fixture
 def study(tmp_path: Path) -> Study:
+    return split_study(tmp_path)
+
+
+def split_study(tmp_path: Path) -> Study:
     """A fresh 4-series MR study (2 images each), its files split into a folder per series."""
     info = write_study(tmp_path / "all", n_images=8, series=4, rows=16, cols=16)
     study = Study(info.study_uid, {}, {}, {})
@@ -84,7 +88,7 @@ def study(tmp_path: Path) -> Study:
     return study
 
 
-def storescu(app: InProcessBox, called: str, calling: str, *folders: Path) -> None:
+def storescu(app: InProcessBox | BoxServer, called: str, calling: str, *folders: Path) -> None:
     """One association carrying every file of ``folders``."""
     cmd = [dcmtk("storescu"), "+sd", "+r", "-nh", "-aet", calling, "-aec", called,
            "127.0.0.1", str(app.dicom_port), *map(str, folders)]  # fmt: skip
@@ -93,12 +97,12 @@ def storescu(app: InProcessBox, called: str, calling: str, *folders: Path) -> No
     assert done.returncode == 0, done.stderr
 
 
-def jobs_of(app: InProcessBox, bucket: str, study_uid: str) -> list[dict[str, Any]]:
+def jobs_of(app: InProcessBox | BoxServer, bucket: str, study_uid: str) -> list[dict[str, Any]]:
     params = {"bucket": bucket, "study_uid": study_uid, "limit": 100}
     return app.get("/api/v1/jobs", params=params).json()["jobs"]
 
 
-def finished(app: InProcessBox, bucket: str, study_uid: str, n: int = 1) -> list[dict]:
+def finished(app: InProcessBox | BoxServer, bucket: str, study_uid: str, n: int = 1) -> list[dict]:
     def probe() -> list[dict] | None:
         jobs = jobs_of(app, bucket, study_uid)
         over = len(jobs) == n and all(j["state"] in ("done", "failed") for j in jobs)
@@ -139,7 +143,7 @@ def assert_manifest_is(app: InProcessBox, job: dict, study: Study, sent: list[st
             assert (job_folder(app, job) / "INPUT" / name).is_file()
 
 
-def receiving(app: InProcessBox, called: str) -> list[dict[str, Any]]:
+def receiving(app: InProcessBox | BoxServer, called: str) -> list[dict[str, Any]]:
     return [a for a in app.get("/api/v1/receiving").json() if a["called_aet"] == called]
 
 
