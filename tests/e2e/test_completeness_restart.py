@@ -76,13 +76,12 @@ def test_a_waiting_send_goes_on_waiting_after_kill9_and_fails_or_starts_as_befor
     box_factory: Any, tmp_path: Path
 ) -> None:
     box = start_box(box_factory, tmp_path)
-    studies: dict[str, Study] = {b: split_study(tmp_path / b) for b in ("Waits", "Fails", "Outage")}
-    for bucket, study in studies.items():  # T1 alone: each lacks DWI
-        storescu(box, bucket, "SCANNER", study.folders["t1"])
-    for bucket in studies:
+    studies: dict[str, Study] = {b: split_study(tmp_path / b) for b in ("Waits", "Outage", "Fails")}
+    for bucket, study in studies.items():  # T1 alone: each lacks DWI; Fails last, so
+        storescu(box, bucket, "SCANNER", study.folders["t1"])  # the kill is within its 3 s
         assert waiting(box, bucket)[0]["files"] == 2
     assert all(jobs_of(box, b, s.uid) == [] for b, s in studies.items())  # none is a job yet
-    box.kill9()  # within Fails' 3 s
+    box.kill9()
     set_back(box, "Outage", OUTAGE)
     box.start()
 

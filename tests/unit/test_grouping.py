@@ -287,15 +287,19 @@ def test_failed_hand_over_keeps_folder_and_record_for_the_next_start(
 
     # The next start turns it into a job.
     jobs.fail = False
-    g2 = Grouper(incoming, QUIET, jobs)
-    g2.start()
-    try:
-        [job] = jobs.wait_for(1)
-    finally:
-        g2.stop()
+    [job] = handed_after_start(Grouper(incoming, QUIET, jobs), jobs, 1)
     assert job.key == KEY_A
     assert job.files == ["a.dcm"]
     assert records_gone(incoming)
+
+
+def handed_after_start(grouper: Grouper, jobs: FakeJobs, n: int) -> list[Handed]:
+    """Start ``grouper`` (it recovers what .incoming holds) and wait for ``n`` hand-overs."""
+    grouper.start()
+    try:
+        return jobs.wait_for(n)
+    finally:
+        grouper.stop()
 
 
 def write_arrival(
@@ -313,12 +317,7 @@ def write_arrival(
 def test_recover_turns_leftover_sends_into_jobs(incoming: Path, jobs: FakeJobs) -> None:
     write_arrival(incoming, "a" * 32, KEY_A, 1000.0, ["x.dcm", "y.dcm"])
     write_arrival(incoming, "b" * 32, KEY_B, 2000.0, ["z.dcm"])
-    g = Grouper(incoming, QUIET, jobs)
-    g.start()  # start() recovers before receiving anything
-    try:
-        handed = jobs.wait_for(2)
-    finally:
-        g.stop()
+    handed = handed_after_start(Grouper(incoming, QUIET, jobs), jobs, 2)
     by_key = {h.key: h for h in handed}
     assert by_key[KEY_A].files == ["x.dcm", "y.dcm"]
     assert by_key[KEY_A].started == 1000.0  # the arrival's own start, not the restart's time
@@ -331,12 +330,7 @@ def test_recover_drops_records_whose_folder_is_gone(incoming: Path, jobs: FakeJo
     incoming.mkdir(parents=True)
     (incoming / f"{'c' * 32}.json").write_text(json.dumps({**asdict(KEY_A), "started": 1.0}))
     write_arrival(incoming, "d" * 32, KEY_B, 2.0, ["z.dcm"])
-    g = Grouper(incoming, QUIET, jobs)
-    g.start()
-    try:
-        [job] = jobs.wait_for(1)
-    finally:
-        g.stop()
+    [job] = handed_after_start(Grouper(incoming, QUIET, jobs), jobs, 1)
     assert job.key == KEY_B
     assert records_gone(incoming) and list(incoming.iterdir()) == []
 
@@ -369,12 +363,7 @@ def test_a_recovered_send_waits_on_from_its_last_file_not_from_the_restart(
     old = time.time() - 700
     for path in (folder / "t1.dcm", folder):
         os.utime(path, (old, old))
-    g = recovering_grouper(incoming, jobs, {"T1"})
-    g.start()
-    try:
-        [job] = jobs.wait_for(1)
-    finally:
-        g.stop()
+    [job] = handed_after_start(recovering_grouper(incoming, jobs, {"T1"}), jobs, 1)
     assert job.verdict is not None and job.verdict.fail
     assert job.verdict.reason == "missing series: DWI"
     assert job.files == ["t1.dcm"] and job.started == 1000.0
