@@ -20,6 +20,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ BUCKETS: dict[str, dict[str, Any]] = {
     "Merge": {"merge_seconds": 6, "quiet_seconds": QUIET},
     "NoMerge": {"quiet_seconds": QUIET},
     "MergeNeeds": {**NEEDS, "wait_seconds": 60, "merge_seconds": 6},
+    "HeldEta": {"merge_seconds": 60, "quiet_seconds": QUIET},  # never runs in these tests
 }
 
 
@@ -251,3 +253,24 @@ def test_a_later_part_counts_the_types_of_the_held_job_it_joins(
     (job,) = finished(app, "MergeNeeds", study.uid)
     assert job["state"] == "done" and job["series_count"] == 3 and job["files"] == 6
     assert_manifest_is(app, job, study, ["t1", "dwi", "flair"])
+
+
+def test_the_eta_of_a_held_job_starts_when_its_hold_is_over(
+    app: InProcessBox, study: Study
+) -> None:
+    """A job held by merge_seconds is queued with queued_at ahead: its ETA starts then,
+    not now, though a worker is free."""
+    app.get("/code/php/timing.php", params={"aetitle": "HeldEta", "time": "100"})
+    storescu(app, "HeldEta", "SCANNER", study.folders["t1"])
+    (job,) = wait_for("the held job", lambda: jobs_of(app, "HeldEta", study.uid))
+    assert job["state"] == "queued"
+    held_until = when(job["queued_at"])
+    assert held_until > time.time()  # held: 60 s from its making
+    eta = job["eta"]
+    assert when(eta["starts_at"]) == pytest.approx(held_until, abs=2e-3)
+    assert when(eta["finishes_at"]) == pytest.approx(held_until + 100, abs=2e-3)
+    assert eta["ahead"] == 0 and eta["mean_seconds"] == 100.0
+
+
+def when(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
