@@ -133,14 +133,27 @@ class Heartbeat:
 # -- the checks ----------------------------------------------------------------------
 
 
-def echo(host: str, port: int, aet: str, timeout: float) -> PartState:
-    """C-ECHO the box's own AE title: a refused association still proves it listens."""
+def echo(host: str, port: int, aet: str, timeout: float, tries: int = 2) -> PartState:
+    """C-ECHO the box's own AE title, asked again before it counts as down: pynetdicom 3.0's
+    requestor can lose a quick answer (its reactor thread may take the response that
+    ``send_c_echo`` waits for), and one lost answer must not restart a working receiver."""
+    state = _echo_once(host, port, aet, timeout)
+    for _ in range(tries - 1):
+        if not state.down:
+            break
+        state = _echo_once(host, port, aet, timeout)
+    return state
+
+
+def _echo_once(host: str, port: int, aet: str, timeout: float) -> PartState:
+    """One C-ECHO: a refused association still proves the receiver listens."""
     ae = AE(ae_title=aet)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = timeout
     assoc = ae.associate(host, port, ae_title=aet)
     if assoc.is_established:
+        dimse.park_reactor(assoc)  # or pynetdicom's own thread may take a quick answer
         status = assoc.send_c_echo()
         assoc.release()
         if status and status.Status == 0:

@@ -139,20 +139,29 @@ class Link:
 
 
 def _park_threads(assoc: Association) -> None:
-    """Stop pynetdicom's two threads of this association without touching the socket.
-
-    The association thread is parked at its checkpoint (and made sure to be parked, not
-    merely between two looks at its flag); the DUL thread is told to end its loop.
-    """
-    assoc._reactor_checkpoint.clear()
-    while True:
-        while not assoc._is_paused:
-            time.sleep(0.0001)
-        time.sleep(0.005)  # the thread sleeps 1 ms per loop: past any gap by now
-        if assoc._is_paused:
-            break
+    """Stop pynetdicom's two threads of this association without touching the socket:
+    the association thread parked (:func:`park_reactor`), the DUL thread told to end."""
+    park_reactor(assoc)
     assoc.dul._kill_thread = True
     assoc.dul.join(5)
+
+
+def park_reactor(assoc: Association) -> None:
+    """Park pynetdicom's association thread at its checkpoint, and wait until it really
+    waits there (it sets ``_is_paused`` on every turn of its loop just before it looks).
+
+    pynetdicom 3.0's ``send_c_echo``/``send_c_store`` pause that thread too, but go on at
+    the first sight of the flag: a thread that had just passed the checkpoint then takes
+    the response meant for the call when the peer answers quickly, and the call waits its
+    DIMSE timeout for nothing (seen under load: the peer's log shows the answer). Call
+    this before them; they wake the thread again when they return.
+    """
+    checkpoint = assoc._reactor_checkpoint
+    checkpoint.clear()
+    # A thread blocked in Event.wait is one of its condition's waiters: exact, not a guess.
+    waiters = checkpoint._cond._waiters  # type: ignore[attr-defined]
+    while assoc.is_alive() and not waiters:
+        time.sleep(0.0001)
 
 
 def rejected(assoc: Association) -> bool:

@@ -169,6 +169,7 @@ def echo(target: Target) -> dict[str, object]:
     if assoc is None:
         return {"ok": False, "status": None, "message": report.error}
     try:
+        dimse.park_reactor(assoc)  # or pynetdicom's own thread may take a quick answer
         rsp = assoc.send_c_echo()
     finally:
         if assoc.is_established:

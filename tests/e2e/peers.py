@@ -22,6 +22,7 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from magickbox.routing import dimse
 from tests.conftest import BoxServer, copy_bucket, dcmtk
 
 logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
@@ -183,6 +184,7 @@ def associate(
 
 
 def store(assoc: Association, path: Path) -> int:
+    dimse.park_reactor(assoc)  # pynetdicom's own thread may otherwise take a quick answer
     status = assoc.send_c_store(path)
     assert "Status" in status, f"no C-STORE response for {path.name}"
     return int(status.Status)
@@ -203,6 +205,7 @@ def send_files(port: int, called: str, paths: Sequence[Path], calling: str = "PY
 def echo(port: int, called: str) -> int:
     assoc = associate(port, called, echo=True)
     try:
+        dimse.park_reactor(assoc)
         status = assoc.send_c_echo()
         return int(status.Status)
     finally:

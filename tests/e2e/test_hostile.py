@@ -22,6 +22,7 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import P_DATA_TF
 
+from magickbox.routing import dimse
 from magickbox.testing.dicomgen import (
     dataset_bytes,
     make_dataset,
@@ -229,6 +230,7 @@ def test_malformed_datasets_fail_and_the_association_carries_on(
     try:
         statuses = {name: store(assoc, path) for name, path in bad.items()}
         good_status = store(assoc, good)
+        dimse.park_reactor(assoc)  # see peers.store
         echo_status = assoc.send_c_echo().Status
     finally:
         assoc.release()

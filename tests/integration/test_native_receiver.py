@@ -457,3 +457,63 @@ def test_a_request_sent_one_byte_a_second_is_let_go_after_artim(
     assert peer.closed(3), "a request trickled a byte a second must not hold its thread"
     assert time.monotonic() - t0 < 8
     still_serves(edge)
+
+
+def _reactor_late_past_its_checkpoint(assoc: Association, late: float) -> None:
+    """Make pynetdicom's association thread linger ``late`` seconds between passing its
+    checkpoint and taking a message (as a busy machine now and then makes it)."""
+    checkpoint = assoc._reactor_checkpoint
+    wait = checkpoint.wait
+
+    def slow_wait(timeout: float | None = None) -> bool:
+        passed = wait(timeout)
+        until = time.monotonic() + late  # lingers until an answer is there (or ``late``)
+        while assoc.dimse.msg_queue.empty() and time.monotonic() < until:
+            time.sleep(0.005)
+        return passed
+
+    checkpoint.wait = slow_wait  # type: ignore[method-assign]
+    time.sleep(0.05)  # the thread's turns are slow ones now
+
+
+def _caller_late_to_its_answer(assoc: Association, late: float) -> None:
+    """Make the caller of send_c_store reach its wait for the answer ``late`` seconds after
+    sending (a busy machine's scheduling), so the answer is already there."""
+    get_msg = assoc.dimse.get_msg
+
+    def slow_get(block: bool = False):  # type: ignore[no-untyped-def]
+        if block:
+            time.sleep(late)
+        return get_msg(block)
+
+    assoc.dimse.get_msg = slow_get  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("parked", [True, False])
+def test_a_quick_c_store_answer_reaches_a_pynetdicom_requestor_whose_thread_is_parked(
+    edge: InProcessBox, image: tuple[str, bytes], tmp_path: Path, parked: bool
+) -> None:
+    """pynetdicom 3.0's send_c_store pauses its association thread but goes on at the first
+    sight of its pause flag; a thread that was only passing by then takes the box's quick
+    answer and the call waits its DIMSE timeout for nothing (the box had answered).
+    dimse.park_reactor makes sure the thread is parked first (the second case shows the
+    race is still in pynetdicom, so the workaround is still needed)."""
+    study = write_study(tmp_path / "q", n_images=1, rows=16, cols=16, transfer_syntax=EXPLICIT_LE)
+    sop_class = str(pydicom.dcmread(study.paths[0], stop_before_pixels=True).SOPClassUID)
+    ae = AE(ae_title="QUICK")
+    ae.add_requested_context(sop_class, EXPLICIT_LE)
+    ae.acse_timeout = ae.network_timeout = 30
+    ae.dimse_timeout = 3
+    assoc = ae.associate("127.0.0.1", edge.dicom_port, ae_title="Edge")
+    assert assoc.is_established
+    try:
+        _reactor_late_past_its_checkpoint(assoc, 1.0)
+        _caller_late_to_its_answer(assoc, 0.3)
+        if parked:
+            dimse.park_reactor(assoc)
+        answer = assoc.send_c_store(study.paths[0])
+    finally:
+        assoc.abort()
+    assert ("Status" in answer) == parked, answer
+    if parked:
+        assert answer.Status == 0

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from magickbox import heartbeat
 from magickbox.disk import DiskStatus
 from magickbox.events import DiskLow, EventBus, ImageReceived, PartRestarted
 from magickbox.heartbeat import DOWN, LOW, OK, Heartbeat, PartState, disk
@@ -148,3 +149,22 @@ def test_the_disk_is_down_while_below_the_reserve_and_told_as_low(tmp_path: Path
     lows = recorded(bus, DiskLow)
     Heartbeat({"disk": lambda: below}, {}, bus, 0).run_once()
     assert lows == [DiskLow(5, 100)]
+
+
+def test_one_lost_echo_answer_is_asked_again_before_the_receiver_counts_as_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pynetdicom 3.0's requestor can lose a quick C-ECHO response (its reactor thread takes
+    it): the heartbeat asks a second time, and only two lost answers in a row are "down"."""
+    answers: list[PartState] = []
+
+    def once(host: str, port: int, aet: str, timeout: float) -> PartState:
+        return answers.pop(0)
+
+    monkeypatch.setattr(heartbeat, "_echo_once", once)
+    answers[:] = [PartState(DOWN, "lost"), PartState(OK, "answered")]
+    assert heartbeat.echo("127.0.0.1", 104, "BOX", 1.0).state == OK and not answers
+    answers[:] = [PartState(DOWN, "lost"), PartState(DOWN, "lost again")]
+    assert heartbeat.echo("127.0.0.1", 104, "BOX", 1.0).detail == "lost again" and not answers
+    answers[:] = [PartState(OK, "answered"), PartState(DOWN, "never asked")]
+    assert heartbeat.echo("127.0.0.1", 104, "BOX", 1.0).state == OK and len(answers) == 1

@@ -125,3 +125,20 @@ def test_a_rejection_pynetdicom_reports_as_an_abort_is_still_a_rejection(
     monkeypatch.undo()
     accepted = Association(AE(), mode="requestor")
     assert not dimse.rejected(accepted)
+
+
+def test_a_thread_waiting_on_an_event_is_one_of_its_waiters() -> None:
+    """dimse.park_reactor knows pynetdicom's thread is parked from the checkpoint Event's
+    condition's waiters (CPython's threading): that must still hold."""
+    event = threading.Event()
+    assert not event._cond._waiters  # type: ignore[attr-defined]
+    waiter = threading.Thread(target=event.wait, daemon=True)
+    waiter.start()
+    for _ in range(2000):
+        if event._cond._waiters:  # type: ignore[attr-defined]
+            break
+        threading.Event().wait(0.001)
+    assert event._cond._waiters, "a thread in Event.wait is not among its condition's waiters"  # type: ignore[attr-defined]
+    event.set()
+    waiter.join(5)
+    assert not event._cond._waiters  # type: ignore[attr-defined]
