@@ -25,6 +25,7 @@ from magickbox.auth.roles import Role
 from magickbox.routing.rules import NO_PROC_JSON
 from magickbox.testing.dicomgen import write_study
 from tests.conftest import BoxServer, copy_bucket, free_port
+from tests.e2e.browser import logged_in_page
 from tests.e2e.peers import QUICK, api_job, api_jobs, wait_for
 from tests.e2e.test_page import SHOTS, WAIT_MS
 
@@ -131,15 +132,9 @@ def page(browser, site: Site) -> Iterator:  # type: ignore[no-untyped-def]
 def _page(browser, viewport: dict, site: Site, **kw: object) -> Iterator:  # type: ignore[no-untyped-def]
     # Logged in as an admin, by the session cookie a login gives (the login form itself is
     # test_security.py's).
-    ctx = browser.new_context(viewport=viewport, accept_downloads=True, **kw)
-    ctx.add_cookies([site.cookie])
-    pg = ctx.new_page()
-    pg.set_default_timeout(WAIT_MS)
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield pg
-    ctx.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    with logged_in_page(browser, site.cookie, WAIT_MS, viewport=viewport,
+                        accept_downloads=True, **kw) as pg:  # fmt: skip
+        yield pg
 
 
 def shot(pg, name: str) -> None:  # type: ignore[no-untyped-def]

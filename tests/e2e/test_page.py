@@ -20,6 +20,7 @@ import pytest
 from magickbox.auth.roles import Role
 from magickbox.testing.dicomgen import write_study
 from tests.conftest import BoxServer, copy_bucket
+from tests.e2e.browser import logged_in_page
 from tests.e2e.peers import QUICK, api_jobs, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.long]
@@ -92,15 +93,11 @@ def _finished(box: BoxServer) -> int:
 
 @pytest.fixture
 def page(browser, site: Site) -> Iterator:  # type: ignore[no-untyped-def]
-    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
-    ctx.add_cookies([site.cookie])  # logged in as an admin (the login form: test_security.py)
-    pg = ctx.new_page()
-    pg.set_default_timeout(WAIT_MS)
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield pg
-    ctx.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    # logged in as an admin (the login form: test_security.py)
+    viewport = {"width": 1280, "height": 800}
+    with logged_in_page(browser, site.cookie, WAIT_MS, viewport=viewport,
+                        accept_downloads=True) as pg:  # fmt: skip
+        yield pg
 
 
 def shot(pg, name: str) -> None:  # type: ignore[no-untyped-def]

@@ -11,6 +11,7 @@ import pytest
 from magickbox.auth.roles import Role
 from magickbox.testing.dicomgen import write_study
 from tests.conftest import BoxServer, copy_bucket
+from tests.e2e.browser import logged_in_page
 from tests.e2e.peers import QUICK, api_jobs, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.long]
@@ -43,13 +44,8 @@ def test_the_job_view_links_the_other_part_and_the_link_opens_it(
     browser, served: tuple[BoxServer, list[str]]  # type: ignore[no-untyped-def]
 ) -> None:
     box, (first, second) = served
-    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
-    ctx.add_cookies([box.login_cookie("partsview", "parts page password")])
-    pg = ctx.new_page()
-    pg.set_default_timeout(60_000)
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    try:
+    cookie = box.login_cookie("partsview", "parts page password")
+    with logged_in_page(browser, cookie, viewport={"width": 1280, "height": 800}) as pg:
         pg.goto(f"{box.url}/#/job/{first}")
         link = pg.locator("#jparts a")
         link.wait_for()
@@ -60,7 +56,4 @@ def test_the_job_view_links_the_other_part_and_the_link_opens_it(
         )
         pg.locator("#jparts a").wait_for()
         assert pg.locator("#jparts a").inner_text() == first
-    finally:
-        ctx.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
 
