@@ -214,17 +214,10 @@ def run_argv(
         f"{LABEL_HOME}={spec.home}",
         "--user",
         "0:0" if spec.as_root else f"{uid}:{gid}",
-        "-v",
-        f"{input_dir}:/input:ro",
-        "-v",
-        f"{output_dir}:/output",
-        "-v",
-        f"{spec.memory_dir}:/memory",
+        *_flagged("-v", mounts(spec, input_dir, output_dir)),
         "-w",
         "/output",
     ]
-    if spec.series_json is not None:
-        args += ["-v", f"{spec.series_json}:{SERIES_JSON}:ro"]
     if not spec.network:
         args += ["--network", "none"]
     if spec.cpus:
@@ -248,17 +241,10 @@ def apptainer_argv(
     args = [
         "exec",
         "--containall",
-        "--bind",
-        f"{input_dir}:/input:ro",
-        "--bind",
-        f"{output_dir}:/output",
-        "--bind",
-        f"{spec.memory_dir}:/memory",
+        *_flagged("--bind", mounts(spec, input_dir, output_dir)),
         "--pwd",
         "/output",
     ]
-    if spec.series_json is not None:
-        args += ["--bind", f"{spec.series_json}:{SERIES_JSON}:ro"]
     if not spec.network:
         args += ["--net", "--network", "none"]
     if spec.cpus:
@@ -271,6 +257,20 @@ def apptainer_argv(
         args += ["--env", f"{key}={value}"]
     args += [*spec.engine.run_args, spec.image, *spec.command, *arguments]
     return spec.engine.argv(*args)
+
+
+def mounts(spec: ContainerSpec, input_dir: Path, output_dir: Path) -> list[str]:
+    """``host:container[:ro]`` of every folder a job's container sees, whatever the engine:
+    INPUT read-only at /input, /output, /memory, and the series manifest read-only."""
+    found = [f"{input_dir}:/input:ro", f"{output_dir}:/output", f"{spec.memory_dir}:/memory"]
+    if spec.series_json is not None:
+        found.append(f"{spec.series_json}:{SERIES_JSON}:ro")
+    return found
+
+
+def _flagged(flag: str, values: list[str]) -> list[str]:
+    """``[flag, v1, flag, v2, ...]``: an engine's repeated option."""
+    return [item for value in values for item in (flag, value)]
 
 
 def gpu_args(engine: Engine, gpus: str) -> list[str]:
