@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -75,7 +76,12 @@ def test_two_boxes_on_one_host_are_each_found_with_their_own_address(
         box_a.stop()
         raise
     try:
-        rows = {r["Port"]: r for r in browse(2.0, ["127.0.0.1"])}
+        # Browsed again until both answered (or 20 s): on a loaded machine, with other
+        # tests' boxes announcing too, one 2 s look does not always hear both.
+        deadline = time.monotonic() + 20
+        rows: dict[str, dict] = {}
+        while not {str(port_a), str(port_b)} <= set(rows) and time.monotonic() < deadline:
+            rows.update({r["Port"]: r for r in browse(2.0, ["127.0.0.1"])})
     finally:
         box_a.stop()
         box_b.stop()
