@@ -50,6 +50,10 @@ RESULTS = HERE / "results"
 # pip's pynetdicom installs "storescu"/"storescp" scripts that may shadow dcmtk on PATH.
 STORESCU = "/usr/bin/storescu"
 STORESCP = "/usr/bin/storescp"
+# Nothing received is deleted until the run ends: on ext4, files deleted just before make
+# the next creates slow (the inode allocator skips recently freed inodes, a search that
+# showed as ~30 % of the receiver's CPU in a kernel profile), and which receiver ran
+# after a deletion would decide the figures.
 NATIVE = {"MAGICKBOX_RECEIVER": "native"}  # "ours" (the default is still pynetdicom's)
 BUCKET = "ProcBucket"  # the seed's called AE title; its work.sh is replaced by a no-op
 LATENCY_BUCKET = "Latency"
@@ -246,6 +250,10 @@ class Box(BoxServer):
             time.sleep(0.2)
         raise RuntimeError("the box did not settle")
 
+    def files(self) -> int:
+        """Files in all the box's jobs so far."""
+        return sum(j["files"] for j in self.jobs())
+
     def clear(self) -> None:
         """Delete every job and the archive, so that each measurement starts alike."""
         for job in self.jobs():
@@ -290,10 +298,10 @@ class OursTarget(Target):
 
     @contextlib.contextmanager
     def session(self, corpus: Corpus) -> Iterator[tuple[int, int]]:
+        before = self.box.files()  # earlier runs' jobs stay until the end (see the top)
         yield self.box.dicom_port, self.box.pid
-        jobs = self.box.settle(corpus.files)
-        got = sum(j["files"] for j in jobs)
-        self.box.clear()
+        jobs = self.box.settle(before + corpus.files)
+        got = sum(j["files"] for j in jobs) - before
         if got != corpus.files:
             raise RuntimeError(f"{self.key}: {got} of {corpus.files} files became jobs")
 
@@ -326,8 +334,7 @@ class ProcessTarget(Target):
             if got != corpus.files:
                 raise RuntimeError(f"{self.key}: received {got} of {corpus.files} files")
         finally:
-            stop_process(proc)
-            shutil.rmtree(out, ignore_errors=True)
+            stop_process(proc)  # its folder stays until the end (see the top)
 
 
 class StorescpTarget(ProcessTarget):
@@ -514,9 +521,9 @@ def measure_concurrent(ours: Box, work: Path, corpus: Corpus, n: int, reps: int)
     times: dict[str, list[float]] = {"ours": [], "storescp --fork": []}
     fork = ForkStorescpTarget("storescp-fork", "dcmtk storescp --fork", work)
     for rep in range(reps):
+        before = ours.files()
         seconds = send_concurrently(ours.dicom_port, corpus.path, n)
-        got = sum(j["files"] for j in ours.settle(n * corpus.files))
-        ours.clear()
+        got = sum(j["files"] for j in ours.settle(before + n * corpus.files)) - before
         if got != n * corpus.files:
             raise RuntimeError(f"ours: {got} of {n * corpus.files} files became jobs")
         times["ours"].append(seconds)
@@ -530,8 +537,7 @@ def measure_concurrent(ours: Box, work: Path, corpus: Corpus, n: int, reps: int)
             if count_files(out) != n * corpus.files:
                 raise RuntimeError(f"storescp --fork: {count_files(out)} of {n * corpus.files}")
         finally:
-            stop_process(proc)
-            shutil.rmtree(out, ignore_errors=True)
+            stop_process(proc)  # its folder stays until the end (see the top)
         log(f"rep {rep + 1}/{reps} {n} associations x {corpus.name}: "
             + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))  # fmt: skip
     rates = {k: n * corpus.files / (median(v) or 1) for k, v in times.items()}

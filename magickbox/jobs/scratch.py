@@ -15,6 +15,8 @@ Name checks (job folder names, UIDs) live in :mod:`magickbox.names`.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import filecmp
 import itertools
 import json
@@ -22,6 +24,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -128,20 +131,61 @@ def place_file(src: Path, folder: Path, name: str) -> str:
     for n in itertools.count(1):
         target = folder / (name if n == 1 else f"{stem}-{n}{suffix}")
         try:
-            os.link(src, target)  # atomic and never replaces, unlike a rename
+            _move_new(src, target)
         except FileExistsError:
             if filecmp.cmp(src, target, shallow=False):
                 os.replace(src, target)
                 return target.name
             continue
-        except OSError:  # a filesystem without hard links: no race-free check, rename
-            if target.exists():
-                continue
-            os.replace(src, target)
-            return target.name
-        src.unlink()
         return target.name
     raise AssertionError("unreachable")
+
+
+def _load_renameat2() -> Callable[[Path, Path], None] | None:
+    """rename(2) that fails where the target exists (Linux 3.15+, glibc 2.28+), if here."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+
+    def rename_new(src: Path, target: Path) -> None:
+        if call(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(target), RENAME_NOREPLACE):
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), str(target))  # FileExistsError for EEXIST
+
+    return rename_new
+
+
+AT_FDCWD, RENAME_NOREPLACE = -100, 1
+_renameat2 = _load_renameat2()
+
+
+def _move_new(src: Path, target: Path) -> None:
+    """Move ``src`` to ``target``, which must not exist (FileExistsError if it does).
+
+    One renameat2 call where the kernel and filesystem have it; else a hard link (atomic,
+    never replaces) and an unlink; else, on a filesystem without hard links, a check and a
+    rename (not race-free, but nothing better is there).
+    """
+    if _renameat2 is not None:
+        try:
+            _renameat2(src, target)
+            return
+        except OSError as exc:  # EEXIST included: re-raised as FileExistsError
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS):  # not "unsupported here"
+                raise
+    try:
+        os.link(src, target)
+    except FileExistsError:
+        raise
+    except OSError:
+        if target.exists():
+            raise FileExistsError(errno.EEXIST, "File exists", str(target)) from None
+        os.replace(src, target)
+        return
+    src.unlink()
 
 
 def move_files(src: Path, dest: Path) -> dict[str, str]:

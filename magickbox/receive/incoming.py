@@ -1,11 +1,17 @@
 """The data set of one C-STORE while it arrives on the native receiver.
 
-A data set up to ``MEMORY`` bytes (every CT and MR slice) stays in one buffer that the
-association reuses: it is walked there, and only a data set that passed is written, with
-its file meta, in one system call. A larger one spills to its file as it comes, so the
-memory of an association stays bounded whatever length a peer declares. Either way the
-file is complete in ``scratch/.partial`` before it moves into its arrival, and a start
-removes whatever is left in ``.partial`` (nothing there was ever acknowledged).
+Each data set goes to its file in ``scratch/.partial`` as it comes, in ``FLUSH``-sized
+writes (the first one led by the file meta we write), so the disk works while the rest is
+still on the wire and nothing is written twice. Its first ``MEMORY`` bytes (every CT and
+MR slice) also stay in one buffer that the association reuses: the structure walk reads
+them there instead of reading the file back. A larger data set *spills*: the buffer is
+left behind, its file is walked once it is complete, and the memory of an association
+stays bounded whatever length a peer declares.
+
+The file a data set fills is made before its request comes (a :class:`Spare`, created
+while the association waits for the peer), so creating it costs the sender no time. A
+file is complete in ``.partial`` before it moves into its arrival, and a start removes
+whatever is left there (nothing in it was ever acknowledged).
 """
 
 from __future__ import annotations
@@ -14,45 +20,83 @@ import contextlib
 import itertools
 import os
 from pathlib import Path
-from typing import BinaryIO
 
-MEMORY = 1 << 21  # bytes of a data set held in memory; larger ones stream to their file
+MEMORY = 1 << 21  # bytes of a data set held in memory; larger ones are walked from their file
+FLUSH = 1 << 16  # bytes gathered before a write: few system calls, the disk kept busy
 FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _serial = itertools.count(1)  # next() on a count is atomic under the GIL
+_pid = os.getpid()  # getpid() is a system call each time; a forked child learns its own
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def partial_path(folder: Path) -> Path:
     """A new name in ``.partial`` (unique in this process; a start empties the folder)."""
-    return folder / f"{os.getpid()}-{next(_serial)}.part"
+    return folder / f"{_pid}-{next(_serial)}.part"
 
 
-def write_file(path: Path, parts: list[bytes | memoryview]) -> None:
-    """Create ``path`` holding ``parts``: one writev for the usual case."""
-    fd = os.open(path, FLAGS, 0o600)
-    try:
-        views = [memoryview(part).cast("B") for part in parts]
-        while views:
-            done = os.writev(fd, views)
-            while views and done >= len(views[0]):
-                done -= len(views[0])
-                views.pop(0)
-            if views:
-                views[0] = views[0][done:]
-    finally:
-        os.close(fd)
+def write_all(fd: int, parts: list[memoryview]) -> None:
+    """Write ``parts`` (byte views) to ``fd`` in order: one writev for the usual case."""
+    views = list(parts)
+    while views:
+        done = os.writev(fd, views)
+        while views and done >= len(views[0]):
+            done -= len(views[0])
+            views.pop(0)
+        if views:
+            views[0] = views[0][done:]
+
+
+class Spare:
+    """An empty file in ``.partial``, made ahead for the next data set to fill."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = partial_path(folder)
+        self.error: OSError | None = None  # the file could not be made: answered A700
+        try:
+            self.fd = os.open(self.path, FLAGS, 0o600)
+        except OSError as exc:
+            self.fd, self.error = -1, exc
+
+    def close(self) -> None:
+        """Close the file (once; it stays where it is)."""
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def discard(self) -> None:
+        """Close and remove the file: it will never hold an acknowledged data set."""
+        with contextlib.suppress(OSError):
+            self.close()
+        self.path.unlink(missing_ok=True)
 
 
 class Incoming:
-    """One data set as its fragments arrive: in ``memory``, or past it in its file."""
+    """One data set as its fragments arrive, written to ``spare``'s file as they come.
 
-    def __init__(self, memory: bytearray, meta: bytes, folder: Path) -> None:
+    A write that fails (ENOSPC and the like) is kept in ``error``: the rest of the data set
+    is read and dropped, and the C-STORE is answered A700.
+    """
+
+    def __init__(self, memory: bytearray, meta: bytes, spare: Spare) -> None:
         self.view = memoryview(memory)
+        self.meta = memoryview(meta)
+        self.spare = spare
         self.size = 0  # bytes of the data set so far
-        self.meta = meta  # the preamble and file meta the file starts with
-        self.folder = folder
-        self.path: Path | None = None  # set once the data set spilled to its file
-        self.fh: BinaryIO | None = None
-        self.error: OSError | None = None  # of the spilled file's writes: answer A700
+        self.flushed = 0  # of which written to the file
+        self.meta_written = False
+        self.spilled = False  # larger than memory: walked from its file
+        self.error = spare.error
+
+    @property
+    def path(self) -> Path:
+        return self.spare.path
 
     @property
     def data(self) -> memoryview:
@@ -61,52 +105,50 @@ class Incoming:
 
     def room(self, n: int) -> memoryview | None:
         """Where the next ``n`` bytes can be received straight into, if they fit in memory."""
-        if self.path is None and self.size + n <= len(self.view):
+        if not self.spilled and self.size + n <= len(self.view):
             return self.view[self.size : self.size + n]
         return None
 
     def advance(self, n: int) -> None:
         """``n`` bytes were received into :meth:`room`."""
         self.size += n
+        if self.size - self.flushed >= FLUSH:
+            self._write(self.view[self.flushed : self.size])
+            self.flushed = self.size
 
     def put(self, chunk: memoryview) -> None:
+        """The next bytes of the data set, from the association's inbox."""
         end = self.size + len(chunk)
-        if self.path is None:
-            if end <= len(self.view):
-                self.view[self.size : end] = chunk
-                self.size = end
-                return
-            self._spill()
-        if self.error is None and self.fh is not None:
-            try:
-                self.fh.write(chunk)
-            except OSError as exc:  # ENOSPC and the like: read on, answer A700 at the end
-                self.error = exc
-        self.size = end
+        if not self.spilled and end <= len(self.view):
+            self.view[self.size : end] = chunk
+            self.advance(len(chunk))
+            return
+        if not self.spilled:  # what memory holds goes first; from now on straight to disk
+            self.spilled = True
+            self._write(self.view[self.flushed : self.size])
+        self._write(chunk)
+        self.size = self.flushed = end
 
-    def _spill(self) -> None:
-        self.path = partial_path(self.folder)
+    def _write(self, part: memoryview) -> None:
+        if self.error is not None:
+            return
+        parts = [part] if self.meta_written else [self.meta, part]
         try:
-            self.fh = open(self.path, "xb", buffering=1 << 20)  # noqa: SIM115 (closed in finish)
-            self.fh.write(self.meta)
-            self.fh.write(self.view[: self.size])
-        except OSError as exc:
+            write_all(self.spare.fd, parts)
+        except OSError as exc:  # read on; answered A700 once the data set is complete
             self.error = exc
+        self.meta_written = True
 
     def finish(self) -> None:
-        """Close the spilled file (its last buffered bytes are written now)."""
-        if self.fh is not None:
-            fh, self.fh = self.fh, None
-            try:
-                fh.close()
-            except OSError as exc:
-                self.error = self.error or exc
+        """The data set is complete: write what is left and close its file."""
+        if self.size > self.flushed or not self.meta_written:
+            self._write(self.view[self.flushed : self.size])
+            self.flushed = self.size
+        try:
+            self.spare.close()
+        except OSError as exc:
+            self.error = self.error or exc
 
     def discard(self) -> None:
-        """Forget a data set that will never be acknowledged (the peer is gone)."""
-        if self.fh is not None:
-            with contextlib.suppress(OSError):
-                self.fh.close()
-            self.fh = None
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
+        """Forget a data set that will never be acknowledged."""
+        self.spare.discard()

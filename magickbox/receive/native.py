@@ -31,12 +31,13 @@ from pydicom.uid import AllTransferSyntaxes
 from magickbox import disk, wire
 from magickbox.receive import acse
 from magickbox.receive.admission import VERIFICATION, Request, admit
-from magickbox.receive.incoming import MEMORY, Incoming, partial_path, write_file
+from magickbox.receive.incoming import MEMORY, Incoming, Spare
 from magickbox.receive.intake import (
     CANNOT_UNDERSTAND,
     NOT_KEPT,
     OUT_OF_RESOURCES,
     SUCCESS,
+    Checked,
     Peer,
     ReceiverBase,
     refused,
@@ -260,6 +261,7 @@ class Association:
         self.peer_max = 0
         self.deadline = 0.0
         self.incoming: Incoming | None = None  # the data set of the C-STORE under way
+        self.spare: Spare | None = None  # the file the next data set will fill
         self.memory: bytearray | None = None  # the data sets' buffer, made at the first
         # What has come from the socket and is not yet used: inbox[head:tail]. One recv
         # usually brings several PDV headers and fragments, so most reads make no call.
@@ -403,55 +405,50 @@ class Association:
         if self.memory is None:
             self.memory = bytearray(MEMORY)
         meta = file_meta(request.sop_class, request.sop_instance, syntax, self.peer.calling)
-        self.incoming = Incoming(self.memory, meta, self.rx.settings.partial)
+        spare, self.spare = self.spare or Spare(self.rx.settings.partial), None
+        self.incoming = Incoming(self.memory, meta, spare)
         return request
 
     def _stored(self, context_id: int, request: wire.Command) -> None:
         """Answer a complete data set: checked, on disk and in its arrival first."""
         incoming, self.incoming = self.incoming, None
         assert incoming is not None
-        if incoming.path is not None:  # spilled to its file while it came
-            self._respond(context_id, request, self._stored_spilled(context_id, request,
-                                                                    incoming))  # fmt: skip
-            return
+        incoming.finish()
+        status, checked = self._verdict(context_id, request, incoming)
+        self._respond(context_id, request, status)
+        if checked is not None:  # the metrics can wait until the sender has its answer
+            self.rx.intake.received(checked, self.peer)
+        # The next data set's file is made now, while the peer reads the answer and
+        # sends its next request, not when that request has come.
+        self.spare = Spare(self.rx.settings.partial)
+
+    def _verdict(
+        self, context_id: int, request: wire.Command, incoming: Incoming
+    ) -> tuple[int, Checked | None]:
+        """The C-STORE status of a data set in its file (and, when it was walked in memory
+        and kept, what it was kept as: its metrics are published after the answer)."""
         intake, settings = self.rx.intake, self.rx.settings
+        if incoming.error is not None:  # the disk filled while writing: not acknowledged
+            log.error("could not write a data set from %s: %s", self._who(), incoming.error)
+            incoming.discard()
+            return OUT_OF_RESOURCES, None
         syntax = self.contexts[context_id].transfer_syntax
+        if incoming.spilled:  # larger than memory: walked from its file
+            if disk.refused_store(incoming.path, settings):  # below the reserve
+                return OUT_OF_RESOURCES, None
+            return intake.store(incoming.path, syntax, request.sop_instance, self.peer,
+                                id(self)), None  # fmt: skip
         try:
             walked = walk_buffer(incoming.data, syntax, intake.capture)
             checked = intake.examine(walked, request.sop_instance, self.peer, incoming.size)
         except NOT_KEPT as exc:
             refused(self.peer, request.sop_instance, exc, logging.WARNING)
-            self._respond(context_id, request, CANNOT_UNDERSTAND)
-            return
-        path = partial_path(settings.partial)
-        try:
-            write_file(path, [incoming.meta, incoming.data])
-        except OSError as exc:  # the disk is full: not acknowledged, the sender may retry
-            log.error("could not write a data set from %s: %s", self._who(), exc)
-            path.unlink(missing_ok=True)
-            self._respond(context_id, request, OUT_OF_RESOURCES)
-            return
-        if disk.refused_store(path, settings):  # the disk went below its reserve
-            self._respond(context_id, request, OUT_OF_RESOURCES)
-            return
-        status = intake.keep(path, checked, self.peer, id(self))
-        self._respond(context_id, request, status)
-        if status == SUCCESS:  # the metrics can wait until the sender has its answer
-            intake.received(checked, self.peer)
-
-    def _stored_spilled(self, context_id: int, request: wire.Command, incoming: Incoming) -> int:
-        """The status of a data set larger than memory, written to its file as it came."""
-        assert incoming.path is not None
-        incoming.finish()
-        if incoming.error is not None:  # the disk filled while writing: not acknowledged
-            log.error("could not write a data set from %s: %s", self._who(), incoming.error)
-            incoming.path.unlink(missing_ok=True)
-            return OUT_OF_RESOURCES
-        if disk.refused_store(incoming.path, self.rx.settings):  # below the reserve
-            return OUT_OF_RESOURCES
-        syntax = self.contexts[context_id].transfer_syntax
-        return self.rx.intake.store(incoming.path, syntax, request.sop_instance, self.peer,
-                                    id(self))  # fmt: skip
+            incoming.discard()
+            return CANNOT_UNDERSTAND, None
+        if disk.refused_store(incoming.path, settings):  # the disk went below its reserve
+            return OUT_OF_RESOURCES, None
+        status = intake.keep(incoming.path, checked, self.peer, id(self))
+        return status, checked if status == SUCCESS else None
 
     def _respond(self, context_id: int, request: wire.Command, status: int) -> None:
         self.conn.sendall(wire.pdv(context_id, wire.COMMAND_BIT | wire.LAST_BIT,
@@ -518,10 +515,8 @@ class Association:
             left = self.deadline - time.monotonic()
             if left <= 0:
                 raise PeerGone("timed out")
-            # settimeout costs a system call: only when the deadline moved by a second
-            if abs(self.timeout - left) > 1.0:
-                self.timeout = left
-                self.conn.settimeout(left)
+            if abs(self.timeout - left) > 1.0:  # a system call: only when it moved a second
+                self._set_timeout(left)
             if QUICKACK is not None:
                 # A sender with Nagle's algorithm on (dcmtk without TCP_NODELAY=1) holds the
                 # tail of a PDU until its data is acknowledged, while Linux delays the ACK
@@ -531,11 +526,27 @@ class Association:
                     self.conn.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
             try:
                 got = self.conn.recv_into(view)
-            except TimeoutError:
+            except (TimeoutError, BlockingIOError):
                 continue  # the deadline decides, at the top
             if not got:
                 raise PeerGone("the peer closed the connection")
             return got
+
+    def _set_timeout(self, seconds: float) -> None:
+        """Bound each read and write of the socket by ``seconds``.
+
+        A Python socket timeout makes every recv and send a poll() first; a plain socket
+        stays blocking and the kernel keeps the time (SO_RCVTIMEO, SO_SNDTIMEO: a call
+        past it fails with EAGAIN), one system call per read. TLS keeps Python's timeout.
+        """
+        self.timeout = seconds
+        if self.tls is not None:
+            self.conn.settimeout(seconds)
+            return
+        whole = int(seconds)
+        limit = struct.pack("@ll", whole, int((seconds - whole) * 1e6))
+        self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+        self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
 
     def _linger(self) -> None:
         """After a rejection or a release the requestor closes the connection (PS3.8 9.1,
@@ -564,6 +575,8 @@ class Association:
 
     def _close(self) -> None:
         self._discard_partial()
+        if self.spare is not None:
+            self.spare.discard()
         if self.slot:
             self.rx.give_slot()
             self.rx.grouper.association_closed(id(self))

@@ -255,6 +255,8 @@ _STRUCTS = {
     little: (struct.Struct(e + "HHL"), struct.Struct(e + "H"), struct.Struct(e + "L"))
     for little, e in ((True, "<"), (False, ">"))
 }
+# An explicit VR element header in one unpack: group, element, VR, 2-byte length
+_EXPLICIT = {little: struct.Struct(e + "HH2sH") for little, e in ((True, "<"), (False, ">"))}
 
 
 class _Walker:
@@ -263,6 +265,7 @@ class _Walker:
         self.implicit = implicit
         # tag (group, element) and 4-byte length; 2-byte length; 4-byte length
         self.header, self.short, self.long = _STRUCTS[little]
+        self.little = little
         self.capture: frozenset[int] = frozenset()
         self.header_out = Header(implicit=implicit, little=little)
 
@@ -317,27 +320,26 @@ class _Walker:
         unpacked where they lie (the receiver walks every data set this way, so this loop
         is its per-element cost); sequences and undefined lengths go the common way."""
         data, size, pos = r.data, r.size, r.pos
-        unpack, short = self.header.unpack_from, self.short.unpack_from
+        unpack, explicit = self.header.unpack_from, _EXPLICIT[self.little].unpack_from
         long_ = self.long.unpack_from
         capture, out, implicit = self.capture, self.header_out, self.implicit
+        vr = b""
         while pos < size:
             if pos + 8 > size:
                 raise Malformed("the data set ends inside an element header or a sequence")
-            group, element, length = unpack(data, pos)
+            if implicit:
+                group, element, length = unpack(data, pos)
+            else:  # a delimiter has no VR: it is refused below whatever these bytes say
+                group, element, vr, length = explicit(data, pos)
             tag = group << 16 | element
             if tag in DELIMITERS:
                 raise Malformed(f"a delimiter ({tag:08X}) where an element should be")
             pos += 8
-            vr = b""
-            if not implicit:
-                vr = bytes(data[pos - 4 : pos - 2])
-                if vr in LONG_VRS:
-                    if pos + 4 > size:
-                        raise Malformed("the data set ends inside an element header")
-                    (length,) = long_(data, pos)
-                    pos += 4
-                else:
-                    (length,) = short(data, pos - 2)
+            if vr in LONG_VRS:
+                if pos + 4 > size:
+                    raise Malformed("the data set ends inside an element header")
+                (length,) = long_(data, pos)
+                pos += 4
             if length == UNDEFINED or vr == b"SQ":
                 r.pos = pos
                 if length == UNDEFINED:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from magickbox.jobs import scratch
 from magickbox.jobs.scratch import link_into_archive
 from magickbox.names import check_scratchdir
@@ -112,3 +114,30 @@ def test_a_job_made_from_the_archive_goes_back_without_leftovers(tmp_path: Path)
     assert (staged / "a.dcm").stat().st_ino == (archive / "a.dcm").stat().st_ino
     link_into_archive(staged, archive)  # the new job's INPUT is archived again
     assert sorted(p.name for p in archive.iterdir()) == [".b.dcm.lnk", "a.dcm", "link.dcm"]
+
+
+@pytest.mark.parametrize("way", ["renameat2", "link+unlink"])
+def test_place_file_never_replaces_another_data_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, way: str
+) -> None:
+    if way == "renameat2":
+        assert scratch._renameat2 is not None  # Linux with glibc 2.28+: the usual path
+    else:  # an older libc: the hard-link fallback keeps the same promise
+        monkeypatch.setattr(scratch, "_renameat2", None)
+    folder = tmp_path / "arrival"
+    folder.mkdir()
+
+    def incoming(data: bytes) -> Path:
+        src = tmp_path / f"{len(list(tmp_path.iterdir()))}.part"
+        src.write_bytes(data)
+        return src
+
+    first, retry, other = incoming(b"one"), incoming(b"one"), incoming(b"two")
+    assert scratch.place_file(first, folder, "1.2.3.dcm") == "1.2.3.dcm"
+    assert scratch.place_file(retry, folder, "1.2.3.dcm") == "1.2.3.dcm"  # the same bytes
+    assert scratch.place_file(other, folder, "1.2.3.dcm") == "1.2.3-2.dcm"  # kept apart
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == {
+        "1.2.3.dcm": b"one",
+        "1.2.3-2.dcm": b"two",
+    }
+    assert not first.exists() and not retry.exists() and not other.exists()
