@@ -5,7 +5,9 @@ uploads, the database by default). Below the reserve (``disk_reserve``: bytes or
 percentage of the filesystem) the receiver refuses new associations (transient, "local
 limit exceeded") and answers C-STOREs with A700, uploads are answered 507 before their
 body is read, and the page and ``/api/v1/health`` say so. Nothing is latched: every
-question reads the filesystem anew, so freeing space resumes everything without a restart.
+question reads the filesystem anew (the receiver's per-image question may reuse a look
+of the last 0.1 s while far above the reserve), so freeing space resumes everything
+without a restart.
 
 A full disk while pynetdicom writes an incoming data set (ENOSPC) must not kill the
 association's thread: :class:`GuardedTemporaryFile` takes pynetdicom's temporary file's
@@ -23,6 +25,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,12 @@ log = logging.getLogger(__name__)
 REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED = 0x02, 0x03, 0x02
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 RESUME_MARGIN = 10  # once low, data is taken again at reserve + reserve / RESUME_MARGIN free
+# The receiver asks before every C-STORE answer. Far above the reserve a look this recent
+# answers for it (less what the receiver wrote since): a statvfs per image costs more than
+# the rest of the check, and another writer can fill FAR_ABOVE bytes in LOOK_SECONDS only
+# at 640 MB/s.
+LOOK_SECONDS = 0.1
+FAR_ABOVE = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,8 @@ class DiskGuard:
         self.reserve_bytes, self.reserve_percent = reserve
         self._was_low = False
         self._lock = threading.Lock()
+        self._look = (-LOOK_SECONDS, 0)  # (monotonic time, bytes free above the reserve)
+        self._since = 0  # bytes the receiver wrote since that look
 
     def status(self) -> DiskStatus:
         usage = shutil.disk_usage(self.path)  # one statvfs: cheap enough for every C-STORE
@@ -98,10 +109,21 @@ class DiskGuard:
             resume = reserve + reserve // RESUME_MARGIN
             low = usage.free < (resume if self._was_low else reserve)
             changed, self._was_low = low != self._was_low, low
+            self._look, self._since = (time.monotonic(), usage.free - reserve), 0
         status = DiskStatus(str(self.path), usage.total, usage.used, usage.free, reserve, low)
         if changed:
             self._note(status)
         return status
+
+    def still_free(self, written: int) -> bool:
+        """Whether a look of the last LOOK_SECONDS left so much room above the reserve that
+        ``written`` more bytes since (and the others' writes) cannot have used it up."""
+        with self._lock:
+            when, room = self._look
+            if self._was_low or time.monotonic() - when > LOOK_SECONDS:
+                return False
+            self._since += written
+            return room - self._since > FAR_ABOVE
 
     @staticmethod
     def _note(status: DiskStatus) -> None:
@@ -123,13 +145,13 @@ class DiskGuard:
             )
 
 
-_guards: dict[tuple[Path, tuple[int, float]], DiskGuard] = {}
+_guards: dict[tuple[Path, str], DiskGuard] = {}
 _guards_lock = threading.Lock()
 
 
 def guard_for(settings: Settings) -> DiskGuard:
     """The one guard of a scratch folder and reserve, shared by everyone who asks."""
-    key = (settings.scratch, settings.reserve)
+    key = (settings.home, settings.disk_reserve)  # cheap to hash: asked per C-STORE
     with _guards_lock:
         guard = _guards.get(key)
         if guard is None:
@@ -174,6 +196,15 @@ def refused_store(path: Path, settings: Settings, event: Any = None) -> bool:
     log.warning("C-STORE refused with A700 (out of resources)%s: %s", _who(event), reason)
     path.unlink(missing_ok=True)
     return True
+
+
+def refused_write(path: Path, written: int, settings: Settings) -> bool:
+    """:func:`refused_store` for a data set of ``written`` bytes that the native receiver
+    wrote itself (its write errors it answers on its own): a recent look far above the
+    reserve answers without a statvfs."""
+    if guard_for(settings).still_free(written):
+        return False
+    return refused_store(path, settings)
 
 
 def _who(event: Any) -> str:

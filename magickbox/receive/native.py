@@ -434,7 +434,7 @@ class Association:
             return OUT_OF_RESOURCES, None
         syntax = self.contexts[context_id].transfer_syntax
         if incoming.spilled:  # larger than memory: walked from its file
-            if disk.refused_store(incoming.path, settings):  # below the reserve
+            if disk.refused_write(incoming.path, incoming.size, settings):  # below the reserve
                 return OUT_OF_RESOURCES, None
             return intake.store(incoming.path, syntax, request.sop_instance, self.peer,
                                 id(self)), None  # fmt: skip
@@ -445,7 +445,7 @@ class Association:
             refused(self.peer, request.sop_instance, exc, logging.WARNING)
             incoming.discard()
             return CANNOT_UNDERSTAND, None
-        if disk.refused_store(incoming.path, settings):  # the disk went below its reserve
+        if disk.refused_write(incoming.path, incoming.size, settings):  # below the reserve
             return OUT_OF_RESOURCES, None
         status = intake.keep(incoming.path, checked, self.peer, id(self))
         return status, checked if status == SUCCESS else None

@@ -156,3 +156,30 @@ def test_bucket_keep_days() -> None:
     assert Bucket("B", Path("/x"), {}).keep_days(False, 7) == 7
     assert Bucket("C", Path("/x"), {"keep_days": "soon"}).keep_days(False, 7) == 7
     assert Bucket("D", Path("/x"), {"keep_days": -1}).keep_days(False, 7) == 7
+
+
+def test_the_receivers_check_reuses_a_recent_look_only_far_above_the_reserve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    free = {"now": 10 * disk.FAR_ABOVE}
+    looks: list[int] = []
+
+    def usage(_path: object) -> Usage:
+        looks.append(1)
+        return Usage(100 * disk.FAR_ABOVE, 0, free["now"])
+
+    monkeypatch.setattr(disk.shutil, "disk_usage", usage)
+    guard = disk.DiskGuard(tmp_path, (disk.FAR_ABOVE, 0.0))  # reserve: FAR_ABOVE bytes
+    assert not guard.still_free(1)  # no look yet
+    guard.status()
+    assert guard.still_free(disk.FAR_ABOVE)  # 9 x FAR_ABOVE above the reserve: no new look
+    assert guard.still_free(7 * disk.FAR_ABOVE - 1)
+    assert not guard.still_free(1)  # what was written since used the margin up: look again
+    guard.status()
+    assert guard.still_free(1)
+    monkeypatch.setattr(disk.time, "monotonic", lambda: 1e12)  # the look is too old
+    assert not guard.still_free(1)
+    free["now"] = disk.FAR_ABOVE // 2  # below the reserve: never answered from a look
+    assert guard.status().low and not guard.still_free(0)
+    assert len(looks) == 3
+
