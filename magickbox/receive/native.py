@@ -137,10 +137,11 @@ class NativeReceiver(ReceiverBase):
         self.lock = threading.Lock()
         self.connections: set[socket.socket] = set()
         self.associated = 0
+        self.partial = self.settings.partial  # where data sets are written while they arrive
 
     def start(self) -> None:
         self.stopping.clear()
-        partial = self.settings.partial
+        partial = self.partial = self.settings.partial  # read again at each start
         partial.mkdir(parents=True, exist_ok=True)
         for leftover in partial.iterdir():  # never acknowledged: not accepted
             leftover.unlink(missing_ok=True)
@@ -405,7 +406,7 @@ class Association:
         if self.memory is None:
             self.memory = bytearray(MEMORY)
         meta = file_meta(request.sop_class, request.sop_instance, syntax, self.peer.calling)
-        spare, self.spare = self.spare or Spare(self.rx.settings.partial), None
+        spare, self.spare = self.spare or Spare(self.rx.partial), None
         self.incoming = Incoming(self.memory, meta, spare)
         return request
 
@@ -420,7 +421,7 @@ class Association:
             self.rx.intake.received(checked, self.peer)
         # The next data set's file is made now, while the peer reads the answer and
         # sends its next request, not when that request has come.
-        self.spare = Spare(self.rx.settings.partial)
+        self.spare = Spare(self.rx.partial)
 
     def _verdict(
         self, context_id: int, request: wire.Command, incoming: Incoming
