@@ -485,6 +485,25 @@ def measure_memory(work: Path, corpus: Corpus, copies: int = 3) -> dict:
     return entry
 
 
+# Sends of both corpora that stay on disk until the run ends, per repetition: five
+# receivers, 2 x 4 concurrent associations, the settings variants (MR), the memory box.
+SENDS_KEPT_PER_REP = 5 + 8 + 3 + 2
+BOX_RESERVE = 0.05  # the boxes' disk_reserve default: below it they refuse the sends
+
+
+def check_room(work: Path, corpora_bytes: int, reps: int) -> None:
+    """Stop at once, saying why, when what the run keeps would not fit above the boxes'
+    disk reserve (they would refuse sends half-way through)."""
+    usage = shutil.disk_usage(work)
+    need = corpora_bytes * SENDS_KEPT_PER_REP * reps + int(usage.total * BOX_RESERVE)
+    if usage.free < need:
+        raise SystemExit(
+            f"{work} has {usage.free / 1e9:.1f} GB free; this run keeps what it receives "
+            f"until the end and needs about {need / 1e9:.1f} GB (with the boxes' 5 % "
+            "reserve): free some space or pass --work on a larger filesystem"
+        )
+
+
 def send_concurrently(port: int, folder: Path, n: int, timeout: float = 600) -> float:
     """``n`` storescu sends of ``folder`` at once, each its own calling AE; wall seconds."""
     t0 = time.perf_counter()
@@ -1118,6 +1137,7 @@ def main() -> int:
                 f"corpus {c.name}: {c.files} files, {c.nbytes / 1e6:.1f} MB, "
                 f"{len(c.studies)} studies"
             )
+        check_room(work, sum(c.nbytes for c in corpora), reps)
 
         # 1. throughput
         ours_box = Box(work / "home-ours", env=NATIVE).start()
