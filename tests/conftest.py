@@ -3,10 +3,12 @@ MagickBox servers on free ports (``box_factory``) and the real dcmtk tools."""
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +19,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+import magickbox
 from magickbox.auth.roles import Role
 from magickbox.box import Box
 from magickbox.config import load_settings
@@ -27,6 +30,15 @@ from magickbox.web.app import create_app
 # cheapest argon2id (the setting password_hash_cost): a standard hash costs a good part
 # of a CPU second, and the tests hash many. tests/unit/test_auth.py checks the standard one.
 os.environ.setdefault("MAGICKBOX_PASSWORD_HASH_COST", "test")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Byte-compile magickbox once, before the workers start, when the environment says not
+    to write bytecode (PYTHONDONTWRITEBYTECODE, as on some CI images): every server and CLI
+    the tests start would compile all its modules again (some 0.1 s of CPU each, hundreds
+    of times a run). The .pyc files go where Python itself would put them (gitignored)."""
+    if sys.dont_write_bytecode and not hasattr(session.config, "workerinput"):
+        compileall.compile_dir(str(Path(magickbox.__file__).parent), quiet=1)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
