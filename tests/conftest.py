@@ -44,9 +44,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Longest first: modules marked ``long``, then the other e2e modules, then the rest.
 
-    With ``pytest -n`` (``--dist loadfile``) the workers take modules in this order, so a
-    minute-long module starts at once instead of after all others (the suite's wall time
-    is the longest worker's). The order within a module is kept.
+    With ``pytest -n`` (``--dist loadfile``; pyproject.toml turns off xdist's own order, most
+    tests first) the workers take modules in this order, so a minute-long module starts at
+    once instead of after all others (the suite's wall time is the longest worker's). The
+    order within a module is kept.
     """
 
     def weight(item: pytest.Item) -> int:
