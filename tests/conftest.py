@@ -7,6 +7,7 @@ import compileall
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +31,14 @@ from magickbox.web.app import create_app
 # cheapest argon2id (the setting password_hash_cost): a standard hash costs a good part
 # of a CPU second, and the tests hash many. tests/unit/test_auth.py checks the standard one.
 os.environ.setdefault("MAGICKBOX_PASSWORD_HASH_COST", "test")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGINT as Python sets it up: a run started as a background job of a non-interactive
+    shell inherits it ignored and hands that on to its workers and their children, and the
+    tests of Ctrl-C (mb's) then press it in vain (one waited out its 120 s)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
