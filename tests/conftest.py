@@ -3,10 +3,13 @@ MagickBox servers on free ports (``box_factory``) and the real dcmtk tools."""
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +20,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+import magickbox
 from magickbox.auth.roles import Role
 from magickbox.box import Box
 from magickbox.config import load_settings
@@ -29,12 +33,30 @@ from magickbox.web.app import create_app
 os.environ.setdefault("MAGICKBOX_PASSWORD_HASH_COST", "test")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGINT as Python sets it up: a run started as a background job of a non-interactive
+    shell inherits it ignored and hands that on to its workers and their children, and the
+    tests of Ctrl-C (mb's) then press it in vain (one waited out its 120 s)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Byte-compile magickbox once, before the workers start, when the environment says not
+    to write bytecode (PYTHONDONTWRITEBYTECODE, as on some CI images): every server and CLI
+    the tests start would compile all its modules again (some 0.1 s of CPU each, hundreds
+    of times a run). The .pyc files go where Python itself would put them (gitignored)."""
+    if sys.dont_write_bytecode and not hasattr(session.config, "workerinput"):
+        compileall.compile_dir(str(Path(magickbox.__file__).parent), quiet=1)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Longest first: modules marked ``long``, then the other e2e modules, then the rest.
 
-    With ``pytest -n`` (``--dist loadfile``) the workers take modules in this order, so a
-    minute-long module starts at once instead of after all others (the suite's wall time
-    is the longest worker's). The order within a module is kept.
+    With ``pytest -n`` (``--dist loadfile``; pyproject.toml turns off xdist's own order, most
+    tests first) the workers take modules in this order, so a minute-long module starts at
+    once instead of after all others (the suite's wall time is the longest worker's). The
+    order within a module is kept.
     """
 
     def weight(item: pytest.Item) -> int:

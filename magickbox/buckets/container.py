@@ -294,8 +294,15 @@ def remove_leftovers(engine: Engine, home: Path) -> list[str]:
         raise ContainerError(f"{engine.name} ps failed: {res.stderr.strip()}")
     ids = res.stdout.split()
     if ids:
-        engine.call("rm", "-f", *ids)
+        engine.call("rm", "-f", *kill_at_once(engine), *ids)
     return ids
+
+
+def kill_at_once(engine: Engine) -> list[str]:
+    """``rm -f``'s option to kill a running container at once, as docker's ``rm -f`` does:
+    podman's would first send SIGTERM and wait 10 s, which an orphan of a crash (its job is
+    run again from a clean OUTPUT, or failed) need not get, and a box start waits for."""
+    return ["--time", "0"] if engine.name == "podman" else []
 
 
 def image_exists(engine: Engine, image: str) -> bool:

@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import sys
 import time
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 
 import httpx
@@ -118,6 +119,7 @@ class BoxServer:
         self.admin_token = admin_token  # False: a home with no credentials (first start)
         self.ca_file = ca_file
         self._asked = False  # SIGTERM sent to this start's process
+        self._http: httpx.Client | None = None
 
     @property
     def url(self) -> str:
@@ -131,6 +133,20 @@ class BoxServer:
     @property
     def verify(self) -> ssl.SSLContext | bool:
         return ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
+
+    @property
+    def http(self) -> httpx.Client:
+        """The client of :meth:`request` and of the health polls at start, one per box: a new
+        one per request (``httpx.get``) costs some 20 ms of CPU (its SSL context), paid again
+        at every poll of every waiting test on a loaded machine. Without keep-alive each
+        request has a connection of its own, and it keeps no cookies, as with ``httpx.get``."""
+        if self._http is None:
+            self._http = httpx.Client(
+                verify=self.verify,
+                limits=httpx.Limits(max_keepalive_connections=0),
+                cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
+            )
+        return self._http
 
     def make_token(self, role: Role = Role.admin, name: str = "tests") -> str:
         return make_token(settings_of(self.home, self.extra_env, self.extra_args), role, name)
@@ -150,8 +166,9 @@ class BoxServer:
         """Log in as the page does; the session cookie as Playwright's add_cookies takes it."""
         from magickbox.auth.sessions import COOKIE
 
-        res = httpx.post(f"{self.url}/api/v1/login", data={"name": name, "password": password},
-                         timeout=30, verify=self.verify)  # fmt: skip
+        res = self.http.post(
+            f"{self.url}/api/v1/login", data={"name": name, "password": password}, timeout=30
+        )
         res.raise_for_status()
         return {"name": COOKIE, "value": res.cookies[COOKIE], "url": self.url}
 
@@ -183,7 +200,7 @@ class BoxServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"magickbox exited: {self.log_path.read_text()[-3000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                health = httpx.get(f"{self.url}/api/v1/health", timeout=1, verify=self.verify)
+                health = self.http.get(f"{self.url}/api/v1/health", timeout=1)
                 # public: no token needed; 503 is a box that serves with a part down (e.g.
                 # a disk below its reserve), which some tests start on purpose
                 if health.status_code in (200, 503):
@@ -221,8 +238,7 @@ class BoxServer:
         """``method`` on ``path`` with the admin's token (``headers=`` add to it)."""
         headers = {**self.headers, **kw.pop("headers", {})}  # type: ignore[dict-item]
         kw.setdefault("timeout", 30)
-        kw.setdefault("verify", self.verify)
-        return httpx.request(method, f"{self.url}{path}", headers=headers, **kw)  # type: ignore[arg-type]
+        return self.http.request(method, f"{self.url}{path}", headers=headers, **kw)  # type: ignore[arg-type]
 
     def get(self, path: str, **kw: object) -> httpx.Response:
         return self.request("GET", path, **kw)

@@ -122,6 +122,22 @@ def start(box_factory, home: Path, **env: str) -> BoxServer:  # type: ignore[no-
     return box_factory(quiet=QUIET, home=home, env={**ENV, **env})
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, image: str) -> Iterator[BoxServer]:
+    """One box for the tests that send to a bucket of their own and look at its jobs only: a
+    start and a stop fewer each. The tests of restarts or other settings start their own."""
+    home = tmp_path_factory.mktemp("containers") / "home"
+    install(home, "Copy", image)
+    install(home, "Probe", image, "probe.sh")
+    install(home, "Forever", image, "forever.sh", timeout=3)
+    install(home, "Gone", "localhost/mb-no-such-image:1")
+    install(home, "Bad", image, cpus="many")
+    install(home, "Hold", image, "forever.sh")
+    box = BoxServer(home, quiet=QUIET, env=ENV).start()
+    yield box
+    box.stop()
+
+
 def send_study(box: BoxServer, tmp_path: Path, name: str, bucket: str, n: int = 2) -> str:
     study = write_study(tmp_path / name, n_images=n, rows=16, cols=16)
     assert len(send_files(box.dicom_port, bucket, study.paths, calling=name).ok) == n
@@ -129,16 +145,15 @@ def send_study(box: BoxServer, tmp_path: Path, name: str, bucket: str, n: int = 
 
 
 def test_storescu_to_a_container_bucket_output_arrives(
-    box_factory, tmp_path: Path, image: str
-) -> None:  # type: ignore[no-untyped-def]
-    home = tmp_path / "home"
-    install(home, "Copy", image)
-    box = start(box_factory, home)
+    shared: BoxServer, tmp_path: Path, image: str
+) -> None:
+    box, home = shared, shared.home
     study = write_study(tmp_path / "study", n_images=3, rows=16, cols=16)
     res = box.storescu(study.paths[0].parent, "Copy", "ip44")
     assert res.returncode == 0, res.stderr
-    (job,) = box.wait_jobs(1)
-    assert job["AETitleCalled"] == "Copy" and job["status"] == "done", job
+    wait_jobs(box, 1, bucket="Copy")
+    (job,) = [j for j in box.jobs() if j["AETitleCalled"] == "Copy"]  # the seed's listing
+    assert job["status"] == "done", job
     assert job["measures"] == {"caller": "ip44", "files": 3}  # $MB_MEASURES inside: /output
     zipped = box.get("/code/php/getOutputZip.php", params={"folder": job["scratchdir"]})
     names = zipfile.ZipFile(io.BytesIO(zipped.content)).namelist()
@@ -154,14 +169,12 @@ def test_storescu_to_a_container_bucket_output_arrives(
     assert containers(home) == []  # --rm: nothing left behind
 
 
-def test_input_readonly_memory_kept_no_network(box_factory, tmp_path: Path, image: str) -> None:  # type: ignore[no-untyped-def]
-    home = tmp_path / "home"
-    install(home, "Probe", image, "probe.sh")
-    box = start(box_factory, home)
+def test_input_readonly_memory_kept_no_network(shared: BoxServer, tmp_path: Path) -> None:
+    box, home = shared, shared.home
     send_study(box, tmp_path, "first", "Probe")
-    wait_jobs(box, 1)
+    wait_jobs(box, 1, bucket="Probe")
     send_study(box, tmp_path, "second", "Probe")
-    jobs = wait_jobs(box, 2)
+    jobs = wait_jobs(box, 2, bucket="Probe")
     assert [j["state"] for j in jobs] == ["done", "done"], jobs
     outputs = {j["caller_aet"]: job_dir(box, j["scratchdir"]) / "OUTPUT" for j in jobs}
     for out in outputs.values():
@@ -173,14 +186,10 @@ def test_input_readonly_memory_kept_no_network(box_factory, tmp_path: Path, imag
     assert (home / "memory" / "Probe" / "count").read_text().strip() == "2"
 
 
-def test_a_job_over_its_time_limit_is_killed_and_failed(
-    box_factory, tmp_path: Path, image: str
-) -> None:  # type: ignore[no-untyped-def]
-    home = tmp_path / "home"
-    install(home, "Forever", image, "forever.sh", timeout=3)
-    box = start(box_factory, home)
+def test_a_job_over_its_time_limit_is_killed_and_failed(shared: BoxServer, tmp_path: Path) -> None:
+    box, home = shared, shared.home
     send_study(box, tmp_path, "late", "Forever", n=1)
-    (job,) = wait_jobs(box, 1, timeout=90)
+    (job,) = wait_jobs(box, 1, timeout=90, bucket="Forever")
     assert job["state"] == "failed" and "timed out after 3 s" in job["reason"], job
     assert (home / "memory" / "Forever" / "started").read_text().strip() == job["scratchdir"]
     assert containers(home, job["scratchdir"]) == []
@@ -232,15 +241,12 @@ def test_restart_with_reruns_off_fails_the_job_and_removes_the_container(
 
 
 def test_missing_image_and_bad_info_fail_jobs_with_a_clear_reason(
-    box_factory, tmp_path: Path, image: str
-) -> None:  # type: ignore[no-untyped-def]
-    home = tmp_path / "home"
-    install(home, "Gone", "localhost/mb-no-such-image:1")
-    install(home, "Bad", image, cpus="many")
-    box = start(box_factory, home)
+    shared: BoxServer, tmp_path: Path
+) -> None:
+    box = shared
     send_study(box, tmp_path, "gone", "Gone", n=1)
     send_study(box, tmp_path, "bad", "Bad", n=1)
-    jobs = {j["bucket"]: j for j in wait_jobs(box, 2)}
+    jobs = {j["bucket"]: j for b in ("Gone", "Bad") for j in wait_jobs(box, 1, bucket=b)}
     assert jobs["Gone"]["state"] == "failed"
     assert "mb-no-such-image:1" in jobs["Gone"]["reason"]
     assert "is not installed" in jobs["Gone"]["reason"], jobs["Gone"]
@@ -326,11 +332,9 @@ def test_buckets_install_reads_the_image_and_refuses_clashes(tmp_path: Path, ima
 
 
 def test_deleting_a_running_container_job_removes_its_container(
-    box_factory, tmp_path: Path, image: str
-) -> None:  # type: ignore[no-untyped-def]
-    home = tmp_path / "home"
-    install(home, "Hold", image, "forever.sh")
-    box = start(box_factory, home)
+    shared: BoxServer, tmp_path: Path
+) -> None:
+    box, home = shared, shared.home
     send_study(box, tmp_path, "gone", "Hold", n=1)
     started = home / "memory" / "Hold" / "started"
     scratchdir = wait_for("the run", lambda: started.is_file() and started.read_text()).strip()
@@ -338,4 +342,4 @@ def test_deleting_a_running_container_job_removes_its_container(
     res = box.delete(f"/api/v1/jobs/{scratchdir}", timeout=60)
     assert res.status_code in (200, 204), res.text
     assert containers(home) == []
-    assert api_jobs(box) == []
+    assert api_jobs(box, bucket="Hold") == []

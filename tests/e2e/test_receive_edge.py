@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,11 +38,15 @@ HANGING_PROTOCOL = "1.2.840.10008.5.1.4.38.1"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 
 
-@pytest.fixture
-def box(box_factory, tmp_path: Path) -> BoxServer:  # type: ignore[no-untyped-def]
-    home = tmp_path / "home"
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BoxServer]:
+    """One box for the module (a start and a stop fewer per test): each test sends with a
+    calling AE title of its own and looks at the jobs of that title only."""
+    home = tmp_path_factory.mktemp("edge") / "home"
     install_buckets(home, Recv=QUICK)
-    return box_factory(home=home)
+    server = BoxServer(home).start()
+    yield server
+    server.stop()
 
 
 def run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -78,7 +83,7 @@ def test_deflated_files_from_dcmsend_and_storescu_are_stored(
     sent = run([dcmtk("dcmsend"), "-aet", "DCMSEND", "-aec", "Recv",
                 "127.0.0.1", str(box.dicom_port), str(dfl)])  # fmt: skip
     assert sent.returncode == 0, sent.stderr + sent.stdout
-    (job,) = wait_jobs(box, 1)
+    (job,) = wait_jobs(box, 1, caller_aet="DCMSEND")
     stored = input_files(box, job["scratchdir"])
     assert sorted(stored) == [f"{dcmread(dfl).SOPInstanceUID}.dcm"]
     got = dcmread(next(iter(stored.values())))  # dcmtk deflates anew: compare the content
@@ -88,8 +93,8 @@ def test_deflated_files_from_dcmsend_and_storescu_are_stored(
     plain = write_study(tmp_path / "plain", n_images=3, rows=33, cols=17)  # odd lengths
     done = box.storescu(plain.paths[0].parent, "Recv", "STORESCU", "-xd")
     assert done.returncode == 0, done.stderr
-    jobs = wait_jobs(box, 2)
-    (job2,) = [j for j in jobs if j["study_uid"] == plain.study_uid]
+    (job2,) = wait_jobs(box, 1, caller_aet="STORESCU")
+    assert job2["study_uid"] == plain.study_uid
     stored = input_files(box, job2["scratchdir"])
     assert sorted(stored) == sorted(p.name for p in plain.paths)
     for path in stored.values():  # kept deflated, as it came, and readable
@@ -109,9 +114,10 @@ def test_storage_classes_pynetdicom_does_not_list_are_accepted(
     ds = dcmread(path)
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
     save_dataset(ds, path)
-    sent = send_files(box.dicom_port, "Recv", [path], calling="PALETTE")
+    calling = "PALETTE" if sop_class == COLOR_PALETTE else "HANGING"
+    sent = send_files(box.dicom_port, "Recv", [path], calling=calling)
     assert sent.ok == [path]
-    (job,) = wait_jobs(box, 1)
+    (job,) = wait_jobs(box, 1, caller_aet=calling)
     assert sorted(input_files(box, job["scratchdir"])) == [path.name]
 
 
@@ -138,7 +144,7 @@ def test_a_garbage_request_uid_is_replaced_by_the_data_sets_own(
              for i, uid in enumerate(["31", "31", "not a uid"])]  # fmt: skip
     sent = send_files(box.dicom_port, "Recv", paths, calling="DCMTKISH")
     assert sent.ok == paths
-    (job,) = wait_jobs(box, 1)
+    (job,) = wait_jobs(box, 1, caller_aet="DCMTKISH")
     stored = input_files(box, job["scratchdir"])
     assert sorted(stored) == sorted(f"{dcmread(p).SOPInstanceUID}.dcm" for p in paths)
     for path in paths:
@@ -157,7 +163,7 @@ def test_two_data_sets_with_one_sop_uid_are_both_kept(box: BoxServer, tmp_path: 
     shutil.copy(paths[0], again)
     sent = send_files(box.dicom_port, "Recv", [*paths, again], calling="SAMEUID")
     assert len(sent.ok) == 3
-    (job,) = wait_jobs(box, 1)
+    (job,) = wait_jobs(box, 1, caller_aet="SAMEUID")
     stored = input_files(box, job["scratchdir"])
     assert sorted(stored) == [f"{sop_uid}-2.dcm", f"{sop_uid}.dcm"]
     assert {dataset_part(p) for p in stored.values()} == {dataset_part(p) for p in paths}
@@ -175,7 +181,7 @@ def test_storage_to_the_own_ae_title_fails_loudly_and_echo_works(
     assert done.returncode != 0 or "error" in done.stderr.lower(), done.stderr
     wait_for("the refusal in the log", lambda: logged(box, "OWNTITLE", "MAGICKBOX", "own AE"))
     assert echoscu(box, "MAGICKBOX").returncode == 0
-    assert api_jobs(box) == []
+    assert api_jobs(box, caller_aet="OWNTITLE") == []
     assert not any((box.home / "scratch" / ".incoming").iterdir())
 
 

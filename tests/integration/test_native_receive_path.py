@@ -104,6 +104,7 @@ def test_a_malformed_data_set_among_good_ones_is_refused_alone(
     assert answers == [SUCCESS, CANNOT_UNDERSTAND, CANNOT_UNDERSTAND, SUCCESS, SUCCESS]
     peer.sock.sendall(wire.release_rq())
     assert peer.recv_pdu()[0] == wire.RELEASE_RP
+    peer.sock.close()  # as a requestor does after the release: the box waits for it (ARTIM)
 
     stored = stored_files(native, wait_files(native, 3))
     kept = {p.name: p for p in (small[0], big[1], small[2])}

@@ -166,6 +166,7 @@ def test_split_pdvs_and_command_with_data_in_one_pdu_are_stored(
     assert struct.unpack("<H", answer[wire.MESSAGE_ID_RESPONDED])[0] == 7
     peer.sock.sendall(wire.release_rq())
     assert peer.recv_pdu()[0] == wire.RELEASE_RP
+    peer.sock.close()  # as a requestor does after the release: the box waits for it (ARTIM)
     [job] = wait_files(edge, 1)
     stored = next((edge.home / "scratch" / job["scratchdir"] / "INPUT").iterdir())
     assert dataset_of(stored) == data  # byte for byte

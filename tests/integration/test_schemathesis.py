@@ -8,21 +8,17 @@ from typing import Any
 
 import pytest
 
-schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402  (after the skip)
-from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.specs.openapi.checks import response_schema_conformance  # noqa: E402
+from magickbox.auth.roles import Role
+from magickbox.box import Box
+from magickbox.config import load_settings
+from magickbox.web.app import create_app
+from tests.conftest import free_port
 
-from magickbox.auth.roles import Role  # noqa: E402
-from magickbox.box import Box  # noqa: E402
-from magickbox.config import load_settings  # noqa: E402
-from magickbox.web.app import create_app  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+# schemathesis and hypothesis are imported by the fixture and the test, not here: every
+# xdist worker collects this module, and they take a second to import (pyproject.toml
+# keeps their pytest plugins, which nothing uses, from loading too).
 
 EXAMPLES = 3  # per operation: the whole run stays within seconds
-# No 500, and every answer within its documented schema; 4xx answers to generated junk
-# (a bad name is 400, a missing job 404) are expected and not all listed per route.
-CHECKS = [not_a_server_error, response_schema_conformance]
 
 
 class StartedOnce:
@@ -56,6 +52,7 @@ def app_box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str
 
 @pytest.fixture(scope="module")
 def api_schema(app_box: tuple[Any, str]):  # type: ignore[no-untyped-def]
+    schemathesis = pytest.importorskip("schemathesis")
     schema = schemathesis.openapi.from_asgi("/openapi.json", app_box[0],
                                             headers={"Host": "127.0.0.1"})  # fmt: skip
     # Revoking tokens by a generated id could revoke this run's own admin token.
@@ -65,6 +62,13 @@ def api_schema(app_box: tuple[Any, str]):  # type: ignore[no-untyped-def]
 def test_every_operation_answers_within_its_schema(api_schema, app_box: tuple[Any, str]) -> None:  # type: ignore[no-untyped-def]
     """Each operation with generated inputs (schemathesis' strategies, hypothesis-driven:
     its pytest plugin does not run on this pytest)."""
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import response_schema_conformance
+
+    # No 500, and every answer within its documented schema; 4xx answers to generated junk
+    # (a bad name is 400, a missing job 404) are expected and not all listed per route.
+    checks = [not_a_server_error, response_schema_conformance]
     headers = {"Authorization": f"Bearer {app_box[1]}", "Host": "127.0.0.1"}
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) > 40
@@ -74,6 +78,6 @@ def test_every_operation_answers_within_its_schema(api_schema, app_box: tuple[An
         @settings(max_examples=EXAMPLES, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))  # fmt: skip
         def check(case) -> None:  # type: ignore[no-untyped-def]
-            case.call_and_validate(headers=headers, checks=CHECKS)
+            case.call_and_validate(headers=headers, checks=checks)
 
         check()

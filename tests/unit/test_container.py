@@ -125,3 +125,10 @@ def test_output_written_as_root_is_given_back(tmp_path: Path) -> None:
         os.chown(path, 4321, 4321)
     container.give_back(out, 1234, 1235)
     assert {(p.stat().st_uid, p.stat().st_gid) for p in [out, *out.rglob("*")]} == {(1234, 1235)}
+
+
+def test_leftovers_are_killed_at_once_by_podman_and_docker() -> None:
+    # podman's plain rm -f of a running orphan waits its stop timeout (10 s) first;
+    # docker's rm -f kills at once and has no --time
+    assert container.kill_at_once(ENGINE) == ["--time", "0"]
+    assert container.kill_at_once(Engine("/usr/bin/docker")) == []
