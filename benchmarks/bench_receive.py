@@ -203,7 +203,7 @@ class Box(BoxServer):
     ) -> None:
         super().__init__(home, quiet, env={**tool_env(True), **(env or {})}, program=wrapper,
                          extra_args=["--log-level", "WARNING"])  # fmt: skip
-        self.http = httpx.Client(base_url=self.url, timeout=60)
+        self.api = httpx.Client(base_url=self.url, timeout=60)
 
     def init(self) -> Box:
         subprocess.run(
@@ -220,12 +220,12 @@ class Box(BoxServer):
         if not (self.home / "magickbox.toml").exists():
             self.init()
         super().start(timeout)
-        self.http.headers.update(self.headers)  # the admin token made at this start
+        self.api.headers.update(self.headers)  # the admin token made at this start
         return self
 
     def stop(self) -> None:
         super().stop()
-        self.http.close()
+        self.api.close()
 
     @property
     def pid(self) -> int:
@@ -233,7 +233,7 @@ class Box(BoxServer):
         return self.proc.pid
 
     def jobs(self) -> list[dict]:
-        return self.http.get("/api/v1/jobs", params={"limit": 10_000}).json()["jobs"]
+        return self.api.get("/api/v1/jobs", params={"limit": 10_000}).json()["jobs"]
 
     def settle(self, files: int | None = None, timeout: float = 300) -> list[dict]:
         """Wait until every send became a job (holding ``files`` files in all, when
@@ -242,7 +242,7 @@ class Box(BoxServer):
         if files is None:  # a send handed over just now may not be a job yet
             time.sleep(self.quiet + 1.0)
         while time.monotonic() < deadline:
-            pending = self.http.get("/api/v1/health").json()["pending_sends"]
+            pending = self.api.get("/api/v1/health").json()["pending_sends"]
             jobs = self.jobs()
             complete = files is None or sum(j["files"] for j in jobs) >= files
             if complete and not pending and all(j["state"] in ("done", "failed") for j in jobs):
@@ -257,7 +257,7 @@ class Box(BoxServer):
     def clear(self) -> None:
         """Delete every job and the archive, so that each measurement starts alike."""
         for job in self.jobs():
-            self.http.delete(f"/api/v1/jobs/{job['scratchdir']}").raise_for_status()
+            self.api.delete(f"/api/v1/jobs/{job['scratchdir']}").raise_for_status()
         archive = self.home / "scratch" / "archive"
         for study in archive.iterdir():
             shutil.rmtree(study, ignore_errors=True)
@@ -665,7 +665,7 @@ def measure_api(work: Path, njobs: int, requests: int) -> dict:
             ),
         ):
             first = time.perf_counter()
-            resp = box.http.get(path)
+            resp = box.api.get(path)
             first_ms = (time.perf_counter() - first) * 1000
             resp.raise_for_status()
             if not check(resp.json()):
@@ -673,7 +673,7 @@ def measure_api(work: Path, njobs: int, requests: int) -> dict:
             times = []
             for _ in range(requests):
                 t = time.perf_counter()
-                resp = box.http.get(path)
+                resp = box.api.get(path)
                 resp.raise_for_status()
                 times.append((time.perf_counter() - t) * 1000)
             out["endpoints"][path] = {
