@@ -141,7 +141,7 @@ class NativeReceiver(ReceiverBase):
 
     def start(self) -> None:
         self.stopping.clear()
-        partial = self.partial = self.settings.partial  # read again at each start
+        partial = self.partial
         partial.mkdir(parents=True, exist_ok=True)
         for leftover in partial.iterdir():  # never acknowledged: not accepted
             leftover.unlink(missing_ok=True)
