@@ -108,6 +108,16 @@ class Settings(BaseModel):
         "against dcmtk storescp on one association 0.6-0.8x for MR, 1.1-1.3x for CT slices) "
         "or pynetdicom's server.",
     )
+    receiver_processes: int = Field(
+        default=4,
+        ge=0,
+        le=64,
+        description="Worker processes of the native receiver: the box negotiates each plain "
+        "TCP association, then a worker (the least busy) receives its data sets, so "
+        "concurrent senders are not held to one core's worth of Python. 0: every "
+        "association on a thread of the box. TLS associations always stay on the box's "
+        "threads.",
+    )
     max_upload_bytes: int = Field(
         default=4 << 30,
         description="Cap of an upload (processZip, POST /api/v1/jobs, mb push), in bytes: "
@@ -499,6 +509,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "quiet_seconds",
         "max_pdu",
         "receiver",
+        "receiver_processes",
         "series_views",
         "max_upload_bytes",
         "upload_timeout",

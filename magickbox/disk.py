@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,16 @@ class DiskGuard:
         status = DiskStatus(str(self.path), usage.total, usage.used, usage.free, reserve, low)
         if changed:
             self._note(status)
+            if on_change is not None:  # a receiver worker: the box's guard learns it too
+                on_change(low)
         return status
+
+    def learn(self, low: bool) -> None:
+        """Another process's guard of this folder (a receiver worker's) changed its answer:
+        take it over, so the box's own answers (health, associations) agree."""
+        with self._lock:
+            self._was_low = low
+            self._look = (-LOOK_SECONDS, 0)
 
     def still_free(self, written: int) -> bool:
         """Whether a look of the last LOOK_SECONDS left so much room above the reserve that
@@ -145,8 +155,21 @@ class DiskGuard:
             )
 
 
+# Told when a guard of this process changes its answer (set in a receiver worker).
+on_change: Callable[[bool], None] | None = None
 _guards: dict[tuple[Path, str], DiskGuard] = {}
 _guards_lock = threading.Lock()
+
+
+def _forked() -> None:
+    """A forked child (a receiver worker) makes its own guards: the box's locks may have
+    been held by one of its threads at the fork."""
+    global _guards_lock
+    _guards_lock = threading.Lock()
+    _guards.clear()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def guard_for(settings: Settings) -> DiskGuard:

@@ -55,6 +55,26 @@ class Arrival:
     policy: SendPolicy | None = None  # its bucket's rule, read at its first file
 
 
+@dataclass(frozen=True)
+class Where:
+    """Where the files of an association go: the arrival's key and folder, and whether the
+    bucket makes a job per series (then another series may go to another arrival)."""
+
+    key: ArrivalKey
+    folder: Path
+    per_series: bool
+
+
+def note_duplicate(key: ArrivalKey, name: str, kept: str) -> None:
+    """Log a second, different data set under a SOP Instance UID of the send (both kept)."""
+    if kept != name:
+        log.warning(
+            "two different data sets with SOP Instance UID %s from calling AE %r (%s) "
+            "in one send: both kept, the later as %s",
+            Path(name).stem, key.caller_aet, key.caller_ip, kept,
+        )  # fmt: skip
+
+
 # on_ready(folder, key, started, series[, verdict=...]): the arrival is quiet (and
 # complete, or waited long enough), make it a job. ``verdict`` is passed only when it
 # names missing series.
@@ -69,12 +89,6 @@ POLICY_TTL = 2.0  # seconds a bucket's rule is reused before info.json is read a
 def _sooner(a: float | None, b: float | None) -> float | None:
     """The shorter of two waits (None: no wait, i.e. until woken)."""
     return b if a is None else a if b is None else min(a, b)
-
-
-def _series_uid(header: RawHeader | None, src: Path) -> str:
-    """The file's series (for one job per series): from the receiver's walk, else read."""
-    uid = header.series_uid if header is not None else ""
-    return uid or series_uid_of_file(src)
 
 
 class Grouper:
@@ -115,7 +129,7 @@ class Grouper:
             self._stopped = True
             self._cond.notify_all()
 
-    # -- called from the receiver's association threads ----------------------------
+    # -- called from the receiver's association threads (or its worker processes) --
     def add_file(
         self,
         assoc_id: int,
@@ -126,9 +140,25 @@ class Grouper:
     ) -> None:
         """Move a fully received file into its arrival's folder; ``header`` (the elements
         the receiver captured) goes into the arrival's series views."""
+        series_uid = header.series_uid if header is not None else None
+        where = self.open_arrival(assoc_id, key, series_uid, src)
+        # The arrival cannot become a job while this association is open, so the rename is
+        # safe outside the lock and concurrent associations do not wait on each other.
+        kept = place_file(src, where.folder, name)
+        note_duplicate(where.key, name, kept)
+        self.file_added(where.key, where.folder / kept, header)
+
+    def open_arrival(
+        self, assoc_id: int, key: ArrivalKey, series_uid: str | None, src: Path
+    ) -> Where:
+        """The arrival a file of ``key`` goes to (made at its first file), held open by
+        ``assoc_id`` until that association closes. ``series_uid`` (None: not known; read
+        from the file at ``src`` if the bucket groups by series) picks the arrival of a
+        bucket with one job per series."""
         policy = self._policy(key.called_aet)
-        if policy is not None and policy.per_series:
-            key = replace(key, series_uid=_series_uid(header, src))
+        per_series = policy is not None and policy.per_series
+        if per_series:
+            key = replace(key, series_uid=series_uid or series_uid_of_file(src))
         with self._cond:
             arrival = self._arrivals.get(key)
             if arrival is None:
@@ -137,24 +167,37 @@ class Grouper:
             arrival.open_assocs.add(assoc_id)
             self._assoc_arrivals.setdefault(assoc_id, set()).add(key)
             arrival.last = time.monotonic()
+            return Where(key, arrival.folder, per_series)
+
+    def file_added(self, key: ArrivalKey, kept: Path, header: RawHeader | None) -> None:
+        """A file of an open arrival is in its folder (as ``kept``): count it and add it to
+        the arrival's series views."""
+        with self._cond:
+            arrival = self._arrivals.get(key)
+            if arrival is None:  # cannot happen while its association is open
+                log.error("file %s came for no open arrival (%s)", kept, key)
+                return
+            arrival.last = time.monotonic()
             arrival.nfiles += 1
             if header is None:  # a file without its header: the job reads every header
                 arrival.series = None
-            folder, series = arrival.folder, arrival.series
-        # The arrival cannot become a job while this association is open, so the rename is
-        # safe outside the lock and concurrent associations do not wait on each other.
-        kept = place_file(src, folder, name)
+            series = arrival.series
         if header is not None and series is not None:
             try:
-                series.add(header, kept)  # the set has its own lock
+                series.add(header, kept.name)  # the set has its own lock
             except Exception:  # a view is a summary: it never costs the sender its image
                 log.exception("series view of %s not updated", kept)
-        if kept != name:
-            log.warning(
-                "two different data sets with SOP Instance UID %s from calling AE %r (%s) "
-                "in one send: both kept, the later as %s",
-                Path(name).stem, key.caller_aet, key.caller_ip, kept,
-            )  # fmt: skip
+
+    def association_lost(self, assoc_id: int) -> None:
+        """An association whose files may not all have been announced (its worker process
+        died): its arrivals' series views are dropped (the job reads the headers), then it
+        is closed."""
+        with self._cond:
+            for key in self._assoc_arrivals.get(assoc_id, ()):
+                arrival = self._arrivals.get(key)
+                if arrival:
+                    arrival.series = None
+        self.association_closed(assoc_id)
 
     def _policy(self, called_aet: str) -> SendPolicy | None:
         if self.policy_for is None:

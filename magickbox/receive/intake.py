@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from magickbox.buckets.registry import Bucket
 from magickbox.config import Settings
@@ -64,6 +65,17 @@ def sop_uid_of(raw: bytes | None, requested: str) -> str:
     raise ValueError(f"no valid SOP Instance UID in the data set or the request ({requested!r})")
 
 
+class Keeper(Protocol):
+    """Where kept files go: the grouper itself, or (in a receiver's worker process) its
+    messenger to the box (``workers.py``)."""
+
+    def add_file(
+        self, assoc_id: int, key: ArrivalKey, src: Path, name: str, header: RawHeader | None
+    ) -> None: ...
+
+    def association_closed(self, assoc_id: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class Checked:
     """A data set whose structure passed: where it goes and under which name."""
@@ -75,7 +87,7 @@ class Checked:
 
 
 class Intake:
-    def __init__(self, own_aet: str, grouper: Grouper, events: EventBus, views: bool) -> None:
+    def __init__(self, own_aet: str, grouper: Keeper, events: EventBus, views: bool) -> None:
         self.own_aet = own_aet
         self.grouper = grouper
         self.events = events  # ImageReceived, for the metrics

@@ -25,6 +25,7 @@ import ssl
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 from pydicom.uid import AllTransferSyntaxes
 
@@ -45,6 +46,7 @@ from magickbox.receive.intake import (
 from magickbox.receive.rejections import Rejection
 from magickbox.receive.structure import walk_buffer
 from magickbox.receive.tlsserver import HANDSHAKE_SECONDS, tls_context
+from magickbox.receive.workers import Handover, Pool
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,8 @@ class NativeReceiver(ReceiverBase):
         self.connections: set[socket.socket] = set()
         self.associated = 0
         self.partial = self.settings.partial  # where data sets are written while they arrive
+        processes = self.settings.receiver_processes  # 0: every association on a thread here
+        self.pool = Pool(self, processes) if processes else None
 
     def start(self) -> None:
         self.stopping.clear()
@@ -145,6 +149,8 @@ class NativeReceiver(ReceiverBase):
         partial.mkdir(parents=True, exist_ok=True)
         for leftover in partial.iterdir():  # never acknowledged: not accepted
             leftover.unlink(missing_ok=True)
+        if self.pool is not None:  # forked before listening: they never hold the ports
+            self.pool.start()
         self._listen(self.settings.dicom_port, None)
         log.info(
             "DICOM receiver %s listening on port %d", self.settings.aet, self.settings.dicom_port
@@ -180,6 +186,8 @@ class NativeReceiver(ReceiverBase):
         for conn in open_now:  # their threads see the error, clean up and end
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
+        if self.pool is not None:
+            self.pool.stop()
         self.listeners.clear()
         self.threads.clear()
 
@@ -271,15 +279,52 @@ class Association:
         self.head = self.tail = 0
         self.timeout = -1.0  # the socket's timeout as last set (set only when it must change)
         self.slot = False
+        self.id = id(self)  # its name for the grouper (a handed-over one gets the pool's)
+        self.handed = False  # carried on by a worker process (workers.py) from its transfer on
+
+    @classmethod
+    def carried(
+        cls, receiver: NativeReceiver, conn: socket.socket, handover: Handover
+    ) -> Association:
+        """In a worker process: the association the box negotiated, at its data transfer."""
+        association = cls(receiver, conn, handover.peer.address, handover.port, None)
+        association.id, association.peer = handover.assoc_id, handover.peer
+        association.contexts, association.peer_max = handover.contexts, handover.peer_max
+        association.slot = True  # the box's slot: the box gives it back when we are done
+        pending = handover.pending
+        association.inbox = bytearray(max(FIRST_INBOX, len(pending)))
+        association.inview = memoryview(association.inbox)
+        association.inbox[: len(pending)] = pending
+        association.tail = len(pending)
+        return association
 
     # -- the life of an association ------------------------------------------------------
 
     def run(self) -> None:
+        self._guarded(self._begin)
+
+    def carry_on(self) -> None:
+        """In a worker process: the data transfer, the release or abort, the cleanup."""
+        self._guarded(self._transfer)
+
+    def _begin(self) -> None:
+        if self.tls is not None and not self._handshake(self.tls):
+            return
+        if not self._associate():
+            return
+        pool = self.rx.pool
+        if pool is not None and self.tls is None and pool.hand_over(self):
+            self.handed = True  # the worker answers, releases and cleans up
+            return
+        self._transfer()
+
+    def unread(self) -> bytes:
+        """What was read from the socket and not yet used (for a worker to go on with)."""
+        return bytes(self.inview[self.head : self.tail])
+
+    def _guarded(self, step: Callable[[], None]) -> None:
         try:
-            if self.tls is not None and not self._handshake(self.tls):
-                return
-            if self._associate():
-                self._transfer()
+            step()
         except PeerGone as exc:
             log.info("association with %s ended: %s", self._who(), exc)
         except wire.WireError as exc:
@@ -291,7 +336,8 @@ class Association:
             log.exception("association with %s failed", self._who())
             self._send_quietly(wire.abort(source=2, reason=0))
         finally:
-            self._close()
+            if not self.handed:
+                self._close()
 
     def _handshake(self, tls: ssl.SSLContext) -> bool:
         self.conn.settimeout(HANDSHAKE_SECONDS)
@@ -438,7 +484,7 @@ class Association:
             if disk.refused_write(incoming.path, incoming.size, settings):  # below the reserve
                 return OUT_OF_RESOURCES, None
             return intake.store(incoming.path, syntax, request.sop_instance, self.peer,
-                                id(self)), None  # fmt: skip
+                                self.id), None  # fmt: skip
         try:
             walked = walk_buffer(incoming.data, syntax, intake.capture)
             checked = intake.examine(walked, request.sop_instance, self.peer, incoming.size)
@@ -448,7 +494,7 @@ class Association:
             return CANNOT_UNDERSTAND, None
         if disk.refused_write(incoming.path, incoming.size, settings):  # below the reserve
             return OUT_OF_RESOURCES, None
-        status = intake.keep(incoming.path, checked, self.peer, id(self))
+        status = intake.keep(incoming.path, checked, self.peer, self.id)
         return status, checked if status == SUCCESS else None
 
     def _respond(self, context_id: int, request: wire.Command, status: int) -> None:
@@ -580,7 +626,7 @@ class Association:
             self.spare.discard()
         if self.slot:
             self.rx.give_slot()
-            self.rx.grouper.association_closed(id(self))
+            self.rx.grouper.association_closed(self.id)
         with contextlib.suppress(OSError):
             self.conn.close()
         self.rx.forget(self.raw)

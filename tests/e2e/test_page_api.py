@@ -198,7 +198,11 @@ def test_receiving_shows_a_send_until_it_becomes_a_job(site: Site) -> None:
     assoc = associate(site.box.dicom_port, "ProcBucket", "HOLDER", contexts_for(study.paths))
     try:
         assert store(assoc, study.paths[0]) == 0
-        sends = site.box.get("/api/v1/receiving").json()
+        # A receiver worker tells the box of kept files in batches, at most 0.1 s late.
+        sends = wait_for(
+            "the file to be counted",
+            lambda: (got := site.box.get("/api/v1/receiving").json()) and got[0]["files"] and got,
+        )
         assert len(sends) == 1
         send = sends[0]
         assert send["caller_aet"] == "HOLDER" and send["called_aet"] == "ProcBucket"

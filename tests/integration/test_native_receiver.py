@@ -113,11 +113,15 @@ def dataset_of(path: Path) -> bytes:
     return raw[144 + meta_len :]
 
 
-@pytest.fixture
-def edge(app_factory: Callable[..., InProcessBox], tmp_path: Path) -> InProcessBox:
+def make_edge(app_factory: Callable[..., InProcessBox], tmp_path: Path) -> InProcessBox:
     home = tmp_path / "home"
     copy_bucket(home, "Edge", WORK_SH)
     return app_factory(home=home, dicom=True, quiet_seconds=0.2, receiver="native")
+
+
+@pytest.fixture
+def edge(app_factory: Callable[..., InProcessBox], tmp_path: Path) -> InProcessBox:
+    return make_edge(app_factory, tmp_path)
 
 
 @pytest.fixture
@@ -229,10 +233,11 @@ def test_an_abort_in_the_middle_of_a_data_set_keeps_nothing(
 
 
 def test_idle_and_trickling_peers_are_let_go(
-    edge: InProcessBox, monkeypatch: pytest.MonkeyPatch
+    app_factory: Callable[..., InProcessBox], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(native, "ARTIM", 0.5)
-    monkeypatch.setattr(native, "PDU_TIMEOUT", 1.0)
+    monkeypatch.setattr(native, "PDU_TIMEOUT", 1.0)  # before the start: the workers fork it
+    edge = make_edge(app_factory, tmp_path)
     idle = Peer(edge.dicom_port)
     assert idle.closed(5), "a peer that never asks must be closed after ARTIM"
     trickle = Peer(edge.dicom_port)

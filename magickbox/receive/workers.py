@@ -1,0 +1,451 @@
+"""The native receiver's worker processes: the data transfer of associations, off the box's GIL.
+
+Threads of one Python process share one interpreter lock, so several associations at
+once were held to one core's worth of Python. The box still accepts and negotiates every
+association (admission, the association limit and the disk reserve decide in one place);
+then it hands a plain-TCP association to the least busy of ``receiver_processes`` worker
+processes: the socket goes over a Unix socket (SCM_RIGHTS) with what was agreed, and the
+worker runs the P-DATA phase with the same code a thread of the box runs
+(``native.Association``). The worker writes, walks and moves each data set into its
+arrival folder itself and answers the C-STORE only then, so a kill -9 of the box or a
+worker loses nothing acknowledged.
+
+The arrivals stay the box's (``grouping.Grouper``): a worker asks which arrival folder
+the files of a study (and series) of an association go to, once, and tells the box of
+every file it kept (its count, the series views), of the metrics and of the end of the
+association, in order on its one channel. A worker that dies takes only its own
+associations down: the box closes them, drops their arrivals' series views (the job
+reads the headers instead) and forks a new worker.
+
+Workers are forked from the box when the receiver starts. A fork copies the memory of a
+process whose other threads are frozen mid-step, so the worker starts clean: every
+inherited file descriptor but its channel and stderr is pointed at /dev/null (the box's
+listeners, database and connections are not held open by it), the inherited objects are
+frozen out of the garbage collector, the box's signal handlers are dropped, and its log
+records go to the box to be logged there. It leaves with ``os._exit``, never through the
+box's code, as soon as its channel closes (the box stopped or died). TLS associations
+stay on the box's threads: a TLS session cannot move to another process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import itertools
+import logging
+import os
+import pickle
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magickbox import disk
+from magickbox.events import Event, EventBus, ImageReceived
+from magickbox.jobs.scratch import place_file
+from magickbox.receive import acse
+from magickbox.receive.grouping import ArrivalKey, Where, note_duplicate
+from magickbox.receive.intake import Intake, Peer
+from magickbox.study.series import RawHeader
+
+if TYPE_CHECKING:
+    from magickbox.receive.native import Association, NativeReceiver
+
+log = logging.getLogger(__name__)
+
+MESSAGE = 1 << 18  # bytes a channel message may have (a header too large travels without)
+HEADER_LIMIT = 1 << 16  # a file's captured elements larger than this are not sent (rare)
+ANSWER_SECONDS = 30.0  # a worker waits this long for the box to name an arrival: else A700
+CHANNEL_BUFFER = 1 << 20  # bytes each side of a channel may queue
+BATCH = 64  # kept files a worker tells the box of in one message, at most
+BATCH_SECONDS = 0.1  # and at most this late
+
+
+@dataclass(frozen=True)
+class Handover:
+    """What the box agreed with a peer, for the worker that carries the association on."""
+
+    assoc_id: int
+    peer: Peer
+    port: int
+    contexts: dict[int, acse.Answer]
+    peer_max: int
+    pending: bytes  # what the box had read past the association request
+
+
+class Channel:
+    """Pickled messages (and file descriptors) over one SOCK_SEQPACKET Unix socket.
+
+    Both ends are this code in processes of one box: a message is a tuple whose first
+    item says what it is. Sending is safe from several threads (one message is one
+    sendmsg, which a SEQPACKET socket never interleaves)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, CHANNEL_BUFFER)
+
+    def send(self, message: tuple[Any, ...], fds: list[int] | None = None) -> None:
+        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        with self.lock:
+            if fds:
+                socket.send_fds(self.sock, [data], fds)
+            else:
+                self.sock.send(data)
+
+    def receive(self) -> tuple[tuple[Any, ...], list[int]] | None:
+        """The next message and the descriptors that came with it; None once closed."""
+        data, fds, flags, _addr = socket.recv_fds(self.sock, MESSAGE, 4)
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            return None
+        if flags & socket.MSG_TRUNC:
+            raise ConnectionError(f"a channel message larger than {MESSAGE} bytes")
+        return pickle.loads(data), fds
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+# -- the box's side ----------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    """One worker process as the box sees it: its channel and the associations it carries."""
+
+    pid: int
+    channel: Channel
+    # assoc id -> the box's copy of its socket: the box closes it once the worker is done
+    # with it, or shuts it down when the receiver stops
+    carried: dict[int, socket.socket]
+
+
+class Pool:
+    """The box's worker processes: forked at start, one thread here reading each."""
+
+    def __init__(self, receiver: NativeReceiver, size: int) -> None:
+        self.rx = receiver
+        self.size = size
+        self.workers: list[Worker] = []
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.ids = itertools.count(1)
+
+    def start(self) -> None:
+        self.stopping = False
+        for _ in range(self.size):
+            self._fork()
+
+    def _fork(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns into the box's code
+            code = 1
+            try:
+                ours.close()
+                code = run_worker(self.rx, Channel(theirs))
+            finally:
+                os._exit(code)
+        theirs.close()
+        worker = Worker(pid, Channel(ours), {})
+        with self.lock:
+            self.workers.append(worker)
+        threading.Thread(
+            target=self._read, args=(worker,), name=f"dicom-worker-{pid}", daemon=True
+        ).start()
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping = True
+            workers, self.workers = self.workers, []
+        for worker in workers:
+            for conn in list(worker.carried.values()):  # the worker sees its reads fail
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+            worker.channel.close()  # and leaves
+
+    def hand_over(self, association: Association) -> bool:
+        """Give ``association`` (associated, plain TCP) to the least busy worker; False if
+        there is none (it then goes on in the calling thread)."""
+        with self.lock:
+            if not self.workers:
+                return False
+            worker = min(self.workers, key=lambda w: len(w.carried))
+            assoc_id = next(self.ids)
+            worker.carried[assoc_id] = association.raw
+        association.id = assoc_id
+        handover = Handover(assoc_id, association.peer, association.port, association.contexts,
+                            association.peer_max, association.unread())  # fmt: skip
+        try:
+            worker.channel.send(("take", handover), [association.raw.fileno()])
+        except OSError:
+            log.exception("could not hand an association to worker %d", worker.pid)
+            with self.lock:
+                worker.carried.pop(assoc_id, None)
+            return False
+        return True
+
+    def busy(self) -> list[int]:
+        """The associations each worker carries now."""
+        with self.lock:
+            return [len(worker.carried) for worker in self.workers]
+
+    def _read(self, worker: Worker) -> None:
+        """Act on a worker's messages until its channel closes; then clean up after it."""
+        try:
+            while True:
+                got = worker.channel.receive()
+                if got is None:
+                    break
+                self._act(worker, got[0])
+        except Exception:
+            log.exception("receiver worker %d: its channel failed", worker.pid)
+        finally:
+            self._gone(worker)
+
+    def _act(self, worker: Worker, message: tuple[Any, ...]) -> None:
+        kind, grouper = message[0], self.rx.grouper
+        if kind == "notes":
+            for note in message[1]:
+                if note[0] == "file":
+                    _kind, key, kept, header = note
+                    grouper.file_added(key, Path(kept), header)
+                else:
+                    self.rx.intake.events.publish(note[1])
+        elif kind == "where":
+            _kind, request, assoc_id, key, series_uid, src = message
+            try:
+                where: Where | str = grouper.open_arrival(assoc_id, key, series_uid, Path(src))
+            except OSError as exc:  # a full disk: that data set is answered A700
+                where = str(exc)
+            worker.channel.send(("at", request, where))
+        elif kind == "closed":
+            self._closed(worker, message[1], lost=False)
+        elif kind == "disk":  # a worker found the disk below the reserve (or back above)
+            disk.guard_for(self.rx.settings).learn(message[1])
+        elif kind == "log":
+            _kind, name, level, text = message
+            logging.getLogger(name).log(level, "%s", text)
+
+    def _closed(self, worker: Worker, assoc_id: int, lost: bool) -> None:
+        with self.lock:
+            conn = worker.carried.pop(assoc_id, None)
+        if lost:
+            self.rx.grouper.association_lost(assoc_id)
+        else:
+            self.rx.grouper.association_closed(assoc_id)
+        self.rx.give_slot()
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.close()
+            self.rx.forget(conn)
+
+    def _gone(self, worker: Worker) -> None:
+        """A worker's channel closed: its associations end; a new worker takes its place
+        unless the receiver is stopping."""
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(worker.pid, 0)
+        for assoc_id in list(worker.carried):
+            self._closed(worker, assoc_id, lost=True)
+        with self.lock:
+            replace = worker in self.workers and not self.stopping
+            if worker in self.workers:
+                self.workers.remove(worker)
+        worker.channel.close()
+        if replace:
+            log.error("receiver worker %d ended; starting another", worker.pid)
+            self._fork()
+
+
+# -- the worker's side -------------------------------------------------------------------
+
+
+class Remote(EventBus):
+    """The worker's stand-in for the box's grouper (``intake.Keeper``) and event bus.
+
+    What the box is told of kept files (for counts, views and metrics) is gathered and
+    sent a batch at a time, at most ``BATCH_SECONDS`` late: waking the box for every image
+    would cost more than the image. Nothing depends on it sooner: an arrival cannot become
+    a job while an association is open, and an association's end is sent after its files.
+    """
+
+    def __init__(self, channel: Channel) -> None:
+        super().__init__()
+        self.channel = channel
+        self.requests = itertools.count(1)
+        self.waiting: dict[int, tuple[threading.Event, list[Where | str]]] = {}
+        self.lock = threading.Lock()
+        # (assoc id, key, series UID or None) -> where its files go, asked once
+        self.known: dict[tuple[int, ArrivalKey, str | None], Where] = {}
+        self.notes: list[tuple[Any, ...]] = []  # ("file", key, kept, header) or ("event", e)
+        self.noted = 0  # bytes of headers among them
+        self.pending = threading.Condition()
+        threading.Thread(target=self._flusher, name="dicom-notes", daemon=True).start()
+
+    def add_file(
+        self, assoc_id: int, key: ArrivalKey, src: Path, name: str, header: RawHeader | None
+    ) -> None:
+        """As Grouper.add_file: the file moves into its arrival before it is acknowledged."""
+        series_uid = header.series_uid if header is not None else None
+        where = self._where(assoc_id, key, series_uid, src)
+        kept = place_file(src, where.folder, name)
+        note_duplicate(where.key, name, kept)
+        size = sum(map(len, header.values.values())) if header is not None else 0
+        if size > HEADER_LIMIT:
+            header, size = None, 0  # its arrival's views are then read from the files by the job
+        self._note(("file", where.key, str(where.folder / kept), header), size)
+
+    def publish(self, event: Event) -> None:
+        if isinstance(event, ImageReceived):  # the one event a receiver publishes
+            self._note(("event", event), 0)
+
+    def association_closed(self, assoc_id: int) -> None:
+        for known in [k for k in self.known if k[0] == assoc_id]:
+            self.known.pop(known, None)
+        self.flush()  # its files first
+        self.channel.send(("closed", assoc_id))
+
+    def _note(self, note: tuple[Any, ...], size: int) -> None:
+        with self.pending:
+            self.notes.append(note)
+            self.noted += size
+            full = len(self.notes) >= BATCH or self.noted >= HEADER_LIMIT
+            if len(self.notes) == 1:
+                self.pending.notify()
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.pending:
+            notes, self.notes, self.noted = self.notes, [], 0
+            if notes:  # sent under the lock: batches keep their order
+                self.channel.send(("notes", notes))
+
+    def _flusher(self) -> None:
+        while True:
+            with self.pending:
+                while not self.notes:
+                    self.pending.wait()
+            time.sleep(BATCH_SECONDS)
+            self.flush()
+
+    def _where(self, assoc_id: int, key: ArrivalKey, series_uid: str | None, src: Path) -> Where:
+        known = self.known.get((assoc_id, key, None)) or self.known.get((assoc_id, key, series_uid))
+        if known is not None:
+            return known
+        where = self._ask(("where", assoc_id, key, series_uid, str(src)))
+        if not where.per_series:
+            self.known[(assoc_id, key, None)] = where
+        elif series_uid:  # a file without its series UID here is asked about each time
+            self.known[(assoc_id, key, series_uid)] = where
+        return where
+
+    def _ask(self, message: tuple[Any, ...]) -> Where:
+        request = next(self.requests)
+        done, answer = threading.Event(), list[Where | str]()
+        with self.lock:
+            self.waiting[request] = (done, answer)
+        self.channel.send((message[0], request, *message[1:]))
+        if not done.wait(ANSWER_SECONDS):
+            with self.lock:
+                self.waiting.pop(request, None)
+            raise OSError("the box did not name the arrival in time")
+        result = answer[0]
+        if isinstance(result, str):  # the box could not make the arrival
+            raise OSError(result)
+        return result
+
+    def answered(self, request: int, where: Where | str) -> None:
+        with self.lock:
+            done, answer = self.waiting.pop(request, (None, list[Where | str]()))
+        if done is not None:
+            answer.append(where)
+            done.set()
+
+
+class ToBox(logging.Handler):
+    """Log records of the worker, logged by the box (its handlers, its format)."""
+
+    def __init__(self, channel: Channel) -> None:
+        super().__init__()
+        self.channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            self.channel.send(("log", record.name, record.levelno, text))
+        except Exception:  # the box is gone: nobody to tell
+            pass
+
+
+def _start_clean(channel: Channel) -> None:
+    """Let go of what the fork copied from the box (see the module's docstring)."""
+    keep = {channel.sock.fileno(), 2}
+    null = os.open(os.devnull, os.O_RDWR)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep and fd != null:
+            with contextlib.suppress(OSError):
+                os.dup2(null, fd)
+    os.close(null)
+    gc.freeze()  # the box's objects: never scanned, so their pages stay shared
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C stops the box, which stops us
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(ToBox(channel))
+
+
+def run_worker(receiver: NativeReceiver, channel: Channel) -> int:
+    """The worker's life: carry on each association the box hands over, until the box
+    closes the channel; the exit code."""
+    from magickbox.receive.native import Association
+
+    _start_clean(channel)
+    # The copy's locks may have been held by a thread of the box at the fork: new ones.
+    receiver.lock, receiver.connections, receiver.associated = threading.Lock(), set(), 0
+    disk.on_change = lambda low: channel.send(("disk", low))
+    remote = Remote(channel)
+    receiver.grouper = remote  # type: ignore[assignment]  # what the association calls
+    receiver.intake = Intake(receiver.settings.aet, remote, remote, receiver.settings.series_views)
+    carried: dict[int, socket.socket] = {}
+    while True:
+        try:
+            got = channel.receive()
+        except OSError:
+            got = None
+        if got is None:  # the box stopped or died: what is under way ends unanswered
+            for conn in list(carried.values()):
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+            return 0
+        message, fds = got
+        if message[0] == "at":
+            remote.answered(message[1], message[2])
+        elif message[0] == "take":
+            handover: Handover = message[1]
+            conn = socket.socket(fileno=fds[0])
+            carried[handover.assoc_id] = conn
+            association = Association.carried(receiver, conn, handover)
+            threading.Thread(
+                target=_carry, args=(association, carried), name="dicom-carried", daemon=True
+            ).start()
+
+
+def _carry(association: Association, carried: dict[int, socket.socket]) -> None:
+    try:
+        association.carry_on()
+    finally:
+        carried.pop(association.id, None)
