@@ -422,6 +422,22 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def worker_pids(pid: int) -> list[int]:
+    """The box's receiver workers (its forks; the buckets it runs are other programs)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                if b"magickbox" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(int(child))
+    return found
+
+
+def box_cpu(pid: int) -> float:
+    """CPU seconds of a box and its receiver workers, which do most of the receiving."""
+    return process_cpu(pid) + sum(process_cpu(child) for child in worker_pids(pid))
+
+
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -435,9 +451,9 @@ def measure_throughput(
         for corpus in corpora:
             for target in order:
                 with target.session(corpus) as (port, pid):
-                    server0, client0 = process_cpu(pid), children_cpu()
+                    server0, client0 = box_cpu(pid), children_cpu()
                     seconds = storescu(port, corpus.path)
-                    server = process_cpu(pid) - server0
+                    server = box_cpu(pid) - server0
                     client = children_cpu() - client0
                 result.add(target.key, corpus.name, seconds, server, client)
                 log(
@@ -455,6 +471,26 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmHWM for process {pid}")
 
 
+def private_mb(pid: int) -> float:
+    """Memory of a process that is its own (not shared with the box it was forked from)."""
+    total = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1])
+    return total * 1024 / 1e6
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """The box's peak RSS, its workers' largest peak RSS (pages shared with the box are
+    counted in both) and the memory the workers hold of their own, together."""
+    workers = worker_pids(pid)
+    return {
+        "box": round(peak_rss_mb(pid), 1),
+        "worker": round(max((peak_rss_mb(w) for w in workers), default=0.0), 1),
+        "workers' own": round(sum(private_mb(w) for w in workers), 1),
+    }
+
+
 def measure_memory(work: Path, corpus: Corpus, copies: int = 3) -> dict:
     """Peak RSS of a fresh box (native receiver) after its start, after one send of
     ``corpus``, and after one association carrying it ``copies`` times over (the same
@@ -462,26 +498,30 @@ def measure_memory(work: Path, corpus: Corpus, copies: int = 3) -> dict:
     means the last two peaks are alike whatever the size of the send."""
     box = Box(work / "home-memory", env=NATIVE).start()
     try:
-        started = peak_rss_mb(box.pid)
+        started = memory_mb(box.pid)
         storescu(box.dicom_port, corpus.path)
         box.settle(corpus.files)
-        one = peak_rss_mb(box.pid)
+        one = memory_mb(box.pid)
         storescu(box.dicom_port, corpus.path, copies=copies)
         box.settle()
-        many = peak_rss_mb(box.pid)
+        many = memory_mb(box.pid)
     finally:
         box.stop()
+    stages = {
+        "after start": started,
+        f"after 1 send of {corpus.files}": one,
+        f"after 1 send of {copies * corpus.files}": many,
+    }
     entry = {
         "corpus": corpus.name,
         "images": corpus.files,
         "copies": copies,
-        "peak_rss_mb": {
-            "after start": round(started, 1),
-            f"after 1 send of {corpus.files}": round(one, 1),
-            f"after 1 send of {copies * corpus.files}": round(many, 1),
-        },
+        "peak_rss_mb": {stage: got["box"] for stage, got in stages.items()},
+        "worker_peak_rss_mb": {stage: got["worker"] for stage, got in stages.items()},
+        "workers_own_mb": {stage: got["workers' own"] for stage, got in stages.items()},
     }
-    log(f"peak RSS: {entry['peak_rss_mb']}")
+    log(f"peak RSS: box {entry['peak_rss_mb']}, a worker {entry['worker_peak_rss_mb']}, "
+        f"workers' own memory {entry['workers_own_mb']}")  # fmt: skip
     return entry
 
 
@@ -970,13 +1010,23 @@ def report(data: dict) -> str:
         )
     )
     if data.get("memory"):
+        kinds = {
+            "peak_rss_mb": "box, peak RSS",
+            "worker_peak_rss_mb": "largest worker, peak RSS",
+            "workers_own_mb": "workers' own memory, together",
+        }
         rows = [
-            [m["corpus"], *(fmt(v, 1) for v in m["peak_rss_mb"].values())] for m in data["memory"]
+            [m["corpus"], label, *(fmt(v, 1) for v in m[kind].values())]
+            for m in data["memory"]
+            for kind, label in kinds.items()
+            if kind in m
         ]
         parts.append(
             print_table(
-                "   Peak RSS of the box (VmHWM, MB), native receiver, a fresh box per corpus",
-                ["corpus", *data["memory"][0]["peak_rss_mb"].keys()],
+                "   Memory (MB), native receiver, a fresh box per corpus: the box's VmHWM, a "
+                "worker's VmHWM (pages shared with the box counted too), the workers' private "
+                "pages",
+                ["corpus", "what", *data["memory"][0]["peak_rss_mb"].keys()],
                 rows,
             )
         )
