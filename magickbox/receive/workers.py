@@ -31,14 +31,18 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import itertools
 import logging
 import os
 import pickle
 import signal
 import socket
+import sys
 import threading
 import time
+import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +64,8 @@ MESSAGE = 1 << 18  # bytes a channel message may have (a header too large travel
 HEADER_LIMIT = 1 << 16  # a file's captured elements larger than this are not sent (rare)
 ANSWER_SECONDS = 30.0  # a worker waits this long for the box to name an arrival: else A700
 CHANNEL_BUFFER = 1 << 20  # bytes each side of a channel may queue
+LOG_LIMIT = 1 << 14  # characters of a worker's log line the box logs
+RESPAWN_SECONDS = 1.0  # a worker that died sooner after its start is replaced this much later
 BATCH = 64  # kept files a worker tells the box of in one message, at most
 BATCH_SECONDS = 0.1  # and at most this late
 
@@ -92,6 +98,8 @@ class Channel:
 
     def send(self, message: tuple[Any, ...], fds: list[int] | None = None) -> None:
         data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        if len(data) > MESSAGE:
+            raise OSError(f"a channel message of {len(data)} bytes (at most {MESSAGE})")
         with self.lock:
             if fds:
                 socket.send_fds(self.sock, [data], fds)
@@ -101,12 +109,13 @@ class Channel:
     def receive(self) -> tuple[tuple[Any, ...], list[int]] | None:
         """The next message and the descriptors that came with it; None once closed."""
         data, fds, flags, _addr = socket.recv_fds(self.sock, MESSAGE, 4)
-        if not data:
+        if not data or flags & socket.MSG_TRUNC:
             for fd in fds:
                 os.close(fd)
+        if not data:
             return None
-        if flags & socket.MSG_TRUNC:
-            raise ConnectionError(f"a channel message larger than {MESSAGE} bytes")
+        if flags & socket.MSG_TRUNC:  # a bug: said, and the channel goes on
+            return ("dropped", len(data)), []
         return pickle.loads(data), fds
 
     def close(self) -> None:
@@ -127,6 +136,7 @@ class Worker:
     # assoc id -> the box's copy of its socket: the box closes it once the worker is done
     # with it, or shuts it down when the receiver stops
     carried: dict[int, socket.socket]
+    started: float  # monotonic
 
 
 class Pool:
@@ -141,23 +151,32 @@ class Pool:
         self.ids = itertools.count(1)
 
     def start(self) -> None:
-        self.stopping = False
+        with self.lock:
+            self.stopping = False
         for _ in range(self.size):
             self._fork()
 
     def _fork(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
-        if pid == 0:  # the worker: never returns into the box's code
-            code = 1
-            try:
-                ours.close()
-                code = run_worker(self.rx, Channel(theirs))
-            finally:
-                os._exit(code)
-        theirs.close()
-        worker = Worker(pid, Channel(ours), {})
+        """A new worker, unless the receiver is stopping (a stop may come while a dead
+        worker's reader forks its successor)."""
         with self.lock:
+            if self.stopping:
+                return
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            with warnings.catch_warnings():  # 3.12+ warns of a fork with threads: see the top
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:  # the worker: never returns into the box's code
+                code = 1
+                try:
+                    ours.close()
+                    code = run_worker(self.rx, Channel(theirs))
+                except BaseException:  # told on stderr, the one stream left to it
+                    traceback.print_exc()
+                finally:
+                    os._exit(code)
+            theirs.close()
+            worker = Worker(pid, Channel(ours), {}, time.monotonic())
             self.workers.append(worker)
         threading.Thread(
             target=self._read, args=(worker,), name=f"dicom-worker-{pid}", daemon=True
@@ -190,8 +209,9 @@ class Pool:
         except OSError:
             log.exception("could not hand an association to worker %d", worker.pid)
             with self.lock:
-                worker.carried.pop(assoc_id, None)
-            return False
+                ours = worker.carried.pop(assoc_id, None) is not None
+            # Else the worker died meanwhile and its reader ended the association already.
+            return not ours
         return True
 
     def busy(self) -> list[int]:
@@ -200,15 +220,20 @@ class Pool:
             return [len(worker.carried) for worker in self.workers]
 
     def _read(self, worker: Worker) -> None:
-        """Act on a worker's messages until its channel closes; then clean up after it."""
+        """Act on a worker's messages until its channel closes; then clean up after it.
+
+        A message that cannot be acted on is logged and skipped; a channel that fails is
+        the worker's end (it is killed: a worker the box no longer hears must not go on)."""
         try:
-            while True:
-                got = worker.channel.receive()
-                if got is None:
-                    break
-                self._act(worker, got[0])
+            while (got := worker.channel.receive()) is not None:
+                try:
+                    self._act(worker, got[0])
+                except Exception:
+                    log.exception("receiver worker %d: a message not acted on", worker.pid)
         except Exception:
             log.exception("receiver worker %d: its channel failed", worker.pid)
+            with contextlib.suppress(OSError):
+                os.kill(worker.pid, signal.SIGKILL)
         finally:
             self._gone(worker)
 
@@ -235,6 +260,9 @@ class Pool:
         elif kind == "log":
             _kind, name, level, text = message
             logging.getLogger(name).log(level, "%s", text)
+        elif kind == "dropped":
+            log.error("receiver worker %d sent a message of %d bytes: dropped", worker.pid,
+                      message[1])  # fmt: skip
 
     def _closed(self, worker: Worker, assoc_id: int, lost: bool) -> None:
         with self.lock:
@@ -250,19 +278,23 @@ class Pool:
             self.rx.forget(conn)
 
     def _gone(self, worker: Worker) -> None:
-        """A worker's channel closed: its associations end; a new worker takes its place
-        unless the receiver is stopping."""
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(worker.pid, 0)
-        for assoc_id in list(worker.carried):
-            self._closed(worker, assoc_id, lost=True)
+        """A worker's channel closed: its associations end, its unfinished files go, and a
+        new worker takes its place unless the receiver is stopping."""
         with self.lock:
             replace = worker in self.workers and not self.stopping
             if worker in self.workers:
-                self.workers.remove(worker)
-        worker.channel.close()
+                self.workers.remove(worker)  # nothing more is handed to it
+        worker.channel.close()  # a live worker leaves once its channel is closed
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(worker.pid, 0)
+        for assoc_id in list(worker.carried):  # only now: it can no longer add a file
+            self._closed(worker, assoc_id, lost=True)
+        for part in self.rx.partial.glob(f"{worker.pid}-*.part"):  # never acknowledged
+            part.unlink(missing_ok=True)
         if replace:
             log.error("receiver worker %d ended; starting another", worker.pid)
+            if time.monotonic() - worker.started < RESPAWN_SECONDS:
+                time.sleep(RESPAWN_SECONDS)  # one that dies at once must not spin the box
             self._fork()
 
 
@@ -284,8 +316,9 @@ class Remote(EventBus):
         self.requests = itertools.count(1)
         self.waiting: dict[int, tuple[threading.Event, list[Where | str]]] = {}
         self.lock = threading.Lock()
-        # (assoc id, key, series UID or None) -> where its files go, asked once
-        self.known: dict[tuple[int, ArrivalKey, str | None], Where] = {}
+        # assoc id -> (key, series UID or None) -> where its files go, asked once; each
+        # association's own dictionary is used by its thread only
+        self.known: dict[int, dict[tuple[ArrivalKey, str | None], Where]] = {}
         self.notes: list[tuple[Any, ...]] = []  # ("file", key, kept, header) or ("event", e)
         self.noted = 0  # bytes of headers among them
         self.pending = threading.Condition()
@@ -309,8 +342,7 @@ class Remote(EventBus):
             self._note(("event", event), 0)
 
     def association_closed(self, assoc_id: int) -> None:
-        for known in [k for k in self.known if k[0] == assoc_id]:
-            self.known.pop(known, None)
+        self.known.pop(assoc_id, None)
         self.flush()  # its files first
         self.channel.send(("closed", assoc_id))
 
@@ -339,14 +371,15 @@ class Remote(EventBus):
             self.flush()
 
     def _where(self, assoc_id: int, key: ArrivalKey, series_uid: str | None, src: Path) -> Where:
-        known = self.known.get((assoc_id, key, None)) or self.known.get((assoc_id, key, series_uid))
-        if known is not None:
-            return known
+        known = self.known.setdefault(assoc_id, {})
+        where = known.get((key, None)) or known.get((key, series_uid))
+        if where is not None:
+            return where
         where = self._ask(("where", assoc_id, key, series_uid, str(src)))
         if not where.per_series:
-            self.known[(assoc_id, key, None)] = where
+            known[(key, None)] = where
         elif series_uid:  # a file without its series UID here is asked about each time
-            self.known[(assoc_id, key, series_uid)] = where
+            known[(key, series_uid)] = where
         return where
 
     def _ask(self, message: tuple[Any, ...]) -> Where:
@@ -384,6 +417,8 @@ class ToBox(logging.Handler):
             text = record.getMessage()
             if record.exc_info:
                 text += "\n" + logging.Formatter().formatException(record.exc_info)
+            if len(text) > LOG_LIMIT:  # a peer's value quoted in a refusal, say
+                text = text[:LOG_LIMIT] + f" ... ({len(text) - LOG_LIMIT} characters more)"
             self.channel.send(("log", record.name, record.levelno, text))
         except Exception:  # the box is gone: nobody to tell
             pass
@@ -400,6 +435,9 @@ def _start_clean(channel: Channel) -> None:
                 os.dup2(null, fd)
     os.close(null)
     gc.freeze()  # the box's objects: never scanned, so their pages stay shared
+    # The box's standard streams may have been locked by one of its threads at the fork.
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True)
+    sys.stdout = sys.stderr
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C stops the box, which stops us
     root = logging.getLogger()

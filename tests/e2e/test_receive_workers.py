@@ -38,7 +38,11 @@ def workers(box: BoxServer) -> set[int]:
     assert box.proc is not None
     found: set[int] = set()
     for task in Path(f"/proc/{box.proc.pid}/task").iterdir():
-        for pid in (task / "children").read_text().split():
+        try:  # a thread may end between the listing and the read
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for pid in children:
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:

@@ -4,6 +4,7 @@ thread here."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from magickbox.events import ImageReceived
+from magickbox.receive import workers
 from magickbox.receive.grouping import ArrivalKey, Where
 from magickbox.receive.workers import Channel, Remote
 from magickbox.study.series import SERIES_UID_TAG, RawHeader
@@ -142,3 +144,27 @@ def test_an_arrival_the_box_cannot_make_is_an_os_error_and_the_file_stays(files:
     with pytest.raises(OSError, match="No space left"):  # intake answers A700
         remote.add_file(1, KEY, src, "1.dcm", header("A"))
     assert src.exists()  # intake.keep removes it
+
+
+def test_an_oversized_message_is_refused_by_the_sender_and_dropped_by_the_receiver() -> None:
+    box, worker = pair()
+    with pytest.raises(OSError, match="at most"):
+        worker.send(("log", "x", 30, "y" * (workers.MESSAGE + 1)))
+    raw = b"z" * (workers.MESSAGE + 10)  # as a buggy sender would write it, past send()
+    worker.sock.send(raw)
+    assert box.receive() == (("dropped", workers.MESSAGE), [])
+    worker.send(("closed", 3))  # and the channel goes on
+    assert box.receive() == (("closed", 3), [])
+
+
+def test_a_workers_long_log_line_is_cut_to_what_the_box_logs() -> None:
+    box, worker = pair()
+    record = logging.LogRecord(
+        "magickbox.x", logging.WARNING, __file__, 1, "%s", ("u" * 10**6,), None
+    )
+    workers.ToBox(worker).emit(record)
+    got = box.receive()
+    assert got is not None
+    (_kind, name, level, text), _fds = got
+    assert (name, level) == ("magickbox.x", logging.WARNING)
+    assert len(text) < workers.LOG_LIMIT + 100 and text.endswith("characters more)")
