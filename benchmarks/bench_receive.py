@@ -199,9 +199,8 @@ class Box(BoxServer):
         home: Path,
         quiet: float = 1.0,
         env: dict[str, str] | None = None,
-        wrapper: list[str] | None = None,  # argv run instead of "-m magickbox.cli"
     ) -> None:
-        super().__init__(home, quiet, env={**tool_env(True), **(env or {})}, program=wrapper,
+        super().__init__(home, quiet, env={**tool_env(True), **(env or {})},
                          extra_args=["--log-level", "WARNING"])  # fmt: skip
         self.api = httpx.Client(base_url=self.url, timeout=60)
 
@@ -370,39 +369,6 @@ def bare_scp(port: int, out: Path) -> None:
     ae.start_server(("127.0.0.1", port), block=True, evt_handlers=[(evt.EVT_C_STORE, on_store)])
 
 
-def patched_serve(spec: str, argv: list[str]) -> int:
-    """``magickbox`` with a what-if change to the runtime, for the report (not a setting).
-
-    ``spec`` is a comma-separated list of ``sleep=SECONDS`` (cap pynetdicom's polling
-    sleeps: its association reactor sleeps 1 ms between looks at its message queue, its
-    DUL reactor 1 ms whenever idle) and ``switch=SECONDS`` (``sys.setswitchinterval``,
-    how long a thread may keep the GIL while another waits; Python's default is 5 ms).
-    """
-    import time as real_time
-
-    import pynetdicom.association
-    import pynetdicom.dul
-
-    opts = dict(item.split("=", 1) for item in spec.split(",") if item)
-    if "sleep" in opts:
-        cap = float(opts["sleep"])
-
-        class CappedSleep:
-            def sleep(self, seconds: float) -> None:
-                real_time.sleep(min(seconds, cap))
-
-            def __getattr__(self, name: str) -> object:
-                return getattr(real_time, name)
-
-        pynetdicom.association.time = CappedSleep()  # type: ignore[assignment]
-        pynetdicom.dul.time = CappedSleep()  # type: ignore[assignment]
-    if "switch" in opts:
-        sys.setswitchinterval(float(opts["switch"]))
-    from magickbox.cli import main
-
-    return main(argv)
-
-
 # -- 1. throughput ---------------------------------------------------------------------
 @dataclass
 class Throughput:
@@ -423,13 +389,17 @@ def process_cpu(pid: int) -> float:
 
 
 def worker_pids(pid: int) -> list[int]:
-    """The box's receiver workers (its forks; the buckets it runs are other programs)."""
+    """The box's receiver workers: its children that are forks of it (same command line;
+    the buckets it runs are other programs)."""
     found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            with contextlib.suppress(OSError):
-                if b"magickbox" in Path(f"/proc/{child}/cmdline").read_bytes():
-                    found.append(int(child))
+    with contextlib.suppress(OSError):
+        own = Path(f"/proc/{pid}/cmdline").read_bytes()
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread may end meanwhile
+                for child in (task / "children").read_text().split():
+                    with contextlib.suppress(OSError):
+                        if Path(f"/proc/{child}/cmdline").read_bytes() == own:
+                            found.append(int(child))
     return found
 
 
@@ -526,8 +496,9 @@ def measure_memory(work: Path, corpus: Corpus, copies: int = 3) -> dict:
 
 
 # Sends of both corpora that stay on disk until the run ends, per repetition: five
-# receivers, 2 x 4 concurrent associations, the settings variants (MR), the memory box.
-SENDS_KEPT_PER_REP = 5 + 8 + 3 + 2
+# receivers, 3 x 4 concurrent associations (workers, threads, storescp --fork), the settings
+# variants (MR), the memory box.
+SENDS_KEPT_PER_REP = 5 + 12 + 3 + 2
 BOX_RESERVE = 0.05  # the boxes' disk_reserve default: below it they refuse the sends
 
 
@@ -575,17 +546,22 @@ def send_concurrently(port: int, folder: Path, n: int, timeout: float = 600) -> 
     return elapsed
 
 
-def measure_concurrent(ours: Box, work: Path, corpus: Corpus, n: int, reps: int) -> dict:
-    """Aggregate images/s of ``n`` associations at once: ours vs storescp --fork."""
-    times: dict[str, list[float]] = {"ours": [], "storescp --fork": []}
+def measure_concurrent(
+    ours: Box, work: Path, corpus: Corpus, n: int, reps: int, threads: Box | None = None
+) -> dict:
+    """Aggregate images/s of ``n`` associations at once: ours (and, given ``threads``, ours
+    with every association on a thread of the box) vs storescp --fork."""
+    boxes = {"ours": ours, **({"ours, threads": threads} if threads is not None else {})}
+    times: dict[str, list[float]] = {**{key: [] for key in boxes}, "storescp --fork": []}
     fork = ForkStorescpTarget("storescp-fork", "dcmtk storescp --fork", work)
     for rep in range(reps):
-        before = ours.files()
-        seconds = send_concurrently(ours.dicom_port, corpus.path, n)
-        got = sum(j["files"] for j in ours.settle(before + n * corpus.files)) - before
-        if got != n * corpus.files:
-            raise RuntimeError(f"ours: {got} of {n * corpus.files} files became jobs")
-        times["ours"].append(seconds)
+        for key, box in boxes.items():
+            before = box.files()
+            seconds = send_concurrently(box.dicom_port, corpus.path, n)
+            got = sum(j["files"] for j in box.settle(before + n * corpus.files)) - before
+            if got != n * corpus.files:
+                raise RuntimeError(f"{key}: {got} of {n * corpus.files} files became jobs")
+            times[key].append(seconds)
         out = Path(tempfile.mkdtemp(prefix="fork-", dir=work))
         port = free_port()
         proc = subprocess.Popen(fork.command(port, out), env=tool_env(True),
@@ -606,6 +582,11 @@ def measure_concurrent(ours: Box, work: Path, corpus: Corpus, n: int, reps: int)
         "images": n * corpus.files,
         "images_per_s": {k: round(v, 1) for k, v in rates.items()},
         "ours/storescp --fork": round(rates["ours"] / rates["storescp --fork"], 3),
+        **(
+            {"threads/storescp --fork": round(rates["ours, threads"] / rates["storescp --fork"], 3)}
+            if threads is not None
+            else {}
+        ),
     }
 
 
@@ -754,6 +735,7 @@ def profile_receiver(work: Path, corpus: Corpus) -> dict:
                 "--output",
                 str(raw),
                 "--nonblocking",
+                "--subprocesses",  # the receiver workers, where the data sets are received
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -900,7 +882,6 @@ def summarize_profile(raw: Path, images: int, rate: int = PROFILE_RATE) -> dict:
 
 def settings_variants(work: Path) -> list[tuple[str, str, Box]]:
     """Native receiver variants for the settings experiment: (key, label, box)."""
-    me = str(Path(__file__).resolve())
     return [
         (
             "pdu16k",
@@ -913,9 +894,9 @@ def settings_variants(work: Path) -> list[tuple[str, str, Box]]:
             Box(work / "home-pdu1m", env={"MAGICKBOX_MAX_PDU": "1048576", **NATIVE}),
         ),
         (
-            "switch",
-            "ours, GIL switch interval 0.5 ms (what-if)",
-            Box(work / "home-switch", env=NATIVE, wrapper=[me, "--patched-serve", "switch=0.0005"]),
+            "threads",
+            "ours, receiver_processes=0 (threads)",
+            Box(work / "home-threads", env=THREADS),
         ),
     ]
 
@@ -1001,6 +982,17 @@ def report(data: dict) -> str:
             "-",
         ]
         for r in data.get("concurrent", [])
+    ]
+    ratio_rows += [
+        [
+            f"{r['corpus']}, {r['associations']} associations, receiver_processes=0 "
+            "(threads / storescp --fork)",
+            fmt(r["threads/storescp --fork"], 2),
+            "-",
+            "-",
+        ]
+        for r in data.get("concurrent", [])
+        if "threads/storescp --fork" in r
     ]
     parts.append(
         print_table(
@@ -1143,13 +1135,10 @@ def main() -> int:
     )
     parser.add_argument("--images", type=int, default=500, help="images per corpus for --views")
     parser.add_argument("--bare-scp", nargs=2, metavar=("PORT", "DIR"), help=argparse.SUPPRESS)
-    parser.add_argument("--patched-serve", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.bare_scp:
         bare_scp(int(args.bare_scp[0]), Path(args.bare_scp[1]))
         return 0
-    if args.patched_serve is not None:
-        return patched_serve(args.patched_serve, rest)
     if rest:
         parser.error(f"unknown arguments {rest}")
     for tool in (STORESCU, STORESCP):
@@ -1228,7 +1217,13 @@ def main() -> int:
         for extra in (pyn_box, noviews_box):
             extra.stop()
             boxes.remove(extra)
-        data["concurrent"] = [measure_concurrent(ours_box, work, c, 4, reps) for c in corpora]
+        threads_box = Box(work / "home-threads4", env=THREADS).start()
+        boxes.append(threads_box)
+        data["concurrent"] = [
+            measure_concurrent(ours_box, work, c, 4, reps, threads_box) for c in corpora
+        ]
+        threads_box.stop()
+        boxes.remove(threads_box)
         data["memory"] = [measure_memory(work, c) for c in corpora]
         if not quick:
             for c in corpora:
@@ -1287,6 +1282,8 @@ def main() -> int:
 
 # -- 5. series views ------------------------------------------------------------------
 NO_VIEWS = {"MAGICKBOX_SERIES_VIEWS": "false", **NATIVE}
+# Every association on a thread of the box (no worker processes): what the workers gain.
+THREADS = {"MAGICKBOX_RECEIVER_PROCESSES": "0", **NATIVE}
 
 
 def views_cost(rows: list[dict], corpora: list[Corpus]) -> dict:
