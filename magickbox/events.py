@@ -63,11 +63,13 @@ class JobDeleted(Event):
 
 @dataclass(frozen=True)
 class ImageReceived(Event):
-    """A C-STORE was accepted (the file is kept): ``nbytes`` of its data set."""
+    """C-STOREs were accepted (the files are kept): ``images`` of them (one, but for a
+    receiver worker's batch), ``nbytes`` of data sets in all."""
 
     caller_aet: str
     called_aet: str
     nbytes: int
+    images: int = 1
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ class Metrics:
         events.subscribe(PartRestarted, lambda e: self.restarts.labels(e.part).inc())
 
     def _image(self, event: ImageReceived) -> None:
-        self.images.labels(event.caller_aet, event.called_aet).inc()
+        self.images.labels(event.caller_aet, event.called_aet).inc(event.images)
         self.bytes.labels(event.caller_aet, event.called_aet).inc(event.nbytes)
 
     def _job_finished(self, event: JobFinished) -> None:

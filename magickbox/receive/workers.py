@@ -319,8 +319,9 @@ class Remote(EventBus):
         # assoc id -> (key, series UID or None) -> where its files go, asked once; each
         # association's own dictionary is used by its thread only
         self.known: dict[int, dict[tuple[ArrivalKey, str | None], Where]] = {}
-        self.notes: list[tuple[Any, ...]] = []  # ("file", key, kept, header) or ("event", e)
+        self.notes: list[tuple[Any, ...]] = []  # ("file", key, kept, header)
         self.noted = 0  # bytes of headers among them
+        self.received: dict[tuple[str, str], list[int]] = {}  # (calling, called) -> [n, bytes]
         self.pending = threading.Condition()
         threading.Thread(target=self._flusher, name="dicom-notes", daemon=True).start()
 
@@ -338,8 +339,12 @@ class Remote(EventBus):
         self._note(("file", where.key, str(where.folder / kept), header), size)
 
     def publish(self, event: Event) -> None:
-        if isinstance(event, ImageReceived):  # the one event a receiver publishes
-            self._note(("event", event), 0)
+        if isinstance(event, ImageReceived):  # the one event a receiver publishes: summed
+            with self.pending:
+                counts = self.received.setdefault((event.caller_aet, event.called_aet), [0, 0])
+                counts[0] += event.images
+                counts[1] += event.nbytes
+                self.pending.notify()  # wakes the flusher if nothing else was pending
 
     def association_closed(self, assoc_id: int) -> None:
         self.known.pop(assoc_id, None)
@@ -359,13 +364,16 @@ class Remote(EventBus):
     def flush(self) -> None:
         with self.pending:
             notes, self.notes, self.noted = self.notes, [], 0
+            received, self.received = self.received, {}
+            notes += [("event", ImageReceived(calling, called, nbytes, images))
+                      for (calling, called), (images, nbytes) in received.items()]  # fmt: skip
             if notes:  # sent under the lock: batches keep their order
                 self.channel.send(("notes", notes))
 
     def _flusher(self) -> None:
         while True:
             with self.pending:
-                while not self.notes:
+                while not self.notes and not self.received:
                     self.pending.wait()
             time.sleep(BATCH_SECONDS)
             self.flush()
