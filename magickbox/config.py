@@ -103,10 +103,11 @@ class Settings(BaseModel):
     )
     receiver: Literal["native", "pynetdicom"] = Field(
         default="native",
-        description="The DICOM receiver: the box's own upper layer (\"native\": a thread per "
-        "association on plain sockets, 6-7x faster than pynetdicom's in the receive benchmark; "
-        "against dcmtk storescp on one association 0.6-0.8x for MR, 1.1-1.3x for CT slices) "
-        "or pynetdicom's server.",
+        description="The DICOM receiver: the box's own upper layer (\"native\": plain "
+        "sockets, its data transfer in worker processes, see receiver_processes; 5-8x faster "
+        "than pynetdicom's in the receive benchmark, against dcmtk storescp 0.86x for MR and "
+        "0.93x for CT slices on one association, 0.74-0.82x of storescp --fork with 4) or "
+        "pynetdicom's server.",
     )
     receiver_processes: int = Field(
         default=4,
