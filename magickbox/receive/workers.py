@@ -163,9 +163,15 @@ class Pool:
             if self.stopping:
                 return
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            with warnings.catch_warnings():  # 3.12+ warns of a fork with threads: see the top
-                warnings.simplefilter("ignore", DeprecationWarning)
-                pid = os.fork()
+            try:
+                with warnings.catch_warnings():  # 3.12+ warns of a fork with threads: see the top
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    pid = os.fork()
+            except OSError as exc:  # out of processes or memory: fewer workers (with none,
+                ours.close()  # associations stay on the box's threads)
+                theirs.close()
+                log.error("could not start a receiver worker: %s", exc)
+                return
             if pid == 0:  # the worker: never returns into the box's code
                 code = 1
                 try:

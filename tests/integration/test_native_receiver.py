@@ -8,6 +8,7 @@ receiver goes on serving C-ECHO and C-STORE afterwards.
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import random
@@ -25,7 +26,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from magickbox import wire
-from magickbox.receive import acse, incoming, native
+from magickbox.receive import acse, incoming, native, workers
 from magickbox.routing import dimse
 from magickbox.testing.dicomgen import write_study
 from tests.conftest import InProcessBox, copy_bucket, dcmtk, late_requestor_threads
@@ -523,3 +524,26 @@ def test_a_quick_c_store_answer_reaches_a_pynetdicom_requestor_whose_thread_is_p
     assert ("Status" in answer) == parked, answer
     if parked:
         assert answer.Status == 0
+
+
+def test_a_box_that_cannot_fork_its_workers_receives_on_its_threads(
+    app_factory: Callable[..., InProcessBox],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    image: tuple[str, bytes],
+) -> None:
+    def no_fork() -> int:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(workers.os, "fork", no_fork)  # out of processes at the start
+    edge = make_edge(app_factory, tmp_path)
+    pool = edge.box.receiver.pool
+    assert pool is not None and pool.workers == []
+    sop, data = image
+    peer = Peer(edge.dicom_port)
+    peer.associate()
+    assert store_one(peer, sop, data, 1) == 0x0000
+    peer.sock.sendall(wire.release_rq())
+    assert peer.recv_pdu()[0] == wire.RELEASE_RP
+    peer.sock.close()
+    assert wait_files(edge, 1)
