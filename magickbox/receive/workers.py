@@ -65,6 +65,7 @@ HEADER_LIMIT = 1 << 16  # a file's captured elements larger than this are not se
 ANSWER_SECONDS = 30.0  # a worker waits this long for the box to name an arrival: else A700
 CHANNEL_BUFFER = 1 << 20  # bytes each side of a channel may queue
 LOG_LIMIT = 1 << 14  # characters of a worker's log line the box logs
+STOP_SECONDS = 5.0  # a stop waits this long, at most, for each worker to be gone
 RESPAWN_SECONDS = 1.0  # a worker that died sooner after its start is replaced this much later
 BATCH = 64  # kept files a worker tells the box of in one message, at most
 BATCH_SECONDS = 0.1  # and at most this late
@@ -137,6 +138,7 @@ class Worker:
     # with it, or shuts it down when the receiver stops
     carried: dict[int, socket.socket]
     started: float  # monotonic
+    reader: threading.Thread | None = None  # the box's thread acting on its messages
 
 
 class Pool:
@@ -184,19 +186,26 @@ class Pool:
             theirs.close()
             worker = Worker(pid, Channel(ours), {}, time.monotonic())
             self.workers.append(worker)
-        threading.Thread(
+        worker.reader = threading.Thread(
             target=self._read, args=(worker,), name=f"dicom-worker-{pid}", daemon=True
-        ).start()
+        )
+        worker.reader.start()
 
     def stop(self) -> None:
+        """End every worker and wait (a little) until each is gone and cleaned up after,
+        so that a start right after (the heartbeat's restart) finds none still writing."""
         with self.lock:
             self.stopping = True
             workers, self.workers = self.workers, []
+            carried = [conn for worker in workers for conn in worker.carried.values()]
+        for conn in carried:  # the workers see their reads fail
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
         for worker in workers:
-            for conn in list(worker.carried.values()):  # the worker sees its reads fail
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-            worker.channel.close()  # and leaves
+            worker.channel.close()  # and leave
+        for worker in workers:
+            if worker.reader is not None:
+                worker.reader.join(STOP_SECONDS)
 
     def hand_over(self, association: Association) -> bool:
         """Give ``association`` (associated, plain TCP) to the least busy worker; False if
