@@ -119,6 +119,25 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
+def receiver_workers(box: BoxServer) -> set[int]:
+    """The box's child processes that are receiver workers (buckets run as other programs)."""
+    assert box.proc is not None
+    found: set[int] = set()
+    for task in Path(f"/proc/{box.proc.pid}/task").iterdir():
+        try:  # a thread may end between the listing and the read
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for pid in children:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"magickbox" in cmdline and pid_alive(int(pid)):  # a fork of the box itself
+                found.add(int(pid))
+    return found
+
+
 # -- buckets -------------------------------------------------------------------------------
 
 QUICK = """#!/bin/sh

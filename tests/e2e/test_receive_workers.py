@@ -24,6 +24,7 @@ from tests.e2e.peers import (
     input_files,
     install_buckets,
     pid_alive,
+    receiver_workers,
     send_files,
     store,
     wait_for,
@@ -33,28 +34,9 @@ from tests.e2e.peers import (
 pytestmark = pytest.mark.e2e
 
 
-def workers(box: BoxServer) -> set[int]:
-    """The box's child processes that are receiver workers (buckets run as other programs)."""
-    assert box.proc is not None
-    found: set[int] = set()
-    for task in Path(f"/proc/{box.proc.pid}/task").iterdir():
-        try:  # a thread may end between the listing and the read
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for pid in children:
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"magickbox" in cmdline and pid_alive(int(pid)):  # a fork of the box itself
-                found.add(int(pid))
-    return found
-
-
 def two_workers(box: BoxServer) -> set[int]:
     def probe() -> set[int] | None:
-        found = workers(box)
+        found = receiver_workers(box)
         return found if len(found) == 2 else None
 
     return wait_for("two receiver workers", probe)
@@ -95,7 +77,7 @@ def test_a_killed_worker_loses_nothing_it_acknowledged_and_is_replaced(
     (job,) = wait_jobs(box, 1, caller_aet="DIES")
     assert sorted(input_files(box, job["scratchdir"])) == sorted(acked)
     # New workers take their place and the next send is received whole.
-    wait_for("two new workers", lambda: len(workers(box) - before) == 2 or None)
+    wait_for("two new workers", lambda: len(receiver_workers(box) - before) == 2 or None)
     assert len(send_files(box.dicom_port, "Recv", study.paths[3:], calling="AFTER").ok) == 3
     (after,) = wait_jobs(box, 1, caller_aet="AFTER")
     assert sorted(input_files(box, after["scratchdir"])) == sorted(p.name for p in study.paths[3:])
@@ -111,4 +93,4 @@ def test_no_workers_every_association_on_a_thread(box_factory, tmp_path: Path) -
     (job,) = wait_jobs(box, 1)
     assert len(input_files(box, job["scratchdir"])) == 3
     time.sleep(0.2)
-    assert workers(box) == set()
+    assert receiver_workers(box) == set()

@@ -26,6 +26,8 @@ from tests.e2e.peers import (
     dataset_part,
     input_files,
     install_buckets,
+    pid_alive,
+    receiver_workers,
     send_files,
     wait_for,
     wait_jobs,
@@ -196,6 +198,7 @@ def test_kill9_during_a_receive_loses_no_acknowledged_file(box_factory, tmp_path
     study = write_study(tmp_path / "big", n_images=total, rows=16, cols=16)
     logs = [tmp_path / f"storescu{i}.out" for i in range(senders)]
     outs = [log.open("w") for log in logs]
+
     def command(i: int) -> list[str]:
         return [dcmtk("storescu"), "-v", "+sd", "+r", "-nh", "-aet", f"BIGSEND{i}", "-aec",
                 "Recv", "127.0.0.1", str(box.dicom_port), str(study.paths[0].parent)]  # fmt: skip
@@ -286,7 +289,8 @@ def test_a_restart_kills_the_whole_group_even_when_work_sh_had_exited(
 
 @pytest.mark.timeout(300)
 def test_kill9_during_four_concurrent_associations_loses_no_acknowledged_file(
-    box_factory, tmp_path: Path  # type: ignore[no-untyped-def]
+    box_factory,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     home = tmp_path / "home"
     install_buckets(home, Recv=QUICK)
@@ -311,7 +315,13 @@ def test_kill9_during_four_concurrent_associations_loses_no_acknowledged_file(
 
     try:
         wait_for("every association under way", all_going)
+        carriers = receiver_workers(box)
+        assert len(carriers) == 4, carriers  # the default 4: each carries one of the sends
         box.kill9()
+        for pid in carriers:  # a worker leaves with the box: its channel closed
+            wait_for(
+                f"worker {pid} to end with the box", lambda pid=pid: not pid_alive(pid) or None
+            )
         for proc, _log in senders.values():
             proc.wait(60)
     finally:
