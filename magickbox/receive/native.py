@@ -1,4 +1,4 @@
-"""The DICOM receiver's own upper layer: one thread per association, on blocking sockets.
+"""The DICOM receiver's own upper layer: each association a loop on its blocking socket.
 
 pynetdicom passes every PDU through a reactor and two polling threads per association,
 which held the receiver to a third of dcmtk storescp's speed. Here an association is a
@@ -6,7 +6,9 @@ plain loop on its socket: the A-ASSOCIATE-RQ is read and answered (``acse.py``),
 P-DATA-TF is read PDV by PDV, a data set is written to its file as its fragments arrive
 (memory stays bounded whatever length a peer declares), and once it is complete it is
 checked and kept (``intake.py``) before the C-STORE-RSP goes out. C-ECHO, A-RELEASE and
-A-ABORT are handled; anything else is answered with an A-ABORT.
+A-ABORT are handled; anything else is answered with an A-ABORT. Every association is
+negotiated on a thread of the box; a plain-TCP one then goes on in one of the receiver's
+worker processes (``workers.py``) with this same code, unless ``receiver_processes`` is 0.
 
 Every read has a deadline: a peer gets ``ARTIM`` seconds for its request and
 ``PDU_TIMEOUT`` for each PDU after it, so idle or trickling connections cannot hold the

@@ -229,11 +229,6 @@ class Pool:
             return not ours
         return True
 
-    def busy(self) -> list[int]:
-        """The associations each worker carries now."""
-        with self.lock:
-            return [len(worker.carried) for worker in self.workers]
-
     def _read(self, worker: Worker) -> None:
         """Act on a worker's messages until its channel closes; then clean up after it.
 
