@@ -65,14 +65,18 @@ class Where:
     per_series: bool
 
 
-def note_duplicate(key: ArrivalKey, name: str, kept: str) -> None:
-    """Log a second, different data set under a SOP Instance UID of the send (both kept)."""
+def place_in(where: Where, src: Path, name: str) -> Path:
+    """Move a received file into its arrival's folder as ``name`` (``scratch.place_file``:
+    never over another acknowledged data set); the path it got. A second, different data
+    set under a SOP Instance UID of the send is logged (both are kept)."""
+    kept = place_file(src, where.folder, name)
     if kept != name:
         log.warning(
             "two different data sets with SOP Instance UID %s from calling AE %r (%s) "
             "in one send: both kept, the later as %s",
-            Path(name).stem, key.caller_aet, key.caller_ip, kept,
+            Path(name).stem, where.key.caller_aet, where.key.caller_ip, kept,
         )  # fmt: skip
+    return where.folder / kept
 
 
 # on_ready(folder, key, started, series[, verdict=...]): the arrival is quiet (and
@@ -144,9 +148,7 @@ class Grouper:
         where = self.open_arrival(assoc_id, key, series_uid, src)
         # The arrival cannot become a job while this association is open, so the rename is
         # safe outside the lock and concurrent associations do not wait on each other.
-        kept = place_file(src, where.folder, name)
-        note_duplicate(where.key, name, kept)
-        self.file_added(where.key, where.folder / kept, header)
+        self.file_added(where.key, place_in(where, src, name), header)
 
     def open_arrival(
         self, assoc_id: int, key: ArrivalKey, series_uid: str | None, src: Path

@@ -49,9 +49,8 @@ from typing import TYPE_CHECKING, Any
 
 from magickbox import disk
 from magickbox.events import Event, EventBus, ImageReceived
-from magickbox.jobs.scratch import place_file
 from magickbox.receive import acse
-from magickbox.receive.grouping import ArrivalKey, Where, note_duplicate
+from magickbox.receive.grouping import ArrivalKey, Where, place_in
 from magickbox.receive.intake import Intake, Peer
 from magickbox.study.series import RawHeader
 
@@ -341,12 +340,11 @@ class Remote(EventBus):
         """As Grouper.add_file: the file moves into its arrival before it is acknowledged."""
         series_uid = header.series_uid if header is not None else None
         where = self._where(assoc_id, key, series_uid, src)
-        kept = place_file(src, where.folder, name)
-        note_duplicate(where.key, name, kept)
+        kept = place_in(where, src, name)
         size = sum(map(len, header.values.values())) if header is not None else 0
         if size > HEADER_LIMIT:
             header, size = None, 0  # its arrival's views are then read from the files by the job
-        self._note(("file", where.key, str(where.folder / kept), header), size)
+        self._note(("file", where.key, str(kept), header), size)
 
     def publish(self, event: Event) -> None:
         if isinstance(event, ImageReceived):  # the one event a receiver publishes: summed
