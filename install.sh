@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up MagickBox on Debian/Ubuntu: system tools (dcmtk, jq, curl, PostgreSQL for its
-# tests) and a virtualenv in .venv with the package and its test tools.
+# tests, a C compiler for the receiver's compiled walk) and a virtualenv in .venv with the
+# package and its test tools.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -9,7 +10,8 @@ as_root=()
 export DEBIAN_FRONTEND=noninteractive
 "${as_root[@]}" apt-get update -qq
 "${as_root[@]}" apt-get install -y -qq --no-install-recommends \
-  python3 python3-venv dcmtk jq curl postgresql chromium orthanc podman runc busybox-static \
+  python3 python3-venv python3-dev gcc libc6-dev \
+  dcmtk jq curl postgresql chromium orthanc podman runc busybox-static \
   slurm-wlm munge openssl \
   >/dev/null
 

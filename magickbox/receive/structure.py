@@ -27,6 +27,11 @@ from typing import BinaryIO
 
 from pydicom.uid import UID
 
+try:  # the walk's inner loop, compiled (_skim.c); without it the Python loop does it all
+    from magickbox.receive._skim import skim as _skim
+except ImportError:  # a build without a C compiler (tests/unit/test_structure.py tells)
+    _skim = None  # type: ignore[assignment]
+
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 DELIMITERS = (ITEM, ITEM_END, SEQUENCE_END)
@@ -325,6 +330,10 @@ class _Walker:
         capture, out, implicit = self.capture, self.header_out, self.implicit
         vr = b""
         while pos < size:
+            if _skim is not None:  # the plain elements compiled; the rest by the rules below
+                pos = _skim(data, pos, implicit, self.little, capture, out.values, out.vrs)
+                if pos == size:
+                    break
             if pos + 8 > size:
                 raise Malformed("the data set ends inside an element header or a sequence")
             if implicit:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, generate_uid
 from pynetdicom.dsutils import split_dataset
 
+from magickbox.receive import structure
 from magickbox.receive.structure import (
     Header,
     Malformed,
@@ -198,11 +200,26 @@ def in_memory_and_on_disk(tmp_path: Path) -> Iterator[tuple[str, Path, str]]:
     yield "pydicom's image_dfl.dcm", Path(get_testdata_file("image_dfl.dcm")), DEFLATED  # type: ignore[arg-type]
 
 
+@pytest.fixture(params=["compiled", "python"])
+def top_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The walk in memory with its compiled inner loop (_skim.c) and without it."""
+    if request.param == "python":
+        monkeypatch.setattr(structure, "_skim", None)
+    return str(request.param)
+
+
+def test_the_compiled_inner_loop_is_built() -> None:
+    """install.sh installs a C compiler: the receiver's walk must not fall back to Python
+    unnoticed (setup.py builds _skim.c as optional, so only this test tells)."""
+    assert structure._skim is not None, "magickbox/receive/_skim.c was not compiled"
+
+
 def test_the_walk_in_memory_finds_and_refuses_what_the_walk_of_the_file_does(
-    tmp_path: Path,
+    tmp_path: Path, top_loop: str
 ) -> None:
     """The native receiver walks a data set in memory (walk_buffer, its own loop for the
-    top level): it must keep and refuse exactly what the walk of the stored file does."""
+    top level, compiled or not): it must keep and refuse exactly what the walk of the
+    stored file does."""
     capture = (0x00080018, 0x0020000D, 0x00200011, 0x00280010, 0x00081140)
     refused = meta_only = 0
     for case, path, syntax in in_memory_and_on_disk(tmp_path):
@@ -218,3 +235,49 @@ def test_the_walk_in_memory_finds_and_refuses_what_the_walk_of_the_file_does(
         if on_disk[0] == "passed":
             assert on_disk[1][0x00080018], case  # the capture did capture
     assert refused + meta_only >= len(MALFORMED_KINDS) + 3 * len(SYNTAXES)  # cuts and broken
+
+
+def mutations(data: bytes, rng: random.Random) -> Iterator[bytes]:
+    """``data`` with random bytes changed, lengths set to odd values, and cut."""
+    for _ in range(300):
+        raw = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(raw))
+            kind = rng.random()
+            if kind < 0.4:
+                raw[at] = rng.randrange(256)
+            elif kind < 0.7 and at + 4 <= len(raw):  # a length or tag field's worth
+                value = rng.choice([0, 1, 0xFFFF, 0xFFFFFFFF, len(raw), rng.randrange(1 << 32)])
+                raw[at : at + 4] = struct.pack("<I", value)
+            else:
+                del raw[at:]
+        yield bytes(raw)
+
+
+@pytest.mark.parametrize("syntax", sorted(SYNTAXES))
+def test_the_compiled_inner_loop_decides_as_the_python_loop(
+    syntax: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Mutated data sets (bytes, lengths, cuts) are kept or refused alike, with the same
+    captured values, whether the compiled loop skims the plain elements or Python does."""
+    if structure._skim is None:
+        pytest.skip("the compiled loop is not built (test_the_compiled_inner_loop_is_built)")
+    ds = image(SYNTAXES[syntax])
+    ds.ReferencedImageSequence = Sequence([Dataset()])
+    ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID = generate_uid()
+    save_dataset(ds, tmp_path / "image.dcm")
+    raw = (tmp_path / "image.dcm").read_bytes()
+    (meta_length,) = struct.unpack_from("<I", raw, 140)
+    data = raw[144 + meta_length :]
+    capture = (0x00080018, 0x0020000D, 0x00280010, 0x00081140, 0x7FE00010)
+    compiled = structure._skim
+    rng = random.Random(f"skim-{syntax}")
+    decided = set()
+    for mutated in mutations(data, rng):
+        fast = outcome(lambda: walk_buffer(mutated, SYNTAXES[syntax], capture))  # noqa: B023
+        monkeypatch.setattr(structure, "_skim", None)
+        slow = outcome(lambda: walk_buffer(mutated, SYNTAXES[syntax], capture))  # noqa: B023
+        monkeypatch.setattr(structure, "_skim", compiled)
+        assert fast == slow
+        decided.add(fast[0])
+    assert decided == {"passed", "refused"}  # the mutations reached both outcomes
