@@ -17,7 +17,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -279,29 +279,35 @@ def kill_group(pgid: int, sig: int) -> None:
 
 
 def kill_leftover(job_dir: Path) -> None:
-    """After a crash of the box: stop what is left of a bucket's run (found by its pid file).
+    """After a crash of the box: stop what is left of a bucket's run.
 
     The whole process group goes, whatever its leader's state: work.sh may have exited
     while the box was down and left a background child that would write into the re-run.
+    The group is the one in the pid file; a box killed after starting the run but before
+    writing that file leaves none, so the run's processes are also looked for by their
+    environment (MB_JOB_DIR), which every process of a run inherits.
     """
     pid_file = JobFolder(job_dir).pid_file
+    groups = _marked_groups(job_dir)
     try:
         pgid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
-        return
-    # A pgid is not reused while a member lives; a member of this run is recognised by its
-    # environment (MB_JOB_DIR) or command line, so an unrelated group is never killed.
-    if any(_of_run(pid, job_dir) for pid in group_members(pgid)):
-        kill_group(pgid, signal.SIGKILL)
-        deadline = time.monotonic() + KILL_WAIT
-        while group_members(pgid) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        pass
+    else:
+        # A pgid is not reused while a member lives; a member of this run is recognised by
+        # its environment or command line, so an unrelated group is never killed.
+        if any(_of_run(pid, job_dir) for pid in group_members(pgid)):
+            groups.add(pgid)
+    for group in groups:
+        kill_group(group, signal.SIGKILL)
+    deadline = time.monotonic() + KILL_WAIT
+    while any(group_members(g) for g in groups) and time.monotonic() < deadline:
+        time.sleep(0.02)
     pid_file.unlink(missing_ok=True)
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group ``pgid``, from /proc."""
-    members = []
+def _processes() -> Iterator[tuple[int, int]]:
+    """(pid, process group) of every live (not zombie) process, from /proc."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -311,9 +317,27 @@ def group_members(pgid: int) -> list[int]:
             continue
         # Fields after the command's ")" (which may itself hold spaces): state, ppid, pgrp.
         fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 2 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
+        if len(fields) > 2 and fields[0] not in ("Z", "X"):
+            yield int(entry.name), int(fields[2])
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``, from /proc."""
+    return [pid for pid, group in _processes() if group == pgid]
+
+
+def _marked_groups(job_dir: Path) -> set[int]:
+    """Process groups of the processes whose environment names ``job_dir`` (MB_JOB_DIR)."""
+    marker = f"MB_JOB_DIR={job_dir}".encode()
+    groups = set()
+    for pid, group in _processes():
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ and group != os.getpgrp():  # never the box's own group
+            groups.add(group)
+    return groups
 
 
 def _of_run(pid: int, job_dir: Path) -> bool:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ from magickbox.buckets.runner import (
     RunRequest,
     RunResult,
     bucket_env,
+    group_members,
+    kill_leftover,
 )
 from magickbox.config import Settings
 from magickbox.jobfolder import JobFolder, RunFacts
@@ -308,6 +311,35 @@ def test_pid_file_names_the_running_process(tmp_path: Path) -> None:
     executor.shutdown()
     assert done.wait().exit_code != 0
     assert not JobFolder(job_dir).pid_file.exists()
+
+
+def test_a_run_left_without_its_pid_file_is_found_by_its_environment(tmp_path: Path) -> None:
+    """A box killed between starting work.sh and writing its pid file: the restart still
+    stops the run (found by MB_JOB_DIR), and leaves a process of another job alone."""
+    job_dir, _work_sh = make_job(tmp_path, "")
+    other = tmp_path / "other"
+    other.mkdir()
+
+    def started(folder: Path) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "MB_JOB_DIR": str(folder)}
+        return subprocess.Popen(["sh", "-c", "sleep 300 & wait"], env=env,
+                                start_new_session=True)  # fmt: skip
+
+    orphan, unrelated = started(job_dir), started(other)
+    try:
+        assert not JobFolder(job_dir).pid_file.exists()
+        deadline = time.monotonic() + TIMEOUT
+        while len(group_members(orphan.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)  # the shell and its sleep
+        kill_leftover(job_dir)
+        assert orphan.wait(timeout=5) == -signal.SIGKILL
+        assert not group_members(orphan.pid), "the run's child survived"
+        assert unrelated.poll() is None and group_members(unrelated.pid)
+    finally:
+        for proc in (orphan, unrelated):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 # ---------------------------------------------------------------- scripts that cannot start
