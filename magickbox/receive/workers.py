@@ -52,7 +52,7 @@ from magickbox.events import Event, EventBus, ImageReceived
 from magickbox.receive import acse
 from magickbox.receive.grouping import ArrivalKey, Where, place_in
 from magickbox.receive.intake import Intake, Peer
-from magickbox.study.series import RawHeader
+from magickbox.study.series import CHARSET_TAG, SERIES_UID_TAG, RawHeader
 
 if TYPE_CHECKING:
     from magickbox.receive.native import Association, NativeReceiver
@@ -66,6 +66,9 @@ CHANNEL_BUFFER = 1 << 20  # bytes each side of a channel may queue
 LOG_LIMIT = 1 << 14  # characters of a worker's log line the box logs
 STOP_SECONDS = 5.0  # a stop waits this long, at most, for each worker to be gone
 RESPAWN_SECONDS = 1.0  # a worker that died sooner after its start is replaced this much later
+# what a worker told the box of a series' elements: (implicit VR, little endian, character
+# set) and {tag: (raw value, VR)}
+Told = tuple[tuple[bool, bool, bytes | None], dict[int, tuple[bytes, str | None]]]
 BATCH = 64  # kept files a worker tells the box of in one message, at most
 BATCH_SECONDS = 0.1  # and at most this late
 
@@ -328,6 +331,9 @@ class Remote(EventBus):
         # assoc id -> (key, series UID or None) -> where its files go, asked once; each
         # association's own dictionary is used by its thread only
         self.known: dict[int, dict[tuple[ArrivalKey, str | None], Where]] = {}
+        # assoc id -> (key, series UID) -> what the box was told of that series' elements:
+        # (the encoding and character set, {tag: (value, VR)})
+        self.told: dict[int, dict[tuple[ArrivalKey, str], Told]] = {}
         self.notes: list[tuple[Any, ...]] = []  # ("file", key, kept, header)
         self.noted = 0  # bytes of headers among them
         self.received: dict[tuple[str, str], list[int]] = {}  # (calling, called) -> [n, bytes]
@@ -341,6 +347,8 @@ class Remote(EventBus):
         series_uid = header.series_uid if header is not None else None
         where = self._where(assoc_id, key, series_uid, src)
         kept = place_in(where, src, name)
+        if header is not None and series_uid:
+            header = self._news(assoc_id, where.key, series_uid, header)
         size = sum(map(len, header.values.values())) if header is not None else 0
         if size > HEADER_LIMIT:
             header, size = None, 0  # its arrival's views are then read from the files by the job
@@ -354,8 +362,35 @@ class Remote(EventBus):
                 counts[1] += event.nbytes
                 self.pending.notify()  # wakes the flusher if nothing else was pending
 
+    def _news(
+        self, assoc_id: int, key: ArrivalKey, series_uid: str, header: RawHeader
+    ) -> RawHeader:
+        """The elements of ``header`` that this association has not told the box of already
+        for this series, in the same bytes, VR, encoding and character set.
+
+        A series view keeps the first non-empty value of each tag, and the same bytes
+        decode alike: an element told again cannot change the view. After a series' first
+        file, the box is told (and unpickles and looks at) hardly more than its series UID.
+        """
+        told = self.told.setdefault(assoc_id, {})
+        values, vrs = header.values, header.vrs
+        encoding = (header.implicit, header.little, values.get(CHARSET_TAG))
+        before = told.get((key, series_uid))
+        if before is None or before[0] != encoding:
+            told[(key, series_uid)] = (encoding, {t: (v, vrs.get(t)) for t, v in values.items()})
+            return header
+        seen = before[1]
+        fresh = [t for t, v in values.items() if seen.get(t) != (v, vrs.get(t))]
+        for tag in fresh:
+            seen[tag] = (values[tag], vrs.get(tag))
+        # the series UID names the view; the character set decodes what is told with it
+        fresh.extend(t for t in (SERIES_UID_TAG, CHARSET_TAG) if t in values and t not in fresh)
+        return RawHeader({t: values[t] for t in fresh}, {t: vrs.get(t) for t in fresh},
+                         header.implicit, header.little)  # fmt: skip
+
     def association_closed(self, assoc_id: int) -> None:
         self.known.pop(assoc_id, None)
+        self.told.pop(assoc_id, None)
         self.flush()  # its files first
         self.channel.send(("closed", assoc_id))
 

@@ -109,7 +109,10 @@ class SeriesView:
         for keyword in self.tags:
             if keyword in self.values:
                 continue
-            value = json_value(ds.get(keyword))
+            found = ds.get(keyword)
+            if found is None:  # most files of a series: the tags its first file lacked
+                continue
+            value = json_value(found)
             if value not in (None, "", []):  # an empty value may be filled by a later file
                 self.values[keyword] = value
 

@@ -19,7 +19,7 @@ from magickbox.events import ImageReceived
 from magickbox.receive import workers
 from magickbox.receive.grouping import ArrivalKey, Where
 from magickbox.receive.workers import Channel, Remote
-from magickbox.study.series import SERIES_UID_TAG, RawHeader
+from magickbox.study.series import CHARSET_TAG, SERIES_UID_TAG, RawHeader, SeriesSet
 
 KEY = ArrivalKey("SCU", "Recv", "127.0.0.1", "1.2.3")
 
@@ -136,6 +136,51 @@ def test_a_bucket_per_series_is_asked_about_each_series_and_each_file_without_on
     assert (files / "arrivals" / "B" / "3.dcm").exists()
     remote.add_file(2, KEY, part(files, 6), "6.dcm", header("A"))  # another association
     assert box.asked[-1] == (KEY, "A")
+
+
+def mr_header(series: str, **changed: bytes) -> RawHeader:
+    """A header as the walk captures it (tags: description, name, echo time, charset)."""
+    raw = {SERIES_UID_TAG: series.encode(), 0x0008103E: b"T1 MPRAGE", 0x00100010: b"Doe^Jo",
+           0x00180081: b"", CHARSET_TAG: b"ISO_IR 100"}  # fmt: skip
+    tags = {"SeriesDescription": 0x0008103E, "PatientName": 0x00100010, "EchoTime": 0x00180081,
+            "InversionTime": 0x00180082}  # fmt: skip
+    raw.update({tags[k]: v for k, v in changed.items()})
+    vrs = {SERIES_UID_TAG: "UI", 0x0008103E: "LO", 0x00100010: "PN", 0x00180081: "DS",
+           0x00180082: "DS", CHARSET_TAG: "CS"}  # fmt: skip
+    return RawHeader(raw, {t: vrs[t] for t in raw}, False, True)
+
+
+def test_a_series_elements_are_told_once_and_the_views_stay_the_same(files: Path) -> None:
+    """After a series' first file the box hears only what changed (and the series UID and
+    character set): views built from what it heard equal views built from every header."""
+    remote, box = worker_with(files, per_series=False)
+    headers = [
+        mr_header("A"),
+        mr_header("A"),
+        mr_header("A", EchoTime=b"2.5 "),  # was empty: the view takes it from this file
+        mr_header("A", SeriesDescription=b"T1 again", InversionTime=b"900"),
+        mr_header("B"),  # another series: told in full
+        mr_header("A"),
+    ]
+    for n, head in enumerate(headers):
+        remote.add_file(1, KEY, part(files, n), f"{n}.dcm", head)
+    remote.association_closed(1)
+    deadline = time.monotonic() + 10
+    while not box.said or box.said[-1][0] != "closed":
+        assert time.monotonic() < deadline, box.said
+        time.sleep(0.01)
+    told = [note[3] for note in box.said[0][1] if note[0] == "file"]
+    # a value unlike the one told last is told (file 4: the echo time is empty again)
+    assert [len(h.values) for h in told] == [5, 2, 3, 5, 5, 3]
+    assert set(told[1].values) == {SERIES_UID_TAG, CHARSET_TAG}
+    heard, full = SeriesSet(), SeriesSet()
+    for n, (short, whole) in enumerate(zip(told, headers, strict=True)):
+        heard.add(short, f"{n}.dcm")
+        full.add(whole, f"{n}.dcm")
+    as_json = [(view.to_json(), names) for view, names in full.items()]
+    assert [(view.to_json(), names) for view, names in heard.items()] == as_json
+    assert as_json[0][0]["EchoTime"] == 2.5 and as_json[0][0]["InversionTime"] == 900
+    assert as_json[0][0]["NumFiles"] == 5
 
 
 def test_an_arrival_the_box_cannot_make_is_an_os_error_and_the_file_stays(files: Path) -> None:
