@@ -67,6 +67,12 @@ def sends_of(box: BoxServer, scratchdir: str) -> list[dict]:
     return res.json()
 
 
+def tries(box: BoxServer, scratchdir: str) -> int:
+    """Tries of a job's one send so far (0 also before its routing has listed the send)."""
+    sends = sends_of(box, scratchdir)
+    return int(sends[0]["attempts"]) if sends else 0
+
+
 def wait_sends(box: BoxServer, scratchdir: str, *states: str, timeout: float = 60) -> list[dict]:
     def probe() -> list[dict] | None:
         sends = sends_of(box, scratchdir)
@@ -231,7 +237,7 @@ def test_a_destination_down_at_first_gets_every_file_once(box_factory, tmp_path,
     study = write_study(tmp_path / "s", n_images=5, rows=32, cols=32)
     assert box.storescu(study.paths[0].parent, "copy").returncode == 0
     job = job_of(box, "copy")
-    wait_for("two failed tries", lambda: sends_of(box, job["scratchdir"])[0]["attempts"] >= 2)
+    wait_for("two failed tries", lambda: tries(box, job["scratchdir"]) >= 2)
     (send,) = sends_of(box, job["scratchdir"])
     assert send["state"] in ("pending", "sending") and send["reason"]
     peers(later)
@@ -274,7 +280,7 @@ def test_sends_pending_at_a_kill_go_on_after_the_restart(box_factory, tmp_path, 
     study = write_study(tmp_path / "s", n_images=3, rows=32, cols=32)
     assert box.storescu(study.paths[0].parent, "copy").returncode == 0
     job = job_of(box, "copy")
-    wait_for("a failed try", lambda: sends_of(box, job["scratchdir"])[0]["attempts"] >= 1)
+    wait_for("a failed try", lambda: tries(box, job["scratchdir"]) >= 1)
     box.kill9()
     peers(later)
     again = box_factory(quiet=QUIET, home=home, env=env,
