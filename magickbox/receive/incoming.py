@@ -9,14 +9,9 @@ left behind, its file is walked once it is complete, and the memory of an associ
 stays bounded whatever length a peer declares.
 
 The file a data set fills is made before its request comes (a :class:`Spare`, created
-while the association waits for the peer), so creating it costs the sender no time. The
-spare is also filled ahead with as many zeros as the association's last data set had:
-the page-cache pages the data set will be written into are allocated then, not once its
-data has come. On these machines (VMs that hand free memory back to the host) a fresh
-page costs a fault in the host: writing an MR slice to new pages took 0.03-0.35 ms,
-overwriting pages filled ahead 0.007 ms. A file is complete in ``.partial`` before it
-moves into its arrival, and a start removes whatever is left there (nothing in it was
-ever acknowledged).
+while the association waits for the peer), so creating it costs the sender no time. A
+file is complete in ``.partial`` before it moves into its arrival, and a start removes
+whatever is left there (nothing in it was ever acknowledged).
 """
 
 from __future__ import annotations
@@ -29,7 +24,6 @@ from pathlib import Path
 MEMORY = 1 << 21  # bytes of a data set held in memory; larger ones are walked from their file
 FLUSH = 1 << 16  # bytes gathered before a write: few system calls, the disk kept busy
 FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-ZEROS = memoryview(bytes(1 << 18))  # what a spare is filled ahead with, a part at a time
 _serial = itertools.count(1)  # next() on a count is atomic under the GIL
 _pid = os.getpid()  # getpid() is a system call each time; a forked child learns its own
 
@@ -60,33 +54,15 @@ def write_all(fd: int, parts: list[memoryview]) -> None:
 
 
 class Spare:
-    """A file in ``.partial``, made ahead for the next data set to fill, and filled ahead
-    with ``expect`` zero bytes (at most ``MEMORY``) that the data set will overwrite."""
+    """An empty file in ``.partial``, made ahead for the next data set to fill."""
 
-    def __init__(self, folder: Path, expect: int = 0) -> None:
+    def __init__(self, folder: Path) -> None:
         self.path = partial_path(folder)
         self.error: OSError | None = None  # the file could not be made: answered A700
-        self.filled = 0  # zero bytes written ahead
         try:
             self.fd = os.open(self.path, FLAGS, 0o600)
         except OSError as exc:
             self.fd, self.error = -1, exc
-            return
-        self._fill_ahead(min(expect, MEMORY))
-
-    def _fill_ahead(self, n: int) -> None:
-        try:
-            while self.filled < n:
-                self.filled += os.pwrite(self.fd, ZEROS[: n - self.filled], self.filled)
-        except OSError:  # the disk is full: the data set's own writes will say so
-            with contextlib.suppress(OSError):
-                os.ftruncate(self.fd, 0)
-            self.filled = 0
-
-    def trim(self, size: int) -> None:
-        """Cut what was filled ahead beyond the ``size`` bytes the data set wrote."""
-        if self.filled > size:
-            os.ftruncate(self.fd, size)
 
     def close(self) -> None:
         """Close the file (once; it stays where it is)."""
@@ -169,8 +145,6 @@ class Incoming:
             self._write(self.view[self.flushed : self.size])
             self.flushed = self.size
         try:
-            if self.error is None:
-                self.spare.trim(len(self.meta) + self.size)
             self.spare.close()
         except OSError as exc:
             self.error = self.error or exc

@@ -467,9 +467,9 @@ class Association:
         self._respond(context_id, request, status)
         if checked is not None:  # the metrics can wait until the sender has its answer
             self.rx.intake.received(checked, self.peer)
-        # The next data set's file is made (and filled ahead, as large as this one) now,
-        # while the peer reads the answer and sends its next request, not when it has come.
-        self.spare = Spare(self.rx.partial, expect=len(incoming.meta) + incoming.size)
+        # The next data set's file is made now, while the peer reads the answer and
+        # sends its next request, not when that request has come.
+        self.spare = Spare(self.rx.partial)
 
     def _verdict(
         self, context_id: int, request: wire.Command, incoming: Incoming

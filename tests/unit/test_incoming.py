@@ -116,37 +116,3 @@ def test_write_all_writes_every_part_in_order(tmp_path: Path, sizes: list[int]) 
     incoming.write_all(fd, [memoryview(p) for p in parts])
     os.close(fd)
     assert (tmp_path / "f").read_bytes() == b"".join(parts)
-
-
-@pytest.mark.parametrize("size", [0, 100, 3 * FLUSH + 5, 5 * FLUSH])
-def test_a_spare_filled_ahead_ends_as_exactly_its_data_set(tmp_path: Path, size: int) -> None:
-    """A spare holds the zeros filled ahead (as large as the last data set) until its data
-    set overwrites them; the file is then that data set, smaller or larger, no more."""
-    ahead = len(META) + 3 * FLUSH + 5
-    spare = Spare(tmp_path, expect=ahead)
-    assert spare.path.read_bytes() == bytes(ahead)
-    data = os.urandom(size)
-    got = Incoming(bytearray(1 << 20), META, spare)
-    for start in range(0, size, 1000):
-        got.put(memoryview(data[start : start + 1000]))
-    got.finish()
-    assert got.error is None
-    assert got.path.read_bytes() == META + data
-
-
-def test_filling_ahead_is_bounded_by_memory_and_a_full_disk_leaves_an_empty_spare(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    spare = Spare(tmp_path, expect=50 * incoming.MEMORY)
-    assert spare.path.stat().st_size == incoming.MEMORY
-    spare.discard()
-
-    def full(fd: int, data: memoryview, offset: int) -> int:
-        if offset:
-            raise OSError(28, "No space left on device")
-        return os.write(fd, data[:1000])
-
-    monkeypatch.setattr(incoming.os, "pwrite", full)
-    spare = Spare(tmp_path, expect=10_000)
-    assert spare.error is None and spare.filled == 0
-    assert spare.path.stat().st_size == 0  # what was filled is cut: the data set decides
