@@ -104,10 +104,10 @@ class Settings(BaseModel):
     receiver: Literal["native", "pynetdicom"] = Field(
         default="native",
         description="The DICOM receiver: the box's own upper layer (\"native\": plain "
-        "sockets, its data transfer in worker processes, see receiver_processes; 5-8x faster "
-        "than pynetdicom's in the receive benchmark, against dcmtk storescp 0.86x for MR and "
-        "0.93x for CT slices on one association, 0.74-0.82x of storescp --fork with 4) or "
-        "pynetdicom's server.",
+        "sockets, its data transfer in worker processes, see receiver_processes; 4-9x faster "
+        "than pynetdicom's in the receive benchmark, against dcmtk storescp 0.7-1.2x on one "
+        "association and 0.8-1.7x of storescp --fork with 4, run to run) or pynetdicom's "
+        "server.",
     )
     receiver_processes: int = Field(
         default=4,
