@@ -350,6 +350,27 @@ def test_routing_editor_shows_the_boxs_own_refusal(site: Site, page) -> None:  #
     shot(page, "routing")
 
 
+def test_a_change_made_before_the_page_knows_its_session_still_carries_it(site: Site, page) -> None:  # type: ignore[no-untyped-def]
+    """A quick Save on a slow box, before /me has answered: the change waits for the
+    session's CSRF token instead of going without it (the box would refuse it, 403)."""
+    held: list = []
+    page.route("**/api/v1/me", lambda route: held.append(route))  # answered below
+    page.goto(site.box.url + "/#/admin/routing")
+    page.locator("#routing-text").wait_for()
+    sent: list = []
+    page.on("request", lambda r: sent.append(r) if r.method == "PUT" else None)
+    page.fill("#routing-text", '{"routing": "not a list"}')
+    page.click("#routing-save")
+    page.wait_for_timeout(300)
+    assert not sent, "the change went before the page knew its CSRF token"
+    assert held, "the page did not ask /me"
+    for route in held:
+        route.continue_()
+    detail = site.box.put("/api/v1/routing", content='{"routing": "not a list"}').json()["detail"]
+    page.locator("#routing-msg.bad").filter(has_text=detail).wait_for()  # the box's own check
+    assert sent and sent[0].headers.get("x-csrf-token")
+
+
 def test_routing_log_shows_the_evaluated_jobs(site: Site, page) -> None:  # type: ignore[no-untyped-def]
     # Every finished job is evaluated (no table: "no routing table"), on the router's workers.
     deadline = time.monotonic() + 30

@@ -20,7 +20,7 @@ const isAdmin = async () => { try { return (await whoami)?.role === "admin"; } c
 
 async function api(path, opts = {}) {
   const method = (opts.method || "GET").toUpperCase();
-  if (method !== "GET" && csrf) opts = { ...opts, headers: { ...(opts.headers || {}), "X-CSRF-Token": csrf } };
+  if (method !== "GET") opts = { ...opts, headers: { ...(opts.headers || {}), ...(await csrfHeader()) } };
   const res = await fetch(API + path, opts);
   setStatus(true);
   if (res.status === 401 && path !== "/logout") {
@@ -46,8 +46,14 @@ async function getHealth() {
   setStatus(true);
   return res.json();
 }
-// For the few calls that read an error answer themselves (not through api()).
-const csrfHeader = () => (csrf ? { "X-CSRF-Token": csrf } : {});
+// The CSRF header of a change. A change made before /me has answered (a quick click on a
+// slow box) waits for it: without the token the box would refuse the change.
+async function csrfHeader() {
+  if (!csrf && whoami) {
+    try { csrf = (await whoami).csrf || ""; } catch (_) { /* not logged in: the box says so */ }
+  }
+  return csrf ? { "X-CSRF-Token": csrf } : {};
+}
 
 // The dot in the header is easy to miss: when the box does not answer, a banner across
 // the page says so until an answer comes again.
@@ -980,7 +986,7 @@ async function adminClassify(el) {
   document.getElementById("classify-reload").onclick = () => adminClassify(el);
   document.getElementById("classify-save").onclick = async () => {
     const body = document.getElementById("classify-text").value;
-    const res = await fetch(API + "/classify/rules", { method: "PUT", headers: { "Content-Type": "application/json", ...csrfHeader() }, body });
+    const res = await fetch(API + "/classify/rules", { method: "PUT", headers: { "Content-Type": "application/json", ...(await csrfHeader()) }, body });
     const answer = await res.json();
     if (res.ok) msg(`Saved: ${answer.types} types.`);
     else msg((answer.problems || [answer.detail]).join("\n"), true);
@@ -994,7 +1000,7 @@ async function adminClassify(el) {
     if (series) form.append("series_uid", series);
     form.append("rules", document.getElementById("classify-text").value);
     const out = document.getElementById("classify-result");
-    const res = await fetch(API + "/classify/test", { method: "POST", headers: csrfHeader(), body: form });
+    const res = await fetch(API + "/classify/test", { method: "POST", headers: await csrfHeader(), body: form });
     const answer = await res.json();
     if (!res.ok) { out.innerHTML = `<pre class="msg bad">${esc((answer.problems || [answer.detail]).join("\n"))}</pre>`; return; }
     out.innerHTML = answer.series.map((s) => `<div class="classified" data-series="${esc(s.series_uid)}">
