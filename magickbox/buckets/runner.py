@@ -328,30 +328,28 @@ def group_members(pgid: int) -> list[int]:
 
 def _marked_groups(job_dir: Path) -> set[int]:
     """Process groups of the processes whose environment names ``job_dir`` (MB_JOB_DIR)."""
-    marker = f"MB_JOB_DIR={job_dir}".encode()
-    groups = set()
-    for pid, group in _processes():
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if marker in environ and group != os.getpgrp():  # never the box's own group
-            groups.add(group)
-    return groups
+    own = os.getpgrp()  # never the box's own group
+    return {g for pid, g in _processes() if g != own and _marked(pid, job_dir)}
+
+
+def _marked(pid: int, job_dir: Path) -> bool:
+    """Whether the environment of process ``pid`` names ``job_dir`` (MB_JOB_DIR)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return f"MB_JOB_DIR={job_dir}".encode() in environ
 
 
 def _of_run(pid: int, job_dir: Path) -> bool:
     """Whether process ``pid`` belongs to a run on ``job_dir`` (its environ or argv says so)."""
-    marker = f"MB_JOB_DIR={job_dir}".encode()
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        environ = []
+    if _marked(pid, job_dir):
+        return True
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        cmdline = b""
-    return marker in environ or str(job_dir).encode() in cmdline
+        return False
+    return str(job_dir).encode() in cmdline
 
 
 def build_request(
