@@ -103,16 +103,21 @@ def worker_with(files: Path, per_series: bool, fail: bool = False) -> tuple[Remo
     return remote, box
 
 
+def until_closed(box: FakeBox) -> None:
+    """Wait for the association's end to reach the box (it comes after its files)."""
+    deadline = time.monotonic() + 10
+    while not box.said or box.said[-1][0] != "closed":
+        assert time.monotonic() < deadline, box.said
+        time.sleep(0.01)
+
+
 def test_a_study_is_asked_about_once_and_its_files_told_before_the_close(files: Path) -> None:
     remote, box = worker_with(files, per_series=False)
     for n in range(3):
         remote.add_file(1, KEY, part(files, n), f"{n}.dcm", header(f"S{n}"))
     remote.publish(ImageReceived("SCU", "Recv", 10))
     remote.association_closed(1)
-    deadline = time.monotonic() + 10
-    while not box.said or box.said[-1][0] != "closed":
-        assert time.monotonic() < deadline, box.said
-        time.sleep(0.01)
+    until_closed(box)
     assert box.asked == [(KEY, "S0")]  # one study: asked once, whatever the series
     assert sorted(p.name for p in (files / "arrivals" / "study").iterdir()) == [
         "0.dcm", "1.dcm", "2.dcm"
@@ -165,10 +170,7 @@ def test_a_series_elements_are_told_once_and_the_views_stay_the_same(files: Path
     for n, head in enumerate(headers):
         remote.add_file(1, KEY, part(files, n), f"{n}.dcm", head)
     remote.association_closed(1)
-    deadline = time.monotonic() + 10
-    while not box.said or box.said[-1][0] != "closed":
-        assert time.monotonic() < deadline, box.said
-        time.sleep(0.01)
+    until_closed(box)
     told = [note[3] for note in box.said[0][1] if note[0] == "file"]
     # a value unlike the one told last is told (file 4: the echo time is empty again)
     assert [len(h.values) for h in told] == [5, 2, 3, 5, 5, 3]
