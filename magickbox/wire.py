@@ -16,6 +16,7 @@ ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ = 0x01, 0x02, 0x03
 P_DATA, RELEASE_RQ, RELEASE_RP, ABORT = 0x04, 0x05, 0x06, 0x07
 PDU_HEADER = struct.Struct(">BBI")  # type, reserved, length of what follows
 PDV_HEADER = struct.Struct(">IBB")  # item length, presentation context id, control header
+ELEMENT_HEADER = struct.Struct("<HHI")  # a command element's group, element and length
 
 # DIMSE command fields (PS3.7 E.1)
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
@@ -74,7 +75,7 @@ def abort(source: int = 0, reason: int = 0) -> bytes:
 
 
 def element(elem: int, value: bytes) -> bytes:
-    return struct.pack("<HHI", 0x0000, elem, len(value)) + value
+    return ELEMENT_HEADER.pack(0x0000, elem, len(value)) + value
 
 
 def uid(value: str) -> bytes:
@@ -83,26 +84,30 @@ def uid(value: str) -> bytes:
 
 
 def us(value: int) -> bytes:
-    return struct.pack("<H", value)
+    return _US.pack(value)
+
+
+_US = struct.Struct("<H")
+_NO_DATA = us(NO_DATA_SET)
 
 
 def command_set(*elements: bytes) -> bytes:
     """Elements (in tag order) preceded by their Command Group Length."""
     body = b"".join(elements)
-    return element(0x0000, struct.pack("<I", len(body))) + body
+    return ELEMENT_HEADER.pack(0x0000, 0x0000, 4) + len(body).to_bytes(4, "little") + body
 
 
 def decode_command(raw: bytes) -> dict[int, bytes]:
     """The elements of a command set, by element number (the group is always 0000)."""
     values: dict[int, bytes] = {}
-    offset = 0
-    while offset + 8 <= len(raw):
-        group, elem, length = struct.unpack_from("<HHI", raw, offset)
-        if group != 0x0000 or offset + 8 + length > len(raw):
+    offset, end = 0, len(raw)
+    while offset + 8 <= end:
+        group, elem, length = ELEMENT_HEADER.unpack_from(raw, offset)
+        if group != 0x0000 or offset + 8 + length > end:
             raise WireError(f"a bad command set element ({group:04X},{elem:04X})")
         values[elem] = raw[offset + 8 : offset + 8 + length]
         offset += 8 + length
-    if offset != len(raw):
+    if offset != end:
         raise WireError("a truncated command set")
     return values
 
@@ -121,17 +126,16 @@ class Command:
 def parse_request(raw: bytes) -> Command:
     values = decode_command(raw)
     try:
-        field_ = struct.unpack("<H", values[COMMAND_FIELD][:2])[0]
-        message_id = struct.unpack("<H", values[MESSAGE_ID][:2])[0]
+        (field_,) = _US.unpack_from(values[COMMAND_FIELD])
+        (message_id,) = _US.unpack_from(values[MESSAGE_ID])
     except (KeyError, struct.error) as exc:
         raise WireError("a request without Command Field or Message ID") from exc
-    data_type = values.get(DATA_SET_TYPE, us(NO_DATA_SET))
     return Command(
         field=field_,
         message_id=message_id,
         sop_class=_text(values.get(AFFECTED_SOP_CLASS, b"")),
         sop_instance=_text(values.get(AFFECTED_SOP_INSTANCE, b"")),
-        has_data=data_type[:2] != us(NO_DATA_SET),
+        has_data=values.get(DATA_SET_TYPE, _NO_DATA)[:2] != _NO_DATA,
     )
 
 
@@ -151,16 +155,19 @@ def store_command(sop_class: str, sop_instance: str, msg_id: int) -> bytes:
     )
 
 
+# Command Field, Message ID Being Responded To, Command Data Set Type and Status of a
+# response: four US elements in a row, packed at once (every C-STORE is answered)
+_RESPONSE_FIELDS = struct.Struct("<" + "HHIH" * 4)
+
+
 def response(request: Command, status: int, comment: str = "") -> bytes:
     """The C-STORE-RSP or C-ECHO-RSP command set answering ``request``."""
     answer = C_STORE_RSP if request.field == C_STORE_RQ else C_ECHO_RSP
-    elements = [
-        element(AFFECTED_SOP_CLASS, uid(request.sop_class)),
-        element(COMMAND_FIELD, us(answer)),
-        element(MESSAGE_ID_RESPONDED, us(request.message_id)),
-        element(DATA_SET_TYPE, us(NO_DATA_SET)),
-        element(STATUS, us(status)),
-    ]
+    fields = _RESPONSE_FIELDS.pack(0, COMMAND_FIELD, 2, answer,
+                                   0, MESSAGE_ID_RESPONDED, 2, request.message_id,
+                                   0, DATA_SET_TYPE, 2, NO_DATA_SET,
+                                   0, STATUS, 2, status)  # fmt: skip
+    elements = [element(AFFECTED_SOP_CLASS, uid(request.sop_class)), fields]
     if comment:
         elements.append(element(ERROR_COMMENT, _even(comment[:64].encode("ascii", "replace"))))
     if request.field == C_STORE_RQ:

@@ -65,6 +65,17 @@ class Where:
     per_series: bool
 
 
+@dataclass(frozen=True)
+class Placed:
+    """A file moved into its arrival (``kept``) whose count and series views are still to
+    be recorded: that waits until the sender has its answer, which does not depend on it."""
+
+    assoc_id: int
+    key: ArrivalKey  # the arrival's (with its series UID for a bucket with a job per series)
+    kept: Path
+    header: RawHeader | None
+
+
 def place_in(where: Where, src: Path, name: str) -> Path:
     """Move a received file into its arrival's folder as ``name`` (``scratch.place_file``:
     never over another acknowledged data set); the path it got. A second, different data
@@ -144,11 +155,21 @@ class Grouper:
     ) -> None:
         """Move a fully received file into its arrival's folder; ``header`` (the elements
         the receiver captured) goes into the arrival's series views."""
+        self.record(self.place(assoc_id, key, src, name, header))
+
+    def place(
+        self, assoc_id: int, key: ArrivalKey, src: Path, name: str, header: RawHeader | None
+    ) -> Placed:
+        """The first half of :meth:`add_file`: the file moves into its arrival."""
         series_uid = header.series_uid if header is not None else None
         where = self.open_arrival(assoc_id, key, series_uid, src)
         # The arrival cannot become a job while this association is open, so the rename is
         # safe outside the lock and concurrent associations do not wait on each other.
-        self.file_added(where.key, place_in(where, src, name), header)
+        return Placed(assoc_id, where.key, place_in(where, src, name), header)
+
+    def record(self, placed: Placed) -> None:
+        """The second half of :meth:`add_file`: the file counts, its header joins the views."""
+        self.file_added(placed.key, placed.kept, placed.header)
 
     def open_arrival(
         self, assoc_id: int, key: ArrivalKey, series_uid: str | None, src: Path

@@ -18,7 +18,7 @@ from magickbox.buckets.registry import Bucket
 from magickbox.config import Settings
 from magickbox.events import EventBus, ImageReceived
 from magickbox.names import BadName, check_study_uid, check_uid
-from magickbox.receive.grouping import ArrivalKey, Grouper
+from magickbox.receive.grouping import ArrivalKey, Grouper, Placed
 from magickbox.receive.rejections import Rejection
 from magickbox.receive.structure import Header, Malformed, dataset_bytes, walk_stored_file
 from magickbox.study.series import VIEW_TAGS, RawHeader
@@ -69,9 +69,11 @@ class Keeper(Protocol):
     """Where kept files go: the grouper itself, or (in a receiver's worker process) its
     messenger to the box (``workers.py``)."""
 
-    def add_file(
+    def place(
         self, assoc_id: int, key: ArrivalKey, src: Path, name: str, header: RawHeader | None
-    ) -> None: ...
+    ) -> Placed: ...
+
+    def record(self, placed: Placed) -> None: ...
 
     def association_closed(self, assoc_id: int) -> None: ...
 
@@ -84,6 +86,15 @@ class Checked:
     sop_uid: str
     header: RawHeader | None  # the series views' elements (None: views are off)
     size: int  # bytes of the data set as it came on the wire
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A checked data set in its arrival, acknowledged or about to be: what is left to do
+    for it (its count, views and metrics) can wait until the sender has its answer."""
+
+    checked: Checked
+    placed: Placed
 
 
 class Intake:
@@ -108,10 +119,11 @@ class Intake:
             refused(peer, requested, exc, logging.WARNING)
             path.unlink(missing_ok=True)
             return CANNOT_UNDERSTAND
-        status = self.keep(path, checked, peer, assoc_id)
-        if status == SUCCESS:
-            self.received(checked, peer)
-        return status
+        kept = self.keep(path, checked, peer, assoc_id)
+        if kept is None:
+            return OUT_OF_RESOURCES
+        self.received(kept, peer)
+        return SUCCESS
 
     def examine(self, walked: Header, requested: str, peer: Peer, size: int) -> Checked:
         """What a walked data set is kept as; raises ValueError (or BadName) when it is
@@ -132,21 +144,24 @@ class Intake:
         )
         return Checked(key, sop_uid, header, size)
 
-    def keep(self, path: Path, checked: Checked, peer: Peer, assoc_id: int) -> int:
-        """Move the checked file at ``path`` into its arrival: SUCCESS once it is there
-        (a kill -9 from then on loses nothing: a restart makes the arrival a job)."""
+    def keep(self, path: Path, checked: Checked, peer: Peer, assoc_id: int) -> Kept | None:
+        """Move the checked file at ``path`` into its arrival: answered SUCCESS once it is
+        there (a kill -9 from then on loses nothing: a restart makes the arrival a job);
+        None when it could not be moved (answered A700). :meth:`received` must follow."""
         try:
-            self.grouper.add_file(assoc_id, checked.key, path, f"{checked.sop_uid}.dcm",
-                                  checked.header)  # fmt: skip
+            placed = self.grouper.place(assoc_id, checked.key, path, f"{checked.sop_uid}.dcm",
+                                        checked.header)  # fmt: skip
         except OSError as exc:  # disk full or gone: the sender is told and may try again
             refused(peer, checked.sop_uid, exc, logging.ERROR)
             path.unlink(missing_ok=True)
-            return OUT_OF_RESOURCES
-        return SUCCESS
+            return None
+        return Kept(checked, placed)
 
-    def received(self, checked: Checked, peer: Peer) -> None:
-        """The metrics of a kept data set: may wait until its response has gone out."""
-        self.events.publish(ImageReceived(peer.calling, peer.called, checked.size))
+    def received(self, kept: Kept, peer: Peer) -> None:
+        """The count, series views and metrics of a kept data set, once its answer is out
+        (nothing in that answer depends on them)."""
+        self.grouper.record(kept.placed)
+        self.events.publish(ImageReceived(peer.calling, peer.called, kept.checked.size))
 
 
 def refused(peer: Peer, sop_uid: str, reason: Exception, level: int) -> None:

@@ -21,6 +21,7 @@ its connection's own thread with a time limit.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -40,7 +41,7 @@ from magickbox.receive.intake import (
     NOT_KEPT,
     OUT_OF_RESOURCES,
     SUCCESS,
-    Checked,
+    Kept,
     Peer,
     ReceiverBase,
     refused,
@@ -109,22 +110,35 @@ def answer_context(proposed: acse.Proposed) -> acse.Answer:
 
 def file_meta(sop_class: str, sop_instance: str, syntax: str, calling: str) -> bytes:
     """The preamble and file meta group (explicit VR little endian) of a stored data set."""
+    before, after = _meta_parts(sop_class, syntax, calling)
+    body = before + _meta_element(0x0003, b"UI", wire.uid(sop_instance)) + after
+    return _PREAMBLE + _meta_element(0x0000, b"UL", len(body).to_bytes(4, "little")) + body
 
-    def el(elem: int, vr: bytes, value: bytes) -> bytes:
-        return struct.pack("<HH2sH", 0x0002, elem, vr, len(value)) + value
 
-    body = (
+_PREAMBLE = bytes(128) + b"DICM"
+
+
+def _meta_element(elem: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH2sH", 0x0002, elem, vr, len(value)) + value
+
+
+@functools.lru_cache(maxsize=256)
+def _meta_parts(sop_class: str, syntax: str, calling: str) -> tuple[bytes, bytes]:
+    """The file meta elements before and after (0002,0003), the same for every data set
+    of one SOP class, transfer syntax and caller: made once, not per data set."""
+    before = (
         struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2)
         + b"\x00\x01"
-        + el(0x0002, b"UI", wire.uid(sop_class))
-        + el(0x0003, b"UI", wire.uid(sop_instance))
-        + el(0x0010, b"UI", wire.uid(syntax))
-        + el(0x0012, b"UI", wire.uid(acse.IMPLEMENTATION_CLASS_UID))
-        + el(0x0013, b"SH", _even(acse.IMPLEMENTATION_VERSION.encode()))
+        + _meta_element(0x0002, b"UI", wire.uid(sop_class))
+    )
+    after = (
+        _meta_element(0x0010, b"UI", wire.uid(syntax))
+        + _meta_element(0x0012, b"UI", wire.uid(acse.IMPLEMENTATION_CLASS_UID))
+        + _meta_element(0x0013, b"SH", _even(acse.IMPLEMENTATION_VERSION.encode()))
     )
     if calling:
-        body += el(0x0016, b"AE", _even(calling.encode("ascii", "replace")[:16]))
-    return bytes(128) + b"DICM" + el(0x0000, b"UL", struct.pack("<I", len(body))) + body
+        after += _meta_element(0x0016, b"AE", _even(calling.encode("ascii", "replace")[:16]))
+    return before, after
 
 
 def _even(raw: bytes) -> bytes:
@@ -463,19 +477,21 @@ class Association:
         incoming, self.incoming = self.incoming, None
         assert incoming is not None
         incoming.finish()
-        status, checked = self._verdict(context_id, request, incoming)
-        self._respond(context_id, request, status)
-        if checked is not None:  # the metrics can wait until the sender has its answer
-            self.rx.intake.received(checked, self.peer)
+        status, kept = self._verdict(context_id, request, incoming)
+        try:
+            self._respond(context_id, request, status)
+        finally:  # counts, views and metrics wait until the sender has its answer
+            if kept is not None:
+                self.rx.intake.received(kept, self.peer)
         # The next data set's file is made now, while the peer reads the answer and
         # sends its next request, not when that request has come.
         self.spare = Spare(self.rx.partial)
 
     def _verdict(
         self, context_id: int, request: wire.Command, incoming: Incoming
-    ) -> tuple[int, Checked | None]:
+    ) -> tuple[int, Kept | None]:
         """The C-STORE status of a data set in its file (and, when it was walked in memory
-        and kept, what it was kept as: its metrics are published after the answer)."""
+        and kept, what it was kept as: it is recorded after the answer)."""
         intake, settings = self.rx.intake, self.rx.settings
         if incoming.error is not None:  # the disk filled while writing: not acknowledged
             log.error("could not write a data set from %s: %s", self._who(), incoming.error)
@@ -496,8 +512,8 @@ class Association:
             return CANNOT_UNDERSTAND, None
         if disk.refused_write(incoming.path, incoming.size, settings):  # below the reserve
             return OUT_OF_RESOURCES, None
-        status = intake.keep(incoming.path, checked, self.peer, self.id)
-        return status, checked if status == SUCCESS else None
+        kept = intake.keep(incoming.path, checked, self.peer, self.id)
+        return (OUT_OF_RESOURCES, None) if kept is None else (SUCCESS, kept)
 
     def _respond(self, context_id: int, request: wire.Command, status: int) -> None:
         self.conn.sendall(wire.pdv(context_id, wire.COMMAND_BIT | wire.LAST_BIT,

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 from magickbox import disk
 from magickbox.events import Event, EventBus, ImageReceived
 from magickbox.receive import acse
-from magickbox.receive.grouping import ArrivalKey, Where, place_in
+from magickbox.receive.grouping import ArrivalKey, Placed, Where, place_in
 from magickbox.receive.intake import Intake, Peer
 from magickbox.study.series import CHARSET_TAG, SERIES_UID_TAG, RawHeader
 
@@ -344,15 +344,25 @@ class Remote(EventBus):
         self, assoc_id: int, key: ArrivalKey, src: Path, name: str, header: RawHeader | None
     ) -> None:
         """As Grouper.add_file: the file moves into its arrival before it is acknowledged."""
+        self.record(self.place(assoc_id, key, src, name, header))
+
+    def place(
+        self, assoc_id: int, key: ArrivalKey, src: Path, name: str, header: RawHeader | None
+    ) -> Placed:
+        """As Grouper.place: the file moves into the arrival the box named."""
         series_uid = header.series_uid if header is not None else None
         where = self._where(assoc_id, key, series_uid, src)
-        kept = place_in(where, src, name)
-        if header is not None and series_uid:
-            header = self._news(assoc_id, where.key, series_uid, header)
+        return Placed(assoc_id, where.key, place_in(where, src, name), header)
+
+    def record(self, placed: Placed) -> None:
+        """As Grouper.record: the box is told of the file (in the next batch)."""
+        header = placed.header
+        if header is not None and header.series_uid:
+            header = self._news(placed.assoc_id, placed.key, header.series_uid, header)
         size = sum(map(len, header.values.values())) if header is not None else 0
         if size > HEADER_LIMIT:
             header, size = None, 0  # its arrival's views are then read from the files by the job
-        self._note(("file", where.key, str(kept), header), size)
+        self._note(("file", placed.key, str(placed.kept), header), size)
 
     def publish(self, event: Event) -> None:
         if isinstance(event, ImageReceived):  # the one event a receiver publishes: summed

@@ -8,6 +8,7 @@ and a malformed data set between good ones is refused alone.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import pytest
 from magickbox import wire
 from magickbox.receive import incoming
 from magickbox.receive.intake import CANNOT_UNDERSTAND, SUCCESS
+from magickbox.receive.native import Association
 from magickbox.testing.dicomgen import write_study
 from tests.conftest import InProcessBox, copy_bucket, dcmtk
 from tests.integration.test_native_receiver import MR, Peer, dataset_of, status, wait_files
@@ -112,3 +114,44 @@ def test_a_malformed_data_set_among_good_ones_is_refused_alone(
     for name, path in stored.items():
         assert dataset_of(path) == dataset_of(kept[name]), name
     assert not any((native.home / "scratch" / ".partial").iterdir())
+
+
+@pytest.mark.parametrize("processes", [0, 2], ids=["threads", "workers"])
+def test_a_data_set_whose_answer_cannot_go_out_still_counts_in_its_views(
+    app_factory: Callable[..., InProcessBox],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    processes: int,
+) -> None:
+    """A kept file's count and series view are recorded after its answer: an answer that
+    fails (the connection breaks) must not leave the file in its job but out of its views."""
+    real = Association._respond
+    answered: list[int] = []
+
+    def respond(self: Association, context_id: int, request: wire.Command,
+                status: int) -> None:  # fmt: skip
+        answered.append(status)
+        if len(answered) == 3:
+            raise OSError("the connection broke")  # what a reset peer makes sendall raise
+        real(self, context_id, request, status)
+
+    monkeypatch.setattr(Association, "_respond", respond)  # before workers fork
+    home = tmp_path / "home"
+    copy_bucket(home, "Keep", KEEP)
+    box = app_factory(home=home, dicom=True, quiet_seconds=0.3, receiver="native",
+                      receiver_processes=processes)  # fmt: skip
+    study = write_study(tmp_path / "s", n_images=3, rows=32, cols=32, seed=6)
+    peer = Peer(box.dicom_port)
+    peer.associate("Keep")
+    first_two = enumerate(study.paths[:2], start=1)
+    assert [send_dataset(peer, p.stem, n, dataset_of(p)) for n, p in first_two] == [SUCCESS] * 2
+    third = study.paths[2]
+    peer.sock.sendall(wire.pdv(1, wire.COMMAND_BIT | wire.LAST_BIT,
+                               wire.store_command(MR, third.stem, 3)))  # fmt: skip
+    peer.sock.sendall(wire.pdv(1, wire.LAST_BIT, dataset_of(third)))
+    assert peer.closed(within=10)  # the box gave the association up, no answer sent
+
+    (job,) = wait_files(box, 3)
+    assert sorted(stored_files(box, [job])) == sorted(p.name for p in study.paths)
+    raw = box.home / "views" / "raw" / job["study_uid"]
+    assert [json.loads(p.read_text())["NumFiles"] for p in raw.glob("*.json")] == [3]

@@ -116,3 +116,23 @@ def test_write_all_writes_every_part_in_order(tmp_path: Path, sizes: list[int]) 
     incoming.write_all(fd, [memoryview(p) for p in parts])
     os.close(fd)
     assert (tmp_path / "f").read_bytes() == b"".join(parts)
+
+
+@pytest.mark.parametrize("calling", ["STORESCU", "ODD", ""])
+def test_the_file_meta_written_before_each_data_set_names_that_data_set(calling: str) -> None:
+    """Its parts shared by one class, syntax and caller are made once: the instance UID and
+    the group length must still be each data set's own."""
+    from io import BytesIO
+
+    import pydicom
+
+    from magickbox.receive.native import file_meta
+
+    for instance in ("1.2.3.4", "1.2.3.45", "1.2.840.99.12345678901234567890"):
+        raw = file_meta("1.2.840.10008.5.1.4.1.1.4", instance, "1.2.840.10008.1.2.1", calling)
+        meta = pydicom.dcmread(BytesIO(raw)).file_meta  # an empty data set behind it
+        assert meta.FileMetaInformationGroupLength == len(raw) - 128 - 4 - 12
+        assert meta.MediaStorageSOPInstanceUID == instance
+        assert meta.MediaStorageSOPClassUID == "1.2.840.10008.5.1.4.1.1.4"
+        assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        assert meta.get("SourceApplicationEntityTitle", "").strip() == calling

@@ -50,3 +50,36 @@ def test_pdus_hold_one_pdv_each_and_are_read_back() -> None:
     assert list(wire.pdvs(pdu[6:] + pdu[6:])) == [(5, 0x03, b"abcd"), (5, 0x03, b"abcd")]
     with pytest.raises(wire.WireError, match="does not fit"):
         list(wire.pdvs(pdu[6:-1]))
+
+
+@pytest.mark.parametrize(("field", "status", "comment"), [
+    (wire.C_STORE_RQ, 0x0000, ""), (wire.C_STORE_RQ, 0xA700, "disk full"),
+    (wire.C_ECHO_RQ, 0x0000, ""),
+])  # fmt: skip
+def test_the_receivers_answer_is_a_valid_command_set_answering_its_request(
+    field: int, status: int, comment: str
+) -> None:
+    raw = wire.store_command("1.2.840.10008.5.1.4.1.1.4", "1.2.3.45", 65535)
+    request = wire.parse_request(raw)
+    assert (request.message_id, request.sop_instance, request.has_data) == (65535, "1.2.3.45", True)
+    request = wire.Command(field, 65535, request.sop_class, request.sop_instance, True)
+    answer = wire.response(request, status, comment)
+    ds = read_dataset(BytesIO(answer), is_implicit_VR=True, is_little_endian=True)
+    assert ds[0x00000000].value == len(answer) - 12
+    assert ds.CommandField == (0x8001 if field == wire.C_STORE_RQ else 0x8030)
+    assert ds.MessageIDBeingRespondedTo == 65535
+    assert (ds.CommandDataSetType, ds.Status) == (0x0101, status)  # no data set follows
+    assert ds.get("ErrorComment", "") == comment
+    assert ("AffectedSOPInstanceUID" in ds) == (field == wire.C_STORE_RQ)
+
+
+def test_a_request_without_its_command_field_or_message_id_is_refused() -> None:
+    no_id = wire.command_set(wire.element(wire.COMMAND_FIELD, wire.us(wire.C_ECHO_RQ)))
+    short = wire.command_set(wire.element(wire.COMMAND_FIELD, b"\x30"),
+                             wire.element(wire.MESSAGE_ID, wire.us(1)))  # fmt: skip
+    for raw in (no_id, short):
+        with pytest.raises(wire.WireError, match="without Command Field or Message ID"):
+            wire.parse_request(raw)
+    echo = wire.command_set(wire.element(wire.COMMAND_FIELD, wire.us(wire.C_ECHO_RQ)),
+                            wire.element(wire.MESSAGE_ID, wire.us(9)))  # fmt: skip
+    assert wire.parse_request(echo) == wire.Command(wire.C_ECHO_RQ, 9, "", "", False)
