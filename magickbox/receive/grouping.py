@@ -145,22 +145,10 @@ class Grouper:
             self._cond.notify_all()
 
     # -- called from the receiver's association threads (or its worker processes) --
-    def add_file(
-        self,
-        assoc_id: int,
-        key: ArrivalKey,
-        src: Path,
-        name: str,
-        header: RawHeader | None = None,
-    ) -> None:
-        """Move a fully received file into its arrival's folder; ``header`` (the elements
-        the receiver captured) goes into the arrival's series views."""
-        self.record(self.place(assoc_id, key, src, name, header))
-
     def place(
         self, assoc_id: int, key: ArrivalKey, src: Path, name: str, header: RawHeader | None
     ) -> Placed:
-        """The first half of :meth:`add_file`: the file moves into its arrival."""
+        """Move a fully received file into its arrival's folder (before it is acknowledged)."""
         series_uid = header.series_uid if header is not None else None
         where = self.open_arrival(assoc_id, key, series_uid, src)
         # The arrival cannot become a job while this association is open, so the rename is
@@ -168,7 +156,8 @@ class Grouper:
         return Placed(assoc_id, where.key, place_in(where, src, name), header)
 
     def record(self, placed: Placed) -> None:
-        """The second half of :meth:`add_file`: the file counts, its header joins the views."""
+        """A placed file counts in its arrival; ``header`` (the elements the receiver captured)
+        goes into the arrival's series views."""
         self.file_added(placed.key, placed.kept, placed.header)
 
     def open_arrival(

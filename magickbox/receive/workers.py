@@ -340,16 +340,11 @@ class Remote(EventBus):
         self.pending = threading.Condition()
         threading.Thread(target=self._flusher, name="dicom-notes", daemon=True).start()
 
-    def add_file(
-        self, assoc_id: int, key: ArrivalKey, src: Path, name: str, header: RawHeader | None
-    ) -> None:
-        """As Grouper.add_file: the file moves into its arrival before it is acknowledged."""
-        self.record(self.place(assoc_id, key, src, name, header))
-
     def place(
         self, assoc_id: int, key: ArrivalKey, src: Path, name: str, header: RawHeader | None
     ) -> Placed:
-        """As Grouper.place: the file moves into the arrival the box named."""
+        """As Grouper.place: the file moves into the arrival the box named, before it is
+        acknowledged."""
         series_uid = header.series_uid if header is not None else None
         where = self._where(assoc_id, key, series_uid, src)
         return Placed(assoc_id, where.key, place_in(where, src, name), header)

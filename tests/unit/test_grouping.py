@@ -20,7 +20,17 @@ import pytest
 
 from magickbox.receive.completeness import SendPolicy, Verdict
 from magickbox.receive.grouping import ArrivalKey, Grouper
+from magickbox.receive.intake import Keeper
 from magickbox.study.series import RawHeader, SeriesSet
+
+
+def add_file(
+    keeper: Keeper, assoc_id: int, key: ArrivalKey, src: Path, name: str,
+    header: RawHeader | None = None,
+) -> None:  # fmt: skip
+    """A received file kept as the receiver keeps it: placed, then recorded."""
+    keeper.record(keeper.place(assoc_id, key, src, name, header))
+
 
 QUIET = 0.2
 TIMEOUT = 20.0  # generous: a loaded CI machine may be slow, but the hand-over must come
@@ -133,7 +143,7 @@ def test_one_send_becomes_one_job_after_quiet(
 ) -> None:
     before = time.time()
     for i in range(3):
-        grouper.add_file(1, KEY_A, wire.file(), f"img{i}.dcm")
+        add_file(grouper, 1, KEY_A, wire.file(), f"img{i}.dcm")
     assert len(records(incoming)) == 1  # the arrival is on disk from its first file on
     closed = time.monotonic()
     grouper.association_closed(1)
@@ -153,9 +163,9 @@ def test_one_send_becomes_one_job_after_quiet(
 
 def test_two_keys_make_two_jobs(grouper: Grouper, jobs: FakeJobs, wire: Wire) -> None:
     # One association carrying two studies.
-    grouper.add_file(1, KEY_A, wire.file(), "a1.dcm")
-    grouper.add_file(1, KEY_B, wire.file(), "b1.dcm")
-    grouper.add_file(1, KEY_A, wire.file(), "a2.dcm")
+    add_file(grouper, 1, KEY_A, wire.file(), "a1.dcm")
+    add_file(grouper, 1, KEY_B, wire.file(), "b1.dcm")
+    add_file(grouper, 1, KEY_A, wire.file(), "a2.dcm")
     grouper.association_closed(1)
 
     handed = jobs.wait_for(2)
@@ -175,8 +185,8 @@ def test_two_keys_make_two_jobs(grouper: Grouper, jobs: FakeJobs, wire: Wire) ->
 def test_each_part_of_the_key_separates_sends(
     grouper: Grouper, jobs: FakeJobs, wire: Wire, other: ArrivalKey
 ) -> None:
-    grouper.add_file(1, KEY_A, wire.file(), "a.dcm")
-    grouper.add_file(2, other, wire.file(), "b.dcm")
+    add_file(grouper, 1, KEY_A, wire.file(), "a.dcm")
+    add_file(grouper, 2, other, wire.file(), "b.dcm")
     grouper.association_closed(1)
     grouper.association_closed(2)
     handed = jobs.wait_for(2)
@@ -186,7 +196,7 @@ def test_each_part_of_the_key_separates_sends(
 def test_an_open_association_holds_the_send_back(
     grouper: Grouper, jobs: FakeJobs, wire: Wire
 ) -> None:
-    grouper.add_file(7, KEY_A, wire.file(), "a.dcm")
+    add_file(grouper, 7, KEY_A, wire.file(), "a.dcm")
     time.sleep(QUIET * 4)  # far past the quiet window, but the association is still open
     assert jobs.count() == 0
     assert grouper.pending() == 1
@@ -198,12 +208,12 @@ def test_an_open_association_holds_the_send_back(
 def test_two_open_associations_on_one_key_merge(
     grouper: Grouper, jobs: FakeJobs, wire: Wire
 ) -> None:
-    grouper.add_file(1, KEY_A, wire.file(), "series1.dcm")
-    grouper.add_file(2, KEY_A, wire.file(), "series2.dcm")
+    add_file(grouper, 1, KEY_A, wire.file(), "series1.dcm")
+    add_file(grouper, 2, KEY_A, wire.file(), "series2.dcm")
     grouper.association_closed(1)
     time.sleep(QUIET * 3)
     assert jobs.count() == 0  # association 2 still open: the arrival waits for it
-    grouper.add_file(2, KEY_A, wire.file(), "series2b.dcm")
+    add_file(grouper, 2, KEY_A, wire.file(), "series2b.dcm")
     grouper.association_closed(2)
     [job] = jobs.wait_for(1)
     assert job.files == ["series1.dcm", "series2.dcm", "series2b.dcm"]
@@ -217,7 +227,7 @@ def test_back_to_back_associations_within_quiet_merge(
     g.start()
     try:
         for assoc in range(1, 4):
-            g.add_file(assoc, KEY_A, wire.file(), f"s{assoc}.dcm")
+            add_file(g, assoc, KEY_A, wire.file(), f"s{assoc}.dcm")
             g.association_closed(assoc)
         [job] = jobs.wait_for(1)
         assert job.files == ["s1.dcm", "s2.dcm", "s3.dcm"]
@@ -228,11 +238,11 @@ def test_back_to_back_associations_within_quiet_merge(
 def test_a_file_after_hand_over_makes_a_new_send(
     grouper: Grouper, jobs: FakeJobs, wire: Wire
 ) -> None:
-    grouper.add_file(1, KEY_A, wire.file(b"first"), "same.dcm")
+    add_file(grouper, 1, KEY_A, wire.file(b"first"), "same.dcm")
     grouper.association_closed(1)
     [first] = jobs.wait_for(1)
 
-    grouper.add_file(2, KEY_A, wire.file(b"second"), "same.dcm")
+    add_file(grouper, 2, KEY_A, wire.file(b"second"), "same.dcm")
     grouper.association_closed(2)
     _, second = jobs.wait_for(2)
     assert second.key == KEY_A
@@ -251,7 +261,7 @@ def test_failed_hand_over_is_tried_again_without_a_restart(
     g = Grouper(incoming, QUIET, jobs, retry=0.2)
     g.start()
     try:
-        g.add_file(1, KEY_A, wire.file(), "a.dcm")
+        add_file(g, 1, KEY_A, wire.file(), "a.dcm")
         g.association_closed(1)
         deadline = time.monotonic() + TIMEOUT
         while g.pending() and time.monotonic() < deadline:
@@ -274,7 +284,7 @@ def test_failed_hand_over_keeps_folder_and_record_for_the_next_start(
     g = Grouper(incoming, QUIET, jobs)
     g.start()
     try:
-        g.add_file(1, KEY_A, wire.file(), "a.dcm")
+        add_file(g, 1, KEY_A, wire.file(), "a.dcm")
         g.association_closed(1)
         deadline = time.monotonic() + TIMEOUT
         while g.pending() and time.monotonic() < deadline:
@@ -397,7 +407,7 @@ def test_headers_become_the_arrivals_series_views(
     grouper: Grouper, jobs: FakeJobs, wire: Wire
 ) -> None:
     for i, uid in enumerate(["1.1", "1.2", "1.1"]):
-        grouper.add_file(1, KEY_A, wire.file(), f"img{i}.dcm", _header(uid))
+        add_file(grouper, 1, KEY_A, wire.file(), f"img{i}.dcm", _header(uid))
     assert grouper.snapshot()[0]["series"] == 2
     grouper.association_closed(1)
     [job] = jobs.wait_for(1)
@@ -410,8 +420,8 @@ def test_headers_become_the_arrivals_series_views(
 def test_a_file_without_header_leaves_the_views_to_the_job(
     grouper: Grouper, jobs: FakeJobs, wire: Wire
 ) -> None:
-    grouper.add_file(1, KEY_A, wire.file(), "a.dcm", _header("1.1"))
-    grouper.add_file(1, KEY_A, wire.file(), "b.dcm")  # e.g. a receiver that captures none
+    add_file(grouper, 1, KEY_A, wire.file(), "a.dcm", _header("1.1"))
+    add_file(grouper, 1, KEY_A, wire.file(), "b.dcm")  # e.g. a receiver that captures none
     grouper.association_closed(1)
     [job] = jobs.wait_for(1)
     assert job.series is None  # the job store reads every header once instead

@@ -20,6 +20,7 @@ from magickbox.receive import workers
 from magickbox.receive.grouping import ArrivalKey, Where
 from magickbox.receive.workers import Channel, Remote
 from magickbox.study.series import CHARSET_TAG, SERIES_UID_TAG, RawHeader, SeriesSet
+from tests.unit.test_grouping import add_file
 
 KEY = ArrivalKey("SCU", "Recv", "127.0.0.1", "1.2.3")
 
@@ -114,7 +115,7 @@ def until_closed(box: FakeBox) -> None:
 def test_a_study_is_asked_about_once_and_its_files_told_before_the_close(files: Path) -> None:
     remote, box = worker_with(files, per_series=False)
     for n in range(3):
-        remote.add_file(1, KEY, part(files, n), f"{n}.dcm", header(f"S{n}"))
+        add_file(remote, 1, KEY, part(files, n), f"{n}.dcm", header(f"S{n}"))
     remote.publish(ImageReceived("SCU", "Recv", 10))
     remote.association_closed(1)
     until_closed(box)
@@ -131,15 +132,15 @@ def test_a_bucket_per_series_is_asked_about_each_series_and_each_file_without_on
     files: Path,
 ) -> None:
     remote, box = worker_with(files, per_series=True)
-    remote.add_file(1, KEY, part(files, 1), "1.dcm", header("A"))
-    remote.add_file(1, KEY, part(files, 2), "2.dcm", header("A"))
-    remote.add_file(1, KEY, part(files, 3), "3.dcm", header("B"))
-    remote.add_file(1, KEY, part(files, 4), "4.dcm", None)  # series read by the box
-    remote.add_file(1, KEY, part(files, 5), "5.dcm", None)
+    add_file(remote, 1, KEY, part(files, 1), "1.dcm", header("A"))
+    add_file(remote, 1, KEY, part(files, 2), "2.dcm", header("A"))
+    add_file(remote, 1, KEY, part(files, 3), "3.dcm", header("B"))
+    add_file(remote, 1, KEY, part(files, 4), "4.dcm", None)  # series read by the box
+    add_file(remote, 1, KEY, part(files, 5), "5.dcm", None)
     assert box.asked == [(KEY, "A"), (KEY, "B"), (KEY, None), (KEY, None)]
     assert (files / "arrivals" / "A" / "2.dcm").exists()
     assert (files / "arrivals" / "B" / "3.dcm").exists()
-    remote.add_file(2, KEY, part(files, 6), "6.dcm", header("A"))  # another association
+    add_file(remote, 2, KEY, part(files, 6), "6.dcm", header("A"))  # another association
     assert box.asked[-1] == (KEY, "A")
 
 
@@ -168,7 +169,7 @@ def test_a_series_elements_are_told_once_and_the_views_stay_the_same(files: Path
         mr_header("A"),
     ]
     for n, head in enumerate(headers):
-        remote.add_file(1, KEY, part(files, n), f"{n}.dcm", head)
+        add_file(remote, 1, KEY, part(files, n), f"{n}.dcm", head)
     remote.association_closed(1)
     until_closed(box)
     told = [note[3] for note in box.said[0][1] if note[0] == "file"]
@@ -189,7 +190,7 @@ def test_an_arrival_the_box_cannot_make_is_an_os_error_and_the_file_stays(files:
     remote, _box = worker_with(files, per_series=False, fail=True)
     src = part(files, 1)
     with pytest.raises(OSError, match="No space left"):  # intake answers A700
-        remote.add_file(1, KEY, src, "1.dcm", header("A"))
+        add_file(remote, 1, KEY, src, "1.dcm", header("A"))
     assert src.exists()  # intake.keep removes it
 
 
