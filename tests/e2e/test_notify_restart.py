@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,7 +48,9 @@ def test_an_undelivered_webhook_survives_a_kill9_and_goes_out_after_the_restart(
     (job,) = wait_jobs(box, 1)
     wait_for("the refused first try", lambda: webhook.answers == [500])
     outbox = home / OUTBOX
-    (kept,) = wait_for("the outbox", lambda: outbox.exists() and json.loads(outbox.read_text()))
+    # The outbox is saved before the first POST (tries 0) and again after its 500 (tries 1):
+    # the answer can be seen here before the second save is on disk.
+    (kept,) = wait_for("the outbox to count the refused try", lambda: _outbox_after_a_try(outbox))
     assert kept["url"] == url and kept["tries"] == 1
     assert kept["message"]["job"]["scratchdir"] == job["scratchdir"]
 
@@ -59,3 +62,12 @@ def test_an_undelivered_webhook_survives_a_kill9_and_goes_out_after_the_restart(
     assert told == kept["message"]  # the same message, built before the crash
     assert told["job"]["state"] == "failed"
     wait_for("the outbox to empty", lambda: not outbox.exists())
+
+
+def _outbox_after_a_try(outbox: Path) -> list[dict[str, Any]]:
+    """The outbox's rows once its first counts a try, else none (not yet rewritten)."""
+    try:
+        rows: list[dict[str, Any]] = json.loads(outbox.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+    return rows if rows and rows[0].get("tries") == 1 else []
