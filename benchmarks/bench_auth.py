@@ -44,7 +44,8 @@ def main() -> None:
                  httpx.Client(base_url=on.url) as trusted, \
                  httpx.Client(base_url=off.url) as open_:  # fmt: skip
                 for name, path in CALLS.items():
-                    rows = {"auth off": [], "token": [], "trusted network": []}
+                    kinds = ("auth off", "token", "trusted network")
+                    rows: dict[str, list[float]] = {kind: [] for kind in kinds}
                     for _ in range(3):  # interleaved rounds
                         rows["auth off"].append(median_ms(open_, path, args.requests))
                         rows["token"].append(median_ms(token, path, args.requests))
