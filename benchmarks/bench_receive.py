@@ -426,6 +426,7 @@ def children_cpu() -> float:
 def measure_throughput(
     targets: list[Target], corpora: list[Corpus], reps: int, result: Throughput
 ) -> None:
+    warm_up(targets, min(corpora, key=lambda c: c.nbytes))
     for rep in range(reps):
         order = targets[rep % len(targets) :] + targets[: rep % len(targets)]
         for corpus in corpora:
@@ -441,6 +442,16 @@ def measure_throughput(
                     f"({corpus.files / seconds:6.0f} images/s; CPU s: receiver {server:.2f}, "
                     f"storescu {client:.2f})"
                 )
+
+
+def warm_up(targets: list[Target], corpus: Corpus) -> None:
+    """One untimed send of ``corpus`` to each target: a receiver's first send after its
+    start (its buffers' and the machine's fresh pages faulted in, on these VMs) took up to
+    twice as long as the next, and which receiver went first decided a ratio."""
+    for target in targets:
+        with target.session(corpus) as (port, _pid):
+            storescu(port, corpus.path)
+    log(f"warmed up {len(targets)} receivers with {corpus.name}")
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -562,27 +573,20 @@ def measure_concurrent(
     """Aggregate images/s of ``n`` associations at once: ours (and, given ``threads``, ours
     with every association on a thread of the box) vs storescp --fork."""
     boxes = {"ours": ours, **({"ours, threads": threads} if threads is not None else {})}
-    times: dict[str, list[float]] = {**{key: [] for key in boxes}, "storescp --fork": []}
-    fork = ForkStorescpTarget("storescp-fork", "dcmtk storescp --fork", work)
+    keys = [*boxes, "storescp --fork"]
+    times: dict[str, list[float]] = {key: [] for key in keys}
     for rep in range(reps):
-        for key, box in boxes.items():
+        for key in keys[rep % len(keys) :] + keys[: rep % len(keys)]:  # the order rotates
+            box = boxes.get(key)
+            if box is None:
+                times[key].append(send_to_fork(work, corpus, n))
+                continue
             before = box.files()
             seconds = send_concurrently(box.dicom_port, corpus.path, n)
             got = sum(j["files"] for j in box.settle(before + n * corpus.files)) - before
             if got != n * corpus.files:
                 raise RuntimeError(f"{key}: {got} of {n * corpus.files} files became jobs")
             times[key].append(seconds)
-        out = Path(tempfile.mkdtemp(prefix="fork-", dir=work))
-        port = free_port()
-        proc = subprocess.Popen(fork.command(port, out), env=tool_env(True),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        try:
-            wait_listening(port, proc)
-            times["storescp --fork"].append(send_concurrently(port, corpus.path, n))
-            if count_files(out) != n * corpus.files:
-                raise RuntimeError(f"storescp --fork: {count_files(out)} of {n * corpus.files}")
-        finally:
-            stop_process(proc)  # its folder stays until the end (see the top)
         log(f"rep {rep + 1}/{reps} {n} associations x {corpus.name}: "
             + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))  # fmt: skip
     rates = {k: n * corpus.files / (median(v) or 1) for k, v in times.items()}
@@ -601,6 +605,23 @@ def measure_concurrent(
             else {}
         ),
     }
+
+
+def send_to_fork(work: Path, corpus: Corpus, n: int) -> float:
+    """``n`` concurrent sends of ``corpus`` to a fresh ``storescp --fork``; wall seconds."""
+    fork = ForkStorescpTarget("storescp-fork", "dcmtk storescp --fork", work)
+    out = Path(tempfile.mkdtemp(prefix="fork-", dir=work))
+    port = free_port()
+    proc = subprocess.Popen(fork.command(port, out), env=tool_env(True),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_listening(port, proc)
+        seconds = send_concurrently(port, corpus.path, n)
+        if count_files(out) != n * corpus.files:
+            raise RuntimeError(f"storescp --fork: {count_files(out)} of {n * corpus.files}")
+        return seconds
+    finally:
+        stop_process(proc)  # its folder stays until the end (see the top)
 
 
 def throughput_rows(result: Throughput, corpora: list[Corpus], targets: list[Target]) -> list[dict]:
