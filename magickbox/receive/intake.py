@@ -130,7 +130,10 @@ class Intake:
         not to be kept (no StudyInstanceUID, no usable SOP Instance UID, own title)."""
         found = walked.values
         study_uid = study_uid_of(found.get(STUDY_UID_TAG, b""))
-        sop_uid = sop_uid_of(found.get(SOP_UID_TAG), requested)
+        # The SOP Instance UID names the file and is no series element: the header (which
+        # a worker compares with its series' last one) goes without it.
+        sop_uid = sop_uid_of(found.pop(SOP_UID_TAG, None), requested)
+        walked.vrs.pop(SOP_UID_TAG, None)
         if peer.called == self.own_aet:  # an association to the own title stores nothing
             raise ValueError("the box's own AE title names no bucket")
         key = ArrivalKey(
