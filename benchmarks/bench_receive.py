@@ -426,7 +426,7 @@ def children_cpu() -> float:
 def measure_throughput(
     targets: list[Target], corpora: list[Corpus], reps: int, result: Throughput
 ) -> None:
-    warm_up(targets, min(corpora, key=lambda c: c.nbytes))
+    warm_up(targets, corpora)
     for rep in range(reps):
         order = targets[rep % len(targets) :] + targets[: rep % len(targets)]
         for corpus in corpora:
@@ -444,14 +444,15 @@ def measure_throughput(
                 )
 
 
-def warm_up(targets: list[Target], corpus: Corpus) -> None:
-    """One untimed send of ``corpus`` to each target: a receiver's first send after its
-    start (its buffers' and the machine's fresh pages faulted in, on these VMs) took up to
-    twice as long as the next, and which receiver went first decided a ratio."""
-    for target in targets:
-        with target.session(corpus) as (port, _pid):
-            storescu(port, corpus.path)
-    log(f"warmed up {len(targets)} receivers with {corpus.name}")
+def warm_up(targets: list[Target], corpora: list[Corpus]) -> None:
+    """One untimed send of each corpus to each target: the first send of a run (its
+    buffers' and the machine's fresh pages faulted in, on these VMs) took up to twice as
+    long as the next, and the first repetition starts with the same receiver."""
+    for corpus in corpora:
+        for target in targets:
+            with target.session(corpus) as (port, _pid):
+                storescu(port, corpus.path)
+    log(f"warmed up {len(targets)} receivers with {', '.join(c.name for c in corpora)}")
 
 
 def peak_rss_mb(pid: int) -> float:
