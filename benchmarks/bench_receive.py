@@ -40,6 +40,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
@@ -428,7 +429,7 @@ def measure_throughput(
 ) -> None:
     warm_up(targets, corpora)
     for rep in range(reps):
-        order = targets[rep % len(targets) :] + targets[: rep % len(targets)]
+        order = rotated(targets, rep)
         for corpus in corpora:
             for target in order:
                 with target.session(corpus) as (port, pid):
@@ -442,6 +443,16 @@ def measure_throughput(
                     f"({corpus.files / seconds:6.0f} images/s; CPU s: receiver {server:.2f}, "
                     f"storescu {client:.2f})"
                 )
+
+
+T = TypeVar("T")
+
+
+def rotated(items: list[T], rep: int) -> list[T]:
+    """``items`` in the order of repetition ``rep``: each repetition starts one later, so
+    no receiver always runs first (or always after the same one)."""
+    shift = rep % len(items)
+    return items[shift:] + items[:shift]
 
 
 def warm_up(targets: list[Target], corpora: list[Corpus]) -> None:
@@ -577,7 +588,7 @@ def measure_concurrent(
     keys = [*boxes, "storescp --fork"]
     times: dict[str, list[float]] = {key: [] for key in keys}
     for rep in range(reps):
-        for key in keys[rep % len(keys) :] + keys[: rep % len(keys)]:  # the order rotates
+        for key in rotated(keys, rep):
             box = boxes.get(key)
             if box is None:
                 times[key].append(send_to_fork(work, corpus, n))
