@@ -19,6 +19,7 @@ scrub may all ask it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -33,6 +34,7 @@ from typing import Any
 
 from magickbox.config import Settings
 from magickbox.errors import StorageFull
+from magickbox.jobs.scratch import StrPath
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +206,7 @@ def refused_association(assoc: Any, settings: Settings) -> bool:
     return True
 
 
-def refused_store(path: Path, settings: Settings, event: Any = None) -> bool:
+def refused_store(path: StrPath, settings: Settings, event: Any = None) -> bool:
     """Whether a received data set is refused with A700: its write hit a full disk, or the
     disk went below the reserve. A refused data set's file is removed at once; the log
     line names who sent what to whom (from pynetdicom's C-STORE ``event``)."""
@@ -217,11 +219,12 @@ def refused_store(path: Path, settings: Settings, event: Any = None) -> bool:
     else:
         reason = f"the disk filled up while it was written: {failed}"
     log.warning("C-STORE refused with A700 (out of resources)%s: %s", _who(event), reason)
-    path.unlink(missing_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
     return True
 
 
-def refused_write(path: Path, written: int, settings: Settings) -> bool:
+def refused_write(path: StrPath, written: int, settings: Settings) -> bool:
     """:func:`refused_store` for a data set of ``written`` bytes that the native receiver
     wrote itself (its write errors it answers on its own): a recent look far above the
     reserve answers without a statvfs."""

@@ -27,6 +27,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+# A file name as a path or a plain string: the receiver's per-image path uses strings, as
+# a pathlib join costs a dozen Python calls and a receiver names three files per image.
+StrPath = str | Path
+
 
 def received_stamp(when: float | None = None) -> str:
     """The ``received`` value of info.json, in the style of date(1) as the original wrote it."""
@@ -121,7 +125,7 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def place_file(src: Path, folder: Path, name: str) -> str:
+def place_file(src: StrPath, folder: StrPath, name: str) -> str:
     """Move ``src`` into ``folder`` as ``name``, never over another acknowledged data set.
 
     A second data set under a name already taken gets a suffix (``<uid>-2.dcm``); the same
@@ -129,19 +133,20 @@ def place_file(src: Path, folder: Path, name: str) -> str:
     """
     stem, suffix = os.path.splitext(name)
     for n in itertools.count(1):
-        target = folder / (name if n == 1 else f"{stem}-{n}{suffix}")
+        kept = name if n == 1 else f"{stem}-{n}{suffix}"
+        target = f"{folder}/{kept}"
         try:
             _move_new(src, target)
         except FileExistsError:
             if filecmp.cmp(src, target, shallow=False):
                 os.replace(src, target)
-                return target.name
+                return kept
             continue
-        return target.name
+        return kept
     raise AssertionError("unreachable")
 
 
-def _load_renameat2() -> Callable[[Path, Path], None] | None:
+def _load_renameat2() -> Callable[[StrPath, StrPath], None] | None:
     """rename(2) that fails where the target exists (Linux 3.15+, glibc 2.28+), if here."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -150,7 +155,7 @@ def _load_renameat2() -> Callable[[Path, Path], None] | None:
         return None
     call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 
-    def rename_new(src: Path, target: Path) -> None:
+    def rename_new(src: StrPath, target: StrPath) -> None:
         if call(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(target), RENAME_NOREPLACE):
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code), str(target))  # FileExistsError for EEXIST
@@ -162,7 +167,7 @@ AT_FDCWD, RENAME_NOREPLACE = -100, 1
 _renameat2 = _load_renameat2()
 
 
-def _move_new(src: Path, target: Path) -> None:
+def _move_new(src: StrPath, target: StrPath) -> None:
     """Move ``src`` to ``target``, which must not exist (FileExistsError if it does).
 
     One renameat2 call where the kernel and filesystem have it; else a hard link (atomic,
@@ -181,11 +186,11 @@ def _move_new(src: Path, target: Path) -> None:
     except FileExistsError:
         raise
     except OSError:
-        if target.exists():
+        if os.path.lexists(target):
             raise FileExistsError(errno.EEXIST, "File exists", str(target)) from None
         os.replace(src, target)
         return
-    src.unlink()
+    os.unlink(src)
 
 
 def move_files(src: Path, dest: Path) -> dict[str, str]:

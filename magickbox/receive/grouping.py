@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from magickbox.jobs.scratch import place_file
+from magickbox.jobs.scratch import StrPath, place_file
 from magickbox.receive.completeness import SendPolicy, Verdict, decide
 from magickbox.study.series import RawHeader, SeriesSet, collect_files, series_uid_of_file
 
@@ -72,11 +72,11 @@ class Placed:
 
     assoc_id: int
     key: ArrivalKey  # the arrival's (with its series UID for a bucket with a job per series)
-    kept: Path
+    kept: str
     header: RawHeader | None
 
 
-def place_in(where: Where, src: Path, name: str) -> Path:
+def place_in(where: Where, src: StrPath, name: str) -> str:
     """Move a received file into its arrival's folder as ``name`` (``scratch.place_file``:
     never over another acknowledged data set); the path it got. A second, different data
     set under a SOP Instance UID of the send is logged (both are kept)."""
@@ -85,9 +85,9 @@ def place_in(where: Where, src: Path, name: str) -> Path:
         log.warning(
             "two different data sets with SOP Instance UID %s from calling AE %r (%s) "
             "in one send: both kept, the later as %s",
-            Path(name).stem, where.key.caller_aet, where.key.caller_ip, kept,
+            os.path.splitext(name)[0], where.key.caller_aet, where.key.caller_ip, kept,
         )  # fmt: skip
-    return where.folder / kept
+    return f"{where.folder}/{kept}"
 
 
 # on_ready(folder, key, started, series[, verdict=...]): the arrival is quiet (and
@@ -146,7 +146,7 @@ class Grouper:
 
     # -- called from the receiver's association threads (or its worker processes) --
     def place(
-        self, assoc_id: int, key: ArrivalKey, src: Path, name: str, header: RawHeader | None
+        self, assoc_id: int, key: ArrivalKey, src: StrPath, name: str, header: RawHeader | None
     ) -> Placed:
         """Move a fully received file into its arrival's folder (before it is acknowledged)."""
         series_uid = header.series_uid if header is not None else None
@@ -161,7 +161,7 @@ class Grouper:
         self.file_added(placed.key, placed.kept, placed.header)
 
     def open_arrival(
-        self, assoc_id: int, key: ArrivalKey, series_uid: str | None, src: Path
+        self, assoc_id: int, key: ArrivalKey, series_uid: str | None, src: StrPath
     ) -> Where:
         """The arrival a file of ``key`` goes to (made at its first file), held open by
         ``assoc_id`` until that association closes. ``series_uid`` (None: not known; read
@@ -170,7 +170,7 @@ class Grouper:
         policy = self._policy(key.called_aet)
         per_series = policy is not None and policy.per_series
         if per_series:
-            key = replace(key, series_uid=series_uid or series_uid_of_file(src))
+            key = replace(key, series_uid=series_uid or series_uid_of_file(Path(src)))
         with self._cond:
             arrival = self._arrivals.get(key)
             if arrival is None:
@@ -181,7 +181,7 @@ class Grouper:
             arrival.last = time.monotonic()
             return Where(key, arrival.folder, per_series)
 
-    def file_added(self, key: ArrivalKey, kept: Path, header: RawHeader | None) -> None:
+    def file_added(self, key: ArrivalKey, kept: str, header: RawHeader | None) -> None:
         """A file of an open arrival is in its folder (as ``kept``): count it and add it to
         the arrival's series views."""
         with self._cond:
@@ -196,7 +196,7 @@ class Grouper:
             series = arrival.series
         if header is not None and series is not None:
             try:
-                series.add(header, kept.name)  # the set has its own lock
+                series.add(header, os.path.basename(kept))  # the set has its own lock
             except Exception:  # a view is a summary: it never costs the sender its image
                 log.exception("series view of %s not updated", kept)
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from pathlib import Path
+
+from magickbox.jobs.scratch import StrPath
 
 MEMORY = 1 << 21  # bytes of a data set held in memory; larger ones are walked from their file
 FLUSH = 1 << 16  # bytes gathered before a write: few system calls, the disk kept busy
@@ -36,9 +37,9 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)
 
 
-def partial_path(folder: Path) -> Path:
+def partial_path(folder: StrPath) -> str:
     """A new name in ``.partial`` (unique in this process; a start empties the folder)."""
-    return folder / f"{_pid}-{next(_serial)}.part"
+    return f"{folder}/{_pid}-{next(_serial)}.part"
 
 
 def write_all(fd: int, parts: list[memoryview]) -> None:
@@ -56,7 +57,7 @@ def write_all(fd: int, parts: list[memoryview]) -> None:
 class Spare:
     """An empty file in ``.partial``, made ahead for the next data set to fill."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: StrPath) -> None:
         self.path = partial_path(folder)
         self.error: OSError | None = None  # the file could not be made: answered A700
         try:
@@ -74,7 +75,8 @@ class Spare:
         """Close and remove the file: it will never hold an acknowledged data set."""
         with contextlib.suppress(OSError):
             self.close()
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
 
 
 class Incoming:
@@ -95,7 +97,7 @@ class Incoming:
         self.error = spare.error
 
     @property
-    def path(self) -> Path:
+    def path(self) -> str:
         return self.spare.path
 
     @property

@@ -8,7 +8,9 @@ rules of what is kept live here once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Protocol
 from magickbox.buckets.registry import Bucket
 from magickbox.config import Settings
 from magickbox.events import EventBus, ImageReceived
+from magickbox.jobs.scratch import StrPath
 from magickbox.names import BadName, check_study_uid, check_uid
 from magickbox.receive.grouping import ArrivalKey, Grouper, Placed
 from magickbox.receive.rejections import Rejection
@@ -70,7 +73,7 @@ class Keeper(Protocol):
     messenger to the box (``workers.py``)."""
 
     def place(
-        self, assoc_id: int, key: ArrivalKey, src: Path, name: str, header: RawHeader | None
+        self, assoc_id: int, key: ArrivalKey, src: StrPath, name: str, header: RawHeader | None
     ) -> Placed: ...
 
     def record(self, placed: Placed) -> None: ...
@@ -107,11 +110,12 @@ class Intake:
         self.views = views
         self.capture = frozenset((STUDY_UID_TAG, SOP_UID_TAG, *(VIEW_TAGS if views else ())))
 
-    def store(self, path: Path, syntax: str, requested: str, peer: Peer, assoc_id: int) -> int:
-        """Check and keep the Part 10 file at ``path``; the status to answer with.
+    def store(self, file: StrPath, syntax: str, requested: str, peer: Peer, assoc_id: int) -> int:
+        """Check and keep the Part 10 file at ``file``; the status to answer with.
 
-        The file is gone from ``path`` afterwards: moved into its arrival, or removed.
+        The file is gone from ``file`` afterwards: moved into its arrival, or removed.
         """
+        path = Path(file)
         try:
             checked = self.examine(walk_stored_file(path, syntax, self.capture), requested,
                                    peer, dataset_bytes(path))  # fmt: skip
@@ -147,7 +151,7 @@ class Intake:
         )
         return Checked(key, sop_uid, header, size)
 
-    def keep(self, path: Path, checked: Checked, peer: Peer, assoc_id: int) -> Kept | None:
+    def keep(self, path: StrPath, checked: Checked, peer: Peer, assoc_id: int) -> Kept | None:
         """Move the checked file at ``path`` into its arrival: answered SUCCESS once it is
         there (a kill -9 from then on loses nothing: a restart makes the arrival a job);
         None when it could not be moved (answered A700). :meth:`received` must follow."""
@@ -156,7 +160,8 @@ class Intake:
                                         checked.header)  # fmt: skip
         except OSError as exc:  # disk full or gone: the sender is told and may try again
             refused(peer, checked.sop_uid, exc, logging.ERROR)
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
             return None
         return Kept(checked, placed)
 

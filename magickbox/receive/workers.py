@@ -44,11 +44,11 @@ import time
 import traceback
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magickbox import disk
 from magickbox.events import Event, EventBus, ImageReceived
+from magickbox.jobs.scratch import StrPath
 from magickbox.receive import acse
 from magickbox.receive.grouping import ArrivalKey, Placed, Where, place_in
 from magickbox.receive.intake import Intake, Peer
@@ -255,13 +255,13 @@ class Pool:
             for note in message[1]:
                 if note[0] == "file":
                     _kind, key, kept, header = note
-                    grouper.file_added(key, Path(kept), header)
+                    grouper.file_added(key, kept, header)
                 else:
                     self.rx.intake.events.publish(note[1])
         elif kind == "where":
             _kind, request, assoc_id, key, series_uid, src = message
             try:
-                where: Where | str = grouper.open_arrival(assoc_id, key, series_uid, Path(src))
+                where: Where | str = grouper.open_arrival(assoc_id, key, series_uid, src)
             except OSError as exc:  # a full disk: that data set is answered A700
                 where = str(exc)
             worker.channel.send(("at", request, where))
@@ -337,11 +337,14 @@ class Remote(EventBus):
         self.notes: list[tuple[Any, ...]] = []  # ("file", key, kept, header)
         self.noted = 0  # bytes of headers among them
         self.received: dict[tuple[str, str], list[int]] = {}  # (calling, called) -> [n, bytes]
-        self.pending = threading.Condition()
+        # A plain lock and an event, not a Condition: a Condition's enter, exit and notify
+        # are Python calls, paid per image; the event is set once per batch.
+        self.batch_lock = threading.Lock()
+        self.wake = threading.Event()  # something is pending: the flusher sends it soon
         threading.Thread(target=self._flusher, name="dicom-notes", daemon=True).start()
 
     def place(
-        self, assoc_id: int, key: ArrivalKey, src: Path, name: str, header: RawHeader | None
+        self, assoc_id: int, key: ArrivalKey, src: StrPath, name: str, header: RawHeader | None
     ) -> Placed:
         """As Grouper.place: the file moves into the arrival the box named, before it is
         acknowledged."""
@@ -357,15 +360,17 @@ class Remote(EventBus):
         size = sum(map(len, header.values.values())) if header is not None else 0
         if size > HEADER_LIMIT:
             header, size = None, 0  # its arrival's views are then read from the files by the job
-        self._note(("file", placed.key, str(placed.kept), header), size)
+        self._note(("file", placed.key, placed.kept, header), size)
 
     def publish(self, event: Event) -> None:
         if isinstance(event, ImageReceived):  # the one event a receiver publishes: summed
-            with self.pending:
+            with self.batch_lock:
+                first = not self.notes and not self.received
                 counts = self.received.setdefault((event.caller_aet, event.called_aet), [0, 0])
                 counts[0] += event.images
                 counts[1] += event.nbytes
-                self.pending.notify()  # wakes the flusher if nothing else was pending
+            if first:
+                self.wake.set()
 
     def _news(
         self, assoc_id: int, key: ArrivalKey, series_uid: str, header: RawHeader
@@ -405,17 +410,18 @@ class Remote(EventBus):
         self.channel.send(("closed", assoc_id))
 
     def _note(self, note: tuple[Any, ...], size: int) -> None:
-        with self.pending:
+        with self.batch_lock:
+            first = not self.notes and not self.received
             self.notes.append(note)
             self.noted += size
             full = len(self.notes) >= BATCH or self.noted >= HEADER_LIMIT
-            if len(self.notes) == 1:
-                self.pending.notify()
+        if first:
+            self.wake.set()
         if full:
             self.flush()
 
     def flush(self) -> None:
-        with self.pending:
+        with self.batch_lock:
             notes, self.notes, self.noted = self.notes, [], 0
             received, self.received = self.received, {}
             notes += [("event", ImageReceived(calling, called, nbytes, images))
@@ -425,13 +431,16 @@ class Remote(EventBus):
 
     def _flusher(self) -> None:
         while True:
-            with self.pending:
-                while not self.notes and not self.received:
-                    self.pending.wait()
+            self.wake.wait()
             time.sleep(BATCH_SECONDS)
+            # Cleared before the flush: what comes after it finds nothing pending and sets
+            # the event again; what comes between is in this flush.
+            self.wake.clear()
             self.flush()
 
-    def _where(self, assoc_id: int, key: ArrivalKey, series_uid: str | None, src: Path) -> Where:
+    def _where(
+        self, assoc_id: int, key: ArrivalKey, series_uid: str | None, src: StrPath
+    ) -> Where:
         known = self.known.setdefault(assoc_id, {})
         where = known.get((key, None)) or known.get((key, series_uid))
         if where is not None:

@@ -29,19 +29,19 @@ def test_a_small_data_set_is_in_memory_and_in_its_file_behind_the_meta(tmp_path:
     got.finish()
     assert not got.spilled and got.error is None
     assert bytes(got.data) == data
-    assert got.path.read_bytes() == META + data
-    assert list(tmp_path.iterdir()) == [got.path]
+    assert Path(got.path).read_bytes() == META + data
+    assert list(tmp_path.iterdir()) == [Path(got.path)]
 
 
 def test_the_file_is_written_while_the_data_set_still_comes(tmp_path: Path) -> None:
     got = arriving(tmp_path)
     got.put(memoryview(b"a" * (FLUSH - 1)))
-    assert got.path.stat().st_size == 0  # gathered: not a write per fragment
+    assert Path(got.path).stat().st_size == 0  # gathered: not a write per fragment
     got.put(memoryview(b"b"))
-    assert got.path.read_bytes() == META + b"a" * (FLUSH - 1) + b"b"
+    assert Path(got.path).read_bytes() == META + b"a" * (FLUSH - 1) + b"b"
     got.put(memoryview(b"c" * 10))
     got.finish()
-    assert got.path.read_bytes() == META + b"a" * (FLUSH - 1) + b"b" + b"c" * 10
+    assert Path(got.path).read_bytes() == META + b"a" * (FLUSH - 1) + b"b" + b"c" * 10
 
 
 def test_a_data_set_larger_than_memory_spills_and_memory_stays_bounded(tmp_path: Path) -> None:
@@ -60,13 +60,13 @@ def test_a_data_set_larger_than_memory_spills_and_memory_stays_bounded(tmp_path:
     assert got.spilled and got.error is None
     assert got.room(1) is None  # nothing more goes to memory once spilled
     assert len(got.view) == memory
-    assert got.path.read_bytes() == META + data
+    assert Path(got.path).read_bytes() == META + data
 
 
 def test_an_empty_data_set_still_gets_its_meta(tmp_path: Path) -> None:
     got = arriving(tmp_path)
     got.finish()
-    assert got.path.read_bytes() == META
+    assert Path(got.path).read_bytes() == META
 
 
 def test_a_full_disk_is_kept_as_the_error_and_the_rest_is_read_on(tmp_path: Path) -> None:
@@ -94,7 +94,7 @@ def test_a_spare_that_cannot_be_made_makes_an_a700_not_a_crash(tmp_path: Path) -
 def test_discard_removes_the_file_and_names_are_unique(tmp_path: Path) -> None:
     spares = [Spare(tmp_path) for _ in range(50)]
     assert len({s.path for s in spares}) == 50
-    assert all(s.path.name.startswith(f"{os.getpid()}-") for s in spares)
+    assert all(Path(s.path).name.startswith(f"{os.getpid()}-") for s in spares)
     for spare in spares:
         spare.discard()
     assert list(tmp_path.iterdir()) == []
@@ -103,7 +103,7 @@ def test_discard_removes_the_file_and_names_are_unique(tmp_path: Path) -> None:
 def test_a_forked_child_names_its_files_by_its_own_pid(tmp_path: Path) -> None:
     pid = os.fork()
     if pid == 0:  # the child: exit code 0 when its name carries its own pid
-        name = incoming.partial_path(tmp_path).name
+        name = Path(incoming.partial_path(tmp_path)).name
         os._exit(0 if name.startswith(f"{os.getpid()}-") else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
