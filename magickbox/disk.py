@@ -19,7 +19,6 @@ scrub may all ask it.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -34,7 +33,7 @@ from typing import Any
 
 from magickbox.config import Settings
 from magickbox.errors import StorageFull
-from magickbox.jobs.scratch import StrPath
+from magickbox.jobs.scratch import StrPath, remove_file
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +218,7 @@ def refused_store(path: StrPath, settings: Settings, event: Any = None) -> bool:
     else:
         reason = f"the disk filled up while it was written: {failed}"
     log.warning("C-STORE refused with A700 (out of resources)%s: %s", _who(event), reason)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    remove_file(path)
     return True
 
 

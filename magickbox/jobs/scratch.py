@@ -15,6 +15,7 @@ Name checks (job folder names, UIDs) live in :mod:`magickbox.names`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import filecmp
@@ -24,8 +25,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # A file name as a path or a plain string: the receiver's per-image path uses strings, as
 # a pathlib join costs a dozen Python calls and a receiver names three files per image.
@@ -130,6 +131,7 @@ def place_file(src: StrPath, folder: StrPath, name: str) -> str:
 
     A second data set under a name already taken gets a suffix (``<uid>-2.dcm``); the same
     bytes sent again (a retry) just take the old one's place. Returns the name it got.
+    ``src`` may be an unnamed file (:func:`is_unnamed`): it then gets its first name here.
     """
     stem, suffix = os.path.splitext(name)
     for n in itertools.count(1):
@@ -139,32 +141,73 @@ def place_file(src: StrPath, folder: StrPath, name: str) -> str:
             _move_new(src, target)
         except FileExistsError:
             if filecmp.cmp(src, target, shallow=False):
-                os.replace(src, target)
+                _replace(src, target)
                 return kept
             continue
         return kept
     raise AssertionError("unreachable")
 
 
-def _load_renameat2() -> Callable[[StrPath, StrPath], None] | None:
-    """rename(2) that fails where the target exists (Linux 3.15+, glibc 2.28+), if here."""
+# -- unnamed files ------------------------------------------------------------------------
+# The receiver writes each data set into an unnamed file (O_TMPFILE) where the filesystem
+# has them, and names it once, in its arrival, when it is complete: one directory entry
+# per image instead of a file made in .partial and renamed (two directory operations, and
+# a cross-directory rename takes the filesystem's rename lock). A kill -9 before that leaves
+# nothing anywhere. Such a file is known by its descriptor's link, /proc/<pid>/fd/<n>,
+# which any process of ours can read while the descriptor is open.
+UNNAMED = "/proc/"
+
+
+def is_unnamed(path: StrPath) -> bool:
+    return str(path).startswith(UNNAMED)
+
+
+def remove_file(path: StrPath) -> None:
+    """Remove a file that will never be kept (an unnamed one goes when its descriptor
+    closes)."""
+    if not is_unnamed(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _replace(src: StrPath, target: StrPath) -> None:
+    """Put ``src`` in ``target``'s place (the same bytes sent again)."""
+    if not is_unnamed(src):
+        os.replace(src, target)
+        return
+    beside = f"{target}.{os.getpid()}.new"  # a name first: only a named file can be renamed
+    name_unnamed(src, beside)
+    os.replace(beside, target)
+
+
+def _libc_call(name: str) -> Any:
+    """A libc function with errno kept, or None where this libc lacks it."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        call = libc.renameat2
+        call = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
     call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-
-    def rename_new(src: StrPath, target: StrPath) -> None:
-        if call(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(target), RENAME_NOREPLACE):
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), str(target))  # FileExistsError for EEXIST
-
-    return rename_new
+    return call
 
 
-AT_FDCWD, RENAME_NOREPLACE = -100, 1
-_renameat2 = _load_renameat2()
+def _checked(result: int, target: StrPath) -> None:
+    if result:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(target))  # FileExistsError for EEXIST
+
+
+AT_FDCWD, RENAME_NOREPLACE, AT_SYMLINK_FOLLOW = -100, 1, 0x400
+# rename(2) that fails where the target exists (Linux 3.15+, glibc 2.28+); linkat(2), the
+# one call that names an unnamed file by its /proc link (os.link calls link(2) there)
+_renameat2, _linkat = _libc_call("renameat2"), _libc_call("linkat")
+
+
+def name_unnamed(src: StrPath, target: StrPath) -> None:
+    """Name the unnamed file ``src`` ``target``, which must not exist."""
+    if _linkat is None:
+        raise OSError(errno.ENOSYS, "linkat is not available", str(target))
+    _checked(_linkat(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(target),
+                     AT_SYMLINK_FOLLOW), target)  # fmt: skip
 
 
 def _move_new(src: StrPath, target: StrPath) -> None:
@@ -172,11 +215,15 @@ def _move_new(src: StrPath, target: StrPath) -> None:
 
     One renameat2 call where the kernel and filesystem have it; else a hard link (atomic,
     never replaces) and an unlink; else, on a filesystem without hard links, a check and a
-    rename (not race-free, but nothing better is there).
+    rename (not race-free, but nothing better is there). An unnamed file is linked.
     """
+    if is_unnamed(src):
+        name_unnamed(src, target)
+        return
     if _renameat2 is not None:
         try:
-            _renameat2(src, target)
+            _checked(_renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(target),
+                                RENAME_NOREPLACE), target)  # fmt: skip
             return
         except OSError as exc:  # EEXIST included: re-raised as FileExistsError
             if exc.errno not in (errno.EINVAL, errno.ENOSYS):  # not "unsupported here"

@@ -9,9 +9,13 @@ left behind, its file is walked once it is complete, and the memory of an associ
 stays bounded whatever length a peer declares.
 
 The file a data set fills is made before its request comes (a :class:`Spare`, created
-while the association waits for the peer), so creating it costs the sender no time. A
-file is complete in ``.partial`` before it moves into its arrival, and a start removes
-whatever is left there (nothing in it was ever acknowledged).
+while the association waits for the peer), so creating it costs the sender no time. It is
+an unnamed file (O_TMPFILE, see ``jobs.scratch``) where the filesystem has them: it gets
+its one name in its arrival when it is complete and checked, and a kill -9 before that
+leaves nothing behind. A data set that spills is named in ``.partial`` then (it is walked
+from its file); so is every data set where unnamed files are not to be had. A file is
+complete in ``.partial`` before it moves into its arrival, and a start removes whatever is
+left there (nothing in it was ever acknowledged).
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ import contextlib
 import itertools
 import os
 
-from magickbox.jobs.scratch import StrPath
+from magickbox.jobs.scratch import StrPath, is_unnamed, name_unnamed, remove_file
 
 MEMORY = 1 << 21  # bytes of a data set held in memory; larger ones are walked from their file
 FLUSH = 1 << 16  # bytes gathered before a write: few system calls, the disk kept busy
 FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+UNNAMED_FLAGS = os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC
 _serial = itertools.count(1)  # next() on a count is atomic under the GIL
 _pid = os.getpid()  # getpid() is a system call each time; a forked child learns its own
 
@@ -54,19 +59,68 @@ def write_all(fd: int, parts: list[memoryview]) -> None:
             views[0] = views[0][done:]
 
 
+_unnamed_in: dict[str, bool] = {}  # folder -> whether unnamed files can be made and named
+
+
+def unnamed_files(folder: StrPath) -> bool:
+    """Whether ``folder``'s filesystem makes unnamed files that we can name (asked once per
+    folder, by making one: a kernel, filesystem or /proc without them says so here)."""
+    key = str(folder)
+    known = _unnamed_in.get(key)
+    if known is None:
+        known = _unnamed_in[key] = _try_unnamed(key)
+    return known
+
+
+def _try_unnamed(folder: str) -> bool:
+    try:
+        fd = os.open(folder, UNNAMED_FLAGS, 0o600)
+    except OSError:
+        return False
+    probe = partial_path(folder)
+    try:
+        name_unnamed(f"/proc/{_pid}/fd/{fd}", probe)
+        os.unlink(probe)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 class Spare:
-    """An empty file in ``.partial``, made ahead for the next data set to fill."""
+    """An empty file, made ahead for the next data set to fill: unnamed where it can be,
+    else in ``.partial``. ``path`` reads it either way (an unnamed file's is its /proc link,
+    valid while the file is open)."""
 
     def __init__(self, folder: StrPath) -> None:
-        self.path = partial_path(folder)
+        self.folder = folder
         self.error: OSError | None = None  # the file could not be made: answered A700
+        self.fd, self.path = -1, ""
         try:
-            self.fd = os.open(self.path, FLAGS, 0o600)
+            if unnamed_files(folder):
+                self.fd = os.open(folder, UNNAMED_FLAGS, 0o600)
+                self.path = f"/proc/{_pid}/fd/{self.fd}"
+            else:
+                self.path = partial_path(folder)
+                self.fd = os.open(self.path, FLAGS, 0o600)
         except OSError as exc:
-            self.fd, self.error = -1, exc
+            self.error = exc
+
+    @property
+    def unnamed(self) -> bool:
+        return is_unnamed(self.path)
+
+    def name(self) -> None:
+        """Give an unnamed file its name in ``.partial`` (a data set walked from its file)."""
+        if self.unnamed and self.fd >= 0:
+            named = partial_path(self.folder)
+            name_unnamed(self.path, named)
+            self.path = named
 
     def close(self) -> None:
-        """Close the file (once; it stays where it is)."""
+        """Close the file (once). A named one stays where it is; an unnamed one is gone
+        unless it was named (placed into its arrival) first."""
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             os.close(fd)
@@ -75,8 +129,7 @@ class Spare:
         """Close and remove the file: it will never hold an acknowledged data set."""
         with contextlib.suppress(OSError):
             self.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        remove_file(self.path)
 
 
 class Incoming:
@@ -127,9 +180,17 @@ class Incoming:
             return
         if not self.spilled:  # what memory holds goes first; from now on straight to disk
             self.spilled = True
+            self._name()  # it will be walked from its file
             self._write(self.view[self.flushed : self.size])
         self._write(chunk)
         self.size = self.flushed = end
+
+    def _name(self) -> None:
+        if self.error is None:
+            try:
+                self.spare.name()
+            except OSError as exc:  # read on; answered A700 once the data set is complete
+                self.error = exc
 
     def _write(self, part: memoryview) -> None:
         if self.error is not None:
@@ -142,14 +203,23 @@ class Incoming:
         self.meta_written = True
 
     def finish(self) -> None:
-        """The data set is complete: write what is left and close its file."""
+        """The data set is complete: write what is left and close a named file (an
+        unnamed one stays open until it is placed: :meth:`release`)."""
         if self.size > self.flushed or not self.meta_written:
             self._write(self.view[self.flushed : self.size])
             self.flushed = self.size
+        if self.spare.unnamed:
+            return
         try:
             self.spare.close()
         except OSError as exc:
             self.error = self.error or exc
+
+    def release(self) -> None:
+        """Once it is answered: close the file (an unnamed one lives on only if it was
+        placed in its arrival)."""
+        with contextlib.suppress(OSError):
+            self.spare.close()
 
     def discard(self) -> None:
         """Forget a data set that will never be acknowledged."""

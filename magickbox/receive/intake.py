@@ -8,9 +8,7 @@ rules of what is kept live here once.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Protocol
 from magickbox.buckets.registry import Bucket
 from magickbox.config import Settings
 from magickbox.events import EventBus, ImageReceived
-from magickbox.jobs.scratch import StrPath
+from magickbox.jobs.scratch import StrPath, remove_file
 from magickbox.names import BadName, check_study_uid, check_uid
 from magickbox.receive.grouping import ArrivalKey, Grouper, Placed
 from magickbox.receive.rejections import Rejection
@@ -160,8 +158,7 @@ class Intake:
                                         checked.header)  # fmt: skip
         except OSError as exc:  # disk full or gone: the sender is told and may try again
             refused(peer, checked.sop_uid, exc, logging.ERROR)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            remove_file(path)
             return None
         return Kept(checked, placed)
 

@@ -477,7 +477,10 @@ class Association:
         incoming, self.incoming = self.incoming, None
         assert incoming is not None
         incoming.finish()
-        status, kept = self._verdict(context_id, request, incoming)
+        try:
+            status, kept = self._verdict(context_id, request, incoming)
+        finally:  # placed, or never to be kept
+            incoming.release()
         try:
             self._respond(context_id, request, status)
         finally:  # counts, views and metrics wait until the sender has its answer

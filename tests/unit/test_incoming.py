@@ -1,5 +1,7 @@
 """A data set while it arrives: written to its file as it comes, kept in memory for the walk
-while it fits, and a write that fails kept for an A700 answer instead of raised."""
+while it fits, and a write that fails kept for an A700 answer instead of raised. Every test
+runs with unnamed files (O_TMPFILE, the usual case on Linux) and with named ones in
+``.partial`` (a filesystem without them)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,20 @@ from pathlib import Path
 
 import pytest
 
+from magickbox.jobs import scratch
 from magickbox.receive import incoming
 from magickbox.receive.incoming import FLUSH, Incoming, Spare
 
 META = b"\0" * 128 + b"DICM" + b"meta"
+
+
+@pytest.fixture(autouse=True, params=["unnamed", "named"])
+def way(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "unnamed":
+        assert incoming.unnamed_files(tmp_path)  # Linux on ext4 or tmpfs, /proc mounted
+    else:
+        monkeypatch.setitem(incoming._unnamed_in, str(tmp_path), False)
+    return str(request.param)
 
 
 def arriving(tmp_path: Path, memory: int = 1 << 20) -> Incoming:
@@ -30,7 +42,36 @@ def test_a_small_data_set_is_in_memory_and_in_its_file_behind_the_meta(tmp_path:
     assert not got.spilled and got.error is None
     assert bytes(got.data) == data
     assert Path(got.path).read_bytes() == META + data
-    assert list(tmp_path.iterdir()) == [Path(got.path)]
+    if got.spare.unnamed:  # nowhere in a folder until it is placed
+        assert list(tmp_path.iterdir()) == []
+    else:
+        assert list(tmp_path.iterdir()) == [Path(got.path)]
+
+
+def test_a_placed_data_set_is_in_its_arrival_and_nowhere_else(tmp_path: Path, way: str) -> None:
+    arrival = tmp_path / "arrival"
+    arrival.mkdir()
+    got = arriving(tmp_path)
+    got.put(memoryview(b"z" * 3000))
+    got.finish()
+    assert scratch.place_file(got.path, arrival, "1.2.3.dcm") == "1.2.3.dcm"
+    got.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arrival"]  # .partial is left empty
+    assert (arrival / "1.2.3.dcm").read_bytes() == META + b"z" * 3000
+    assert (arrival / "1.2.3.dcm").stat().st_nlink == 1
+
+
+def test_a_data_set_never_placed_is_gone_once_released(tmp_path: Path, way: str) -> None:
+    got = arriving(tmp_path)
+    got.put(memoryview(b"z" * 3000))
+    got.finish()
+    path = got.path
+    if way == "named":
+        got.discard()
+    else:
+        got.release()  # closed: an unnamed file needs no removal
+    assert not os.path.exists(path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_file_is_written_while_the_data_set_still_comes(tmp_path: Path) -> None:
@@ -61,6 +102,8 @@ def test_a_data_set_larger_than_memory_spills_and_memory_stays_bounded(tmp_path:
     assert got.room(1) is None  # nothing more goes to memory once spilled
     assert len(got.view) == memory
     assert Path(got.path).read_bytes() == META + data
+    assert Path(got.path).parent == tmp_path  # named in .partial once spilled: walked from it
+    assert list(tmp_path.iterdir()) == [Path(got.path)]
 
 
 def test_an_empty_data_set_still_gets_its_meta(tmp_path: Path) -> None:
@@ -79,6 +122,7 @@ def test_a_full_disk_is_kept_as_the_error_and_the_rest_is_read_on(tmp_path: Path
     assert got.error is not None and got.error.errno == 28  # ENOSPC
     got.discard()
     assert list(tmp_path.iterdir()) == []
+    assert got.spare.fd == -1
 
 
 def test_a_spare_that_cannot_be_made_makes_an_a700_not_a_crash(tmp_path: Path) -> None:
@@ -91,10 +135,13 @@ def test_a_spare_that_cannot_be_made_makes_an_a700_not_a_crash(tmp_path: Path) -
     got.discard()  # harmless
 
 
-def test_discard_removes_the_file_and_names_are_unique(tmp_path: Path) -> None:
+def test_discard_removes_the_file_and_names_are_unique(tmp_path: Path, way: str) -> None:
     spares = [Spare(tmp_path) for _ in range(50)]
     assert len({s.path for s in spares}) == 50
-    assert all(Path(s.path).name.startswith(f"{os.getpid()}-") for s in spares)
+    if way == "named":
+        assert all(Path(s.path).name.startswith(f"{os.getpid()}-") for s in spares)
+    else:
+        assert all(s.path == f"/proc/{os.getpid()}/fd/{s.fd}" for s in spares)
     for spare in spares:
         spare.discard()
     assert list(tmp_path.iterdir()) == []

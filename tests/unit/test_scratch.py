@@ -141,3 +141,30 @@ def test_place_file_never_replaces_another_data_set(
         "1.2.3-2.dcm": b"two",
     }
     assert not first.exists() and not retry.exists() and not other.exists()
+
+
+def test_place_file_names_an_unnamed_file_and_never_replaces_another(tmp_path: Path) -> None:
+    """A data set in an unnamed file (O_TMPFILE) gets its one name in its arrival, under
+    the same rule: the same bytes again take the old one's place, others are kept apart."""
+    folder = tmp_path / "arrival"
+    folder.mkdir()
+    fds = []
+
+    def unnamed(data: bytes) -> str:
+        fd = os.open(tmp_path, os.O_WRONLY | os.O_TMPFILE, 0o600)
+        os.write(fd, data)
+        fds.append(fd)
+        return f"/proc/{os.getpid()}/fd/{fd}"
+
+    first, retry, other = unnamed(b"one"), unnamed(b"one"), unnamed(b"two")
+    assert scratch.is_unnamed(first) and not scratch.is_unnamed(folder)
+    assert scratch.place_file(first, folder, "1.2.3.dcm") == "1.2.3.dcm"
+    assert scratch.place_file(retry, folder, "1.2.3.dcm") == "1.2.3.dcm"  # the same bytes
+    assert scratch.place_file(other, folder, "1.2.3.dcm") == "1.2.3-2.dcm"  # kept apart
+    for fd in fds:
+        os.close(fd)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == {
+        "1.2.3.dcm": b"one",
+        "1.2.3-2.dcm": b"two",
+    }
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arrival"]
