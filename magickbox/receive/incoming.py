@@ -13,9 +13,9 @@ while the association waits for the peer), so creating it costs the sender no ti
 an unnamed file (O_TMPFILE, see ``jobs.scratch``) where the filesystem has them: it gets
 its one name in its arrival when it is complete and checked, and a kill -9 before that
 leaves nothing behind. A data set that spills is named in ``.partial`` then (it is walked
-from its file); so is every data set where unnamed files are not to be had. A file is
-complete in ``.partial`` before it moves into its arrival, and a start removes whatever is
-left there (nothing in it was ever acknowledged).
+from its file); so is every data set where unnamed files are not to be had. A named file
+is complete in ``.partial`` before it moves into its arrival, and a start removes whatever
+is left there (nothing in it was ever acknowledged).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import contextlib
 import itertools
 import os
 
-from magickbox.jobs.scratch import StrPath, is_unnamed, name_unnamed, remove_file
+from magickbox.jobs.scratch import UNNAMED, StrPath, is_unnamed, name_unnamed, remove_file
 
 MEMORY = 1 << 21  # bytes of a data set held in memory; larger ones are walked from their file
 FLUSH = 1 << 16  # bytes gathered before a write: few system calls, the disk kept busy
@@ -59,6 +59,11 @@ def write_all(fd: int, parts: list[memoryview]) -> None:
             views[0] = views[0][done:]
 
 
+def _link(fd: int) -> str:
+    """The /proc link an unnamed file is read (and named) by while ``fd`` is open."""
+    return f"{UNNAMED}{_pid}/fd/{fd}"
+
+
 _unnamed_in: dict[str, bool] = {}  # folder -> whether unnamed files can be made and named
 
 
@@ -79,7 +84,7 @@ def _try_unnamed(folder: str) -> bool:
         return False
     probe = partial_path(folder)
     try:
-        name_unnamed(f"/proc/{_pid}/fd/{fd}", probe)
+        name_unnamed(_link(fd), probe)
         os.unlink(probe)
         return True
     except OSError:
@@ -100,7 +105,7 @@ class Spare:
         try:
             if unnamed_files(folder):
                 self.fd = os.open(folder, UNNAMED_FLAGS, 0o600)
-                self.path = f"/proc/{_pid}/fd/{self.fd}"
+                self.path = _link(self.fd)
             else:
                 self.path = partial_path(folder)
                 self.fd = os.open(self.path, FLAGS, 0o600)
