@@ -104,8 +104,8 @@ class Settings(BaseModel):
     receiver: Literal["native", "pynetdicom"] = Field(
         default="native",
         description="The DICOM receiver: the box's own upper layer (\"native\": plain "
-        "sockets, its data transfer in worker processes, see receiver_processes; 4-9x faster "
-        "than pynetdicom's in the receive benchmark, against dcmtk storescp 0.7-2.0x on one "
+        "sockets, its data transfer in worker processes, see receiver_processes; 2.5-12x faster "
+        "than pynetdicom's in the receive benchmark, against dcmtk storescp 0.7-2.2x on one "
         "association and 0.8-1.7x of storescp --fork with 4, run to run) or pynetdicom's "
         "server.",
     )
