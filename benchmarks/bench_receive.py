@@ -533,8 +533,8 @@ def measure_memory(work: Path, corpus: Corpus, copies: int = 3) -> dict:
 # concurrent case, 3 x 4 associations (workers, threads, storescp --fork).
 SENDS_KEPT_PER_REP = 5 + 3 + 2
 SENDS_KEPT_PER_CONCURRENT_REP = 12
-# The 4-association case swings the most from run to run (8 processes on 2 shared cores),
-# so its median takes more repetitions than the others by default.
+# The 4-association case swings the most from run to run (4 senders and their receivers
+# on 2 shared cores), so its median takes more repetitions than the others by default.
 CONCURRENT_REPS = 9
 BOX_RESERVE = 0.05  # the boxes' disk_reserve default: below it they refuse the sends
 
