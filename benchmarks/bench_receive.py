@@ -8,7 +8,8 @@ Measures, in one run and on the same generated files:
    (b) dcmtk ``storescp`` and (c) a bare pynetdicom SCP that writes the raw bytes,
    all with ``TCP_NODELAY=1`` on both sides, 5 interleaved repetitions, median kept
    (and the median of each repetition's own ratio to storescp, which a drift of the
-   shared machine's speed between repetitions does not move);
+   shared machine's speed between repetitions does not move), each timed send after a
+   ``sync`` (``written_back``) so that none pays for the previous receiver's writeback;
    (d) once to our receiver with the seed's literal command without ``TCP_NODELAY``;
 2. the latency from the last image received to the bucket starting, for the default
    quiet window (3 s) and for 1 s;
@@ -433,6 +434,7 @@ def measure_throughput(
         for corpus in corpora:
             for target in order:
                 with target.session(corpus) as (port, pid):
+                    written_back()
                     server0, client0 = box_cpu(pid), children_cpu()
                     seconds = storescu(port, corpus.path)
                     server = box_cpu(pid) - server0
@@ -446,6 +448,16 @@ def measure_throughput(
 
 
 T = TypeVar("T")
+
+
+def written_back() -> None:
+    """Write every dirty page back to disk: called right before each timed send, for every
+    receiver alike. These VMs' disk writes ~420 MB/s, about what 4 associations receive,
+    so the pages one send left dirty slowed whichever send came next. That was mostly ours:
+    a box settles its jobs after a send (a second or two of writeback for free), storescp
+    does not, and in the rotation of three receivers ours followed storescp --fork in two
+    repetitions of three."""
+    os.sync()
 
 
 def rotated(items: list[T], rep: int) -> list[T]:
@@ -599,6 +611,7 @@ def measure_concurrent(
                 times[key].append(send_to_fork(work, corpus, n))
                 continue
             before = box.files()
+            written_back()
             seconds = send_concurrently(box.dicom_port, corpus.path, n)
             got = sum(j["files"] for j in box.settle(before + n * corpus.files)) - before
             if got != n * corpus.files:
@@ -634,6 +647,7 @@ def send_to_fork(work: Path, corpus: Corpus, n: int) -> float:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_listening(port, proc)
+        written_back()
         seconds = send_concurrently(port, corpus.path, n)
         if count_files(out) != n * corpus.files:
             raise RuntimeError(f"storescp --fork: {count_files(out)} of {n * corpus.files}")
@@ -1244,6 +1258,7 @@ def main() -> int:
             "quick": quick,
             "reps": reps,
             "concurrent_reps": concurrent_reps,
+            "sync_before_each_send": True,  # written_back(); earlier runs' figures had none
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, "
             f"Python {platform.python_version()}",
