@@ -606,12 +606,12 @@ def measure_concurrent(
     times: dict[str, list[float]] = {key: [] for key in keys}
     for rep in range(reps):
         for key in rotated(keys, rep):
+            written_back()
             box = boxes.get(key)
             if box is None:
                 times[key].append(send_to_fork(work, corpus, n))
                 continue
             before = box.files()
-            written_back()
             seconds = send_concurrently(box.dicom_port, corpus.path, n)
             got = sum(j["files"] for j in box.settle(before + n * corpus.files)) - before
             if got != n * corpus.files:
@@ -647,7 +647,6 @@ def send_to_fork(work: Path, corpus: Corpus, n: int) -> float:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_listening(port, proc)
-        written_back()
         seconds = send_concurrently(port, corpus.path, n)
         if count_files(out) != n * corpus.files:
             raise RuntimeError(f"storescp --fork: {count_files(out)} of {n * corpus.files}")
