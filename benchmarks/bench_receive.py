@@ -451,13 +451,89 @@ T = TypeVar("T")
 
 
 def written_back() -> None:
-    """Write every dirty page back to disk: called right before each timed send, for every
-    receiver alike. These VMs' disk writes ~420 MB/s, about what 4 associations receive,
-    so the pages one send left dirty slowed whichever send came next. That was mostly ours:
-    a box settles its jobs after a send (a second or two of writeback for free), storescp
-    does not, and in the rotation of three receivers ours followed storescp --fork in two
-    repetitions of three."""
+    """Make the machine alike for every timed send: called right before each, for every
+    receiver alike.
+
+    1. Write every dirty page back to disk. These VMs' disk writes ~420 MB/s, about what 4
+       associations receive, so the pages one send left dirty slowed whichever send came
+       next. That was mostly ours: a box settles its jobs after a send (a second or two of
+       writeback for free), storescp does not, and in the rotation of three receivers ours
+       followed storescp --fork in two repetitions of three.
+    2. Keep the memory warm (:class:`WarmMemory`)."""
     os.sync()
+    WARM.top_up()
+
+
+def mem_free() -> int:
+    """Bytes of memory no one uses, page cache included (MemFree of /proc/meminfo)."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemFree:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class WarmMemory:
+    """Keep the machine's memory in use by the page cache, so that no timed send runs on
+    memory the hypervisor has taken back.
+
+    These VMs report free memory to their host (virtio-balloon free page reporting:
+    /sys/module/page_reporting), which takes the pages back; the next touch of such a page
+    faults to the host. Measured here: 2.8 GB/s to touch memory in use before, 0.35 GB/s to
+    touch reported memory, ~11 us per 4 KiB page, ~0.4 ms per 133 KB MR image written.
+    A run starts with most of its memory reported (the last run deleted its files), so
+    every file the receivers wrote took fresh pages until the page cache had filled the
+    memory (~24 GB into a full run): the "slow period" of every run, in which all
+    receivers slowed up to 2x, unevenly. A box that has run for a while is past it: its
+    page cache fills its memory and a new page is a reclaimed old one.
+
+    So the run reads a sparse file (holes: no disk used) into the page cache until
+    little memory is free, and does so again before each timed send; its clean pages are
+    the first the kernel reclaims when the receivers need pages.
+    """
+
+    FREE = 512 << 20  # bytes left free: a little above the kernel's high watermarks here
+    CHUNK = 64 << 20  # bytes read at a time (and the free memory checked after)
+    SIZE = 1 << 40  # the sparse file's length: reads always reach pages not cached yet
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self.offset = 0
+        self.read = 0  # bytes read in all
+        self.seconds = 0.0
+
+    def start(self, folder: Path) -> dict:
+        """Make the sparse file in ``folder`` and fill the memory; what it took."""
+        self.path = folder / "warm-memory.sparse"
+        with self.path.open("wb") as f:
+            f.truncate(self.SIZE)
+        read, seconds = self.top_up()
+        return {"gb": round(read / 1e9, 2), "seconds": round(seconds, 1),
+                "gb_per_s": round(read / 1e9 / seconds, 2) if seconds else None}  # fmt: skip
+
+    def top_up(self) -> tuple[int, float]:
+        """Read as much as is free (less FREE): bytes read and seconds. The kernel keeps
+        some memory free whatever is read (here ~1.4 GB once the cache is full), so the
+        read stops at what was free when it began: those pages are put to use again."""
+        if self.path is None:
+            return 0, 0.0
+        t0, read = time.perf_counter(), 0
+        buf = bytearray(self.CHUNK)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            limit = mem_free() - self.FREE
+            while read < limit and mem_free() > self.FREE and self.offset < self.SIZE:
+                got = os.preadv(fd, [buf], self.offset)
+                self.offset += got
+                read += got
+        finally:
+            os.close(fd)
+        seconds = time.perf_counter() - t0
+        self.read += read
+        self.seconds += seconds
+        return read, seconds
+
+
+WARM = WarmMemory()
 
 
 def rotated(items: list[T], rep: int) -> list[T]:
@@ -1258,6 +1334,7 @@ def main() -> int:
             "reps": reps,
             "concurrent_reps": concurrent_reps,
             "sync_before_each_send": True,  # written_back(); earlier runs' figures had none
+            "memory_warm": True,  # WarmMemory; runs before 2026-12-08 03:30 had none
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, "
             f"Python {platform.python_version()}",
@@ -1268,6 +1345,8 @@ def main() -> int:
     boxes: list[Box] = []
     try:
         log(f"work folder {work}")
+        warmed = data["config"]["memory_warm_up"] = WARM.start(work)
+        log(f"filled the memory with a sparse file's page cache: {warmed}")
         mr = make_corpus(work, "MR", "MR", 2, 250 if quick else 1000, 1)
         ct = make_corpus(work, "CT", "CT", 1, 50 if quick else 200, 2)
         corpora = [mr, ct]
@@ -1375,6 +1454,8 @@ def main() -> int:
     finally:
         for box in boxes:
             box.stop()
+        data["config"]["memory_top_ups"] = {"gb": round(WARM.read / 1e9, 2),
+                                            "seconds": round(WARM.seconds, 1)}  # fmt: skip
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     text = report(data)
