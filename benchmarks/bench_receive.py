@@ -487,11 +487,16 @@ class WarmMemory:
     page cache fills its memory and a new page is a reclaimed old one.
 
     So the run reads a sparse file (holes: no disk used) into the page cache until
-    little memory is free, and does so again before each timed send; its clean pages are
-    the first the kernel reclaims when the receivers need pages.
+    little memory is free, and again before a timed send whenever much is free; its clean
+    pages are the first the kernel reclaims when the receivers need pages. On a machine
+    that does not report free memory this costs the fill's minute and changes nothing.
     """
 
     FREE = 512 << 20  # bytes left free: a little above the kernel's high watermarks here
+    # A top-up reads only when more than this is free: once the cache is full, the kernel
+    # keeps ~1.4 GB free here whatever is read (reading it away only makes it free
+    # another 1.4 GB); deletions and the start leave far more.
+    TOP_UP_ABOVE = 2 << 30
     CHUNK = 64 << 20  # bytes read at a time (and the free memory checked after)
     SIZE = 1 << 40  # the sparse file's length: reads always reach pages not cached yet
 
@@ -506,15 +511,15 @@ class WarmMemory:
         self.path = folder / "warm-memory.sparse"
         with self.path.open("wb") as f:
             f.truncate(self.SIZE)
-        read, seconds = self.top_up()
+        read, seconds = self.top_up(above=self.FREE)
         return {"gb": round(read / 1e9, 2), "seconds": round(seconds, 1),
                 "gb_per_s": round(read / 1e9 / seconds, 2) if seconds else None}  # fmt: skip
 
-    def top_up(self) -> tuple[int, float]:
-        """Read as much as is free (less FREE): bytes read and seconds. The kernel keeps
-        some memory free whatever is read (here ~1.4 GB once the cache is full), so the
-        read stops at what was free when it began: those pages are put to use again."""
-        if self.path is None:
+    def top_up(self, above: int = TOP_UP_ABOVE) -> tuple[int, float]:
+        """When more than ``above`` bytes are free, read as much as is free (less FREE):
+        bytes read and seconds. The read stops at what was free when it began, since the
+        kernel frees more as it reads."""
+        if self.path is None or mem_free() <= above:
             return 0, 0.0
         t0, read = time.perf_counter(), 0
         buf = bytearray(self.CHUNK)
@@ -534,6 +539,22 @@ class WarmMemory:
 
 
 WARM = WarmMemory()
+REPORTED = Path("/sys/module/page_reporting/parameters/reported_kib")
+
+
+def memory_counters() -> dict[str, int]:
+    """The kernel's counters of memory handed back to the host (KiB; where it reports
+    them) and of reclaim done by allocating processes themselves (pages), which a run's
+    figures pay for: read at its start and end, the difference goes into the results."""
+    counters: dict[str, int] = {}
+    with contextlib.suppress(OSError, ValueError):
+        counters["reported_to_host_kib"] = int(REPORTED.read_text())
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/vmstat").read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name in ("pgsteal_direct", "pgsteal_kswapd") or name.startswith("allocstall_"):
+                counters[name] = counters.get(name, 0) + int(value)
+    return counters
 
 
 def rotated(items: list[T], rep: int) -> list[T]:
@@ -1274,6 +1295,16 @@ def report(data: dict) -> str:
             )
     if prof.get("skipped"):
         parts.append(print_table("4a. Profile", ["skipped"], [[prof["skipped"]]]))
+    config = data["config"]
+    memory = [("filled at the start", "memory_warm_up"), ("topped up in all", "memory_top_ups"),
+              ("counters over the run", "memory_counters")]  # fmt: skip
+    parts.append(
+        print_table(
+            "Memory (WarmMemory: filled at the start, topped up before each timed send)",
+            ["", "figures"],
+            [[label, str(config.get(key))] for label, key in memory],
+        )
+    )
     return "\n".join(parts)
 
 
@@ -1343,6 +1374,7 @@ def main() -> int:
         },
     }
     boxes: list[Box] = []
+    counters = memory_counters()
     try:
         log(f"work folder {work}")
         warmed = data["config"]["memory_warm_up"] = WARM.start(work)
@@ -1456,6 +1488,9 @@ def main() -> int:
             box.stop()
         data["config"]["memory_top_ups"] = {"gb": round(WARM.read / 1e9, 2),
                                             "seconds": round(WARM.seconds, 1)}  # fmt: skip
+        data["config"]["memory_counters"] = {
+            k: v - counters.get(k, 0) for k, v in memory_counters().items()
+        }
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     text = report(data)
