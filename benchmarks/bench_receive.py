@@ -9,7 +9,8 @@ Measures, in one run and on the same generated files:
    all with ``TCP_NODELAY=1`` on both sides, 5 interleaved repetitions, median kept
    (and the median of each repetition's own ratio to storescp, which a drift of the
    shared machine's speed between repetitions does not move), each timed send after a
-   ``sync`` (``written_back``) so that none pays for the previous receiver's writeback;
+   ``sync`` (``written_back``) so that none pays for the previous receiver's writeback,
+   on memory kept in use (``WarmMemory``: these VMs hand free memory to their host);
    (d) once to our receiver with the seed's literal command without ``TCP_NODELAY``;
 2. the latency from the last image received to the bucket starting, for the default
    quiet window (3 s) and for 1 s;
@@ -518,9 +519,10 @@ class WarmMemory:
         takes free pages back within seconds, so a send would start on them: the read
         puts them to use right before it (the kernel then frees pages that the host
         still backs). It stops at what was free when it began, since the kernel frees
-        more as it reads. In one run (5b43865) that topped up only above 2 GiB free,
-        5.8 GB went back to the host during the run and the one-association figures
-        swung as before."""
+        more as it reads. Whether this top-up matters is not settled: the host took
+        back 5.8 GB during a run without it (5b43865, which topped up only above 2 GiB
+        free) and 6.4 GB during one with it; the one-association figures swung in that
+        run and in one of three with it."""
         if self.path is None:
             return 0, 0.0
         t0, read = time.perf_counter(), 0
