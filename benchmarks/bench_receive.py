@@ -465,12 +465,15 @@ def written_back() -> None:
     WARM.top_up()
 
 
+def kib(path: str, *fields: str) -> int:
+    """The sum of the ``fields`` ("Name:" lines in kB) of a /proc file such as meminfo."""
+    return sum(int(line.split()[1]) for line in Path(path).read_text().splitlines()
+               if line.startswith(fields))  # fmt: skip
+
+
 def mem_free() -> int:
     """Bytes of memory no one uses, page cache included (MemFree of /proc/meminfo)."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemFree:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return kib("/proc/meminfo", "MemFree:") * 1024
 
 
 class WarmMemory:
@@ -499,8 +502,9 @@ class WarmMemory:
 
     def __init__(self) -> None:
         self.path: Path | None = None
+        self.buf = bytearray()  # what is read goes here (made once: it is memory too)
         self.offset = 0
-        self.read = 0  # bytes read in all
+        self.read = 0  # bytes read by the top-ups after the fill
         self.seconds = 0.0
 
     def start(self, folder: Path) -> dict:
@@ -508,7 +512,9 @@ class WarmMemory:
         self.path = folder / "warm-memory.sparse"
         with self.path.open("wb") as f:
             f.truncate(self.SIZE)
+        self.buf = bytearray(self.CHUNK)
         read, seconds = self.top_up()
+        self.read, self.seconds = 0, 0.0
         return {"gb": round(read / 1e9, 2), "seconds": round(seconds, 1),
                 "gb_per_s": round(read / 1e9 / seconds, 2) if seconds else None}  # fmt: skip
 
@@ -526,12 +532,11 @@ class WarmMemory:
         if self.path is None:
             return 0, 0.0
         t0, read = time.perf_counter(), 0
-        buf = bytearray(self.CHUNK)
         fd = os.open(self.path, os.O_RDONLY)
         try:
             limit = mem_free() - self.FREE
             while read < limit and mem_free() > self.FREE and self.offset < self.SIZE:
-                got = os.preadv(fd, [buf], self.offset)
+                got = os.preadv(fd, [self.buf], self.offset)
                 self.offset += got
                 read += got
         finally:
@@ -581,19 +586,15 @@ def warm_up(targets: list[Target], corpora: list[Corpus]) -> None:
 
 def peak_rss_mb(pid: int) -> float:
     """The process's peak resident memory so far (VmHWM), in MB (10^6 bytes)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024 / 1e6
-    raise RuntimeError(f"no VmHWM for process {pid}")
+    peak = kib(f"/proc/{pid}/status", "VmHWM:")
+    if not peak:
+        raise RuntimeError(f"no VmHWM for process {pid}")
+    return peak * 1024 / 1e6
 
 
 def private_mb(pid: int) -> float:
     """Memory of a process that is its own (not shared with the box it was forked from)."""
-    total = 0
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith(("Private_Clean:", "Private_Dirty:")):
-            total += int(line.split()[1])
-    return total * 1024 / 1e6
+    return kib(f"/proc/{pid}/smaps_rollup", "Private_Clean:", "Private_Dirty:") * 1024 / 1e6
 
 
 def memory_mb(pid: int) -> dict[str, float]:
