@@ -528,7 +528,7 @@ class WarmMemory:
         more as it reads. Whether this top-up matters is not settled: the host took
         back 5.8 GB during a run without it (5b43865, which topped up only above 2 GiB
         free) and 6.4 GB during one with it; the one-association figures swung in that
-        run and in one of three with it."""
+        run and in two of four with it."""
         if self.path is None:
             return 0, 0.0
         t0, read = time.perf_counter(), 0
