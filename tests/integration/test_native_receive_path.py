@@ -23,6 +23,7 @@ from magickbox.receive.intake import CANNOT_UNDERSTAND, SUCCESS
 from magickbox.receive.native import Association
 from magickbox.testing.dicomgen import write_study
 from tests.conftest import InProcessBox, copy_bucket, dcmtk
+from tests.e2e.peers import wait_for
 from tests.integration.test_native_receiver import MR, Peer, dataset_of, status, wait_files
 
 KEEP = "#!/bin/sh\nexit 0\n"
@@ -154,4 +155,6 @@ def test_a_data_set_whose_answer_cannot_go_out_still_counts_in_its_views(
     (job,) = wait_files(box, 3)
     assert sorted(stored_files(box, [job])) == sorted(p.name for p in study.paths)
     raw = box.home / "views" / "raw" / job["study_uid"]
-    assert [json.loads(p.read_text())["NumFiles"] for p in raw.glob("*.json")] == [3]
+    # The views are written a moment after the job is listed: wait for them.
+    views = wait_for("the study's series views", lambda: list(raw.glob("*.json")), timeout=30)
+    assert [json.loads(p.read_text())["NumFiles"] for p in views] == [3]
