@@ -562,7 +562,7 @@ def memory_counters() -> dict[str, int]:
         for line in Path("/proc/vmstat").read_text().splitlines():
             name, _, value = line.partition(" ")
             if name in ("pgsteal_direct", "pgsteal_kswapd") or name.startswith("allocstall_"):
-                counters[name] = counters.get(name, 0) + int(value)
+                counters[name] = int(value)
     return counters
 
 
